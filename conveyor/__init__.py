@@ -1,0 +1,48 @@
+"""conveyor: streaming, concurrent async pipelines.
+
+Decorate functions with :func:`single_task` / :func:`batch_task`, compose them with ``|``,
+and call the pipeline on any iterable or async iterable::
+
+    pipeline = fetch | rerank_batch | enrich
+    async for result in pipeline(items): ...          # input order, as early as possible
+    async for result in pipeline.as_completed(items): ...   # completion order
+"""
+
+from .context import (
+    ContextManager,
+    ExecutionMode,
+    PipelineContext,
+    get_current_context,
+    set_current_context,
+    with_context,
+)
+from .decorators import batch_task, single_task
+from .errors import ErrorAction, ErrorHandler, Failure, LoggingErrorHandler, RetryConfig
+from .pipeline import Pipeline
+from .runner import run
+from .stream import AsyncStream
+from .tasks import BaseTask, BatchTask, SingleTask
+
+__all__ = [
+    "AsyncStream",
+    "BaseTask",
+    "BatchTask",
+    "ContextManager",
+    "ErrorAction",
+    "ErrorHandler",
+    "ExecutionMode",
+    "Failure",
+    "LoggingErrorHandler",
+    "Pipeline",
+    "PipelineContext",
+    "RetryConfig",
+    "SingleTask",
+    "batch_task",
+    "get_current_context",
+    "run",
+    "set_current_context",
+    "single_task",
+    "with_context",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,117 @@
+"""The reorder list of ordered runs.
+
+Every item of an ordered run owns a :class:`Node` in a doubly linked list kept in output
+order. A node is *pending* until its item leaves the segment (it then holds the value),
+is dropped (:data:`EMPTY`), or is expanded into several items:
+
+* a list result: new nodes are linked right after it, one per element;
+* a generator result: the node becomes EMPTY and a :class:`Sentinel` is linked after it;
+  children are inserted before the sentinel as the generator yields them, and the
+  sentinel is closed when the generator ends.
+
+The reader of a list (the consumer, or the walker feeding a batch stage) only ever looks
+at the front: ``resolve`` tells it when the front changes. A pipeline has one list per
+*segment*: the stretch before the first batch stage, between batch stages, and after the
+last one. A batch stage reads its segment's list in order, so ordered runs compose
+batches deterministically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["EMPTY", "PENDING", "Node", "OrderList", "Sentinel"]
+
+
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+PENDING: Any = _Marker("PENDING")
+"""The node's item is still being worked on."""
+EMPTY: Any = _Marker("EMPTY")
+"""The item was dropped, or expanded into the nodes that follow."""
+OPEN: Any = _Marker("OPEN")
+"""A sentinel whose generator may still add children before it."""
+CLOSED: Any = _Marker("CLOSED")
+"""A sentinel whose generator has finished."""
+
+
+class Node:
+    __slots__ = ("next", "prev", "value")
+
+    def __init__(self, value: Any, prev: Node | None, next: Node | None) -> None:
+        self.value = value
+        self.prev = prev
+        self.next = next
+
+
+class Sentinel(Node):
+    """End of a generator's children; ``on_front`` wakes a generator waiting for it."""
+
+    __slots__ = ("on_front",)
+
+    def __init__(self, prev: Node | None, next: Node | None) -> None:
+        super().__init__(OPEN, prev, next)
+        self.on_front: Callable[[], None] | None = None
+
+
+class OrderList:
+    __slots__ = ("head", "on_front", "tail")
+
+    def __init__(self, on_front: Callable[[], None]) -> None:
+        self.head = Node(EMPTY, None, None)  # dummy: head.next is the front
+        self.tail = self.head
+        self.on_front = on_front
+
+    def append(self) -> Node:
+        node = Node(PENDING, self.tail, None)
+        self.tail.next = node
+        self.tail = node
+        return node
+
+    def insert_after(self, node: Node, new: Node | None = None) -> Node:
+        if new is None:
+            new = Node(PENDING, node, node.next)
+        else:
+            new.prev, new.next = node, node.next
+        if node.next is None:
+            self.tail = new
+        else:
+            node.next.prev = new
+        node.next = new
+        return new
+
+    def open_sentinel(self, node: Node) -> Sentinel:
+        """Turn ``node`` into the start of a lazily expanded run of children."""
+        sentinel = Sentinel(None, None)
+        self.insert_after(node, sentinel)
+        self.resolve(node, EMPTY)
+        return sentinel
+
+    def resolve(self, node: Node, value: Any) -> None:
+        node.value = value
+        if node.prev is self.head:
+            self.on_front()
+
+    def unlink_front(self) -> Node:
+        node = self.head.next
+        assert node is not None
+        nxt = node.next
+        self.head.next = nxt
+        if nxt is None:
+            self.tail = self.head
+        else:
+            nxt.prev = self.head
+        node.prev = node.next = None
+        return node
+
+    def is_empty(self) -> bool:
+        return self.head.next is None

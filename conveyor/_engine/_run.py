@@ -1,0 +1,417 @@
+"""One run of a pipeline: the window, the input pump, delivery, and clean-up.
+
+**The window.** Every live item holds one token: admitted from the input, produced by an
+expansion, waiting in a batch accumulator, or waiting to be delivered. The input pump and
+generator expansions wait while ``tokens >= limit`` (``max_in_flight``), so memory is
+bounded whatever the input's length. Two rules keep the bound deadlock-free:
+
+* In an ordered run, a generator whose children have all been passed on by the reader of
+  its segment may always produce one more (otherwise items queued *behind* it could hold
+  the whole window while it waits for room).
+* When nothing is working (no call, no expansion, no pump progress) and someone waits for
+  room, the run is *stalled*: a partial batch is flushed (the window is smaller than the
+  batch) or the waiters are woken.
+
+**Ownership.** Every task the run starts is kept in ``tasks`` and is cancelled by
+``abort()``; ``shutdown()`` cancels and awaits them. The consumer calls ``shutdown()`` when
+the run ends, fails, or is closed, and ``abort()`` when it is cancelled or dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+from collections import deque
+from collections.abc import AsyncIterable, Coroutine, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..context import ExecutionMode, PipelineContext, set_current_context
+from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sentinel
+from ._stages import UNLIMITED, BatchStage, SegmentEnd, SingleStage, Sink, Stage
+
+if TYPE_CHECKING:
+    from ..tasks import BaseTask
+
+NO_INPUT: Any = object()
+"""Input of a run that calls its first task once, with no item (a source task)."""
+
+# Yield to the event loop at least this often (seconds) while pumping input that never
+# suspends, so the consumer sees early results.
+_PUMP_SLICE = 0.005
+
+
+class _Output(Sink):
+    """Results of an as-completed run, in completion order."""
+
+    __slots__ = ("items", "run")
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.items: deque[Any] = deque()
+
+    def push(self, item: Any, node: Any) -> None:
+        self.items.append(item)
+        self.run.wake_consumer()
+
+
+class _BatchFeeder:
+    """Reads a segment's reorder list in order and feeds the batch stage that ends it."""
+
+    __slots__ = ("batch", "list", "run", "walking")
+
+    def __init__(self, run: Run, batch: BatchStage) -> None:
+        self.run = run
+        self.batch = batch
+        self.list = OrderList(self.walk)
+        self.walking = False
+
+    def walk(self) -> None:
+        if self.walking:  # re-entered from inside the batch: the outer loop goes on
+            return
+        self.walking = True
+        try:
+            order = self.list
+            head = order.head
+            run = self.run
+            while (node := head.next) is not None:
+                value = node.value
+                if value is PENDING:
+                    break
+                if value is OPEN:
+                    run.sentinel_at_front(node)  # type: ignore[arg-type]
+                    break
+                order.unlink_front()
+                if value is EMPTY:
+                    run.release(1)
+                elif value is not CLOSED:
+                    self.batch.push(value, None)  # its token stays until the batch is done
+        finally:
+            self.walking = False
+
+
+class Run:
+    """The state of one pipeline run, driven by the consumer through ``next()``."""
+
+    def __init__(
+        self,
+        tasks: Sequence[BaseTask[Any, Any]],
+        source: Any,
+        context: PipelineContext,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.pipeline_context = context
+        self.ordered = context.execution_mode is ExecutionMode.ORDERED
+        self.limit = context.max_in_flight
+        self._low_water = self.limit - max(1, self.limit // 8)
+        self.tokens = 0
+        self.working = 0  # tasks doing work: calls that suspended, expansions, the pump
+        self.room_waiters = 0
+        self._room: asyncio.Future[None] | None = None
+        self._consumer: asyncio.Future[None] | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.error: BaseException | None = None
+        self.closed = False
+        self.source_done = False
+        self.finished = False
+        self._source = source
+        self._pump_task: asyncio.Task[None] | None = None
+
+        self.context = contextvars.copy_context()
+        self.context.run(set_current_context, context)
+
+        self.stages: list[Stage] = []
+        self._build(tasks, context)
+
+    # -- wiring ----------------------------------------------------------------------
+
+    def _build(self, tasks: Sequence[BaseTask[Any, Any]], context: PipelineContext) -> None:
+        ordered = self.ordered
+        self._output = _Output(self)
+        order = OrderList(self.wake_consumer) if ordered else None
+        self._final_list = order
+        # Walk backwards so each stage knows where its results go.
+        sink: Sink = SegmentEnd(order) if order is not None else self._output
+        for task in reversed(tasks):
+            if task._is_batch:
+                stage: Stage = BatchStage(self, task, task.concurrency_limit or 1)
+                stage.list = order
+                stage.downstream = sink
+                if ordered:
+                    feeder = _BatchFeeder(self, stage)  # type: ignore[arg-type]
+                    order = feeder.list
+                    sink = SegmentEnd(order)
+                else:
+                    sink = stage
+            else:
+                limit = task.concurrency_limit or context.max_parallelism or UNLIMITED
+                stage = SingleStage(self, task, limit)
+                stage.list = order
+                stage.downstream = sink
+                sink = stage
+            self.stages.append(stage)
+        self.stages.reverse()
+        self._entry = sink
+        self._first_list = order
+
+    # -- tasks -----------------------------------------------------------------------
+
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], context: contextvars.Context
+    ) -> asyncio.Task[Any]:
+        """Start an owned task that counts as working until it ends."""
+        task = self.loop.create_task(coro, context=context)
+        self.tasks.add(task)
+        self.working += 1
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        self.working -= 1
+        if not task.cancelled() and task.exception() is not None:
+            self.fail(task.exception())  # type: ignore[arg-type]
+        elif self.working == 0:
+            self.check_stall()
+
+    def start(self) -> None:
+        self._pump_task = self.spawn(self._pump(), self.context)
+
+    # -- the window ------------------------------------------------------------------
+
+    def release(self, n: int) -> None:
+        self.tokens -= n
+        if self._room is not None and (self.tokens <= self._low_water or not self.working):
+            self._wake_room()
+
+    def _wake_room(self) -> None:
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
+
+    async def wait_for_room(self, sentinel: Sentinel | None = None) -> None:
+        """Wait until the window has room (or ``sentinel`` reaches the front)."""
+        front = self._first_front
+        while self.tokens >= self.limit:
+            if self.closed:
+                raise asyncio.CancelledError
+            if sentinel is not None and front(sentinel):
+                return
+            if self._room is None:
+                self._room = self.loop.create_future()
+            room = self._room
+            self.room_waiters += 1
+            self.working -= 1
+            try:
+                if sentinel is not None:
+                    sentinel.on_front = self._wake_room
+                self.check_stall()
+                await room
+            finally:
+                self.room_waiters -= 1
+                self.working += 1
+                if sentinel is not None:
+                    sentinel.on_front = None
+
+    @staticmethod
+    def _first_front(sentinel: Sentinel) -> bool:
+        prev = sentinel.prev
+        return prev is not None and prev.prev is None  # prev is the list's dummy head
+
+    def sentinel_at_front(self, sentinel: Sentinel) -> None:
+        if sentinel.on_front is not None:
+            sentinel.on_front()
+
+    def check_stall(self) -> None:
+        """If nothing can make progress by itself, make some."""
+        if self.working or not self.room_waiters or self.closed:
+            return
+        if self.tokens < self.limit:
+            self._wake_room()
+            return
+        for stage in self.stages:
+            if isinstance(stage, BatchStage) and stage.acc:
+                stage.flush()
+                return
+        # Otherwise the window is full of results waiting for the consumer: it will
+        # make room. (Generators whose sentinel reaches the front are woken by it.)
+
+    # -- input -----------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        source = self._source
+        try:
+            await self._resolve_side_inputs()
+            if source is NO_INPUT:
+                self._admit(None)
+            elif isinstance(source, AsyncIterable):
+                await self._pump_async(source)
+            else:
+                await self._pump_sync(source)
+        finally:
+            await close_source(source)
+        self.source_done = True
+        self.stage_idle()
+
+    def _admit(self, item: Any) -> None:
+        self.tokens += 1
+        self._entry.push(item, None if self._first_list is None else self._first_list.append())
+
+    async def _pump_sync(self, source: Iterable[Any]) -> None:
+        iterator = iter(source)
+        admit = self._admit
+        loop_time = self.loop.time
+        deadline = loop_time() + _PUMP_SLICE
+        count = 0
+        while not self.closed:
+            if self.tokens >= self.limit:
+                await self.wait_for_room()
+                deadline = loop_time() + _PUMP_SLICE
+                continue
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            except Exception as exc:
+                exc.add_note("conveyor: raised while reading the pipeline's input")
+                raise
+            admit(item)
+            count += 1
+            if not count & 63 and loop_time() >= deadline:
+                await asyncio.sleep(0)
+                deadline = loop_time() + _PUMP_SLICE
+
+    async def _pump_async(self, source: AsyncIterable[Any]) -> None:
+        iterator = aiter(source)
+        admit = self._admit
+        loop_time = self.loop.time
+        deadline = loop_time() + _PUMP_SLICE
+        count = 0
+        while not self.closed:
+            if self.tokens >= self.limit:
+                await self.wait_for_room()
+                deadline = loop_time() + _PUMP_SLICE
+                continue
+            try:
+                item = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            except Exception as exc:
+                exc.add_note("conveyor: raised while reading the pipeline's input")
+                raise
+            admit(item)
+            count += 1
+            if not count & 63 and loop_time() >= deadline:
+                await asyncio.sleep(0)
+                deadline = loop_time() + _PUMP_SLICE
+
+    async def _resolve_side_inputs(self) -> None:
+        for stage in self.stages:
+            stage.invoke = await stage.task._invoker_for_run()
+        first = self.stages[0] if self.stages else None
+        if self._source is NO_INPUT and first is not None:
+            first.invoke = await first.task._invoker_for_run(with_item=False)
+
+    # -- progress and the end --------------------------------------------------------
+
+    def stage_idle(self) -> None:
+        """A stage ran out of work: if the input is done, close what can be closed."""
+        if not self.source_done or self.closed or self.finished:
+            return
+        for stage in self.stages:
+            if isinstance(stage, BatchStage) and stage.acc:
+                if stage.inflight > len(stage.acc):
+                    return  # batches still running: the remainder waits for them
+                stage.close_input()
+            if stage.inflight:
+                return
+        self.finished = True
+        self.wake_consumer()
+
+    def wake_consumer(self) -> None:
+        waiter = self._consumer
+        if waiter is not None:
+            self._consumer = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None and not self.closed:
+            self.error = exc
+            self.abort()
+            self.wake_consumer()
+
+    def abort(self) -> None:
+        """Cancel everything, synchronously (the tasks finish unwinding on their own)."""
+        if self.closed:
+            return
+        self.closed = True
+        for stage in self.stages:
+            if isinstance(stage, BatchStage) and stage._timer is not None:
+                stage._timer.cancel()
+        for task in list(self.tasks):
+            task.cancel()
+        self._wake_room()
+
+    async def shutdown(self) -> None:
+        """Cancel everything and wait until every task of the run has ended."""
+        self.abort()
+        while self.tasks:
+            await asyncio.wait(list(self.tasks))
+
+    # -- the consumer side -----------------------------------------------------------
+
+    async def next(self) -> Any:
+        """The next result, ``StopAsyncIteration`` at the end, or the run's error."""
+        if self._final_list is not None:
+            order = self._final_list
+            head = order.head
+            while True:
+                node = head.next
+                if node is not None:
+                    value = node.value
+                    if value is not PENDING and value is not OPEN:
+                        order.unlink_front()
+                        if value is CLOSED:
+                            continue
+                        self.release(1)
+                        if value is EMPTY:
+                            continue
+                        return value
+                    if value is OPEN:
+                        self.sentinel_at_front(node)  # type: ignore[arg-type]
+                await self._wait()
+        else:
+            items = self._output.items
+            while True:
+                if items:
+                    value = items.popleft()
+                    self.release(1)
+                    return value
+                await self._wait()
+
+    async def _wait(self) -> None:
+        if self.error is not None:
+            error = self.error
+            await self.shutdown()
+            raise error
+        if self.finished:
+            await self.shutdown()
+            raise StopAsyncIteration
+        if self._consumer is None:
+            self._consumer = self.loop.create_future()
+        await self._consumer
+
+
+async def close_source(source: Any) -> None:
+    """Close an input the run was given: async generators/streams and generators."""
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None and (inspect.isasyncgen(source) or hasattr(source, "__anext__")):
+        await aclose()
+    else:
+        _close_sync_source(source)
+
+
+def _close_sync_source(source: Any) -> None:
+    if inspect.isgenerator(source):
+        source.close()

@@ -1,0 +1,485 @@
+"""The runtime of one task within one run.
+
+A stage receives items through ``push(item, node)`` and sends results downstream with
+``downstream.push(result, node)``. ``node`` is the item's place in the reorder list of
+an ordered run, and ``None`` in an as-completed run.
+
+Calls are made through ``self.invoke(item)``: the one seam where an executor (threads,
+processes, a cluster) can take over a call. An ``async`` task's call is started eagerly
+(see ``_eager``); a plain function is called inline, so a sync task that never blocks
+costs a function call, not an asyncio task.
+
+Results: ``None`` drops the item, a ``list`` becomes several items, a generator or async
+generator becomes several items lazily (paced by the run's window), anything else is one
+item. A :class:`~conveyor.errors.Failure` passes through later stages untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
+from types import AsyncGeneratorType, CoroutineType, GeneratorType
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ErrorAction, Failure, short_repr
+from ._eager import TaskProxy, current_tasks, resume
+from ._order import CLOSED, EMPTY, OrderList, Sentinel
+
+if TYPE_CHECKING:
+    from ..tasks import BaseTask
+    from ._run import Run
+
+UNLIMITED = 1 << 62
+
+# How a task's function is called (see tasks.FuncKind).
+ASYNC, SYNC, GEN, AGEN = "async", "sync", "gen", "agen"
+
+
+class Sink:
+    """Anything a stage can send results to."""
+
+    __slots__ = ()
+
+    def push(self, item: Any, node: Any) -> None:
+        raise NotImplementedError
+
+
+class SegmentEnd(Sink):
+    """End of a segment of an ordered run: a result settles its node in the list."""
+
+    __slots__ = ("list",)
+
+    def __init__(self, order: OrderList) -> None:
+        self.list = order
+
+    def push(self, item: Any, node: Any) -> None:
+        self.list.resolve(node, item)
+
+
+def annotate(exc: BaseException, task_name: str, item: Any, batch: bool) -> BaseException:
+    what = f"a batch of {len(item)} items {short_repr(item)}" if batch else short_repr(item)
+    exc.add_note(f"conveyor: raised by task {task_name!r} on {what}")
+    return exc
+
+
+class Stage(Sink):
+    """What single and batch stages share: calling, results, errors, bookkeeping."""
+
+    __slots__ = (
+        "_draining",
+        "action",
+        "downstream",
+        "handler",
+        "inflight",
+        "invoke",
+        "is_batch",
+        "kind",
+        "limit",
+        "list",
+        "loop",
+        "name",
+        "pending",
+        "proxy",
+        "retry",
+        "run",
+        "running",
+        "task",
+        "timeout",
+    )
+
+    def __init__(self, run: Run, task: BaseTask[Any, Any], limit: int) -> None:
+        self.run = run
+        self.task = task
+        self.loop = run.loop
+        self.name = task.task_name
+        self.kind = task._kind
+        self.retry = task.retry_config
+        self.action = ErrorAction(task.on_error)
+        self.handler = task.error_handler
+        self.timeout = task.timeout
+        self.limit = limit
+        self.invoke: Callable[[Any], Any] = task.func  # replaced once side inputs resolve
+        self.downstream: Sink = Sink()
+        self.list: OrderList | None = None  # the reorder list this stage emits into
+        self.running = 0  # calls in progress
+        self.inflight = 0  # items inside this stage (queued, in calls, expanding)
+        self.pending: deque[tuple[Any, Any]] = deque()
+        self.proxy = TaskProxy(self.loop)
+        self._draining = False
+        self.is_batch = False
+
+    # -- calling ---------------------------------------------------------------------
+
+    def _start(self, item: Any, node: Any) -> None:
+        """Call the task on ``item``; finish inline if the call never suspends."""
+        self.running += 1
+        try:
+            result = self.invoke(item)
+        except Exception as exc:
+            self._failed(exc, item, node)
+            return
+        if self.kind is not ASYNC and type(result) is not CoroutineType:
+            self._finished(result, item, node)
+            return
+        run = self.run
+        loop = self.loop
+        context = run.context.copy()
+        previous = current_tasks.get(loop)
+        current_tasks[loop] = self.proxy
+        try:
+            yielded = context.run(result.send, None)
+        except StopIteration as stop:
+            self._finished(stop.value, item, node)
+            return
+        except Exception as exc:
+            self._failed(exc, item, node)
+            return
+        finally:
+            if previous is None:
+                del current_tasks[loop]
+            else:
+                current_tasks[loop] = previous
+        proxy = self.proxy
+        self.proxy = TaskProxy(loop)
+        proxy.bind(run.spawn(self._complete(result, yielded, item, node), context))
+
+    async def _complete(
+        self, coro: Coroutine[Any, Any, Any], yielded: Any, item: Any, node: Any
+    ) -> None:
+        """The rest of a call that suspended, in its own task."""
+        try:
+            if self.timeout is None:
+                result = await resume(coro, yielded)
+            else:
+                async with asyncio.timeout(self.timeout):
+                    result = await resume(coro, yielded)
+        except Exception as exc:
+            await self._recover(exc, item, node, 1)
+            return
+        self._finished(result, item, node)
+
+    async def _attempt(self, item: Any) -> Any:
+        """One complete call, inside a task (retries)."""
+        result = self.invoke(item)
+        if self.kind is not ASYNC and type(result) is not CoroutineType:
+            return result
+        if self.timeout is None:
+            return await result
+        async with asyncio.timeout(self.timeout):
+            return await result
+
+    def _finished(self, result: Any, item: Any, node: Any) -> None:
+        self.running -= 1
+        self._emit(result, node)
+        self._call_done(item)
+
+    def _call_done(self, item: Any) -> None:
+        """Bookkeeping once a call's result is out: start queued work, report idleness."""
+        self.inflight -= len(item) if self.is_batch else 1
+        if self.pending and not self._draining:
+            self._draining = True
+            try:
+                while self.pending and self.running < self.limit and not self.run.closed:
+                    self._start(*self.pending.popleft())
+            finally:
+                self._draining = False
+        if not self.inflight:
+            self.run.stage_idle()
+
+    # -- results ---------------------------------------------------------------------
+
+    def _emit(self, result: Any, node: Any) -> None:
+        """Send a call's result downstream; ``node`` carries one window token."""
+        if result is None:
+            self._drop(node)
+            return
+        kind = type(result)
+        if kind is list:
+            self._emit_list(result, node)
+        elif kind is GeneratorType or kind is AsyncGeneratorType:
+            self._expand_lazily(result, node)
+        else:
+            self.downstream.push(result, node)
+
+    def _drop(self, node: Any) -> None:
+        if node is None:
+            self.run.release(1)
+        else:
+            self.list.resolve(node, EMPTY)  # type: ignore[union-attr]
+
+    def _emit_list(self, results: list[Any], node: Any) -> None:
+        n = len(results)
+        if n == 0:
+            self._drop(node)
+            return
+        self.run.tokens += n - 1
+        push = self.downstream.push
+        if node is None:
+            for value in results:
+                push(value, None)
+            return
+        order = self.list
+        assert order is not None
+        nodes = [node]
+        for _ in range(n - 1):
+            node = order.insert_after(node)
+            nodes.append(node)
+        for value, node in zip(results, nodes, strict=True):
+            push(value, node)
+
+    def _expand_lazily(self, gen: Any, node: Any) -> None:
+        self.inflight += 1  # the expansion keeps the stage busy until the generator ends
+        sentinel: Sentinel | None = None
+        if node is None:
+            self.run.release(1)
+        else:
+            assert self.list is not None
+            sentinel = self.list.open_sentinel(node)
+        self.run.spawn(self._expand(gen, sentinel), self.run.context.copy())
+
+    async def _expand(
+        self, gen: Generator[Any, Any, Any] | AsyncGenerator[Any, Any], sentinel: Sentinel | None
+    ) -> None:
+        run = self.run
+        order = self.list
+        push = self.downstream.push
+        is_async = type(gen) is AsyncGeneratorType
+        count = 0
+        try:
+            while not run.closed:
+                if run.tokens >= run.limit:
+                    await run.wait_for_room(sentinel)
+                try:
+                    if is_async:
+                        child = await gen.__anext__()  # type: ignore[union-attr]
+                    else:
+                        child = next(gen)  # type: ignore[arg-type]
+                except (StopIteration, StopAsyncIteration):
+                    break
+                count += 1
+                if child is None:
+                    continue
+                run.tokens += 1
+                if sentinel is None:
+                    push(child, None)
+                else:
+                    assert order is not None and sentinel.prev is not None
+                    push(child, order.insert_after(sentinel.prev))
+        except Exception as exc:
+            # Items already produced stay; the generator cannot be resumed or retried.
+            try:
+                result = await self._generator_failed(exc, count)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as final:
+                run.fail(final)
+                return
+            if result is not None:
+                run.tokens += 1
+                node = None
+                if sentinel is not None:
+                    assert order is not None and sentinel.prev is not None
+                    node = order.insert_after(sentinel.prev)
+                self.downstream.push(result, node)
+        finally:
+            if is_async:
+                await gen.aclose()  # type: ignore[union-attr]
+            else:
+                gen.close()  # type: ignore[union-attr]
+        if sentinel is not None:
+            assert order is not None
+            order.resolve(sentinel, CLOSED)
+        self.inflight -= 1
+        if not self.inflight:
+            run.stage_idle()
+
+    # -- errors ----------------------------------------------------------------------
+
+    async def _generator_failed(self, exc: Exception, count: int) -> Any:
+        """What stands in for the rest of a generator that raised after ``count`` items."""
+        where = f"<output {count} of a generator>"
+        if self.handler is not None:
+            go_on, value = await self.handler.handle_error(exc, where, self.name, 1)
+            if go_on:
+                return value
+        if self.action is ErrorAction.FAIL:
+            raise annotate(exc, self.name, where, False)
+        if self.action is ErrorAction.EMIT:
+            return Failure(where, exc, self.name, 1)
+        return None
+
+    def _failed(self, exc: Exception, item: Any, node: Any) -> None:
+        """The first attempt failed synchronously."""
+        retry = self.retry
+        if (
+            self.handler is not None
+            or (retry.max_attempts > 1 and isinstance(exc, retry.retry_on))
+            or (self.is_batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1)
+        ):
+            self.run.spawn(self._recover(exc, item, node, 1), self.run.context.copy())
+            return
+        try:
+            result = self._final_action(exc, item, 1)
+        except BaseException as final:
+            self.running -= 1
+            self.run.fail(final)
+            return
+        self._finished(result, item, node)
+
+    async def _recover(self, exc: Exception, item: Any, node: Any, attempt: int) -> None:
+        """Retries, then the error handler, then ``on_error``; in a task."""
+        retry = self.retry
+        try:
+            while attempt < retry.max_attempts and isinstance(exc, retry.retry_on):
+                await asyncio.sleep(retry.delay_after(attempt))
+                attempt += 1
+                try:
+                    result = await self._attempt(item)
+                except Exception as again:
+                    exc = again
+                else:
+                    self._finished(result, item, node)
+                    return
+            result = await self._give_up(exc, item, attempt)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as final:
+            self.running -= 1
+            self.run.fail(final)
+            return
+        self._finished(result, item, node)
+
+    async def _give_up(self, exc: Exception, item: Any, attempt: int) -> Any:
+        """The result that stands in for a call that failed for good (or raise)."""
+        if self.handler is not None:
+            seen = list(item) if self.is_batch else item
+            go_on, value = await self.handler.handle_error(exc, seen, self.name, attempt)
+            if go_on:
+                return value
+        return self._final_action(exc, item, attempt)
+
+    def _final_action(self, exc: Exception, item: Any, attempt: int) -> Any:
+        action = self.action
+        if action is ErrorAction.FAIL:
+            raise annotate(exc, self.name, item, self.is_batch)
+        if action is ErrorAction.EMIT:
+            if self.is_batch:
+                return [Failure(one, exc, self.name, attempt) for one in item]
+            return Failure(item, exc, self.name, attempt)
+        return None  # skip_item / skip_batch
+
+
+class SingleStage(Stage):
+    __slots__ = ()
+
+    def push(self, item: Any, node: Any) -> None:
+        if type(item) is Failure:
+            self.downstream.push(item, node)
+            return
+        self.inflight += 1
+        if self.running < self.limit:
+            self._start(item, node)
+        else:
+            self.pending.append((item, node))
+
+
+class BatchStage(Stage):
+    """Accumulates items into batches of ``max_size`` (see ``BatchTask`` for the rules)."""
+
+    __slots__ = ("_expired", "_timer", "acc", "max_size", "max_wait", "min_size")
+
+    def __init__(self, run: Run, task: BaseTask[Any, Any], limit: int) -> None:
+        super().__init__(run, task, limit)
+        self.is_batch = True
+        self.min_size: int = task.min_size  # type: ignore[attr-defined]
+        self.max_size: int = task.max_size  # type: ignore[attr-defined]
+        self.max_wait: float | None = task.max_wait  # type: ignore[attr-defined]
+        self.acc: list[Any] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+
+    def push(self, item: Any, node: Any) -> None:
+        if type(item) is Failure:
+            self.downstream.push(item, None if self.list is None else self.list.append())
+            return
+        acc = self.acc
+        acc.append(item)
+        self.inflight += 1
+        n = len(acc)
+        if n >= self.max_size or (self._expired and n >= self.min_size):
+            self.flush()
+        elif n == 1 and self.max_wait is not None:
+            self._timer = self.loop.call_later(
+                self.max_wait, self._on_timer, context=self.run.context
+            )
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._expired = True
+        if len(self.acc) >= self.min_size and not self.run.closed:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the accumulated items off as one batch (even if fewer than ``min_size``)."""
+        batch, self.acc = self.acc, []
+        self._expired = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not batch:
+            return
+        self.run.tokens += 1  # the batch's result node; the items' tokens go when it is done
+        node = None if self.list is None else self.list.append()
+        if self.running < self.limit:
+            self._start(batch, node)
+        else:
+            self.pending.append((batch, node))
+
+    def _call_done(self, item: Any) -> None:
+        self.run.release(len(item))
+        super()._call_done(item)
+
+    def close_input(self) -> None:
+        """No more items will come: flush the remainder, or drop it below ``min_size``."""
+        if len(self.acc) >= self.min_size:
+            self.flush()
+        elif self.acc:
+            dropped = len(self.acc)
+            self.acc = []
+            self.inflight -= dropped
+            self.run.release(dropped)
+
+    async def _give_up(self, exc: Exception, item: Any, attempt: int) -> Any:
+        if self.action is ErrorAction.SKIP_ITEM and len(item) > 1 and self.handler is None:
+            return await self._isolate(item)
+        return await super()._give_up(exc, item, attempt)
+
+    async def _isolate(self, batch: list[Any]) -> list[Any]:
+        """Split a failing batch in halves until only the failing items are left out."""
+        if len(batch) == 1:
+            try:
+                return await self._collect(await self._attempt(batch))
+            except Exception:
+                return []
+        middle = len(batch) // 2
+        out: list[Any] = []
+        for half in (batch[:middle], batch[middle:]):
+            try:
+                out.extend(await self._collect(await self._attempt(half)))
+            except Exception:
+                out.extend(await self._isolate(half))
+        return out
+
+    @staticmethod
+    async def _collect(result: Any) -> list[Any]:
+        """A batch result as a list of items (halves of a split batch are joined)."""
+        if result is None:
+            return []
+        if type(result) is list:
+            return result
+        if type(result) is GeneratorType:
+            return list(result)
+        if type(result) is AsyncGeneratorType:
+            return [item async for item in result]
+        return [result]

@@ -1,0 +1,139 @@
+"""Per-run pipeline context, visible to tasks through :func:`get_current_context`.
+
+Every run of a pipeline gets its own copy of the pipeline's :class:`PipelineContext`
+(with a fresh ``pipeline_id`` and a shallow copy of ``data``), installed in a
+:mod:`contextvars` variable for the duration of the run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import enum
+from collections.abc import Awaitable
+from types import TracebackType
+from typing import Any, TypeVar
+
+__all__ = [
+    "ContextManager",
+    "ExecutionMode",
+    "PipelineContext",
+    "get_current_context",
+    "set_current_context",
+    "with_context",
+]
+
+T = TypeVar("T")
+
+DEFAULT_MAX_IN_FLIGHT = 1000
+
+
+class ExecutionMode(enum.StrEnum):
+    """How a run delivers results. Plain strings (``"ordered"``) are accepted too."""
+
+    ORDERED = "ordered"
+    """Results in input order, each yielded as soon as everything before it has been."""
+    AS_COMPLETED = "as_completed"
+    """Results in completion order: every stage emits as soon as a result is ready."""
+
+
+def parse_execution_mode(value: Any) -> ExecutionMode:
+    try:
+        return ExecutionMode(value)
+    except ValueError:
+        raise ValueError(
+            f"execution_mode must be 'ordered' or 'as_completed', got {value!r}"
+        ) from None
+
+
+@dataclasses.dataclass
+class PipelineContext:
+    """Settings and shared state of one pipeline run.
+
+    ``max_in_flight`` bounds how many items are admitted and not yet delivered (the
+    window); in ordered mode it also bounds the reorder buffer. ``max_parallelism``,
+    when set, caps the concurrent calls of every single task that sets no
+    ``concurrency_limit`` of its own. ``data`` is copied (shallowly) for every run.
+    """
+
+    execution_mode: ExecutionMode | str = ExecutionMode.ORDERED
+    max_parallelism: int | None = None
+    pipeline_id: str | None = None
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+
+    def __post_init__(self) -> None:
+        self.execution_mode = parse_execution_mode(self.execution_mode)
+        if not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be an int >= 1, got {self.max_in_flight!r}")
+        if self.max_parallelism is not None and (
+            not isinstance(self.max_parallelism, int) or self.max_parallelism < 1
+        ):
+            raise ValueError(
+                f"max_parallelism must be None or an int >= 1, got {self.max_parallelism!r}"
+            )
+
+    def copy(self) -> PipelineContext:
+        """A copy whose ``data`` dict is a new (shallow) copy."""
+        return dataclasses.replace(self, data=dict(self.data))
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(PipelineContext))
+
+_current: contextvars.ContextVar[PipelineContext | None] = contextvars.ContextVar(
+    "conveyor_pipeline_context", default=None
+)
+
+
+def context_with(base: PipelineContext, **updates: Any) -> PipelineContext:
+    """A copy of ``base``: known field names are set, other keys go into ``data``."""
+    ctx = base.copy()
+    for key, value in updates.items():
+        if key == "data":
+            if not isinstance(value, dict):
+                raise TypeError(f"data must be a dict, got {type(value).__name__}")
+            ctx.data = dict(value)
+        elif key in _FIELDS:
+            setattr(ctx, key, value)
+        else:
+            ctx.data[key] = value
+    ctx.__post_init__()
+    return ctx
+
+
+def get_current_context() -> PipelineContext | None:
+    """The context of the pipeline run the caller is part of, or ``None`` outside one."""
+    return _current.get()
+
+
+def set_current_context(context: PipelineContext | None) -> None:
+    """Install ``context`` as the current one (in the current :mod:`contextvars` context)."""
+    _current.set(context)
+
+
+class ContextManager:
+    """``with ContextManager(ctx):`` installs ``ctx`` and restores the previous one on exit."""
+
+    def __init__(self, context: PipelineContext | None) -> None:
+        self.context = context
+        self._token: contextvars.Token[PipelineContext | None] | None = None
+
+    def __enter__(self) -> PipelineContext | None:
+        self._token = _current.set(self.context)
+        return self.context
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
+
+
+async def with_context(context: PipelineContext | None, awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` with ``context`` installed as the current pipeline context."""
+    with ContextManager(context):
+        return await awaitable

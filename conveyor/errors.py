@@ -1,0 +1,119 @@
+"""Error policies: what a task does when a call fails.
+
+Order of decisions for a failing call: retries first (``retry_attempts`` total attempts,
+only for exceptions matching ``retry_on``), then the task's :class:`ErrorHandler` if it
+has one, then its ``on_error`` action.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import reprlib
+from typing import Any, Generic, TypeVar
+
+__all__ = [
+    "ErrorAction",
+    "ErrorHandler",
+    "Failure",
+    "LoggingErrorHandler",
+    "RetryConfig",
+]
+
+T = TypeVar("T")
+
+_repr = reprlib.Repr()
+_repr.maxstring = 80
+_repr.maxother = 80
+_repr.maxlist = 6
+
+
+def short_repr(value: object) -> str:
+    return _repr.repr(value)
+
+
+class ErrorAction(enum.StrEnum):
+    """What happens to an item whose call failed (after retries and the error handler)."""
+
+    FAIL = "fail"
+    """The exception reaches the consumer; the rest of the run is cancelled."""
+    SKIP_ITEM = "skip_item"
+    """The item is dropped. For a batch, the batch is split to drop only the failing items."""
+    SKIP_BATCH = "skip_batch"
+    """Batch tasks only: the whole batch is dropped."""
+    EMIT = "emit"
+    """A :class:`Failure` record takes the item's place and flows to the consumer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryConfig:
+    """When and how often a failing call is tried again.
+
+    ``max_attempts`` counts all attempts (1 means no retry). The delay before attempt
+    ``n + 1`` is ``base_delay * backoff_multiplier ** (n - 1)`` with exponential backoff,
+    else ``base_delay``; never more than ``max_delay``.
+    """
+
+    max_attempts: int = 3
+    base_delay: float = 1.0
+    exponential_backoff: bool = True
+    max_delay: float = 60.0
+    backoff_multiplier: float = 2.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+
+    def delay_after(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        if self.exponential_backoff:
+            delay = self.base_delay * self.backoff_multiplier ** (attempt - 1)
+        else:
+            delay = self.base_delay
+        return min(delay, self.max_delay)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Failure(Generic[T]):
+    """Stands in for an item whose task failed under ``on_error="emit"``.
+
+    Later tasks pass it through untouched; the consumer receives it where the item's
+    result would have been.
+    """
+
+    item: T
+    exception: BaseException
+    task_name: str
+    attempts: int
+
+    def __repr__(self) -> str:
+        return (
+            f"Failure(task={self.task_name!r}, item={short_repr(self.item)}, "
+            f"exception={self.exception!r}, attempts={self.attempts})"
+        )
+
+
+class ErrorHandler:
+    """Decides what happens to a failed call once its retries are used up.
+
+    ``handle_error`` returns ``(continue_, value)``: with ``continue_`` true, ``value`` is
+    used as the call's result (``None`` drops the item); otherwise the task's ``on_error``
+    action applies. For a batch task ``item`` is the batch (a list).
+    """
+
+    async def handle_error(
+        self, error: Exception, item: Any, task_name: str, attempt: int
+    ) -> tuple[bool, Any]:
+        raise NotImplementedError
+
+
+class LoggingErrorHandler(ErrorHandler):
+    """Logs the error and continues with ``replacement_value`` (``None`` drops the item)."""
+
+    def __init__(self, logger: logging.Logger | None = None, replacement_value: Any = None) -> None:
+        self.logger = logger or logging.getLogger("conveyor")
+        self.replacement_value = replacement_value
+
+    async def handle_error(
+        self, error: Exception, item: Any, task_name: str, attempt: int
+    ) -> tuple[bool, Any]:
+        self.logger.error("Error in %s (attempt %d): %s", task_name, attempt, error)
+        return True, self.replacement_value

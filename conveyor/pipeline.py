@@ -1,0 +1,91 @@
+"""Pipelines: tasks composed with ``|``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Iterable
+from typing import Any, Generic, TypeVar
+
+from .context import ExecutionMode, PipelineContext, context_with
+from .stream import AsyncStream, check_input
+from .tasks import BaseTask
+
+__all__ = ["Pipeline"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+R = TypeVar("R")
+
+
+class Pipeline(Generic[In, Out]):
+    """A sequence of tasks; calling it runs them over an input as one stream.
+
+    Every stage runs concurrently with every other: an item moves to the next stage as
+    soon as it leaves the previous one. ``|`` returns a new pipeline and never changes its
+    operands; ``add`` extends this pipeline in place (as in conveyor-streaming).
+    """
+
+    def __init__(
+        self,
+        stages: Iterable[BaseTask[Any, Any]] | PipelineContext | None = None,
+        context: PipelineContext | None = None,
+    ) -> None:
+        if isinstance(stages, PipelineContext):  # conveyor-streaming's Pipeline(context)
+            stages, context = None, stages
+        self.stages: list[BaseTask[Any, Any]] = []
+        self.context = context.copy() if context is not None else PipelineContext()
+        for task in stages or ():
+            self._append(task)
+
+    def _append(self, task: Any) -> None:
+        if isinstance(task, Pipeline):
+            self.stages.extend(task.stages)
+        elif isinstance(task, BaseTask):
+            self.stages.append(task)
+        else:
+            raise TypeError(
+                f"a pipeline stage must be a task made with @single_task or @batch_task "
+                f"(or a Pipeline), got {type(task).__name__}: {task!r}"
+            )
+
+    def add(self, *tasks: BaseTask[Any, Any] | Pipeline[Any, Any]) -> Pipeline[Any, Any]:
+        """Append ``tasks`` to this pipeline (in place) and return it."""
+        for task in tasks:
+            self._append(task)
+        return self
+
+    def __or__(self, other: BaseTask[Out, R] | Pipeline[Out, R]) -> Pipeline[In, R]:
+        if not isinstance(other, (BaseTask, Pipeline)):
+            return NotImplemented
+        result: Pipeline[In, R] = Pipeline(self.stages, self.context)
+        result._append(other)
+        return result
+
+    def __call__(self, items: Iterable[In] | AsyncIterable[In] | Any = ..., /) -> AsyncStream[Out]:
+        """Start a run over ``items``; returns the stream of its results.
+
+        ``items`` may be any iterable (pulled lazily) or async iterable, including another
+        pipeline's stream. With no argument, the first task is called once with no item:
+        a *source* task, typically an async generator, feeding the rest.
+        """
+        return AsyncStream._for_pipeline(self.stages, check_input(items), self.context)
+
+    def as_completed(
+        self, items: Iterable[In] | AsyncIterable[In] | Any = ..., /
+    ) -> AsyncStream[Out]:
+        """Like calling the pipeline, but results come in completion order."""
+        return self(items).as_completed()
+
+    def with_execution_mode(self, mode: ExecutionMode | str) -> Pipeline[In, Out]:
+        """A copy that runs in ``mode``: ``"ordered"`` (default) or ``"as_completed"``."""
+        return self.with_context(execution_mode=mode)
+
+    def with_context(self, **updates: Any) -> Pipeline[In, Out]:
+        """A copy whose context has ``updates``: context fields are set, other keys go in
+        ``data``. E.g. ``with_context(max_in_flight=100, user="ann")``."""
+        return Pipeline(self.stages, context_with(self.context, **updates))
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(task) for task in self.stages) or "Pipeline()"

@@ -1,0 +1,158 @@
+"""``AsyncStream``: the results of one run, consumed once.
+
+A stream starts its run when first iterated. It is an async iterator and an async
+context manager: leaving ``async with`` (or calling ``aclose()``) cancels whatever is
+still in flight, closes the input, and waits until every task of the run has ended. A
+stream that is dropped early (``break`` out of ``async for``) cancels its run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._engine._run import NO_INPUT, Run, close_source
+from .context import ExecutionMode, PipelineContext
+
+if TYPE_CHECKING:
+    from .tasks import BaseTask
+
+__all__ = ["AsyncStream"]
+
+T = TypeVar("T")
+
+
+def check_input(items: Any) -> Any:
+    """Reject inputs that are not a stream of items, with a hint."""
+    if items is ...:
+        return NO_INPUT
+    if isinstance(items, (str, bytes, bytearray)):
+        raise TypeError(
+            f"items must be an iterable of items, got {type(items).__name__} (which would "
+            "be split into characters); wrap it in a list: pipeline([text])"
+        )
+    if not isinstance(items, (Iterable, AsyncIterable)):
+        raise TypeError(
+            f"items must be an iterable or async iterable, got {type(items).__name__}; "
+            "for a single item write pipeline([item]); to call the first task with no "
+            "item (a source task) write pipeline()"
+        )
+    return items
+
+
+class AsyncStream(AsyncIterator[T], Generic[T]):
+    """The results of one pipeline run (or of wrapping an async iterable).
+
+    ``AsyncStream(source)`` wraps any async iterable; pipelines create streams for runs.
+    """
+
+    def __init__(self, source: AsyncIterable[T] | Iterable[T]) -> None:
+        self._tasks: Sequence[BaseTask[Any, Any]] = ()
+        self._source: Any = check_input(source)
+        self._context = PipelineContext()
+        self._run: Run | None = None
+        self._started = False
+
+    @classmethod
+    def _for_pipeline(
+        cls, tasks: Sequence[BaseTask[Any, Any]], source: Any, context: PipelineContext
+    ) -> AsyncStream[Any]:
+        stream: AsyncStream[Any] = cls.__new__(cls)
+        stream._tasks = tuple(tasks)
+        stream._source = source
+        stream._context = context
+        stream._run = None
+        stream._started = False
+        return stream
+
+    def as_completed(self) -> AsyncStream[T]:
+        """Deliver this run's results in completion order (call before iterating)."""
+        self._switch_mode(ExecutionMode.AS_COMPLETED)
+        return self
+
+    def ordered(self) -> AsyncStream[T]:
+        """Deliver this run's results in input order (the default)."""
+        self._switch_mode(ExecutionMode.ORDERED)
+        return self
+
+    def _switch_mode(self, mode: ExecutionMode) -> None:
+        if self._started:
+            raise RuntimeError("the execution mode must be chosen before iteration starts")
+        self._context = self._context.copy()
+        self._context.execution_mode = mode
+
+    # -- iteration -------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncStream[T]:
+        if self._started:
+            raise RuntimeError(
+                "this stream has already been iterated; a stream runs once. "
+                "Call the pipeline again for a new run."
+            )
+        return self
+
+    async def __anext__(self) -> T:
+        run = self._run
+        if run is None:
+            run = self._start()
+        try:
+            item: T = await run.next()
+        except asyncio.CancelledError:
+            run.abort()
+            raise
+        return item
+
+    def _start(self) -> Run:
+        if self._started:
+            raise RuntimeError("this stream has already run; a stream runs once")
+        self._started = True
+        context = self._context.copy()
+        context.pipeline_id = _new_id()
+        run = Run(self._tasks, self._source, context)
+        self._run = run
+        run.start()
+        return run
+
+    async def collect(self) -> list[T]:
+        """Run to the end and return all results."""
+        async with self:
+            return [item async for item in self]
+
+    # -- clean-up --------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Cancel what is in flight, close the input, and wait for the run's tasks."""
+        if self._run is not None:
+            await self._run.shutdown()
+        elif not self._started:
+            self._started = True  # never ran: nothing to cancel, but it cannot run later
+            if self._source is not NO_INPUT:
+                await close_source(self._source)
+
+    async def __aenter__(self) -> AsyncStream[T]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        run = self.__dict__.get("_run")
+        if run is not None and not run.loop.is_closed():
+            run.abort()
+
+    def __repr__(self) -> str:
+        state = "not started" if not self._started else "running"
+        return f"<AsyncStream {self._context.execution_mode} {state}>"
+
+
+def _new_id() -> str:
+    import uuid
+
+    return str(uuid.uuid4())
