@@ -184,7 +184,7 @@ class Stage(Sink):
                     self._start(*self.pending.popleft())
             finally:
                 self._draining = False
-        if not self.inflight:
+        if not self.inflight or self.is_batch:  # a batch's remainder may be all that is left
             self.run.stage_idle()
 
     # -- results ---------------------------------------------------------------------

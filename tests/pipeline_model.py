@@ -1,0 +1,278 @@
+"""Random pipelines and the plain sequential reference they are checked against.
+
+A pipeline is a list of :class:`StageSpec`. :func:`build` makes real conveyor tasks from
+it; :func:`reference` computes, with plain loops over lists, what an ordered run must
+yield. Failures are represented as ``("FAIL", item, task_name)`` (an emitted Failure) and
+``RAISE`` (the run must raise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+from hypothesis import strategies as st
+
+import conveyor
+from conveyor import Failure, batch_task, single_task
+
+RAISE = ("RAISE",)
+
+
+class Poison(ValueError):
+    """Raised by a stage for the items it is set up to fail on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    batch: bool
+    op: str  # single: add mul filter list gen agen; batch: map sum
+    k: int
+    sync: bool
+    delay: str  # none zero varied
+    fail_mod: int | None
+    policy: str  # fail skip_item emit skip_batch
+    retries: int = 1
+    max_size: int = 1
+    min_size: int = 1
+    concurrency: int | None = None
+
+    def fails(self, x: int) -> bool:
+        return self.fail_mod is not None and x % self.fail_mod == 1
+
+    @property
+    def elementwise(self) -> bool:
+        """Batch composition cannot change this stage's results (as-completed checks)."""
+        if not self.batch:
+            return True
+        return self.op == "map" and self.min_size == 1 and self.policy in ("fail", "skip_item")
+
+
+# -- strategies --------------------------------------------------------------------------
+
+
+@st.composite
+def stage_specs(draw: st.DrawFn, *, failures: bool = True, elementwise: bool = False) -> StageSpec:
+    batch = draw(st.booleans())
+    fail_mod = draw(st.sampled_from([None, None, 3, 5, 7])) if failures else None
+    delay = draw(st.sampled_from(["none", "zero", "varied"]))
+    retries = draw(st.sampled_from([1, 1, 2]))
+    if batch:
+        max_size = draw(st.integers(1, 4))
+        min_size = 1 if elementwise else draw(st.integers(1, max_size))
+        policies = ["fail", "skip_item"] if elementwise else ["fail", "skip_item", "skip_batch", "emit"]
+        return StageSpec(
+            batch=True,
+            op="map" if elementwise else draw(st.sampled_from(["map", "sum"])),
+            k=draw(st.integers(0, 5)),
+            sync=draw(st.booleans()),
+            delay=delay,
+            fail_mod=fail_mod,
+            policy=draw(st.sampled_from(policies)),
+            retries=retries,
+            max_size=max_size,
+            min_size=min_size,
+            concurrency=draw(st.sampled_from([None, 1, 2])),
+        )
+    op = draw(st.sampled_from(["add", "mul", "filter", "list", "gen", "agen"]))
+    k = {
+        "add": st.integers(0, 5),
+        "mul": st.integers(1, 3),
+        "filter": st.integers(2, 4),
+        "list": st.integers(0, 3),
+        "gen": st.integers(0, 3),
+        "agen": st.integers(0, 3),
+    }[op]
+    return StageSpec(
+        batch=False,
+        op=op,
+        k=draw(k),
+        sync=draw(st.booleans()),
+        delay=delay,
+        fail_mod=None if op in ("gen", "agen") else fail_mod,
+        policy=draw(st.sampled_from(["fail", "skip_item", "emit"])),
+        retries=retries,
+        concurrency=draw(st.sampled_from([None, None, 1, 3])),
+    )
+
+
+def pipelines(**kwargs: Any) -> st.SearchStrategy[list[StageSpec]]:
+    return st.lists(stage_specs(**kwargs), min_size=1, max_size=5)
+
+
+# -- the reference -----------------------------------------------------------------------
+
+
+def _single_outputs(s: StageSpec, x: int) -> list[int]:
+    if s.op == "add":
+        return [x + s.k]
+    if s.op == "mul":
+        return [x * s.k]
+    if s.op == "filter":
+        return [] if x % s.k == 0 else [x]
+    return [x + i for i in range(s.k)]  # list, gen, agen
+
+
+def _batch_fn(s: StageSpec, batch: list[int]) -> list[int]:
+    return [x + s.k for x in batch] if s.op == "map" else [sum(batch)]
+
+
+def _isolate(s: StageSpec, batch: list[int]) -> list[int]:
+    if len(batch) == 1:
+        return [] if s.fails(batch[0]) else _batch_fn(s, batch)
+    middle = len(batch) // 2
+    out: list[int] = []
+    for half in (batch[:middle], batch[middle:]):
+        out += _isolate(s, half) if any(map(s.fails, half)) else _batch_fn(s, half)
+    return out
+
+
+def _batch_outputs(s: StageSpec, batch: list[int], name: str, per_item: bool) -> list[Any]:
+    if not any(map(s.fails, batch)):
+        return _batch_fn(s, batch)
+    if s.policy == "fail":
+        if per_item:  # which good items share a batch with a poison one is left open
+            return [RAISE if s.fails(x) else x + s.k for x in batch]
+        return [RAISE]
+    if s.policy == "skip_batch":
+        return []
+    if s.policy == "emit":
+        return [("FAIL", x, name) for x in batch]
+    return _isolate(s, batch)
+
+
+def _is_marker(x: Any) -> bool:
+    return isinstance(x, tuple)
+
+
+def reference(specs: list[StageSpec], items: list[int], *, per_item: bool = False) -> list[Any]:
+    """What an ordered run yields, computed stage by stage over whole lists.
+
+    With ``per_item``, a failing element-wise batch under ``on_error="fail"`` fails only
+    its poison items: the bound for runs whose batch composition is not fixed.
+    """
+    stream: list[Any] = list(items)
+    for index, s in enumerate(specs):
+        name = f"s{index}"
+        out: list[Any] = []
+        if not s.batch:
+            for x in stream:
+                if _is_marker(x):
+                    out.append(x)
+                elif not s.fails(x):
+                    out += _single_outputs(s, x)
+                elif s.policy == "emit":
+                    out.append(("FAIL", x, name))
+                elif s.policy == "fail":
+                    out.append(RAISE)
+        else:
+            acc: list[int] = []
+            for x in stream:
+                if _is_marker(x):
+                    out.append(x)
+                    continue
+                acc.append(x)
+                if len(acc) == s.max_size:
+                    out += _batch_outputs(s, acc, name, per_item)
+                    acc = []
+            if acc and len(acc) >= s.min_size:
+                out += _batch_outputs(s, acc, name, per_item)
+        stream = out
+    return stream
+
+
+def observed(value: Any) -> Any:
+    """An engine result in the reference's vocabulary."""
+    if isinstance(value, Failure):
+        return ("FAIL", value.item, value.task_name)
+    return value
+
+
+# -- building real tasks -----------------------------------------------------------------
+
+
+def _delay(s: StageSpec, x: int) -> float | None:
+    if s.delay == "none":
+        return None
+    if s.delay == "zero":
+        return 0.0
+    return ((x * 7 + s.k * 3) % 4) * 0.5
+
+
+def build(specs: list[StageSpec]) -> conveyor.Pipeline[Any, Any]:
+    pipeline: conveyor.Pipeline[Any, Any] = conveyor.Pipeline()
+    for index, s in enumerate(specs):
+        pipeline = pipeline | _task(index, s)
+    return pipeline
+
+
+def _task(index: int, s: StageSpec) -> conveyor.BaseTask[Any, Any]:
+    options: dict[str, Any] = {
+        "task_name": f"s{index}",
+        "on_error": s.policy,
+        "retry_attempts": s.retries,
+        "retry_delay": 0.25,
+        "concurrency_limit": s.concurrency,
+    }
+    if s.batch:
+        return _batch_task(s, options)
+    return _single_task(s, options)
+
+
+def _single_task(s: StageSpec, options: dict[str, Any]) -> conveyor.BaseTask[Any, Any]:
+    def outputs(x: int) -> Any:
+        if s.fails(x):
+            raise Poison(x)
+        values = _single_outputs(s, x)
+        if s.op == "list":
+            return values
+        return values[0] if values else None
+
+    if s.op == "gen":
+
+        def gen(x: int) -> Iterator[int]:
+            yield from _single_outputs(s, x)
+
+        return single_task(**options)(gen)
+    if s.op == "agen":
+
+        async def agen(x: int) -> Any:
+            for value in _single_outputs(s, x):
+                delay = _delay(s, value)
+                if delay is not None:
+                    await asyncio.sleep(delay)
+                yield value
+
+        return single_task(**options)(agen)
+    if s.sync:
+        return single_task(**options)(outputs)
+
+    async def call(x: int) -> Any:
+        delay = _delay(s, x)
+        if delay is not None:
+            await asyncio.sleep(delay)
+        return outputs(x)
+
+    return single_task(**options)(call)
+
+
+def _batch_task(s: StageSpec, options: dict[str, Any]) -> conveyor.BaseTask[Any, Any]:
+    def outputs(batch: list[int]) -> Any:
+        if any(map(s.fails, batch)):
+            raise Poison(batch)
+        values = _batch_fn(s, batch)
+        return values if s.op == "map" else values[0]
+
+    decorate = batch_task(max_size=s.max_size, min_size=s.min_size, **options)
+    if s.sync:
+        return decorate(outputs)
+
+    async def call(batch: list[int]) -> Any:
+        delay = _delay(s, sum(batch))
+        if delay is not None:
+            await asyncio.sleep(delay)
+        return outputs(batch)
+
+    return decorate(call)
