@@ -1,4 +1,4 @@
-"""Developer tasks: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s docs`, `nox -s bench`."""
+"""Developer tasks: nox -s tests | lint | typecheck | docs | bench."""
 
 import nox
 

@@ -193,11 +193,17 @@ async def _resolve_side_input(value: Any) -> Any:
                 "the task with .with_inputs(...) per run) or an async iterable."
             )
         return await value
-    if isinstance(value, AsyncStream):
-        async with value:
-            return await value.__anext__()
     if isinstance(value, AsyncIterable):
-        return await anext(aiter(value))
+        try:
+            if isinstance(value, AsyncStream):
+                async with value:
+                    return await value.__anext__()
+            return await anext(aiter(value))
+        except StopAsyncIteration:
+            raise ValueError(
+                f"side input {value!r} produced no item: an async iterable side input "
+                "contributes its first item to each run"
+            ) from None
     if isinstance(value, Awaitable):
         return await value
     return value

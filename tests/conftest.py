@@ -9,10 +9,16 @@ but it is pending" or "exception was never retrieved").
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import io
+import os
+import threading
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
+import looptime
 import pytest
+from hypothesis import settings
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +39,46 @@ async def _structured_concurrency() -> AsyncIterator[None]:
         loop.set_exception_handler(previous)
 
 
+def run_on_virtual_clock(
+    main: Coroutine[Any, Any, Any],
+    loop_errors: list[dict[str, Any]],
+    timeout: float = 100_000.0,
+    real_timeout: float = 30.0,
+) -> None:
+    """Run ``main`` on a fresh looptime loop; fail (not hang) if it deadlocks.
+
+    ``timeout`` is in virtual seconds; ``real_timeout`` guards against a loop that waits
+    for something no timer will ever bring (virtual time cannot move then). Either way
+    the stacks of the stuck tasks are reported.
+    """
+    loop = looptime.new_event_loop(start=0)
+    loop.set_exception_handler(lambda _loop, context: loop_errors.append(context))
+    stuck: list[str] = []
+
+    def report_and_cancel() -> None:
+        for task in asyncio.all_tasks(loop):
+            stack = io.StringIO()
+            task.print_stack(file=stack)
+            stuck.append(stack.getvalue())
+            task.cancel()
+
+    watchdog = threading.Timer(real_timeout, loop.call_soon_threadsafe, (report_and_cancel,))
+    watchdog.start()
+    try:
+        task = loop.create_task(main)
+        with contextlib.suppress(asyncio.CancelledError):  # by the watchdog
+            loop.run_until_complete(asyncio.wait({task}, timeout=timeout))
+        if not task.done():
+            report_and_cancel()
+            loop.run_until_complete(asyncio.sleep(0))
+        if stuck:
+            pytest.fail("deadlock: the run did not finish.\n" + "\n".join(stuck))
+        task.result()
+    finally:
+        watchdog.cancel()
+        loop.close()
+
+
 def leftover_tasks() -> list[asyncio.Task[Any]]:
     """Tasks other than the caller's that are not done."""
     me = asyncio.current_task()
@@ -43,3 +89,11 @@ async def settle(iterations: int = 10) -> None:
     """Let cancelled tasks unwind."""
     for _ in range(iterations):
         await asyncio.sleep(0)
+
+
+# HYPOTHESIS_PROFILE=thorough runs the model tests much longer (bug hunting).
+settings.register_profile("thorough", max_examples=3000, deadline=None)
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default")
+)

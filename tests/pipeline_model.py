@@ -62,7 +62,9 @@ def stage_specs(draw: st.DrawFn, *, failures: bool = True, elementwise: bool = F
     if batch:
         max_size = draw(st.integers(1, 4))
         min_size = 1 if elementwise else draw(st.integers(1, max_size))
-        policies = ["fail", "skip_item"] if elementwise else ["fail", "skip_item", "skip_batch", "emit"]
+        policies = (
+            ["fail", "skip_item"] if elementwise else ["fail", "skip_item", "skip_batch", "emit"]
+        )
         return StageSpec(
             batch=True,
             op="map" if elementwise else draw(st.sampled_from(["map", "sum"])),

@@ -53,9 +53,13 @@ def extract_blocks(page: Path) -> list[Block]:
         j = i + 1
         while j < len(lines):
             closing = FENCE.match(lines[j])
-            if closing and closing["fence"][0] == fence[0] and len(closing["fence"]) >= len(fence):
-                if not closing["info"]:
-                    break
+            if (
+                closing
+                and not closing["info"]
+                and closing["fence"][0] == fence[0]
+                and len(closing["fence"]) >= len(fence)
+            ):
+                break
             body.append(lines[j])
             j += 1
         else:

@@ -182,6 +182,26 @@ async def test_input_is_pulled_lazily() -> None:
     assert pulled <= 10 + 3 + 5
 
 
+async def test_input_is_pulled_lazily_as_completed() -> None:
+    pulled = 0
+
+    def numbers() -> Iterator[int]:
+        nonlocal pulled
+        for i in range(10_000):
+            pulled += 1
+            yield i
+
+    pipeline = (square | add_one).with_context(max_in_flight=10)
+    got = []
+    async with pipeline.as_completed(numbers()) as stream:
+        async for x in stream:
+            got.append(x)
+            if len(got) == 3:
+                break
+    assert len(got) == 3
+    assert pulled <= 10 + 3 + 5
+
+
 async def test_async_input_is_pulled_lazily() -> None:
     pulled = 0
 
@@ -334,6 +354,27 @@ async def test_get_current_context_in_async_and_sync_tasks() -> None:
     assert contexts[0].data == {"user": "ann"}
     assert isinstance(contexts[0].pipeline_id, str)
     assert probe_sync.get_context() is None
+
+
+async def test_get_current_context_in_batch_and_generator_tasks() -> None:
+    seen: list[Any] = []
+
+    @batch_task(max_size=2)
+    def batch(items: list[int]) -> list[int]:
+        seen.append(get_current_context())
+        return items
+
+    @single_task
+    async def agen(x: int) -> AsyncIterator[int]:
+        seen.append(get_current_context())
+        yield x
+
+    pipeline = (batch | agen).with_context(user="ann")
+    assert await pipeline([1, 2, 3]).collect() == [1, 2, 3]
+    assert len(seen) == 5
+    assert all(isinstance(ctx, PipelineContext) for ctx in seen)
+    assert all(ctx.data == {"user": "ann"} for ctx in seen)
+    assert len({ctx.pipeline_id for ctx in seen}) == 1
 
 
 async def test_get_current_context_outside_a_run_is_none() -> None:

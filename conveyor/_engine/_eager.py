@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import types
 from asyncio import tasks as _asyncio_tasks
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 # The loop -> current task mapping that asyncio.current_task() reads (the C one when the
@@ -94,13 +94,39 @@ def resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, 
                 return stop.value
 
 
-def run_in_task(
-    loop: asyncio.AbstractEventLoop,
-    coro: Coroutine[Any, Any, Any],
-    context: Any,
-    done: Callable[[asyncio.Task[Any]], object],
-) -> asyncio.Task[Any]:
-    """Start ``coro`` as a task in ``context`` and call ``done`` when it finishes."""
-    task = loop.create_task(coro, context=context)
-    task.add_done_callback(done)
-    return task
+_NOTHING: Any = object()
+
+
+class Started(Coroutine[Any, Any, Any]):
+    """A coroutine already advanced to its first suspension, handed to an asyncio task.
+
+    The task's first step re-yields what the coroutine yielded. A cancellation that
+    arrives before that step is thrown straight into the coroutine, so the user's code
+    sees ``CancelledError`` at its ``await`` and its clean-up runs (a plain wrapper
+    coroutine would die unstarted and leave the user's coroutine to the garbage collector).
+    """
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self._coro = coro
+        self._first = first
+
+    def send(self, value: Any) -> Any:
+        first = self._first
+        if first is not _NOTHING:
+            self._first = _NOTHING
+            return first
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        self._first = _NOTHING
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)  # pragma: no cover - old-style throw
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, Any, Any]:  # pragma: no cover - tasks use send
+        return (yield from self._coro.__await__())

@@ -90,10 +90,14 @@ class OrderList:
         return new
 
     def open_sentinel(self, node: Node) -> Sentinel:
-        """Turn ``node`` into the start of a lazily expanded run of children."""
+        """Turn ``node`` into the start of a lazily expanded run of children.
+
+        The node is settled as CLOSED: its item's window token stays with the expansion
+        (released when the generator ends), not with the node.
+        """
         sentinel = Sentinel(None, None)
         self.insert_after(node, sentinel)
-        self.resolve(node, EMPTY)
+        self.resolve(node, CLOSED)
         return sentinel
 
     def resolve(self, node: Node, value: Any) -> None:

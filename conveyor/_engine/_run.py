@@ -106,8 +106,8 @@ class Run:
         self._low_water = self.limit - max(1, self.limit // 8)
         self.tokens = 0
         self.working = 0  # tasks doing work: calls that suspended, expansions, the pump
-        self.room_waiters = 0
-        self._room: asyncio.Future[None] | None = None
+        self.expanding = 0  # generators under way
+        self._waiters: list[tuple[asyncio.Future[None], Sentinel | None, bool]] = []
         self._consumer: asyncio.Future[None] | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.error: BaseException | None = None
@@ -181,60 +181,65 @@ class Run:
 
     def release(self, n: int) -> None:
         self.tokens -= n
-        if self._room is not None and (self.tokens <= self._low_water or not self.working):
-            self._wake_room()
+        if self._waiters and (self.tokens <= self._low_water or not self.working):
+            self.wake_waiters()
 
-    def _wake_room(self) -> None:
-        room, self._room = self._room, None
-        if room is not None and not room.done():
-            room.set_result(None)
+    def _may_proceed(self, sentinel: Sentinel | None, expansion: bool) -> bool:
+        if not expansion:
+            return self.tokens < self.limit
+        # A generator's own item keeps a token while it runs; its children are bounded
+        # by the window without counting those, so expansions cannot starve each other.
+        if self.tokens - self.expanding < self.limit:
+            return True
+        # In an ordered run, a generator whose children have all been passed on may
+        # always go on: items behind it could otherwise hold the window forever.
+        prev = None if sentinel is None else sentinel.prev
+        return prev is not None and prev.prev is None  # prev is the list's dummy head
 
-    async def wait_for_room(self, sentinel: Sentinel | None = None) -> None:
-        """Wait until the window has room (or ``sentinel`` reaches the front)."""
-        front = self._first_front
-        while self.tokens >= self.limit:
+    def wake_waiters(self) -> None:
+        """Wake every waiter whose condition now holds (and only those)."""
+        for future, sentinel, expansion in self._waiters:
+            if not future.done() and self._may_proceed(sentinel, expansion):
+                future.set_result(None)
+
+    async def wait_for_room(
+        self, sentinel: Sentinel | None = None, expansion: bool = False
+    ) -> None:
+        """Wait until the window lets the pump (or a generator) add an item."""
+        while not self._may_proceed(sentinel, expansion):
             if self.closed:
                 raise asyncio.CancelledError
-            if sentinel is not None and front(sentinel):
-                return
-            if self._room is None:
-                self._room = self.loop.create_future()
-            room = self._room
-            self.room_waiters += 1
+            waiter = (self.loop.create_future(), sentinel, expansion)
+            self._waiters.append(waiter)
+            if sentinel is not None:
+                sentinel.on_front = self.wake_waiters
             self.working -= 1
             try:
-                if sentinel is not None:
-                    sentinel.on_front = self._wake_room
                 self.check_stall()
-                await room
+                await waiter[0]
             finally:
-                self.room_waiters -= 1
+                self._waiters.remove(waiter)
                 self.working += 1
                 if sentinel is not None:
                     sentinel.on_front = None
-
-    @staticmethod
-    def _first_front(sentinel: Sentinel) -> bool:
-        prev = sentinel.prev
-        return prev is not None and prev.prev is None  # prev is the list's dummy head
 
     def sentinel_at_front(self, sentinel: Sentinel) -> None:
         if sentinel.on_front is not None:
             sentinel.on_front()
 
     def check_stall(self) -> None:
-        """If nothing can make progress by itself, make some."""
-        if self.working or not self.room_waiters or self.closed:
+        """If nothing is working and someone waits for room, make progress."""
+        if self.working or not self._waiters or self.closed:
             return
-        if self.tokens < self.limit:
-            self._wake_room()
+        if any(self._may_proceed(s, e) for _, s, e in self._waiters):
+            self.wake_waiters()
             return
         for stage in self.stages:
             if isinstance(stage, BatchStage) and stage.acc:
-                stage.flush()
+                stage.flush()  # the window is smaller than the batch: flush what it has
                 return
         # Otherwise the window is full of results waiting for the consumer: it will
-        # make room. (Generators whose sentinel reaches the front are woken by it.)
+        # make room (generators whose sentinel reaches the front are woken by it).
 
     # -- input -----------------------------------------------------------------------
 
@@ -337,6 +342,13 @@ class Run:
 
     def fail(self, exc: BaseException) -> None:
         if self.error is None and not self.closed:
+            if isinstance(exc, (StopIteration, StopAsyncIteration)):
+                # Raised from __anext__ these would read as a normal end of the stream.
+                wrapped = RuntimeError(f"{type(exc).__name__} escaped from a task: {exc!r}")
+                wrapped.__cause__ = exc
+                for note in getattr(exc, "__notes__", ()):
+                    wrapped.add_note(note)
+                exc = wrapped
             self.error = exc
             self.abort()
             self.wake_consumer()
@@ -351,7 +363,6 @@ class Run:
                 stage._timer.cancel()
         for task in list(self.tasks):
             task.cancel()
-        self._wake_room()
 
     async def shutdown(self) -> None:
         """Cancel everything and wait until every task of the run has ended."""

@@ -23,7 +23,7 @@ from types import AsyncGeneratorType, CoroutineType, GeneratorType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ErrorAction, Failure, short_repr
-from ._eager import TaskProxy, current_tasks, resume
+from ._eager import Started, TaskProxy, current_tasks, resume
 from ._order import CLOSED, EMPTY, OrderList, Sentinel
 
 if TYPE_CHECKING:
@@ -114,8 +114,11 @@ class Stage(Sink):
     def _start(self, item: Any, node: Any) -> None:
         """Call the task on ``item``; finish inline if the call never suspends."""
         self.running += 1
+        # Every call runs in its own copy of the run's context, as a task would: what a
+        # call sets in a ContextVar stays with that call.
+        context = self.run.context.copy()
         try:
-            result = self.invoke(item)
+            result = context.run(self.invoke, item)
         except Exception as exc:
             self._failed(exc, item, node)
             return
@@ -124,25 +127,29 @@ class Stage(Sink):
             return
         run = self.run
         loop = self.loop
-        context = run.context.copy()
+        proxy = self.proxy
         previous = current_tasks.get(loop)
-        current_tasks[loop] = self.proxy
+        current_tasks[loop] = proxy
         try:
-            yielded = context.run(result.send, None)
-        except StopIteration as stop:
-            self._finished(stop.value, item, node)
-            return
-        except Exception as exc:
-            self._failed(exc, item, node)
-            return
+            try:
+                yielded = context.run(result.send, None)
+            except StopIteration as stop:
+                self._finished(stop.value, item, node)
+                return
+            except Exception as exc:
+                self._failed(exc, item, node)
+                return
+            # It suspended: the rest runs in a task. Its first step (which sets up the
+            # timeout) runs here too, so the task starts with a suspended coroutine.
+            rest = self._complete(result, yielded, item, node)
+            first = context.run(rest.send, None)
         finally:
             if previous is None:
                 del current_tasks[loop]
             else:
                 current_tasks[loop] = previous
-        proxy = self.proxy
         self.proxy = TaskProxy(loop)
-        proxy.bind(run.spawn(self._complete(result, yielded, item, node), context))
+        proxy.bind(run.spawn(Started(rest, first), context))
 
     async def _complete(
         self, coro: Coroutine[Any, Any, Any], yielded: Any, item: Any, node: Any
@@ -229,11 +236,12 @@ class Stage(Sink):
             push(value, node)
 
     def _expand_lazily(self, gen: Any, node: Any) -> None:
-        self.inflight += 1  # the expansion keeps the stage busy until the generator ends
+        # The expansion keeps the stage busy, and keeps its item's window token, until the
+        # generator ends: so the window also bounds how many expansions are under way.
+        self.inflight += 1
+        self.run.expanding += 1
         sentinel: Sentinel | None = None
-        if node is None:
-            self.run.release(1)
-        else:
+        if node is not None:
             assert self.list is not None
             sentinel = self.list.open_sentinel(node)
         self.run.spawn(self._expand(gen, sentinel), self.run.context.copy())
@@ -248,8 +256,8 @@ class Stage(Sink):
         count = 0
         try:
             while not run.closed:
-                if run.tokens >= run.limit:
-                    await run.wait_for_room(sentinel)
+                if run.tokens - run.expanding >= run.limit:
+                    await run.wait_for_room(sentinel, expansion=True)
                 try:
                     if is_async:
                         child = await gen.__anext__()  # type: ignore[union-attr]
@@ -290,6 +298,8 @@ class Stage(Sink):
         if sentinel is not None:
             assert order is not None
             order.resolve(sentinel, CLOSED)
+        run.expanding -= 1
+        run.release(1)
         self.inflight -= 1
         if not self.inflight:
             run.stage_idle()
@@ -353,8 +363,7 @@ class Stage(Sink):
     async def _give_up(self, exc: Exception, item: Any, attempt: int) -> Any:
         """The result that stands in for a call that failed for good (or raise)."""
         if self.handler is not None:
-            seen = list(item) if self.is_batch else item
-            go_on, value = await self.handler.handle_error(exc, seen, self.name, attempt)
+            go_on, value = await self.handler.handle_error(exc, item, self.name, attempt)
             if go_on:
                 return value
         return self._final_action(exc, item, attempt)
@@ -451,9 +460,13 @@ class BatchStage(Stage):
             self.run.release(dropped)
 
     async def _give_up(self, exc: Exception, item: Any, attempt: int) -> Any:
-        if self.action is ErrorAction.SKIP_ITEM and len(item) > 1 and self.handler is None:
+        if self.handler is not None:
+            go_on, value = await self.handler.handle_error(exc, list(item), self.name, attempt)
+            if go_on:
+                return value
+        if self.action is ErrorAction.SKIP_ITEM and len(item) > 1:
             return await self._isolate(item)
-        return await super()._give_up(exc, item, attempt)
+        return self._final_action(exc, item, attempt)
 
     async def _isolate(self, batch: list[Any]) -> list[Any]:
         """Split a failing batch in halves until only the failing items are left out."""
