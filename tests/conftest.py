@@ -43,7 +43,7 @@ def run_on_virtual_clock(
     main: Coroutine[Any, Any, Any],
     loop_errors: list[dict[str, Any]],
     timeout: float = 100_000.0,
-    real_timeout: float = 30.0,
+    real_timeout: float = 60.0,
 ) -> None:
     """Run ``main`` on a fresh looptime loop; fail (not hang) if it deadlocks.
 

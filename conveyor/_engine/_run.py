@@ -229,17 +229,18 @@ class Run:
 
     def check_stall(self) -> None:
         """If nothing is working and someone waits for room, make progress."""
-        if self.working or not self._waiters or self.closed:
-            return
-        if any(self._may_proceed(s, e) for _, s, e in self._waiters):
-            self.wake_waiters()
-            return
-        for stage in self.stages:
-            if isinstance(stage, BatchStage) and stage.acc:
-                stage.flush()  # the window is smaller than the batch: flush what it has
+        # A flush may complete synchronously and only fill the next batch stage's
+        # accumulator, so keep going until something works or a waiter can go on.
+        while not self.working and self._waiters and not self.closed:
+            if any(self._may_proceed(s, e) for _, s, e in self._waiters):
+                self.wake_waiters()
                 return
-        # Otherwise the window is full of results waiting for the consumer: it will
-        # make room (generators whose sentinel reaches the front are woken by it).
+            stage = next((s for s in self.stages if isinstance(s, BatchStage) and s.acc), None)
+            if stage is None:
+                # The window is full of results waiting for the consumer: it will make
+                # room (generators whose sentinel reaches the front are woken by it).
+                return
+            stage.flush()  # the window is smaller than the batch: flush what it has
 
     # -- input -----------------------------------------------------------------------
 

@@ -57,6 +57,20 @@ class SegmentEnd(Sink):
         self.list.resolve(node, item)
 
 
+def _first_step(invoke: Callable[[Any], Any], item: Any) -> tuple[Any, Any]:
+    """Call and, for a coroutine, run it to its first suspension.
+
+    Returns ``(None, result)`` when the call is complete, else ``(coroutine, yielded)``.
+    """
+    result = invoke(item)
+    if type(result) is not CoroutineType:
+        return None, result
+    try:
+        return result, result.send(None)
+    except StopIteration as stop:
+        return None, stop.value
+
+
 def annotate(exc: BaseException, task_name: str, item: Any, batch: bool) -> BaseException:
     what = f"a batch of {len(item)} items {short_repr(item)}" if batch else short_repr(item)
     exc.add_note(f"conveyor: raised by task {task_name!r} on {what}")
@@ -114,34 +128,28 @@ class Stage(Sink):
     def _start(self, item: Any, node: Any) -> None:
         """Call the task on ``item``; finish inline if the call never suspends."""
         self.running += 1
-        # Every call runs in its own copy of the run's context, as a task would: what a
-        # call sets in a ContextVar stays with that call.
-        context = self.run.context.copy()
-        try:
-            result = context.run(self.invoke, item)
-        except Exception as exc:
-            self._failed(exc, item, node)
-            return
-        if self.kind is not ASYNC and type(result) is not CoroutineType:
-            self._finished(result, item, node)
-            return
-        run = self.run
         loop = self.loop
+        # Every call runs in its own copy of the run's context, as a task would: what a
+        # call sets in a ContextVar stays with that call. During the call's first step
+        # the current task is the stage's proxy (see _eager).
+        context = self.run.context.copy()
         proxy = self.proxy
         previous = current_tasks.get(loop)
         current_tasks[loop] = proxy
         try:
             try:
-                yielded = context.run(result.send, None)
-            except StopIteration as stop:
-                self._finished(stop.value, item, node)
-                return
+                coro, value = context.run(_first_step, self.invoke, item)
             except Exception as exc:
                 self._failed(exc, item, node)
                 return
+            if coro is None:
+                self.running -= 1
+                self._emit(value, node)
+                self._call_done(item)
+                return
             # It suspended: the rest runs in a task. Its first step (which sets up the
             # timeout) runs here too, so the task starts with a suspended coroutine.
-            rest = self._complete(result, yielded, item, node)
+            rest = self._complete(coro, value, item, node)
             first = context.run(rest.send, None)
         finally:
             if previous is None:
@@ -149,7 +157,7 @@ class Stage(Sink):
             else:
                 current_tasks[loop] = previous
         self.proxy = TaskProxy(loop)
-        proxy.bind(run.spawn(Started(rest, first), context))
+        proxy.bind(self.run.spawn(Started(rest, first), context))
 
     async def _complete(
         self, coro: Coroutine[Any, Any, Any], yielded: Any, item: Any, node: Any
@@ -183,16 +191,19 @@ class Stage(Sink):
 
     def _call_done(self, item: Any) -> None:
         """Bookkeeping once a call's result is out: start queued work, report idleness."""
-        self.inflight -= len(item) if self.is_batch else 1
+        self.inflight -= 1
         if self.pending and not self._draining:
-            self._draining = True
-            try:
-                while self.pending and self.running < self.limit and not self.run.closed:
-                    self._start(*self.pending.popleft())
-            finally:
-                self._draining = False
-        if not self.inflight or self.is_batch:  # a batch's remainder may be all that is left
+            self._start_pending()
+        if not self.inflight and self.run.source_done:
             self.run.stage_idle()
+
+    def _start_pending(self) -> None:
+        self._draining = True
+        try:
+            while self.pending and self.running < self.limit and not self.run.closed:
+                self._start(*self.pending.popleft())
+        finally:
+            self._draining = False
 
     # -- results ---------------------------------------------------------------------
 
@@ -446,8 +457,11 @@ class BatchStage(Stage):
             self.pending.append((batch, node))
 
     def _call_done(self, item: Any) -> None:
+        self.inflight -= len(item)
         self.run.release(len(item))
-        super()._call_done(item)
+        if self.pending and not self._draining:
+            self._start_pending()
+        self.run.stage_idle()  # the remainder in the accumulator may be all that is left
 
     def close_input(self) -> None:
         """No more items will come: flush the remainder, or drop it below ``min_size``."""

@@ -1,0 +1,6 @@
+"""conveyor's benchmark suite: ``python -m benchmarks`` (see ``--help``).
+
+Every scenario runs conveyor and its baselines interleaved in the same process, on the
+plain asyncio loop and on uvloop, and reports medians; the table is printed and written
+to ``benchmarks/RESULTS.md``.
+"""

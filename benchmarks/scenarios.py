@@ -1,0 +1,505 @@
+"""The scenarios: each runs conveyor and its baselines on one event loop, returns rows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from conveyor import Pipeline, batch_task, single_task
+
+from . import baselines as bl
+from .common import Config, Row, fmt_int, fmt_mb, fmt_rate, interleaved, rate, run_on
+
+# -- stage functions -----------------------------------------------------------------------
+
+
+async def add_one(x: int) -> int:
+    return x + 1
+
+
+async def double(x: int) -> int:
+    return x * 2
+
+
+async def sub_one(x: int) -> int:
+    return x - 1
+
+
+def add_one_sync(x: int) -> int:
+    return x + 1
+
+
+def double_sync(x: int) -> int:
+    return x * 2
+
+
+def sub_one_sync(x: int) -> int:
+    return x - 1
+
+
+async def double_batch(batch: list[int]) -> list[int]:
+    return [x * 2 for x in batch]
+
+
+IO_DELAY = 0.01
+
+
+async def io_stage(x: int) -> int:
+    await asyncio.sleep(IO_DELAY)
+    return x
+
+
+ASYNC_STAGES = (add_one, double, sub_one)
+SYNC_STAGES = (add_one_sync, double_sync, sub_one_sync)
+
+OVERHEAD: Pipeline[int, int] = single_task(add_one) | single_task(double) | single_task(sub_one)
+OVERHEAD_SYNC: Pipeline[int, int] = (
+    single_task(add_one_sync) | single_task(double_sync) | single_task(sub_one_sync)
+)
+BATCHING: Pipeline[int, int] = (
+    single_task(add_one) | batch_task(max_size=100)(double_batch) | single_task(sub_one)
+)
+
+
+async def drain(stream: Any) -> int:
+    count = 0
+    async for _ in stream:
+        count += 1
+    return count
+
+
+def _expect(count: int, n: int, who: str) -> None:
+    if count != n:
+        raise AssertionError(f"{who} produced {count} results, expected {n}")
+
+
+def _checked(fn: Callable[[], Awaitable[int]], n: int, who: str) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        _expect(await fn(), n, who)
+
+    return run
+
+
+# -- 1. overhead ---------------------------------------------------------------------------
+
+OVERHEAD_RATE = 200_000
+OVERHEAD_VS_AIOSTREAM = 4.0
+OVERHEAD_VS_FLOOR = 12.0
+
+
+async def _overhead(cfg: Config) -> dict[str, float]:
+    n, na = cfg.overhead_items, cfg.aiostream_items
+    contenders = {
+        "ordered": _checked(lambda: drain(OVERHEAD(range(n))), n, "conveyor"),
+        "as_completed": _checked(lambda: drain(OVERHEAD.as_completed(range(n))), n, "conveyor"),
+        "floor": _checked(lambda: bl.floor_loop(ASYNC_STAGES, range(n)), n, "floor"),
+        "aiostream": _checked(
+            lambda: bl.aiostream_map(ASYNC_STAGES, range(na), task_limit=64), na, "aiostream"
+        ),
+        "aiostream_unordered": _checked(
+            lambda: bl.aiostream_map(ASYNC_STAGES, range(na), task_limit=64, ordered=False),
+            na,
+            "aiostream",
+        ),
+    }
+    warm = 1_000
+    warmups = {
+        "ordered": lambda: drain(OVERHEAD(range(warm))),
+        "as_completed": lambda: drain(OVERHEAD.as_completed(range(warm))),
+        "floor": lambda: bl.floor_loop(ASYNC_STAGES, range(warm)),
+        "aiostream": lambda: bl.aiostream_map(ASYNC_STAGES, range(warm), task_limit=64),
+    }
+    secs = await interleaved(contenders, cfg.reps, warmups)
+    sizes = {"aiostream": na, "aiostream_unordered": na}
+    return {name: rate(sizes.get(name, n), s) for name, s in secs.items()}
+
+
+def overhead(loop: str, cfg: Config) -> list[Row]:
+    r = run_on(loop, _overhead(cfg))
+    rows = []
+    for mode, aio_key in (("ordered", "aiostream"), ("as_completed", "aiostream_unordered")):
+        conv = r[mode]
+        vs_floor = r["floor"] / conv
+        vs_aio = conv / r[aio_key]
+        checks = [vs_aio >= OVERHEAD_VS_AIOSTREAM, vs_floor <= OVERHEAD_VS_FLOOR]
+        target = ">=4x aiostream; floor/conveyor <=12"
+        if mode == "ordered":
+            checks.append(conv >= OVERHEAD_RATE)
+            target = ">=200k/s; " + target
+        rows.append(
+            Row(
+                scenario=f"overhead {mode}",
+                loop=loop,
+                metric=f"items/s ({fmt_int(cfg.overhead_items)} items, 3 stages)",
+                conveyor=fmt_rate(conv),
+                floor=fmt_rate(r["floor"]),
+                aiostream=f"{fmt_rate(r[aio_key])} ({fmt_int(cfg.aiostream_items)} items"
+                + (")" if mode == "ordered" else ", ordered=False)"),
+                ratio=f"floor/conv {vs_floor:.1f}x; conv/aio {vs_aio:.1f}x",
+                target=target,
+                met=all(checks),
+            )
+        )
+    return rows
+
+
+# -- 2. sync stages ------------------------------------------------------------------------
+
+SYNC_RATE = 1_000_000
+
+
+async def _sync(cfg: Config) -> dict[str, float]:
+    n, na = cfg.overhead_items, cfg.aiostream_items
+    contenders = {
+        "conveyor": _checked(lambda: drain(OVERHEAD_SYNC(range(n))), n, "conveyor"),
+        "floor": _checked(lambda: bl.floor_sync_loop(SYNC_STAGES, range(n)), n, "floor"),
+        "aiostream": _checked(
+            lambda: bl.aiostream_map(SYNC_STAGES, range(na), task_limit=64), na, "aiostream"
+        ),
+    }
+    warm = 1_000
+    warmups = {
+        "conveyor": lambda: drain(OVERHEAD_SYNC(range(warm))),
+        "aiostream": lambda: bl.aiostream_map(SYNC_STAGES, range(warm), task_limit=64),
+    }
+    secs = await interleaved(contenders, cfg.reps, warmups)
+    return {name: rate(na if name == "aiostream" else n, s) for name, s in secs.items()}
+
+
+def sync(loop: str, cfg: Config) -> list[Row]:
+    r = run_on(loop, _sync(cfg))
+    conv = r["conveyor"]
+    return [
+        Row(
+            scenario="sync (def stages)",
+            loop=loop,
+            metric=f"items/s ({fmt_int(cfg.overhead_items)} items, 3 stages)",
+            conveyor=fmt_rate(conv),
+            floor=fmt_rate(r["floor"]),
+            aiostream=f"{fmt_rate(r['aiostream'])} ({fmt_int(cfg.aiostream_items)} items)",
+            ratio=f"floor/conv {r['floor'] / conv:.1f}x; conv/aio {conv / r['aiostream']:.1f}x",
+            target=">=1M/s",
+            met=conv >= SYNC_RATE,
+        )
+    ]
+
+
+# -- 3. I/O --------------------------------------------------------------------------------
+
+
+def io_pipeline(limit: int) -> Pipeline[int, int]:
+    stage = single_task(concurrency_limit=limit)(io_stage)
+    # the window must hold both stages' worth of concurrent calls (2 x limit) and some
+    # slack for the reorder buffer; the default (1000) would cap the 1000-wide case
+    return (stage | stage).with_context(max_in_flight=max(1000, 4 * limit))
+
+
+async def _io(cfg: Config, n: int, limit: int) -> dict[str, float]:
+    pipe = io_pipeline(limit)
+    contenders = {
+        "conveyor": _checked(lambda: drain(pipe(range(n))), n, "conveyor"),
+        "floor": _checked(
+            lambda: bl.gather_semaphores((io_stage, io_stage), range(n), limit), n, "floor"
+        ),
+        "aiostream": _checked(
+            lambda: bl.aiostream_map((io_stage, io_stage), range(n), task_limit=limit),
+            n,
+            "aiostream",
+        ),
+    }
+    warm = 2 * limit
+    warmups = {
+        "conveyor": lambda: drain(pipe(range(warm))),
+        "floor": lambda: bl.gather_semaphores((io_stage, io_stage), range(warm), limit),
+        "aiostream": lambda: bl.aiostream_map((io_stage, io_stage), range(warm), task_limit=limit),
+    }
+    return await interleaved(contenders, cfg.reps, warmups)
+
+
+def io(loop: str, cfg: Config) -> list[Row]:
+    rows = []
+    for n, limit in cfg.io_sizes:
+        s = run_on(loop, _io(cfg, n, limit))
+        ideal = (n / limit + 1) * IO_DELAY
+
+        def show(secs: float, n: int = n, ideal: float = ideal) -> str:
+            return f"{secs:.3f} s, {fmt_rate(rate(n, secs))} ({ideal / secs:.0%} of ideal)"
+
+        rows.append(
+            Row(
+                scenario=f"io {fmt_int(n)} @ limit {limit}",
+                loop=loop,
+                metric=f"wall time, items/s (ideal {ideal:.2f} s)",
+                conveyor=show(s["conveyor"]),
+                floor=show(s["floor"]),
+                aiostream=show(s["aiostream"]),
+                ratio=f"conv/floor time {s['conveyor'] / s['floor']:.2f}x",
+                target="as fast as gather+Semaphore",
+                met=s["conveyor"] <= s["floor"],
+            )
+        )
+    return rows
+
+
+# -- 4. batching ---------------------------------------------------------------------------
+
+BATCH_RATE = 150_000
+
+
+async def _batching(cfg: Config) -> dict[str, float]:
+    n, na = cfg.overhead_items, cfg.aiostream_items
+    contenders = {
+        "conveyor": _checked(lambda: drain(BATCHING(range(n))), n, "conveyor"),
+        "floor": _checked(
+            lambda: bl.floor_batch_loop(add_one, double_batch, sub_one, range(n), 100),
+            n,
+            "floor",
+        ),
+        "aiostream": _checked(
+            lambda: bl.aiostream_batch(add_one, double_batch, sub_one, range(na), 100),
+            na,
+            "aiostream",
+        ),
+    }
+    warm = 1_000
+    warmups = {
+        "conveyor": lambda: drain(BATCHING(range(warm))),
+        "aiostream": lambda: bl.aiostream_batch(add_one, double_batch, sub_one, range(warm), 100),
+    }
+    secs = await interleaved(contenders, cfg.reps, warmups)
+    return {name: rate(na if name == "aiostream" else n, s) for name, s in secs.items()}
+
+
+def batching(loop: str, cfg: Config) -> list[Row]:
+    r = run_on(loop, _batching(cfg))
+    conv = r["conveyor"]
+    return [
+        Row(
+            scenario="batching",
+            loop=loop,
+            metric=f"items/s ({fmt_int(cfg.overhead_items)} items, single|batch(100)|single)",
+            conveyor=fmt_rate(conv),
+            floor=fmt_rate(r["floor"]),
+            aiostream=f"{fmt_rate(r['aiostream'])} ({fmt_int(cfg.aiostream_items)} items)",
+            ratio=f"floor/conv {r['floor'] / conv:.1f}x; conv/aio {conv / r['aiostream']:.1f}x",
+            target=">=150k/s",
+            met=conv >= BATCH_RATE,
+        )
+    ]
+
+
+# -- 5. memory -----------------------------------------------------------------------------
+
+MEMORY_PEAK = 30 * 2**20
+
+
+def _memory_child(impl: str, loop: str, items: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.memory", impl, "--loop", loop, "--items", str(items)]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def memory(loop: str, cfg: Config) -> list[Row]:
+    samples: dict[str, list[dict[str, Any]]] = {"conveyor": [], "aiostream": []}
+    sizes = {"conveyor": cfg.memory_items, "aiostream": cfg.memory_aiostream_items}
+    for _ in range(cfg.memory_reps):
+        for impl in samples:
+            samples[impl].append(_memory_child(impl, loop, sizes[impl]))
+
+    def med(impl: str, key: str) -> float:
+        return float(statistics.median(s[key] for s in samples[impl]))
+
+    def show(impl: str) -> str:
+        return (
+            f"peak +{fmt_mb(med(impl, 'peak_growth'))}, RSS +{fmt_mb(med(impl, 'rss_growth'))}"
+            f" ({fmt_int(sizes[impl])} items, {med(impl, 'seconds'):.1f} s)"
+        )
+
+    peak = med("conveyor", "peak_growth")
+    return [
+        Row(
+            scenario="memory 1 KiB items",
+            loop=loop,
+            metric="tracemalloc peak growth, RSS growth (2 ordered stages)",
+            conveyor=show("conveyor"),
+            aiostream=show("aiostream"),
+            ratio=f"conv/aio peak {peak / max(med('aiostream', 'peak_growth'), 1):.1f}x",
+            target="peak growth <=30 MB",
+            met=peak <= MEMORY_PEAK,
+        )
+    ]
+
+
+# -- 6. latency ----------------------------------------------------------------------------
+
+LATENCY_DELAYS = (0.1, 0.2, 0.3, 0.4, 0.5, 2.0, 0.7, 0.8)
+LATENCY_TARGET_MS = 15.0
+
+
+async def _latency_sleep(i: int) -> int:
+    await asyncio.sleep(_LATENCY_SCALED[i])
+    return i
+
+
+_LATENCY_SCALED: list[float] = list(LATENCY_DELAYS)
+LATENCY_TASK = single_task(_latency_sleep)
+
+
+async def _arrivals_conveyor() -> list[float]:
+    start = time.perf_counter()
+    times = []
+    async for _ in LATENCY_TASK(range(len(_LATENCY_SCALED))):
+        times.append(time.perf_counter() - start)
+    return times
+
+
+async def _arrivals_floor() -> list[float]:
+    start = time.perf_counter()
+    tasks = [asyncio.create_task(_latency_sleep(i)) for i in range(len(_LATENCY_SCALED))]
+    times = []
+    for task in tasks:
+        await task
+        times.append(time.perf_counter() - start)
+    return times
+
+
+async def _arrivals_aiostream() -> list[float]:
+    start = time.perf_counter()
+    times = []
+    xs = bl.aiostream_chain(
+        [_latency_sleep], range(len(_LATENCY_SCALED)), task_limit=8, ordered=True
+    )
+    async with xs.stream() as streamer:
+        async for _ in streamer:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+async def _latency(cfg: Config) -> dict[str, list[float]]:
+    scale = cfg.latency_scale
+    _LATENCY_SCALED[:] = [d * scale for d in LATENCY_DELAYS]
+    ideal, high = [], 0.0
+    for d in _LATENCY_SCALED:
+        high = max(high, d)
+        ideal.append(high)
+    runs = {
+        "conveyor": _arrivals_conveyor,
+        "floor": _arrivals_floor,
+        "aiostream": _arrivals_aiostream,
+    }
+    # warm-up on a tiny timeline
+    saved = list(_LATENCY_SCALED)
+    _LATENCY_SCALED[:] = [0.001] * len(saved)
+    for fn in runs.values():
+        await fn()
+    _LATENCY_SCALED[:] = saved
+    delays: dict[str, list[list[float]]] = {name: [] for name in runs}
+    for _ in range(cfg.latency_reps):
+        for name, fn in runs.items():
+            times = await fn()
+            delays[name].append([(t - i) * 1000 for t, i in zip(times, ideal, strict=True)])
+    return {
+        name: [statistics.median(col) for col in zip(*per_rep, strict=True)]
+        for name, per_rep in delays.items()
+    }
+
+
+def latency(loop: str, cfg: Config) -> list[Row]:
+    d = run_on(loop, _latency(cfg))
+
+    def show(values: list[float]) -> str:
+        return f"max {max(values):.1f} ms [" + " ".join(f"{v:.1f}" for v in values) + "]"
+
+    worst = max(d["conveyor"])
+    scale = "" if cfg.latency_scale == 1 else f" (timeline x{cfg.latency_scale})"
+    return [
+        Row(
+            scenario="latency timeline",
+            loop=loop,
+            metric=f"delay past ideal arrival, ms, per result{scale}",
+            conveyor=show(d["conveyor"]),
+            floor=show(d["floor"]),
+            aiostream=show(d["aiostream"]),
+            ratio=f"conv-floor max {worst - max(d['floor']):+.1f} ms",
+            target="<=15 ms each",
+            met=worst <= LATENCY_TARGET_MS,
+        )
+    ]
+
+
+# -- 7. scaling ----------------------------------------------------------------------------
+
+SCALING_FLATNESS = 1.3
+
+
+def _overhead_run(n: int) -> Callable[[], Awaitable[int]]:
+    return lambda: drain(OVERHEAD(range(n)))
+
+
+def _floor_run(n: int) -> Callable[[], Awaitable[int]]:
+    return lambda: bl.floor_loop(ASYNC_STAGES, range(n))
+
+
+async def _scaling(cfg: Config) -> dict[int, dict[str, float]]:
+    await drain(OVERHEAD(range(1_000)))
+    await bl.floor_loop(ASYNC_STAGES, range(1_000))
+    result = {}
+    for n in cfg.scaling_sizes:
+        # small sizes take milliseconds a run: repeat them more, for a steadier median
+        reps = 2 if n >= 1_000_000 else cfg.reps if cfg.quick else max(3, min(15, 300_000 // n))
+        contenders = {
+            "conveyor": _checked(_overhead_run(n), n, "conveyor"),
+            "floor": _checked(_floor_run(n), n, "floor"),
+        }
+        secs = await interleaved(contenders, reps, warmups={})
+        result[n] = {name: rate(n, s) for name, s in secs.items()}
+    return result
+
+
+def scaling(loop: str, cfg: Config) -> list[Row]:
+    r = run_on(loop, _scaling(cfg))
+    rows = []
+    for n, rates in r.items():
+        rows.append(
+            Row(
+                scenario=f"scaling {fmt_int(n)}",
+                loop=loop,
+                metric="items/s (overhead, ordered)",
+                conveyor=fmt_rate(rates["conveyor"]),
+                floor=fmt_rate(rates["floor"]),
+                ratio=f"floor/conv {rates['floor'] / rates['conveyor']:.1f}x",
+            )
+        )
+    conv = [rates["conveyor"] for rates in r.values()]
+    flat = max(conv) / min(conv)
+    rows.append(
+        Row(
+            scenario="scaling flatness",
+            loop=loop,
+            metric="max/min items/s over " + "/".join(fmt_int(n) for n in r),
+            conveyor=f"{flat:.2f}",
+            target="<=1.3",
+            met=flat <= SCALING_FLATNESS,
+        )
+    )
+    return rows
+
+
+SCENARIOS: dict[str, Callable[[str, Config], list[Row]]] = {
+    "overhead": overhead,
+    "sync": sync,
+    "io": io,
+    "batching": batching,
+    "memory": memory,
+    "latency": latency,
+    "scaling": scaling,
+}

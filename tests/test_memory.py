@@ -1,0 +1,69 @@
+"""Memory stays flat: it depends on the window, not on the length of the input."""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+from collections.abc import AsyncIterator
+
+import pytest
+
+from conveyor import batch_task, single_task
+
+
+@single_task
+async def add_one(x: int) -> int:
+    return x + 1
+
+
+@single_task
+async def maybe_wait(x: int) -> int:
+    if x % 1000 == 0:
+        await asyncio.sleep(0)  # some calls suspend, so both paths of the engine run
+    return x * 2
+
+
+@batch_task(max_size=64)
+def batch_sum(batch: list[int]) -> int:
+    return sum(batch)
+
+
+async def numbers(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        yield i
+
+
+async def peak_growth(n: int, *, as_completed: bool = False, batched: bool = False) -> int:
+    """Peak traced memory (bytes) above the starting point while streaming n items."""
+    pipeline = add_one | maybe_wait
+    if batched:
+        pipeline = pipeline | batch_sum
+    if as_completed:
+        pipeline = pipeline.with_execution_mode("as_completed")
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        count = 0
+        async for _ in pipeline(numbers(n)):
+            count += 1
+        assert count == (n + 63) // 64 if batched else n
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.timeout(300)
+async def test_a_million_items_stream_in_constant_memory() -> None:
+    growth = await peak_growth(1_000_000)
+    # 1M ints held at once would take > 28 MB; the window (1000 items) takes well under 1.
+    assert growth < 5 * 2**20, f"peak grew by {growth / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("as_completed", [False, True])
+@pytest.mark.parametrize("batched", [False, True])
+async def test_memory_does_not_grow_with_input_length(as_completed: bool, batched: bool) -> None:
+    small = await peak_growth(20_000, as_completed=as_completed, batched=batched)
+    large = await peak_growth(200_000, as_completed=as_completed, batched=batched)
+    # Ten times the input, about the same peak (allowing for allocator noise).
+    assert large < small * 1.5 + 256 * 1024, (small, large)
