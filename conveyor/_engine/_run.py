@@ -100,7 +100,6 @@ class Run:
         context: PipelineContext,
     ) -> None:
         self.loop = asyncio.get_running_loop()
-        self.pipeline_context = context
         self.ordered = context.execution_mode is ExecutionMode.ORDERED
         self.limit = context.max_in_flight
         self._low_water = self.limit - max(1, self.limit // 8)
@@ -115,7 +114,6 @@ class Run:
         self.source_done = False
         self.finished = False
         self._source = source
-        self._pump_task: asyncio.Task[None] | None = None
 
         self.context = contextvars.copy_context()
         self.context.run(set_current_context, context)
@@ -175,7 +173,7 @@ class Run:
             self.check_stall()
 
     def start(self) -> None:
-        self._pump_task = self.spawn(self._pump(), self.context)
+        self.spawn(self._pump(), self.context)
 
     # -- the window ------------------------------------------------------------------
 
