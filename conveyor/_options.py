@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
 from typing import Any
 
 from .errors import ErrorAction, RetryConfig
@@ -93,19 +92,3 @@ def check_error_handler(handler: Any) -> None:
 def check_task_name(name: Any) -> None:
     if name is not None and (not isinstance(name, str) or not name):
         raise TypeError(f"task_name must be a non-empty str, got {name!r}")
-
-
-def func_kind(func: Callable[..., Any]) -> str:
-    """How to call ``func``: 'async', 'sync', 'gen' or 'agen'."""
-    probe: Any = func
-    if not (inspect.isfunction(probe) or inspect.ismethod(probe)) and not hasattr(probe, "func"):
-        call = getattr(type(probe), "__call__", None)  # noqa: B004 - callable objects
-        if call is not None and not inspect.isbuiltin(probe):
-            probe = call
-    if inspect.isasyncgenfunction(probe):
-        return "agen"
-    if inspect.iscoroutinefunction(probe):
-        return "async"
-    if inspect.isgeneratorfunction(probe):
-        return "gen"
-    return "sync"

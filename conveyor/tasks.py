@@ -67,7 +67,6 @@ class BaseTask(Generic[In, Out]):
         self.error_handler = error_handler
         self.timeout = timeout
         self.concurrency_limit = concurrency_limit
-        self._kind = _options.func_kind(func)
         self._side_args: tuple[Any, ...] = ()
         self._side_kwargs: dict[str, Any] = {}
         self._attr_name: str | None = None

@@ -32,9 +32,6 @@ if TYPE_CHECKING:
 
 UNLIMITED = 1 << 62
 
-# How a task's function is called (see tasks.FuncKind).
-ASYNC, SYNC, GEN, AGEN = "async", "sync", "gen", "agen"
-
 
 class Sink:
     """Anything a stage can send results to."""
@@ -88,7 +85,6 @@ class Stage(Sink):
         "inflight",
         "invoke",
         "is_batch",
-        "kind",
         "limit",
         "list",
         "loop",
@@ -107,7 +103,6 @@ class Stage(Sink):
         self.task = task
         self.loop = run.loop
         self.name = task.task_name
-        self.kind = task._kind
         self.retry = task.retry_config
         self.action = ErrorAction(task.on_error)
         self.handler = task.error_handler
@@ -177,7 +172,7 @@ class Stage(Sink):
     async def _attempt(self, item: Any) -> Any:
         """One complete call, inside a task (retries)."""
         result = self.invoke(item)
-        if self.kind is not ASYNC and type(result) is not CoroutineType:
+        if type(result) is not CoroutineType:  # the same rule as _first_step
             return result
         if self.timeout is None:
             return await result
@@ -374,9 +369,14 @@ class Stage(Sink):
     async def _give_up(self, exc: Exception, item: Any, attempt: int) -> Any:
         """The result that stands in for a call that failed for good (or raise)."""
         if self.handler is not None:
-            go_on, value = await self.handler.handle_error(exc, item, self.name, attempt)
+            seen = list(item) if self.is_batch else item  # the handler may keep it
+            go_on, value = await self.handler.handle_error(exc, seen, self.name, attempt)
             if go_on:
                 return value
+        return await self._fallback(exc, item, attempt)
+
+    async def _fallback(self, exc: Exception, item: Any, attempt: int) -> Any:
+        """``on_error`` for a call the handler (if any) did not rescue."""
         return self._final_action(exc, item, attempt)
 
     def _final_action(self, exc: Exception, item: Any, attempt: int) -> Any:
@@ -473,11 +473,7 @@ class BatchStage(Stage):
             self.inflight -= dropped
             self.run.release(dropped)
 
-    async def _give_up(self, exc: Exception, item: Any, attempt: int) -> Any:
-        if self.handler is not None:
-            go_on, value = await self.handler.handle_error(exc, list(item), self.name, attempt)
-            if go_on:
-                return value
+    async def _fallback(self, exc: Exception, item: Any, attempt: int) -> Any:
         if self.action is ErrorAction.SKIP_ITEM and len(item) > 1:
             return await self._isolate(item)
         return self._final_action(exc, item, attempt)
