@@ -13,7 +13,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._engine._run import NO_INPUT, Run, close_source
+from ._engine._run import NO_INPUT, NOTHING, Run, close_source
 from .context import ExecutionMode, PipelineContext
 
 if TYPE_CHECKING:
@@ -97,8 +97,11 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         run = self._run
         if run is None:
             run = self._start()
+        item: T = run.take()
+        if item is not NOTHING:
+            return item
         try:
-            item: T = await run.next()
+            item = await run.next()
         except asyncio.CancelledError:
             run.abort()
             raise

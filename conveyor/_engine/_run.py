@@ -27,6 +27,7 @@ from collections.abc import AsyncIterable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..context import ExecutionMode, PipelineContext, set_current_context
+from ._eager import Handoff
 from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sentinel
 from ._stages import UNLIMITED, BatchStage, SegmentEnd, SingleStage, Sink, Stage
 
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 NO_INPUT: Any = object()
 """Input of a run that calls its first task once, with no item (a source task)."""
 
+NOTHING: Any = object()
+"""What ``Run.take`` returns when no result is ready."""
+
 # Yield to the event loop at least this often (seconds) while pumping input that never
 # suspends, so the consumer sees early results.
 _PUMP_SLICE = 0.005
@@ -44,15 +48,13 @@ _PUMP_SLICE = 0.005
 class _Output(Sink):
     """Results of an as-completed run, in completion order."""
 
-    __slots__ = ("items", "run")
+    __slots__ = ("deliver",)
 
     def __init__(self, run: Run) -> None:
-        self.run = run
-        self.items: deque[Any] = deque()
+        self.deliver = run.deliver
 
     def push(self, item: Any, node: Any) -> None:
-        self.items.append(item)
-        self.run.wake_consumer()
+        self.deliver(item)
 
 
 class _BatchFeeder:
@@ -65,6 +67,10 @@ class _BatchFeeder:
         self.batch = batch
         self.list = OrderList(self.walk)
         self.walking = False
+
+    def ready(self, item: Any) -> None:
+        """An item that is next in order, with no node (see ``SegmentEnd``)."""
+        self.batch.push(item, None)
 
     def walk(self) -> None:
         if self.walking:  # re-entered from inside the batch: the outer loop goes on
@@ -109,6 +115,8 @@ class Run:
         self._waiters: list[tuple[asyncio.Future[None], Sentinel | None, bool]] = []
         self._consumer: asyncio.Future[None] | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.handoff = Handoff()
+        self.ready: deque[Any] = deque()  # results the consumer can take, in order
         self.error: BaseException | None = None
         self.closed = False
         self.source_done = False
@@ -125,11 +133,10 @@ class Run:
 
     def _build(self, tasks: Sequence[BaseTask[Any, Any]], context: PipelineContext) -> None:
         ordered = self.ordered
-        self._output = _Output(self)
         order = OrderList(self.wake_consumer) if ordered else None
         self._final_list = order
         # Walk backwards so each stage knows where its results go.
-        sink: Sink = SegmentEnd(order) if order is not None else self._output
+        sink: Sink = SegmentEnd(order, self.deliver) if order is not None else _Output(self)
         for task in reversed(tasks):
             if task._is_batch:
                 stage: Stage = BatchStage(self, task, task.concurrency_limit or 1)
@@ -138,7 +145,7 @@ class Run:
                 if ordered:
                     feeder = _BatchFeeder(self, stage)  # type: ignore[arg-type]
                     order = feeder.list
-                    sink = SegmentEnd(order)
+                    sink = SegmentEnd(order, feeder.ready)
                 else:
                     sink = stage
             else:
@@ -146,11 +153,12 @@ class Run:
                 stage = SingleStage(self, task, limit)
                 stage.list = order
                 stage.downstream = sink
+                if isinstance(sink, SingleStage) and sink.plain and stage.plain:
+                    stage.chain = sink  # fused: see _stages
                 sink = stage
             self.stages.append(stage)
         self.stages.reverse()
         self._entry = sink
-        self._first_list = order
 
     # -- tasks -----------------------------------------------------------------------
 
@@ -162,6 +170,8 @@ class Run:
         self.tasks.add(task)
         self.working += 1
         task.add_done_callback(self._task_done)
+        if self.closed:  # started by a call that finished while the run was closing
+            task.cancel()
         return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
@@ -259,31 +269,32 @@ class Run:
 
     def _admit(self, item: Any) -> None:
         self.tokens += 1
-        self._entry.push(item, None if self._first_list is None else self._first_list.append())
+        self._entry.push(item, None)  # no node yet: it belongs at the tail (see _stages)
 
     async def _pump_sync(self, source: Iterable[Any]) -> None:
-        iterator = iter(source)
-        admit = self._admit
+        push = self._entry.push
         loop_time = self.loop.time
         deadline = loop_time() + _PUMP_SLICE
         count = 0
-        while not self.closed:
-            if self.tokens >= self.limit:
-                await self.wait_for_room()
-                deadline = loop_time() + _PUMP_SLICE
-                continue
-            try:
-                item = next(iterator)
-            except StopIteration:
-                return
-            except Exception as exc:
-                exc.add_note("conveyor: raised while reading the pipeline's input")
-                raise
-            admit(item)
-            count += 1
-            if not count & 63 and loop_time() >= deadline:
-                await asyncio.sleep(0)
-                deadline = loop_time() + _PUMP_SLICE
+        try:
+            # Admitting an item cannot raise (stages catch what tasks raise), so what is
+            # caught here came from the input.
+            for item in source:
+                self.tokens += 1
+                push(item, None)
+                if self.closed:  # a task failed the run while the item went through
+                    return
+                # Wait before reading on: the input is not read ahead of the window.
+                if self.tokens >= self.limit:
+                    await self.wait_for_room()
+                    deadline = loop_time() + _PUMP_SLICE
+                count += 1
+                if not count & 63 and loop_time() >= deadline:
+                    await asyncio.sleep(0)
+                    deadline = loop_time() + _PUMP_SLICE
+        except Exception as exc:
+            exc.add_note("conveyor: raised while reading the pipeline's input")
+            raise
 
     async def _pump_async(self, source: AsyncIterable[Any]) -> None:
         iterator = aiter(source)
@@ -371,34 +382,45 @@ class Run:
 
     # -- the consumer side -----------------------------------------------------------
 
+    def deliver(self, item: Any) -> None:
+        """A result is next in order (or, as-completed, just completed): hand it over."""
+        self.ready.append(item)
+        if self._consumer is not None:
+            self.wake_consumer()
+
+    def take(self) -> Any:
+        """The next result if one is ready, else :data:`NOTHING`."""
+        ready = self.ready
+        if ready:
+            self.tokens -= 1  # release(1), inlined: this runs once per result
+            if self._waiters and (self.tokens <= self._low_water or not self.working):
+                self.wake_waiters()
+            return ready.popleft()
+        order = self._final_list
+        if order is None:
+            return NOTHING
+        # Results that reached the end of an ordered run behind others: read the list.
+        head = order.head
+        while (node := head.next) is not None:
+            value = node.value
+            if value is PENDING:
+                return NOTHING
+            if value is OPEN:
+                self.sentinel_at_front(node)  # type: ignore[arg-type]
+                return NOTHING
+            order.unlink_front()
+            if value is CLOSED:
+                continue
+            self.release(1)
+            if value is not EMPTY:
+                return value
+        return NOTHING
+
     async def next(self) -> Any:
         """The next result, ``StopAsyncIteration`` at the end, or the run's error."""
-        if self._final_list is not None:
-            order = self._final_list
-            head = order.head
-            while True:
-                node = head.next
-                if node is not None:
-                    value = node.value
-                    if value is not PENDING and value is not OPEN:
-                        order.unlink_front()
-                        if value is CLOSED:
-                            continue
-                        self.release(1)
-                        if value is EMPTY:
-                            continue
-                        return value
-                    if value is OPEN:
-                        self.sentinel_at_front(node)  # type: ignore[arg-type]
-                await self._wait()
-        else:
-            items = self._output.items
-            while True:
-                if items:
-                    value = items.popleft()
-                    self.release(1)
-                    return value
-                await self._wait()
+        while (value := self.take()) is NOTHING:
+            await self._wait()
+        return value
 
     async def _wait(self) -> None:
         if self.error is not None:

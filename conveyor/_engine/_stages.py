@@ -1,36 +1,58 @@
 """The runtime of one task within one run.
 
 A stage receives items through ``push(item, node)`` and sends results downstream with
-``downstream.push(result, node)``. ``node`` is the item's place in the reorder list of
-an ordered run, and ``None`` in an as-completed run.
+``downstream.push(result, node)``.
+
+``node`` is the item's place in its segment's reorder list (see ``_order``) in an ordered
+run. It is ``None`` in an as-completed run, and also, in an ordered run, for an item that
+has not needed a place yet: such an item belongs at the tail of the list, because nothing
+can be appended behind it while it is passed on synchronously. A stage gives it a node
+(``self.place``) only when it has to wait: a call that suspends, a queue, a generator. An
+item that goes through without waiting never costs a node.
 
 Calls are made through ``self.invoke(item)``: the one seam where an executor (threads,
 processes, a cluster) can take over a call. An ``async`` task's call is started eagerly
 (see ``_eager``); a plain function is called inline, so a sync task that never blocks
-costs a function call, not an asyncio task.
+costs a function call, not an asyncio task. Adjacent plain-function single stages are
+*fused*: a plain call's result goes straight into the next plain call, in the same copy
+of the run's context, as if the functions were composed by hand.
 
 Results: ``None`` drops the item, a ``list`` becomes several items, a generator or async
 generator becomes several items lazily (paced by the run's window), anything else is one
 item. A :class:`~conveyor.errors.Failure` passes through later stages untouched.
+
+Counting: ``running`` counts a stage's calls that went on asynchronously (the concurrency
+limit) and ``inflight`` the items it holds across an ``await`` (queued, in such calls,
+expanding, accumulated in a batch). A call that completes inline is not counted: it is
+always made while its caller still counts something, or before the input is exhausted,
+so the run can never be judged finished underneath it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
-from types import AsyncGeneratorType, CoroutineType, GeneratorType
+from types import AsyncGeneratorType, CoroutineType, GeneratorType, NoneType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ErrorAction, Failure, short_repr
-from ._eager import Started, TaskProxy, current_tasks, resume
-from ._order import CLOSED, EMPTY, OrderList, Sentinel
+from ._eager import Driver, TaskProxy, current_tasks, resume
+from ._order import CLOSED, EMPTY, Node, OrderList, Sentinel
 
 if TYPE_CHECKING:
+    import contextvars
+
     from ..tasks import BaseTask
     from ._run import Run
 
 UNLIMITED = 1 << 62
+
+# Results a fused call chain does not hand straight to the next plain function.
+_NOT_PLAIN = frozenset(
+    {NoneType, list, GeneratorType, AsyncGeneratorType, CoroutineType, Failure}
+)
 
 
 class Sink:
@@ -43,29 +65,25 @@ class Sink:
 
 
 class SegmentEnd(Sink):
-    """End of a segment of an ordered run: a result settles its node in the list."""
+    """End of a segment of an ordered run: a result settles its place in the list.
 
-    __slots__ = ("list",)
+    A result without a node belongs at the tail: if the list is empty it is next in
+    order and goes straight to ``ready`` (the reader's own input), else it gets a node.
+    """
 
-    def __init__(self, order: OrderList) -> None:
+    __slots__ = ("list", "ready")
+
+    def __init__(self, order: OrderList, ready: Callable[[Any], None]) -> None:
         self.list = order
+        self.ready = ready
 
     def push(self, item: Any, node: Any) -> None:
-        self.list.resolve(node, item)
-
-
-def _first_step(invoke: Callable[[Any], Any], item: Any) -> tuple[Any, Any]:
-    """Call and, for a coroutine, run it to its first suspension.
-
-    Returns ``(None, result)`` when the call is complete, else ``(coroutine, yielded)``.
-    """
-    result = invoke(item)
-    if type(result) is not CoroutineType:
-        return None, result
-    try:
-        return result, result.send(None)
-    except StopIteration as stop:
-        return None, stop.value
+        if node is not None:
+            self.list.resolve(node, item)
+        elif self.list.head.next is None:
+            self.ready(item)
+        else:
+            self.list.append().value = item
 
 
 def annotate(exc: BaseException, task_name: str, item: Any, batch: bool) -> BaseException:
@@ -80,6 +98,9 @@ class Stage(Sink):
     __slots__ = (
         "_draining",
         "action",
+        "call",
+        "chain",
+        "context",
         "downstream",
         "handler",
         "inflight",
@@ -90,6 +111,7 @@ class Stage(Sink):
         "loop",
         "name",
         "pending",
+        "plain",
         "proxy",
         "retry",
         "run",
@@ -102,6 +124,7 @@ class Stage(Sink):
         self.run = run
         self.task = task
         self.loop = run.loop
+        self.context = run.context
         self.name = task.task_name
         self.retry = task.retry_config
         self.action = ErrorAction(task.on_error)
@@ -109,55 +132,150 @@ class Stage(Sink):
         self.timeout = task.timeout
         self.limit = limit
         self.invoke: Callable[[Any], Any] = task.func  # replaced once side inputs resolve
+        # A plain function (generator functions too) is called inline; an async one is
+        # started eagerly. A callable that is not what it looks like still works: both
+        # paths handle whatever the call returns.
+        self.plain = not inspect.iscoroutinefunction(task.func)
+        self.call: Callable[[Any, Any], None] = self._call if self.plain else self._call_async
+        self.chain: SingleStage | None = None  # the plain-function stage fused after this one
         self.downstream: Sink = Sink()
         self.list: OrderList | None = None  # the reorder list this stage emits into
-        self.running = 0  # calls in progress
-        self.inflight = 0  # items inside this stage (queued, in calls, expanding)
+        self.running = 0
+        self.inflight = 0
         self.pending: deque[tuple[Any, Any]] = deque()
         self.proxy = TaskProxy(self.loop)
         self._draining = False
         self.is_batch = False
 
+    def place(self, node: Node | None) -> Node | None:
+        """The item's node, created at the list's tail if it has none yet (see above)."""
+        if node is None and self.list is not None:
+            return self.list.append()
+        return node
+
     # -- calling ---------------------------------------------------------------------
 
-    def _start(self, item: Any, node: Any) -> None:
-        """Call the task on ``item``; finish inline if the call never suspends."""
-        self.running += 1
-        loop = self.loop
+    def _call(self, item: Any, node: Any) -> None:
+        """Call a plain function, and the fused plain functions after it, inline."""
         # Every call runs in its own copy of the run's context, as a task would: what a
-        # call sets in a ContextVar stays with that call. During the call's first step
-        # the current task is the stage's proxy (see _eager).
-        context = self.run.context.copy()
-        proxy = self.proxy
-        previous = current_tasks.get(loop)
-        current_tasks[loop] = proxy
-        try:
+        # call sets in a ContextVar stays with that call (and the calls fused after it).
+        context = self.context.copy()
+        stage = self
+        while True:
             try:
-                coro, value = context.run(_first_step, self.invoke, item)
+                result = context.run(stage.invoke, item)
             except Exception as exc:
-                self._failed(exc, item, node)
+                stage._failed(exc, item, node)
                 return
-            if coro is None:
-                self.running -= 1
-                self._emit(value, node)
+            kind = type(result)
+            following = stage.chain
+            if following is None or kind in _NOT_PLAIN or following.running >= following.limit:
+                break
+            stage, item = following, result
+        stage._plain_result(result, context, item, node)
+
+    def _plain_result(
+        self, result: Any, context: contextvars.Context, item: Any, node: Any
+    ) -> None:
+        if type(result) is CoroutineType:  # a plain function that returned a coroutine
+            self._step_coroutine(result, context, item, node)
+            return
+        self._emit(result, node)
+        if self.is_batch:
+            self._call_done(item)
+
+    def _call_async(self, item: Any, node: Any) -> None:
+        """Call an ``async`` function and run it up to its first suspension, inline.
+
+        During that step the current task is the stage's proxy (see ``_eager``).
+        """
+        loop = self.loop
+        context = self.context.copy()
+        previous = current_tasks.get(loop)
+        current_tasks[loop] = self.proxy
+        try:
+            coro = self.invoke(item)
+            if type(coro) is not CoroutineType:  # marked as a coroutine function, was not
+                _restore_current(loop, previous)
+                self._plain_result(coro, context, item, node)
+                return
+            yielded = context.run(coro.send, None)
+        except StopIteration as stop:
+            _restore_current(loop, previous)
+            self._emit(stop.value, node)
+            if self.is_batch:
                 self._call_done(item)
-                return
-            # It suspended: the rest runs in a task. Its first step (which sets up the
-            # timeout) runs here too, so the task starts with a suspended coroutine.
-            rest = self._complete(coro, value, item, node)
+            return
+        except Exception as exc:
+            _restore_current(loop, previous)
+            self._failed(exc, item, node)
+            return
+        except BaseException:
+            _restore_current(loop, previous)
+            raise
+        self._suspended(coro, yielded, context, item, node, previous)
+
+    def _step_coroutine(
+        self, coro: Coroutine[Any, Any, Any], context: contextvars.Context, item: Any, node: Any
+    ) -> None:
+        """``_call_async`` for a coroutine a plain function returned."""
+        loop = self.loop
+        previous = current_tasks.get(loop)
+        current_tasks[loop] = self.proxy
+        try:
+            yielded = context.run(coro.send, None)
+        except StopIteration as stop:
+            _restore_current(loop, previous)
+            self._emit(stop.value, node)
+            if self.is_batch:
+                self._call_done(item)
+            return
+        except Exception as exc:
+            _restore_current(loop, previous)
+            self._failed(exc, item, node)
+            return
+        except BaseException:
+            _restore_current(loop, previous)
+            raise
+        self._suspended(coro, yielded, context, item, node, previous)
+
+    def _suspended(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        yielded: Any,
+        context: contextvars.Context,
+        item: Any,
+        node: Any,
+        previous: Any,
+    ) -> None:
+        """A call suspended (with the proxy still current): hand the rest to a task."""
+        loop = self.loop
+        proxy = self.proxy
+        self._went_async()
+        try:
+            # The rest's first step (which enters the timeout) runs here too, while the
+            # proxy is current, so the task starts with a suspended coroutine.
+            rest = self._complete(coro, yielded, item, self.place(node))
             first = context.run(rest.send, None)
         finally:
-            if previous is None:
-                del current_tasks[loop]
-            else:
-                current_tasks[loop] = previous
+            _restore_current(loop, previous)
         self.proxy = TaskProxy(loop)
-        proxy.bind(self.run.spawn(Started(rest, first), context))
+        run = self.run
+        driver = None if run.closed else run.handoff.offer(rest, first, context)
+        if driver is None:
+            driver = run.spawn(Driver(rest, first, run.handoff), context)
+        proxy.bind(driver)
+
+    def _went_async(self) -> None:
+        """A call goes on past the synchronous hand-on: count it until ``_finished``."""
+        self.running += 1
+        if not self.is_batch:  # a batch's items are counted from the moment they arrive
+            self.inflight += 1
 
     async def _complete(
         self, coro: Coroutine[Any, Any, Any], yielded: Any, item: Any, node: Any
     ) -> None:
-        """The rest of a call that suspended, in its own task."""
+        """The rest of a call that suspended, in a task (see ``Driver``)."""
         try:
             if self.timeout is None:
                 result = await resume(coro, yielded)
@@ -167,12 +285,17 @@ class Stage(Sink):
         except Exception as exc:
             await self._recover(exc, item, node, 1)
             return
-        self._finished(result, item, node)
+        handoff = self.run.handoff
+        handoff.driver = current_tasks.get(self.loop)
+        try:
+            self._finished(result, item, node)
+        finally:
+            handoff.driver = None
 
     async def _attempt(self, item: Any) -> Any:
         """One complete call, inside a task (retries)."""
         result = self.invoke(item)
-        if type(result) is not CoroutineType:  # the same rule as _first_step
+        if type(result) is not CoroutineType:  # the same rule as _plain_result
             return result
         if self.timeout is None:
             return await result
@@ -196,7 +319,10 @@ class Stage(Sink):
         self._draining = True
         try:
             while self.pending and self.running < self.limit and not self.run.closed:
-                self._start(*self.pending.popleft())
+                item, node = self.pending.popleft()
+                self.call(item, node)
+                if not self.is_batch:
+                    self.inflight -= 1  # only now: it stays counted during its call
         finally:
             self._draining = False
 
@@ -247,10 +373,9 @@ class Stage(Sink):
         self.inflight += 1
         self.run.expanding += 1
         sentinel: Sentinel | None = None
-        if node is not None:
-            assert self.list is not None
-            sentinel = self.list.open_sentinel(node)
-        self.run.spawn(self._expand(gen, sentinel), self.run.context.copy())
+        if self.list is not None:
+            sentinel = self.list.open_sentinel(self.place(node))  # type: ignore[arg-type]
+        self.run.spawn(self._expand(gen, sentinel), self.context.copy())
 
     async def _expand(
         self, gen: Generator[Any, Any, Any] | AsyncGenerator[Any, Any], sentinel: Sentinel | None
@@ -333,15 +458,17 @@ class Stage(Sink):
             or (retry.max_attempts > 1 and isinstance(exc, retry.retry_on))
             or (self.is_batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1)
         ):
-            self.run.spawn(self._recover(exc, item, node, 1), self.run.context.copy())
+            self._went_async()
+            self.run.spawn(self._recover(exc, item, self.place(node), 1), self.context.copy())
             return
         try:
             result = self._final_action(exc, item, 1)
         except BaseException as final:
-            self.running -= 1
             self.run.fail(final)
             return
-        self._finished(result, item, node)
+        self._emit(result, node)
+        if self.is_batch:
+            self._call_done(item)
 
     async def _recover(self, exc: Exception, item: Any, node: Any, attempt: int) -> None:
         """Retries, then the error handler, then ``on_error``; in a task."""
@@ -397,11 +524,11 @@ class SingleStage(Stage):
         if type(item) is Failure:
             self.downstream.push(item, node)
             return
-        self.inflight += 1
         if self.running < self.limit:
-            self._start(item, node)
+            self.call(item, node)
         else:
-            self.pending.append((item, node))
+            self.inflight += 1
+            self.pending.append((item, self.place(node)))
 
 
 class BatchStage(Stage):
@@ -431,7 +558,7 @@ class BatchStage(Stage):
             self.flush()
         elif n == 1 and self.max_wait is not None:
             self._timer = self.loop.call_later(
-                self.max_wait, self._on_timer, context=self.run.context
+                self.max_wait, self._on_timer, context=self.context
             )
 
     def _on_timer(self) -> None:
@@ -452,7 +579,7 @@ class BatchStage(Stage):
         self.run.tokens += 1  # the batch's result node; the items' tokens go when it is done
         node = None if self.list is None else self.list.append()
         if self.running < self.limit:
-            self._start(batch, node)
+            self.call(batch, node)
         else:
             self.pending.append((batch, node))
 
@@ -506,3 +633,11 @@ class BatchStage(Stage):
         if type(result) is AsyncGeneratorType:
             return [item async for item in result]
         return [result]
+
+
+def _restore_current(loop: asyncio.AbstractEventLoop, previous: Any) -> None:
+    """Put back the current task a call's first step displaced (``None``: there was none)."""
+    if previous is None:
+        del current_tasks[loop]
+    else:
+        current_tasks[loop] = previous
