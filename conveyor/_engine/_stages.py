@@ -50,9 +50,7 @@ if TYPE_CHECKING:
 UNLIMITED = 1 << 62
 
 # Results a fused call chain does not hand straight to the next plain function.
-_NOT_PLAIN = frozenset(
-    {NoneType, list, GeneratorType, AsyncGeneratorType, CoroutineType, Failure}
-)
+_NOT_PLAIN = frozenset({NoneType, list, GeneratorType, AsyncGeneratorType, CoroutineType, Failure})
 
 
 class Sink:
@@ -557,9 +555,7 @@ class BatchStage(Stage):
         if n >= self.max_size or (self._expired and n >= self.min_size):
             self.flush()
         elif n == 1 and self.max_wait is not None:
-            self._timer = self.loop.call_later(
-                self.max_wait, self._on_timer, context=self.context
-            )
+            self._timer = self.loop.call_later(self.max_wait, self._on_timer, context=self.context)
 
     def _on_timer(self) -> None:
         self._timer = None
