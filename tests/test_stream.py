@@ -242,6 +242,39 @@ async def test_aclose_twice_is_harmless() -> None:
     assert leftover_tasks() == []
 
 
+async def test_closed_stream_is_exhausted() -> None:
+    stream = double(range(100))
+    assert await anext(stream) == 0
+    await asyncio.sleep(0.01)  # more results are ready by now
+    await stream.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+
+
+async def test_aclose_from_another_task_ends_a_waiting_consumer() -> None:
+    stream = single_task(asyncio.sleep)([10])
+    waiting = asyncio.create_task(anext(stream))
+    await asyncio.sleep(0.01)
+    await stream.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await waiting
+
+
+async def test_error_is_raised_once_then_the_stream_is_over() -> None:
+    @single_task
+    def fail_on_two(x: int) -> int:
+        if x == 2:
+            raise ValueError(x)
+        return x
+
+    stream = fail_on_two(range(5))
+    assert [await anext(stream), await anext(stream)] == [0, 1]  # before the failure
+    with pytest.raises(ValueError):
+        await anext(stream)
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+
+
 async def test_break_without_async_with_cancels_the_run() -> None:
     cancelled: list[int] = []
 

@@ -373,6 +373,15 @@ class Run:
                 stage._timer.cancel()
         for task in list(self.tasks):
             task.cancel()
+        if self.error is None:
+            # Closed by the consumer (or for it): results not taken yet are dropped, and a
+            # consumer waiting in another task ends its iteration.
+            self._discard_results()
+            self.wake_consumer()
+
+    def _discard_results(self) -> None:
+        self.ready.clear()
+        self._final_list = None
 
     async def shutdown(self) -> None:
         """Cancel everything and wait until every task of the run has ended."""
@@ -424,10 +433,11 @@ class Run:
 
     async def _wait(self) -> None:
         if self.error is not None:
-            error = self.error
+            error, self.error = self.error, None  # raised once; then the stream is over
             await self.shutdown()
+            self._discard_results()
             raise error
-        if self.finished:
+        if self.finished or self.closed:
             await self.shutdown()
             raise StopAsyncIteration
         if self._consumer is None:

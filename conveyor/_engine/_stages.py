@@ -302,7 +302,8 @@ class Stage(Sink):
 
     def _finished(self, result: Any, item: Any, node: Any) -> None:
         self.running -= 1
-        self._emit(result, node)
+        if not self.run.closed:  # else a call that ignored its cancellation: start nothing
+            self._emit(result, node)
         self._call_done(item)
 
     def _call_done(self, item: Any) -> None:
