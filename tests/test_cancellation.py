@@ -124,7 +124,11 @@ def run_and_stop_early(
     return state
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=max(200, settings.default.max_examples // 3),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     specs=pipelines(failures=False),
     stop_after=st.integers(1, 10),

@@ -20,7 +20,7 @@ import contextvars
 import types
 from asyncio import tasks as _asyncio_tasks
 from collections.abc import Coroutine, Generator
-from typing import Any
+from typing import Any, Protocol
 
 # The loop -> current task mapping that asyncio.current_task() reads (the C one when the
 # C accelerator is in use: asyncio.tasks re-exports it).
@@ -100,67 +100,91 @@ def resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, 
 
 _NOTHING: Any = object()
 
+UNSTARTED: Any = object()
+"""``first`` of a call whose coroutine has not run yet (see :class:`Driver`)."""
+
+
+class Owner(Protocol):
+    """What a :class:`Driver` reports a call's outcome to (a stage)."""
+
+    def _returned(self, result: Any, item: Any, node: Any, at_once: bool) -> None: ...
+
+    def _raised(self, exc: Exception, item: Any, node: Any) -> Coroutine[Any, Any, Any]: ...
+
+
+Call = tuple[Owner, Coroutine[Any, Any, Any], Any, contextvars.Context, Any, Any]
+"""A call for a driver: ``(owner, coroutine, first, context, item, node)``.
+
+``first`` is what the coroutine yielded when it was started eagerly, or
+:data:`UNSTARTED`; ``context`` is the copy of the run's context the call runs in.
+"""
+
 
 class Handoff:
     """Where a finishing call leaves the next call that its task may take over.
 
-    Creating a task per suspended call is the largest per-call cost under wide I/O. When
-    a call finishes inside a :class:`Driver`, its result often starts the next stage's
-    call (or a queued one), which suspends at once. Rather than spawn a task for it, the
-    finishing driver carries it on: ``open()`` marks the span in which a suspended call
-    may be left here, ``take()`` collects it.
+    Creating a task per call that suspends is the largest per-call cost under wide I/O.
+    When a call finishes inside a :class:`Driver`, its result often starts the next
+    stage's call (or a queued one). Rather than spawn a task for that call, the finishing
+    driver carries it on: ``driver`` is set while the finishing call's result is handed
+    on, and ``offer()`` leaves a call here for it.
     """
 
     __slots__ = ("call", "driver")
 
     def __init__(self) -> None:
-        self.driver: asyncio.Task[Any] | None = None  # set while a driver's call finishes
-        self.call: tuple[Coroutine[Any, Any, Any], Any, contextvars.Context] | None = None
+        self.driver: asyncio.Task[Any] | None = None
+        self.call: Call | None = None
 
-    def offer(
-        self, rest: Coroutine[Any, Any, Any], first: Any, context: contextvars.Context
-    ) -> asyncio.Task[Any] | None:
-        """Leave a suspended call for the finishing driver; its task, or ``None`` if none."""
+    def offer(self, call: Call) -> asyncio.Task[Any] | None:
+        """Leave ``call`` for the finishing driver; its task, or ``None`` if there is none."""
         driver = self.driver
         # A task with a cancellation request pending would pass it on to the new call.
         if driver is None or self.call is not None or driver.cancelling():
             return None
-        self.call = (rest, first, context)
+        self.call = call
         return driver
 
 
 class Driver(Coroutine[Any, Any, Any]):
-    """The coroutine of a call's task: a started call, then any calls handed over to it.
+    """The coroutine of a call's task: it runs a call, then any calls handed over to it.
 
-    The task's first step re-yields what the call's coroutine yielded when it was started
-    eagerly. A cancellation that arrives before that step is thrown straight into the
+    It drives the user's coroutine itself and reports the outcome to the call's owner:
+    the result, or the exception (the owner returns a recovery coroutine, which the
+    driver runs next in the same context).
+
+    A call started eagerly has already yielded ``first``: the task's first step re-yields
+    it. A cancellation that arrives before that step is thrown straight into the
     coroutine, so the user's code sees ``CancelledError`` at its ``await`` and its clean-up
-    runs (a plain wrapper coroutine would die unstarted and leave the user's coroutine to
-    the garbage collector).
+    runs. An :data:`UNSTARTED` call runs its first step in the task, with the task as the
+    current one.
 
-    When the call ends, a call left in the :class:`Handoff` is taken over: the task goes on
-    with it, each of its steps run in that call's own context.
+    When the call ends, a call left in the :class:`Handoff` is taken over, each of its
+    steps run in that call's own context.
     """
 
-    __slots__ = ("_context", "_coro", "_first", "_handoff")
+    __slots__ = ("_context", "_coro", "_first", "_handoff", "_item", "_node", "_owner")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any, handoff: Handoff) -> None:
-        self._coro = coro
-        self._first = first
-        self._context: contextvars.Context | None = None  # None: the task's own context
+    def __init__(self, call: Call, handoff: Handoff) -> None:
+        self._owner: Owner | None
+        self._owner, self._coro, self._first, _, self._item, self._node = call
+        self._context: contextvars.Context | None = None  # the task's own: the call's
         self._handoff = handoff
 
     def send(self, value: Any) -> Any:
         first = self._first
         if first is not _NOTHING:
             self._first = _NOTHING
-            return first
+            if first is not UNSTARTED:
+                return first
         try:
             if self._context is None:
                 return self._coro.send(value)
             return self._context.run(self._coro.send, value)
-        except StopIteration:
-            return self._take_over()
+        except StopIteration as stop:
+            return self._returned(stop.value, first is UNSTARTED)
+        except Exception as exc:
+            return self._raised(exc)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         self._first = _NOTHING
@@ -169,16 +193,33 @@ class Driver(Coroutine[Any, Any, Any]):
             if self._context is None:
                 return self._coro.throw(exc)
             return self._context.run(self._coro.throw, exc)
-        except StopIteration:
-            return self._take_over()
+        except StopIteration as stop:
+            return self._returned(stop.value, False)
+        except Exception as error:
+            return self._raised(error)
+
+    def _returned(self, result: Any, at_once: bool) -> Any:
+        owner = self._owner
+        if owner is not None:
+            self._owner = None
+            owner._returned(result, self._item, self._node, at_once)
+        return self._take_over()
+
+    def _raised(self, exc: Exception) -> Any:
+        owner = self._owner
+        if owner is None:  # the engine's own coroutine failed: the task fails the run
+            raise exc
+        self._owner = None
+        self._coro = owner._raised(exc, self._item, self._node)
+        return self.send(None)
 
     def _take_over(self) -> Any:
         call = self._handoff.call
         if call is None:
             raise StopIteration
         self._handoff.call = None
-        self._coro, first, self._context = call
-        return first
+        self._owner, self._coro, self._first, self._context, self._item, self._node = call
+        return self.send(None)
 
     def close(self) -> None:
         if self._context is None:

@@ -48,13 +48,36 @@ _PUMP_SLICE = 0.005
 class _Output(Sink):
     """Results of an as-completed run, in completion order."""
 
-    __slots__ = ("deliver",)
+    __slots__ = ("ready", "run")
 
     def __init__(self, run: Run) -> None:
-        self.deliver = run.deliver
+        self.run = run
+        self.ready = run.ready
 
     def push(self, item: Any, node: Any) -> None:
-        self.deliver(item)
+        self.ready.append(item)  # Run.deliver, inlined: this runs once per result
+        if self.run._consumer is not None:
+            self.run.wake_consumer()
+
+
+class _OrderedOutput(SegmentEnd):
+    """The end of an ordered run: results in input order (see ``SegmentEnd``)."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: Run, order: OrderList) -> None:
+        super().__init__(order, run.deliver)
+        self.run = run
+
+    def push(self, item: Any, node: Any) -> None:
+        if node is not None:
+            self.list.resolve(node, item)
+        elif self.list.head.next is None:
+            self.run.ready.append(item)  # Run.deliver, inlined
+            if self.run._consumer is not None:
+                self.run.wake_consumer()
+        else:
+            self.list.append().value = item
 
 
 class _BatchFeeder:
@@ -99,6 +122,30 @@ class _BatchFeeder:
 class Run:
     """The state of one pipeline run, driven by the consumer through ``next()``."""
 
+    __slots__ = (
+        "_consumer",
+        "_entry",
+        "_final_list",
+        "_low_water",
+        "_source",
+        "_waiters",
+        "closed",
+        "context",
+        "error",
+        "expanding",
+        "finished",
+        "handoff",
+        "limit",
+        "loop",
+        "ordered",
+        "ready",
+        "source_done",
+        "stages",
+        "tasks",
+        "tokens",
+        "working",
+    )
+
     def __init__(
         self,
         tasks: Sequence[BaseTask[Any, Any]],
@@ -136,7 +183,7 @@ class Run:
         order = OrderList(self.wake_consumer) if ordered else None
         self._final_list = order
         # Walk backwards so each stage knows where its results go.
-        sink: Sink = SegmentEnd(order, self.deliver) if order is not None else _Output(self)
+        sink: Sink = _OrderedOutput(self, order) if order is not None else _Output(self)
         for task in reversed(tasks):
             if task._is_batch:
                 stage: Stage = BatchStage(self, task, task.concurrency_limit or 1)

@@ -38,7 +38,7 @@ from types import AsyncGeneratorType, CoroutineType, GeneratorType, NoneType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ErrorAction, Failure, short_repr
-from ._eager import Driver, TaskProxy, current_tasks, resume
+from ._eager import UNSTARTED, Call, Driver, TaskProxy, current_tasks, resume
 from ._order import CLOSED, EMPTY, Node, OrderList, Sentinel
 
 if TYPE_CHECKING:
@@ -48,6 +48,9 @@ if TYPE_CHECKING:
     from ._run import Run
 
 UNLIMITED = 1 << 62
+
+# After this many of its calls have suspended, an async stage starts calls lazily.
+LAZY_AFTER = 16
 
 # Results a fused call chain does not hand straight to the next plain function.
 _NOT_PLAIN = frozenset({NoneType, list, GeneratorType, AsyncGeneratorType, CoroutineType, Failure})
@@ -114,6 +117,7 @@ class Stage(Sink):
         "retry",
         "run",
         "running",
+        "suspensions",
         "task",
         "timeout",
     )
@@ -140,6 +144,7 @@ class Stage(Sink):
         self.list: OrderList | None = None  # the reorder list this stage emits into
         self.running = 0
         self.inflight = 0
+        self.suspensions = 0
         self.pending: deque[tuple[Any, Any]] = deque()
         self.proxy = TaskProxy(self.loop)
         self._draining = False
@@ -170,7 +175,12 @@ class Stage(Sink):
             if following is None or kind in _NOT_PLAIN or following.running >= following.limit:
                 break
             stage, item = following, result
-        stage._plain_result(result, context, item, node)
+        if kind in _NOT_PLAIN:
+            stage._plain_result(result, context, item, node)
+            return
+        stage.downstream.push(result, node)
+        if stage.is_batch:
+            stage._call_done(item)
 
     def _plain_result(
         self, result: Any, context: contextvars.Context, item: Any, node: Any
@@ -199,8 +209,15 @@ class Stage(Sink):
                 return
             yielded = context.run(coro.send, None)
         except StopIteration as stop:
-            _restore_current(loop, previous)
-            self._emit(stop.value, node)
+            if previous is None:  # _restore_current, inlined on the hot path
+                del current_tasks[loop]
+            else:
+                current_tasks[loop] = previous
+            result = stop.value
+            if type(result) in _NOT_PLAIN:
+                self._emit(result, node)
+            else:
+                self.downstream.push(result, node)
             if self.is_batch:
                 self._call_done(item)
             return
@@ -246,23 +263,58 @@ class Stage(Sink):
         node: Any,
         previous: Any,
     ) -> None:
-        """A call suspended (with the proxy still current): hand the rest to a task."""
+        """A call suspended (with the proxy still current): a task carries it on."""
         loop = self.loop
         proxy = self.proxy
         self._went_async()
         try:
-            # The rest's first step (which enters the timeout) runs here too, while the
-            # proxy is current, so the task starts with a suspended coroutine.
-            rest = self._complete(coro, yielded, item, self.place(node))
-            first = context.run(rest.send, None)
+            if self.timeout is not None:
+                # Enter the timeout now, while the proxy is current: it is the task the
+                # timeout will cancel (the proxy forwards that to the real one).
+                coro = self._timed(coro, yielded)
+                yielded = context.run(coro.send, None)
         finally:
             _restore_current(loop, previous)
         self.proxy = TaskProxy(loop)
+        proxy.bind(self._carry_on((self, coro, yielded, context, item, self.place(node))))
+        self.suspensions += 1
+        if self.suspensions >= LAZY_AFTER and not self.plain:
+            self.call = self._call_lazily
+
+    def _call_lazily(self, item: Any, node: Any) -> None:
+        """Start a call in a task of its own (or a handed-over one), not inline.
+
+        A stage switches to this after ``LAZY_AFTER`` calls have suspended, so calls that
+        wait for I/O anyway skip the inline first step and the proxy. It switches back as
+        soon as a call turns out to complete on its first step (see ``_returned``).
+        """
+        try:
+            coro = self.invoke(item)
+        except Exception as exc:
+            self._failed(exc, item, node)
+            return
+        context = self.context.copy()
+        if type(coro) is not CoroutineType:
+            self._plain_result(coro, context, item, node)
+            return
+        self._went_async()
+        if self.timeout is not None:
+            coro = self._timed(coro, UNSTARTED)
+        self._carry_on((self, coro, UNSTARTED, context, item, self.place(node)))
+
+    def _carry_on(self, call: Call) -> asyncio.Task[Any]:
+        """The task that runs ``call``: a finishing one that takes it over, or a new one."""
         run = self.run
-        driver = None if run.closed else run.handoff.offer(rest, first, context)
-        if driver is None:
-            driver = run.spawn(Driver(rest, first, run.handoff), context)
-        proxy.bind(driver)
+        task = None if run.closed else run.handoff.offer(call)
+        if task is None:
+            task = run.spawn(Driver(call, run.handoff), call[3])
+        return task
+
+    async def _timed(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
+        async with asyncio.timeout(self.timeout):
+            if yielded is UNSTARTED:
+                return await coro
+            return await resume(coro, yielded)
 
     def _went_async(self) -> None:
         """A call goes on past the synchronous hand-on: count it until ``_finished``."""
@@ -270,25 +322,21 @@ class Stage(Sink):
         if not self.is_batch:  # a batch's items are counted from the moment they arrive
             self.inflight += 1
 
-    async def _complete(
-        self, coro: Coroutine[Any, Any, Any], yielded: Any, item: Any, node: Any
-    ) -> None:
-        """The rest of a call that suspended, in a task (see ``Driver``)."""
-        try:
-            if self.timeout is None:
-                result = await resume(coro, yielded)
-            else:
-                async with asyncio.timeout(self.timeout):
-                    result = await resume(coro, yielded)
-        except Exception as exc:
-            await self._recover(exc, item, node, 1)
-            return
+    # Driver callbacks (see _eager.Owner).
+
+    def _returned(self, result: Any, item: Any, node: Any, at_once: bool) -> None:
+        if at_once:  # started lazily, but did not wait after all: start calls eagerly
+            self.suspensions = 0
+            self.call = self._call_async
         handoff = self.run.handoff
         handoff.driver = current_tasks.get(self.loop)
         try:
             self._finished(result, item, node)
         finally:
             handoff.driver = None
+
+    def _raised(self, exc: Exception, item: Any, node: Any) -> Coroutine[Any, Any, Any]:
+        return self._recover(exc, item, node, 1)
 
     async def _attempt(self, item: Any) -> Any:
         """One complete call, inside a task (retries)."""
