@@ -120,6 +120,15 @@ Call = tuple[Owner, Coroutine[Any, Any, Any], Any, contextvars.Context, Any, Any
 """
 
 
+class Home(Protocol):
+    """The run a :class:`Driver` works for."""
+
+    handoff: Handoff
+
+    def driver_ended(self, error: BaseException | None) -> None:
+        """Called in the last step of a driver's task (``error``: why it ended early)."""
+
+
 class Handoff:
     """Where a finishing call leaves the next call that its task may take over.
 
@@ -163,40 +172,57 @@ class Driver(Coroutine[Any, Any, Any]):
     steps run in that call's own context.
     """
 
-    __slots__ = ("_context", "_coro", "_first", "_handoff", "_item", "_node", "_owner")
+    __slots__ = ("_context", "_coro", "_first", "_home", "_item", "_node", "_owner")
 
-    def __init__(self, call: Call, handoff: Handoff) -> None:
+    def __init__(self, call: Call, home: Home) -> None:
         self._owner: Owner | None
         self._owner, self._coro, self._first, _, self._item, self._node = call
         self._context: contextvars.Context | None = None  # the task's own: the call's
-        self._handoff = handoff
+        self._home = home
 
     def send(self, value: Any) -> Any:
-        first = self._first
-        if first is not _NOTHING:
-            self._first = _NOTHING
-            if first is not UNSTARTED:
-                return first
         try:
-            if self._context is None:
-                return self._coro.send(value)
-            return self._context.run(self._coro.send, value)
-        except StopIteration as stop:
-            return self._returned(stop.value, first is UNSTARTED)
-        except Exception as exc:
-            return self._raised(exc)
+            first = self._first
+            if first is not _NOTHING:
+                self._first = _NOTHING
+                if first is not UNSTARTED:
+                    return first
+            try:
+                if self._context is None:
+                    return self._coro.send(value)
+                return self._context.run(self._coro.send, value)
+            except StopIteration as stop:
+                return self._returned(stop.value, first is UNSTARTED)
+            except Exception as exc:
+                return self._raised(exc)
+        except StopIteration:  # the end, already reported by _take_over
+            raise
+        except BaseException as exc:
+            return self._crashed(exc)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         self._first = _NOTHING
         exc = typ if val is None and tb is None else typ(val).with_traceback(tb)
         try:
-            if self._context is None:
-                return self._coro.throw(exc)
-            return self._context.run(self._coro.throw, exc)
-        except StopIteration as stop:
-            return self._returned(stop.value, False)
-        except Exception as error:
-            return self._raised(error)
+            try:
+                if self._context is None:
+                    return self._coro.throw(exc)
+                return self._context.run(self._coro.throw, exc)
+            except StopIteration as stop:
+                return self._returned(stop.value, False)
+            except Exception as error:
+                return self._raised(error)
+        except StopIteration:
+            raise
+        except BaseException as error:
+            return self._crashed(error)
+
+    def _crashed(self, exc: BaseException) -> Any:
+        """The task ends early: cancelled, or the engine's own code failed."""
+        self._home.driver_ended(exc)
+        if isinstance(exc, Exception):
+            raise StopIteration  # the run has it now (and raises it to its consumer)
+        raise exc
 
     def _returned(self, result: Any, at_once: bool) -> Any:
         owner = self._owner
@@ -214,10 +240,12 @@ class Driver(Coroutine[Any, Any, Any]):
         return self.send(None)
 
     def _take_over(self) -> Any:
-        call = self._handoff.call
+        handoff = self._home.handoff
+        call = handoff.call
         if call is None:
+            self._home.driver_ended(None)
             raise StopIteration
-        self._handoff.call = None
+        handoff.call = None
         self._owner, self._coro, self._first, self._context, self._item, self._node = call
         return self.send(None)
 

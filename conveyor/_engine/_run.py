@@ -27,7 +27,7 @@ from collections.abc import AsyncIterable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..context import ExecutionMode, PipelineContext, set_current_context
-from ._eager import Handoff
+from ._eager import Call, Driver, Handoff, current_tasks
 from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sentinel
 from ._stages import UNLIMITED, BatchStage, SegmentEnd, SingleStage, Sink, Stage
 
@@ -220,6 +220,26 @@ class Run:
         if self.closed:  # started by a call that finished while the run was closing
             task.cancel()
         return task
+
+    def spawn_driver(self, call: Call) -> asyncio.Task[Any]:
+        """Start a task for a call; its driver reports the end itself (``driver_ended``).
+
+        (A done callback would cost a loop iteration per task: one per item under I/O.)
+        """
+        task = self.loop.create_task(Driver(call, self), context=call[3])
+        self.tasks.add(task)
+        self.working += 1
+        if self.closed:
+            task.cancel()
+        return task
+
+    def driver_ended(self, error: BaseException | None) -> None:
+        self.tasks.discard(current_tasks.get(self.loop))
+        self.working -= 1
+        if isinstance(error, Exception):
+            self.fail(error)
+        elif self.working == 0:
+            self.check_stall()
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)

@@ -38,7 +38,7 @@ from types import AsyncGeneratorType, CoroutineType, GeneratorType, NoneType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ErrorAction, Failure, short_repr
-from ._eager import UNSTARTED, Call, Driver, TaskProxy, current_tasks, resume
+from ._eager import UNSTARTED, Call, TaskProxy, current_tasks, resume
 from ._order import CLOSED, EMPTY, Node, OrderList, Sentinel
 
 if TYPE_CHECKING:
@@ -307,7 +307,7 @@ class Stage(Sink):
         run = self.run
         task = None if run.closed else run.handoff.offer(call)
         if task is None:
-            task = run.spawn(Driver(call, run.handoff), call[3])
+            task = run.spawn_driver(call)
         return task
 
     async def _timed(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
