@@ -97,6 +97,12 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         run = self._run
         if run is None:
             run = self._start()
+        ready = run.ready
+        if ready:  # Run.take's first lines, inlined: this runs once per result
+            run.tokens -= 1
+            if run.waiting:
+                run.room_made()
+            return ready.popleft()  # type: ignore[no-any-return]
         item: T = run.take()
         if item is not NOTHING:
             return item

@@ -126,9 +126,7 @@ class Run:
         "_consumer",
         "_entry",
         "_final_list",
-        "_low_water",
         "_source",
-        "_waiters",
         "closed",
         "context",
         "error",
@@ -137,12 +135,14 @@ class Run:
         "handoff",
         "limit",
         "loop",
+        "low_water",
         "ordered",
         "ready",
         "source_done",
         "stages",
         "tasks",
         "tokens",
+        "waiting",
         "working",
     )
 
@@ -155,11 +155,11 @@ class Run:
         self.loop = asyncio.get_running_loop()
         self.ordered = context.execution_mode is ExecutionMode.ORDERED
         self.limit = context.max_in_flight
-        self._low_water = self.limit - max(1, self.limit // 8)
+        self.low_water = self.limit - max(1, self.limit // 8)
         self.tokens = 0
         self.working = 0  # tasks doing work: calls that suspended, expansions, the pump
         self.expanding = 0  # generators under way
-        self._waiters: list[tuple[asyncio.Future[None], Sentinel | None, bool]] = []
+        self.waiting: list[tuple[asyncio.Future[None], Sentinel | None, bool]] = []
         self._consumer: asyncio.Future[None] | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.handoff = Handoff()
@@ -256,7 +256,14 @@ class Run:
 
     def release(self, n: int) -> None:
         self.tokens -= n
-        if self._waiters and (self.tokens <= self._low_water or not self.working):
+        if self.waiting:
+            self.room_made()
+
+    def room_made(self) -> None:
+        """Tokens came back: wake who waits for room, once there is enough of it."""
+        # The pump waits until an eighth of the window is free (a cheap hand-over per
+        # batch of items, not per item), unless nothing else is left working.
+        if self.tokens <= self.low_water or not self.working:
             self.wake_waiters()
 
     def _may_proceed(self, sentinel: Sentinel | None, expansion: bool) -> bool:
@@ -273,9 +280,16 @@ class Run:
 
     def wake_waiters(self) -> None:
         """Wake every waiter whose condition now holds (and only those)."""
-        for future, sentinel, expansion in self._waiters:
-            if not future.done() and self._may_proceed(sentinel, expansion):
+        still = []
+        for waiter in self.waiting:
+            future, sentinel, expansion = waiter
+            if future.done():
+                continue
+            if self._may_proceed(sentinel, expansion):
                 future.set_result(None)
+            else:
+                still.append(waiter)
+        self.waiting = still  # the woken are off the list: no more scans for them
 
     async def wait_for_room(
         self, sentinel: Sentinel | None = None, expansion: bool = False
@@ -285,7 +299,7 @@ class Run:
             if self.closed:
                 raise asyncio.CancelledError
             waiter = (self.loop.create_future(), sentinel, expansion)
-            self._waiters.append(waiter)
+            self.waiting.append(waiter)
             if sentinel is not None:
                 sentinel.on_front = self.wake_waiters
             self.working -= 1
@@ -293,7 +307,8 @@ class Run:
                 self.check_stall()
                 await waiter[0]
             finally:
-                self._waiters.remove(waiter)
+                if waiter in self.waiting:
+                    self.waiting.remove(waiter)
                 self.working += 1
                 if sentinel is not None:
                     sentinel.on_front = None
@@ -306,8 +321,8 @@ class Run:
         """If nothing is working and someone waits for room, make progress."""
         # A flush may complete synchronously and only fill the next batch stage's
         # accumulator, so keep going until something works or a waiter can go on.
-        while not self.working and self._waiters and not self.closed:
-            if any(self._may_proceed(s, e) for _, s, e in self._waiters):
+        while not self.working and self.waiting and not self.closed:
+            if any(self._may_proceed(s, e) for _, s, e in self.waiting):
                 self.wake_waiters()
                 return
             stage = next((s for s in self.stages if isinstance(s, BatchStage) and s.acc), None)
@@ -468,9 +483,9 @@ class Run:
         """The next result if one is ready, else :data:`NOTHING`."""
         ready = self.ready
         if ready:
-            self.tokens -= 1  # release(1), inlined: this runs once per result
-            if self._waiters and (self.tokens <= self._low_water or not self.working):
-                self.wake_waiters()
+            self.tokens -= 1  # release(1), inlined (as in AsyncStream.__anext__)
+            if self.waiting:
+                self.room_made()
             return ready.popleft()
         order = self._final_list
         if order is None:
