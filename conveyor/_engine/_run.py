@@ -103,7 +103,7 @@ class _BatchFeeder:
             order = self.list
             head = order.head
             run = self.run
-            while (node := head.next) is not None:
+            while (node := head.next) is not None and not run.closed:
                 value = node.value
                 if value is PENDING:
                     break

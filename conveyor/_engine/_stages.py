@@ -402,7 +402,12 @@ class Stage(Sink):
         self.run.tokens += n - 1
         push = self.downstream.push
         if node is None:
+            run = self.run
             for value in results:
+                # Once one of them fails the run, the rest must not reach the consumer:
+                # with no node, nothing else would hold them back.
+                if run.closed:
+                    return
                 push(value, None)
             return
         order = self.list
