@@ -42,6 +42,11 @@ class Config:
         return ((2_000, 100), (20_000, 1_000))
 
     @property
+    def io_reps(self) -> int:
+        # conveyor and the gather baseline are close here: more paired repetitions
+        return 3 if self.quick else 9
+
+    @property
     def memory_items(self) -> int:
         return 30_000 if self.quick else 1_000_000
 
@@ -120,6 +125,16 @@ async def interleaved(
     warmups: Mapping[str, Callable[[], Awaitable[object]]] | None = None,
 ) -> dict[str, float]:
     """Median seconds per contender; contenders alternate within every repetition."""
+    samples = await interleaved_samples(contenders, reps, warmups)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+async def interleaved_samples(
+    contenders: Mapping[str, Callable[[], Awaitable[object]]],
+    reps: int,
+    warmups: Mapping[str, Callable[[], Awaitable[object]]] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per contender and repetition; contenders alternate within every one."""
     for warm in (contenders if warmups is None else warmups).values():
         await warm()
     samples: dict[str, list[float]] = {name: [] for name in contenders}
@@ -129,7 +144,12 @@ async def interleaved(
             names.reverse()
         for name in names:
             samples[name].append(await timed(contenders[name]))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median of ``a[i] / b[i]``: robust to the machine speeding up or slowing down."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 def rate(n: int, seconds: float) -> float:

@@ -15,7 +15,18 @@ from typing import Any
 from conveyor import Pipeline, batch_task, single_task
 
 from . import baselines as bl
-from .common import Config, Row, fmt_int, fmt_mb, fmt_rate, interleaved, rate, run_on
+from .common import (
+    Config,
+    Row,
+    fmt_int,
+    fmt_mb,
+    fmt_rate,
+    interleaved,
+    interleaved_samples,
+    paired_ratio,
+    rate,
+    run_on,
+)
 
 # -- stage functions -----------------------------------------------------------------------
 
@@ -201,37 +212,52 @@ def io_pipeline(limit: int) -> Pipeline[int, int]:
     return (stage | stage).with_context(max_in_flight=max(1000, 4 * limit))
 
 
-async def _io(cfg: Config, n: int, limit: int) -> dict[str, float]:
+async def _io(cfg: Config, n: int, limit: int) -> dict[str, Any]:
     pipe = io_pipeline(limit)
-    contenders = {
-        "conveyor": _checked(lambda: drain(pipe(range(n))), n, "conveyor"),
-        "floor": _checked(
-            lambda: bl.gather_semaphores((io_stage, io_stage), range(n), limit), n, "floor"
-        ),
-        "aiostream": _checked(
-            lambda: bl.aiostream_map((io_stage, io_stage), range(n), task_limit=limit),
-            n,
-            "aiostream",
-        ),
-    }
+    stages = (io_stage, io_stage)
     warm = 2 * limit
-    warmups = {
-        "conveyor": lambda: drain(pipe(range(warm))),
-        "floor": lambda: bl.gather_semaphores((io_stage, io_stage), range(warm), limit),
-        "aiostream": lambda: bl.aiostream_map((io_stage, io_stage), range(warm), task_limit=limit),
+    # conveyor and the gather baseline take turns, repetition by repetition, and their
+    # ratio is taken per repetition; aiostream (slower by far) runs on its own after.
+    paired = await interleaved_samples(
+        {
+            "conveyor": _checked(lambda: drain(pipe(range(n))), n, "conveyor"),
+            "floor": _checked(lambda: bl.gather_semaphores(stages, range(n), limit), n, "floor"),
+        },
+        cfg.io_reps,
+        {
+            "conveyor": lambda: drain(pipe(range(warm))),
+            "floor": lambda: bl.gather_semaphores(stages, range(warm), limit),
+        },
+    )
+    aio = await interleaved(
+        {
+            "aiostream": _checked(
+                lambda: bl.aiostream_map(stages, range(n), task_limit=limit), n, "aiostream"
+            )
+        },
+        cfg.reps,
+        {"aiostream": lambda: bl.aiostream_map(stages, range(warm), task_limit=limit)},
+    )
+    return {
+        "conveyor": statistics.median(paired["conveyor"]),
+        "floor": statistics.median(paired["floor"]),
+        "aiostream": aio["aiostream"],
+        "ratio": paired_ratio(paired["conveyor"], paired["floor"]),
     }
-    return await interleaved(contenders, cfg.reps, warmups)
 
 
 def io(loop: str, cfg: Config) -> list[Row]:
     rows = []
-    for n, limit in cfg.io_sizes:
+    for index, (n, limit) in enumerate(cfg.io_sizes):
         s = run_on(loop, _io(cfg, n, limit))
         ideal = (n / limit + 1) * IO_DELAY
 
         def show(secs: float, n: int = n, ideal: float = ideal) -> str:
             return f"{secs:.3f} s, {fmt_rate(rate(n, secs))} ({ideal / secs:.0%} of ideal)"
 
+        # The issue sets the target on the first size; the wide one, where per-item CPU
+        # cost dominates, is reported against the same baseline.
+        targeted = index == 0
         rows.append(
             Row(
                 scenario=f"io {fmt_int(n)} @ limit {limit}",
@@ -240,9 +266,9 @@ def io(loop: str, cfg: Config) -> list[Row]:
                 conveyor=show(s["conveyor"]),
                 floor=show(s["floor"]),
                 aiostream=show(s["aiostream"]),
-                ratio=f"conv/floor time {s['conveyor'] / s['floor']:.2f}x",
-                target="as fast as gather+Semaphore",
-                met=s["conveyor"] <= s["floor"],
+                ratio=f"conv/floor time {s['ratio']:.2f}x (median of {cfg.io_reps} pairs)",
+                target="as fast as gather+Semaphore" if targeted else "report vs gather+Semaphore",
+                met=s["ratio"] <= 1.0 if targeted else None,
             )
         )
     return rows
