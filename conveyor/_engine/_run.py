@@ -27,9 +27,10 @@ from collections.abc import AsyncIterable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..context import ExecutionMode, PipelineContext, set_current_context
+from ._batch import BatchStage
 from ._eager import Call, Driver, Handoff, current_tasks
 from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sentinel
-from ._stages import UNLIMITED, BatchStage, SegmentEnd, SingleStage, Sink, Stage
+from ._stages import UNLIMITED, SegmentEnd, SingleStage, Sink, Stage
 
 if TYPE_CHECKING:
     from ..tasks import BaseTask

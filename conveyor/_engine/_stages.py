@@ -1,4 +1,4 @@
-"""The runtime of one task within one run.
+"""The runtime of one task within one run (batch tasks: see ``_batch``).
 
 A stage receives items through ``push(item, node)`` and sends results downstream with
 ``downstream.push(result, node)``.
@@ -186,27 +186,36 @@ class Stage(Sink):
         self, result: Any, context: contextvars.Context, item: Any, node: Any
     ) -> None:
         if type(result) is CoroutineType:  # a plain function that returned a coroutine
-            self._step_coroutine(result, context, item, node)
+            self._call_async(item, node, result, context)
             return
         self._emit(result, node)
         if self.is_batch:
             self._call_done(item)
 
-    def _call_async(self, item: Any, node: Any) -> None:
+    def _call_async(
+        self,
+        item: Any,
+        node: Any,
+        coro: Coroutine[Any, Any, Any] | None = None,
+        context: contextvars.Context | None = None,
+    ) -> None:
         """Call an ``async`` function and run it up to its first suspension, inline.
 
-        During that step the current task is the stage's proxy (see ``_eager``).
+        During that step the current task is the stage's proxy (see ``_eager``). Given a
+        ``coro`` (one a plain function returned), that is the call to start.
         """
         loop = self.loop
-        context = self.context.copy()
+        if context is None:
+            context = self.context.copy()
         previous = current_tasks.get(loop)
         current_tasks[loop] = self.proxy
         try:
-            coro = self.invoke(item)
-            if type(coro) is not CoroutineType:  # marked as a coroutine function, was not
-                _restore_current(loop, previous)
-                self._plain_result(coro, context, item, node)
-                return
+            if coro is None:
+                coro = self.invoke(item)
+                if type(coro) is not CoroutineType:  # marked as a coroutine function...
+                    _restore_current(loop, previous)
+                    self._plain_result(coro, context, item, node)
+                    return
             yielded = context.run(coro.send, None)
         except StopIteration as stop:
             if previous is None:  # _restore_current, inlined on the hot path
@@ -218,30 +227,6 @@ class Stage(Sink):
                 self._emit(result, node)
             else:
                 self.downstream.push(result, node)
-            if self.is_batch:
-                self._call_done(item)
-            return
-        except Exception as exc:
-            _restore_current(loop, previous)
-            self._failed(exc, item, node)
-            return
-        except BaseException:
-            _restore_current(loop, previous)
-            raise
-        self._suspended(coro, yielded, context, item, node, previous)
-
-    def _step_coroutine(
-        self, coro: Coroutine[Any, Any, Any], context: contextvars.Context, item: Any, node: Any
-    ) -> None:
-        """``_call_async`` for a coroutine a plain function returned."""
-        loop = self.loop
-        previous = current_tasks.get(loop)
-        current_tasks[loop] = self.proxy
-        try:
-            yielded = context.run(coro.send, None)
-        except StopIteration as stop:
-            _restore_current(loop, previous)
-            self._emit(stop.value, node)
             if self.is_batch:
                 self._call_done(item)
             return
@@ -581,108 +566,6 @@ class SingleStage(Stage):
         else:
             self.inflight += 1
             self.pending.append((item, self.place(node)))
-
-
-class BatchStage(Stage):
-    """Accumulates items into batches of ``max_size`` (see ``BatchTask`` for the rules)."""
-
-    __slots__ = ("_expired", "_timer", "acc", "max_size", "max_wait", "min_size")
-
-    def __init__(self, run: Run, task: BaseTask[Any, Any], limit: int) -> None:
-        super().__init__(run, task, limit)
-        self.is_batch = True
-        self.min_size: int = task.min_size  # type: ignore[attr-defined]
-        self.max_size: int = task.max_size  # type: ignore[attr-defined]
-        self.max_wait: float | None = task.max_wait  # type: ignore[attr-defined]
-        self.acc: list[Any] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._expired = False
-
-    def push(self, item: Any, node: Any) -> None:
-        if type(item) is Failure:
-            self.downstream.push(item, None if self.list is None else self.list.append())
-            return
-        acc = self.acc
-        acc.append(item)
-        self.inflight += 1
-        n = len(acc)
-        if n >= self.max_size or (self._expired and n >= self.min_size):
-            self.flush()
-        elif n == 1 and self.max_wait is not None:
-            self._timer = self.loop.call_later(self.max_wait, self._on_timer, context=self.context)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._expired = True
-        if len(self.acc) >= self.min_size and not self.run.closed:
-            self.flush()
-
-    def flush(self) -> None:
-        """Send the accumulated items off as one batch (even if fewer than ``min_size``)."""
-        batch, self.acc = self.acc, []
-        self._expired = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not batch:
-            return
-        self.run.tokens += 1  # the batch's result node; the items' tokens go when it is done
-        node = None if self.list is None else self.list.append()
-        if self.running < self.limit:
-            self.call(batch, node)
-        else:
-            self.pending.append((batch, node))
-
-    def _call_done(self, item: Any) -> None:
-        self.inflight -= len(item)
-        self.run.release(len(item))
-        if self.pending and not self._draining:
-            self._start_pending()
-        self.run.stage_idle()  # the remainder in the accumulator may be all that is left
-
-    def close_input(self) -> None:
-        """No more items will come: flush the remainder, or drop it below ``min_size``."""
-        if len(self.acc) >= self.min_size:
-            self.flush()
-        elif self.acc:
-            dropped = len(self.acc)
-            self.acc = []
-            self.inflight -= dropped
-            self.run.release(dropped)
-
-    async def _fallback(self, exc: Exception, item: Any, attempt: int) -> Any:
-        if self.action is ErrorAction.SKIP_ITEM and len(item) > 1:
-            return await self._isolate(item)
-        return self._final_action(exc, item, attempt)
-
-    async def _isolate(self, batch: list[Any]) -> list[Any]:
-        """Split a failing batch in halves until only the failing items are left out."""
-        if len(batch) == 1:
-            try:
-                return await self._collect(await self._attempt(batch))
-            except Exception:
-                return []
-        middle = len(batch) // 2
-        out: list[Any] = []
-        for half in (batch[:middle], batch[middle:]):
-            try:
-                out.extend(await self._collect(await self._attempt(half)))
-            except Exception:
-                out.extend(await self._isolate(half))
-        return out
-
-    @staticmethod
-    async def _collect(result: Any) -> list[Any]:
-        """A batch result as a list of items (halves of a split batch are joined)."""
-        if result is None:
-            return []
-        if type(result) is list:
-            return result
-        if type(result) is GeneratorType:
-            return list(result)
-        if type(result) is AsyncGeneratorType:
-            return [item async for item in result]
-        return [result]
 
 
 def _restore_current(loop: asyncio.AbstractEventLoop, previous: Any) -> None:
