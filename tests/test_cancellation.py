@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pipeline_model import StageSpec, build, pipelines
 
-from conveyor import single_task
+from conveyor import Pipeline, single_task
 
 EXITS = ["break", "raise", "aclose", "async_with", "cancel"]
 
@@ -243,3 +243,32 @@ async def test_consumer_error_with_async_with_closes_everything() -> None:
                 raise Stop
     assert closed == [True]
     assert not leftover_tasks()
+
+
+@pytest.mark.parametrize("where", ["first step", "after a suspension", "started lazily"])
+@pytest.mark.parametrize("mode", ["ordered", "as_completed"])
+async def test_call_cancelled_from_outside_fails_the_run(where: str, mode: str) -> None:
+    # Not the run's own cancellation: the consumer gets an error naming the task (not a
+    # hang, and not a CancelledError it would take for its own cancellation).
+    from conveyor._engine._stages import LAZY_AFTER
+
+    bad = 2 * LAZY_AFTER if where == "started lazily" else 3
+
+    @single_task
+    async def rogue(x: int) -> int:
+        if where != "first step":
+            await asyncio.sleep(0)
+        if x == bad:
+            if where == "first step":
+                raise asyncio.CancelledError
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(1)
+        return x
+
+    stream = Pipeline([rogue]).with_execution_mode(mode)(range(4 * LAZY_AFTER))
+    with pytest.raises(RuntimeError, match="cancelled from outside") as info:
+        await stream.collect()
+    assert info.value.__notes__ == [f"conveyor: raised by task 'rogue' on {bad}"]
+    assert isinstance(info.value.__cause__, asyncio.CancelledError)

@@ -111,6 +111,8 @@ class Owner(Protocol):
 
     def _raised(self, exc: Exception, item: Any, node: Any) -> Coroutine[Any, Any, Any]: ...
 
+    def _annotate(self, exc: BaseException, item: Any) -> BaseException: ...
+
 
 Call = tuple[Owner, Coroutine[Any, Any, Any], Any, contextvars.Context, Any, Any]
 """A call for a driver: ``(owner, coroutine, first, context, item, node)``.
@@ -124,6 +126,7 @@ class Home(Protocol):
     """The run a :class:`Driver` works for."""
 
     handoff: Handoff
+    closed: bool
 
     def driver_ended(self, error: BaseException | None) -> None:
         """Called in the last step of a driver's task (``error``: why it ended early)."""
@@ -219,6 +222,8 @@ class Driver(Coroutine[Any, Any, Any]):
 
     def _crashed(self, exc: BaseException) -> Any:
         """The task ends early: cancelled, or the engine's own code failed."""
+        if self._owner is not None and not self._home.closed:
+            self._owner._annotate(exc, self._item)  # a call cancelled from outside
         self._home.driver_ended(exc)
         if isinstance(exc, Exception):
             raise StopIteration  # the run has it now (and raises it to its consumer)

@@ -237,15 +237,17 @@ class Run:
     def driver_ended(self, error: BaseException | None) -> None:
         self.tasks.discard(current_tasks.get(self.loop))
         self.working -= 1
-        if isinstance(error, Exception):
-            self.fail(error)
+        if isinstance(error, (Exception, asyncio.CancelledError)):
+            self.fail(error)  # (a cancellation only counts while the run is open)
         elif self.working == 0:
             self.check_stall()
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
         self.working -= 1
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled():
+            self.fail(asyncio.CancelledError())
+        elif task.exception() is not None:
             self.fail(task.exception())  # type: ignore[arg-type]
         elif self.working == 0:
             self.check_stall()
@@ -435,9 +437,19 @@ class Run:
 
     def fail(self, exc: BaseException) -> None:
         if self.error is None and not self.closed:
-            if isinstance(exc, (StopIteration, StopAsyncIteration)):
+            if isinstance(exc, asyncio.CancelledError):
+                # Not the run's own cancellation (that closes it first): raised as is, it
+                # would read as the consumer being cancelled.
+                wrapped = RuntimeError(
+                    "a call was cancelled from outside the pipeline (a task cancelled "
+                    "itself, or CancelledError was raised in it)"
+                )
+            elif isinstance(exc, (StopIteration, StopAsyncIteration)):
                 # Raised from __anext__ these would read as a normal end of the stream.
                 wrapped = RuntimeError(f"{type(exc).__name__} escaped from a task: {exc!r}")
+            else:
+                wrapped = None
+            if wrapped is not None:
                 wrapped.__cause__ = exc
                 for note in getattr(exc, "__notes__", ()):
                     wrapped.add_note(note)

@@ -234,6 +234,10 @@ class Stage(Sink):
             _restore_current(loop, previous)
             self._failed(exc, item, node)
             return
+        except asyncio.CancelledError as exc:
+            _restore_current(loop, previous)
+            self.run.fail(self._annotate(exc, item))  # the run itself is not cancelled
+            return
         except BaseException:
             _restore_current(loop, previous)
             raise
@@ -322,6 +326,9 @@ class Stage(Sink):
 
     def _raised(self, exc: Exception, item: Any, node: Any) -> Coroutine[Any, Any, Any]:
         return self._recover(exc, item, node, 1)
+
+    def _annotate(self, exc: BaseException, item: Any) -> BaseException:
+        return annotate(exc, self.name, item, self.is_batch)
 
     async def _attempt(self, item: Any) -> Any:
         """One complete call, inside a task (retries)."""
