@@ -12,9 +12,15 @@ bounded whatever the input's length. Two rules keep the bound deadlock-free:
   room, the run is *stalled*: a partial batch is flushed (the window is smaller than the
   batch) or the waiters are woken.
 
+**Delivery.** Results the consumer can take at once wait in ``ready``, in the order it
+gets them. In an ordered run, a result that completes behind a straggler waits in the
+last segment's reorder list instead, until the straggler is through.
+
 **Ownership.** Every task the run starts is kept in ``tasks`` and is cancelled by
-``abort()``; ``shutdown()`` cancels and awaits them. The consumer calls ``shutdown()`` when
-the run ends, fails, or is closed, and ``abort()`` when it is cancelled or dropped.
+``abort()``; ``shutdown()`` cancels and awaits them. A call's task reports its own end
+(``driver_ended``); the others have a done callback (``_task_done``). The consumer calls
+``shutdown()`` when the run ends, fails, or is closed, and ``abort()`` when it is
+cancelled or dropped. A task that ends cancelled while the run is open fails the run.
 """
 
 from __future__ import annotations
