@@ -33,6 +33,7 @@ from collections.abc import AsyncIterable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..context import ExecutionMode, PipelineContext, set_current_context
+from ..errors import Failure
 from ._batch import BatchStage
 from ._eager import Call, Driver, Handoff, current_tasks
 from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sentinel
@@ -363,7 +364,12 @@ class Run:
         self._entry.push(item, None)  # no node yet: it belongs at the tail (see _stages)
 
     async def _pump_sync(self, source: Iterable[Any]) -> None:
-        push = self._entry.push
+        entry = self._entry
+        push = entry.push
+        # SingleStage.push, minus its limit check, for a stage without a limit: one call
+        # fewer per item. (Its ``call`` is looked up each time: it changes, see LAZY_AFTER.)
+        direct = isinstance(entry, SingleStage) and entry.limit == UNLIMITED
+        limit = self.limit
         loop_time = self.loop.time
         deadline = loop_time() + _PUMP_SLICE
         count = 0
@@ -372,11 +378,14 @@ class Run:
             # caught here came from the input.
             for item in source:
                 self.tokens += 1
-                push(item, None)
+                if direct and type(item) is not Failure:
+                    entry.call(item, None)  # type: ignore[attr-defined]
+                else:
+                    push(item, None)
                 if self.closed:  # a task failed the run while the item went through
                     return
                 # Wait before reading on: the input is not read ahead of the window.
-                if self.tokens >= self.limit:
+                if self.tokens >= limit:
                     await self.wait_for_room()
                     deadline = loop_time() + _PUMP_SLICE
                 count += 1
