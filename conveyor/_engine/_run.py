@@ -208,8 +208,9 @@ class Run:
                 stage = SingleStage(self, task, limit)
                 stage.list = order
                 stage.downstream = sink
-                if isinstance(sink, SingleStage) and sink.plain and stage.plain:
-                    stage.chain = sink  # fused: see _stages
+                # Fused (see _stages), unless the next one has a limit it may have to wait for
+                if isinstance(sink, SingleStage) and stage.plain and sink.plain:
+                    stage.chain = sink if sink.limit == UNLIMITED else None
                 sink = stage
             self.stages.append(stage)
         self.stages.reverse()

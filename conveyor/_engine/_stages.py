@@ -14,8 +14,9 @@ Calls are made through ``self.invoke(item)``: the one seam where an executor (th
 processes, a cluster) can take over a call. An ``async`` task's call is started eagerly
 (see ``_eager``); a plain function is called inline, so a sync task that never blocks
 costs a function call, not an asyncio task. Adjacent plain-function single stages are
-*fused*: a plain call's result goes straight into the next plain call, in the same copy
-of the run's context, as if the functions were composed by hand.
+*fused* (unless the later one has a concurrency limit): a plain call's result goes
+straight into the next plain call, in the same copy of the run's context, as if the
+functions were composed by hand.
 
 Results: ``None`` drops the item, a ``list`` becomes several items, a generator or async
 generator becomes several items lazily (paced by the run's window), anything else is one
@@ -139,7 +140,7 @@ class Stage(Sink):
         # paths handle whatever the call returns.
         self.plain = not inspect.iscoroutinefunction(task.func)
         self.call: Callable[[Any, Any], None] = self._call if self.plain else self._call_async
-        self.chain: SingleStage | None = None  # the plain-function stage fused after this one
+        self.chain: SingleStage | None = None  # the plain, unlimited stage fused after this
         self.downstream: Sink = Sink()
         self.list: OrderList | None = None  # the reorder list this stage emits into
         self.running = 0
@@ -172,7 +173,7 @@ class Stage(Sink):
                 return
             kind = type(result)
             following = stage.chain
-            if following is None or kind in _NOT_PLAIN or following.running >= following.limit:
+            if following is None or kind in _NOT_PLAIN:
                 break
             stage, item = following, result
         if kind in _NOT_PLAIN:
