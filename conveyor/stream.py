@@ -13,7 +13,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._engine._run import NO_INPUT, NOTHING, Run, close_source
+from ._engine._run import NO_INPUT, Run, close_source
 from .context import ExecutionMode, PipelineContext
 
 if TYPE_CHECKING:
@@ -103,11 +103,8 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
             if run.waiting:
                 run.room_made()
             return ready.popleft()  # type: ignore[no-any-return]
-        item: T = run.take()
-        if item is not NOTHING:
-            return item
         try:
-            item = await run.next()
+            item: T = await run.next()
         except asyncio.CancelledError:
             run.abort()
             raise
