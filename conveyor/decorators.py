@@ -23,22 +23,26 @@ function, and take the same error options:
 ``timeout``
     Seconds allowed per call; a timeout is a ``TimeoutError``, retried and handled like
     any other error.
+``executor``
+    How calls are made: ``"inline"`` (default: on the event loop; an ``async def`` runs
+    in a task of its own), a ``concurrent.futures.Executor``, or an object of conveyor's
+    ``Executor`` protocol.
+
+Every option is declared once, in ``conveyor._spec.TaskOptions``.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, Protocol, TypeVar, Unpack, overload
 
-from . import _options
-from .errors import ErrorAction, ErrorHandler
-from .tasks import BatchTask, SingleTask, _common_options
+from ._spec import BatchTaskOptions, SingleTaskOptions, make_options
+from .tasks import BatchTask, SingleTask, check_callable
 
 __all__ = ["batch_task", "single_task"]
 
 T = TypeVar("T")
 R = TypeVar("R")
-T_contra = TypeVar("T_contra", contravariant=True)
 
 
 class _SingleDecorator(Protocol):
@@ -78,78 +82,24 @@ def single_task(func: Callable[[T], R | None], /) -> SingleTask[T, R]: ...
 @overload
 def single_task(func: Callable[..., Any], /) -> SingleTask[Any, Any]: ...
 @overload
-def single_task(
-    func: None = None,
-    /,
-    *,
-    on_error: ErrorAction | str = "fail",
-    retry_attempts: int = 1,
-    retry_delay: float = 1.0,
-    retry_exponential_backoff: bool = True,
-    retry_max_delay: float = 60.0,
-    retry_on: type[Exception] | tuple[type[Exception], ...] = (Exception,),
-    error_handler: ErrorHandler | None = None,
-    task_name: str | None = None,
-    concurrency_limit: int | None = None,
-    timeout: float | None = None,
-) -> _SingleDecorator: ...
+def single_task(func: None = None, /, **options: Unpack[SingleTaskOptions]) -> _SingleDecorator: ...
 
 
 def single_task(
-    func: Callable[..., Any] | None = None,
-    /,
-    *,
-    on_error: ErrorAction | str = "fail",
-    retry_attempts: int = 1,
-    retry_delay: float = 1.0,
-    retry_exponential_backoff: bool = True,
-    retry_max_delay: float = 60.0,
-    retry_on: type[Exception] | tuple[type[Exception], ...] = (Exception,),
-    error_handler: ErrorHandler | None = None,
-    task_name: str | None = None,
-    concurrency_limit: int | None = None,
-    timeout: float | None = None,
+    func: Callable[..., Any] | None = None, /, **options: Unpack[SingleTaskOptions]
 ) -> Any:
     """Make a function into a task called once per item (``@single_task`` or with options)."""
-    options = _common_options(
-        decorator="single_task",
-        batch=False,
-        on_error=on_error,
-        retry_attempts=retry_attempts,
-        retry_delay=retry_delay,
-        retry_exponential_backoff=retry_exponential_backoff,
-        retry_max_delay=retry_max_delay,
-        retry_on=retry_on,
-        error_handler=error_handler,
-        task_name=task_name,
-        concurrency_limit=concurrency_limit,
-        timeout=timeout,
-    )
+    valid = make_options(options, batch=False, where="@single_task")
 
     def decorate(fn: Callable[..., Any]) -> SingleTask[Any, Any]:
-        _options.check_callable(fn, "single_task")
-        return SingleTask(fn, **options)
+        check_callable(fn, "single_task")
+        return SingleTask._from_options(fn, valid)
 
     return decorate if func is None else decorate(func)
 
 
 def batch_task(
-    func: Callable[..., Any] | None = None,
-    /,
-    *,
-    min_size: int = 1,
-    max_size: int | None = None,
-    max_wait: float | None = None,
-    on_error: ErrorAction | str = "fail",
-    retry_attempts: int = 1,
-    retry_delay: float = 1.0,
-    retry_exponential_backoff: bool = True,
-    retry_max_delay: float = 60.0,
-    retry_on: type[Exception] | tuple[type[Exception], ...] = (Exception,),
-    error_handler: ErrorHandler | None = None,
-    task_name: str | None = None,
-    concurrency_limit: int | None = None,
-    timeout: float | None = None,
+    func: Callable[..., Any] | None = None, /, **options: Unpack[BatchTaskOptions]
 ) -> _BatchDecorator:
     """Make a function of a list of items into a batch task.
 
@@ -161,33 +111,10 @@ def batch_task(
             "@batch_task needs its options: write @batch_task(max_size=...) "
             "(with parentheses) above the function"
         )
-    _options.check_int("min_size", min_size, 1)
-    _options.check_int("max_size", max_size, 1, optional=True)
-    size = min_size if max_size is None else max_size
-    if size < min_size:
-        raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
-    _options.check_seconds("max_wait", max_wait, optional=True)
-    options = _common_options(
-        decorator="batch_task",
-        batch=True,
-        on_error=on_error,
-        retry_attempts=retry_attempts,
-        retry_delay=retry_delay,
-        retry_exponential_backoff=retry_exponential_backoff,
-        retry_max_delay=retry_max_delay,
-        retry_on=retry_on,
-        error_handler=error_handler,
-        task_name=task_name,
-        concurrency_limit=concurrency_limit,
-        timeout=timeout,
-    )
+    valid = make_options(options, batch=True, where="@batch_task")
 
     def decorate(fn: Callable[..., Any]) -> BatchTask[Any, Any]:
-        _options.check_callable(fn, "batch_task")
-        task: BatchTask[Any, Any] = BatchTask(fn, **options)
-        task.min_size = min_size
-        task.max_size = size
-        task.max_wait = None if max_wait is None else float(max_wait)
-        return task
+        check_callable(fn, "batch_task")
+        return BatchTask._from_options(fn, valid)
 
     return decorate

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from ._spec import StageSpec
 from .context import ExecutionMode, PipelineContext, context_with
 from .stream import AsyncStream, check_input
-from .tasks import BaseTask
+
+if TYPE_CHECKING:
+    from .tasks import BaseTask  # (types only: tasks build on pipelines, not the reverse)
 
 __all__ = ["Pipeline"]
 
@@ -39,13 +42,10 @@ class Pipeline(Generic[In, Out]):
     def _append(self, task: Any) -> None:
         if isinstance(task, Pipeline):
             self.stages.extend(task.stages)
-        elif isinstance(task, BaseTask):
+        elif isinstance(getattr(task, "spec", None), StageSpec):
             self.stages.append(task)
         else:
-            raise TypeError(
-                f"a pipeline stage must be a task made with @single_task or @batch_task "
-                f"(or a Pipeline), got {type(task).__name__}: {task!r}"
-            )
+            raise TypeError(_not_a_stage(task))
 
     def add(self, *tasks: BaseTask[Any, Any] | Pipeline[Any, Any]) -> Pipeline[Any, Any]:
         """Append ``tasks`` to this pipeline (in place) and return it."""
@@ -54,11 +54,16 @@ class Pipeline(Generic[In, Out]):
         return self
 
     def __or__(self, other: BaseTask[Out, R] | Pipeline[Out, R]) -> Pipeline[In, R]:
-        if not isinstance(other, (BaseTask, Pipeline)):
-            return NotImplemented
+        if not isinstance(other, Pipeline) and not isinstance(
+            getattr(other, "spec", None), StageSpec
+        ):
+            raise TypeError(_not_a_stage(other))
         result: Pipeline[In, R] = Pipeline(self.stages, self.context)
         result._append(other)
         return result
+
+    def __ror__(self, other: Any) -> Any:
+        raise TypeError(_not_a_stage(other))
 
     def __call__(self, items: Iterable[In] | AsyncIterable[In] | Any = ..., /) -> AsyncStream[Out]:
         """Start a run over ``items``; returns the stream of its results.
@@ -67,7 +72,8 @@ class Pipeline(Generic[In, Out]):
         pipeline's stream. With no argument, the first task is called once with no item:
         a *source* task, typically an async generator, feeding the rest.
         """
-        return AsyncStream._for_pipeline(self.stages, check_input(items), self.context)
+        specs = tuple(task.spec for task in self.stages)
+        return AsyncStream._for_pipeline(specs, check_input(items), self.context)
 
     def as_completed(
         self, items: Iterable[In] | AsyncIterable[In] | Any = ..., /
@@ -89,3 +95,16 @@ class Pipeline(Generic[In, Out]):
 
     def __repr__(self) -> str:
         return " | ".join(repr(task) for task in self.stages) or "Pipeline()"
+
+
+def _not_a_stage(value: Any) -> str:
+    if callable(value):
+        name = getattr(value, "__name__", repr(value))
+        return (
+            f"{name!r} is a plain function, not a task: decorate it with @single_task "
+            f"(or @batch_task(max_size=...)) to use it as a pipeline stage"
+        )
+    return (
+        f"a pipeline stage must be a task made with @single_task or @batch_task "
+        f"(or a Pipeline), got {type(value).__name__}: {value!r}"
+    )

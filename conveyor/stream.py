@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from ._engine._run import NO_INPUT, Run, close_source
+from ._engine._input import NO_INPUT, close_source
+from ._engine._observe import RunObserver
+from ._engine._run import Run
+from ._spec import StageSpec
 from .context import ExecutionMode, PipelineContext
-
-if TYPE_CHECKING:
-    from .tasks import BaseTask
 
 __all__ = ["AsyncStream"]
 
@@ -48,24 +48,39 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
     ``AsyncStream(source)`` wraps any async iterable; pipelines create streams for runs.
     """
 
+    is_conveyor_stream: ClassVar[bool] = True
+
     def __init__(self, source: AsyncIterable[T] | Iterable[T]) -> None:
-        self._tasks: Sequence[BaseTask[Any, Any]] = ()
+        self._specs: Sequence[StageSpec] = ()
         self._source: Any = check_input(source)
         self._context = PipelineContext()
         self._run: Run | None = None
         self._started = False
+        self._observer: RunObserver | None = None
 
     @classmethod
     def _for_pipeline(
-        cls, tasks: Sequence[BaseTask[Any, Any]], source: Any, context: PipelineContext
+        cls, specs: Sequence[StageSpec], source: Any, context: PipelineContext
     ) -> AsyncStream[Any]:
         stream: AsyncStream[Any] = cls.__new__(cls)
-        stream._tasks = tuple(tasks)
+        stream._specs = specs
         stream._source = source
         stream._context = context
         stream._run = None
         stream._started = False
+        stream._observer = None
         return stream
+
+    def observe(self, observer: RunObserver) -> AsyncStream[T]:
+        """Report this run's per-stage events to ``observer`` (call before iterating).
+
+        See ``conveyor._engine._observe`` for what is reported; an unobserved run pays
+        nothing for it.
+        """
+        if self._started:
+            raise RuntimeError("an observer must be attached before iteration starts")
+        self._observer = observer
+        return self
 
     def as_completed(self) -> AsyncStream[T]:
         """Deliver this run's results in completion order (call before iterating)."""
@@ -99,9 +114,7 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
             run = self._start()
         ready = run.ready
         if ready:  # Run.take's first lines, inlined: this runs once per result
-            run.tokens -= 1
-            if run.waiting:
-                run.room_made()
+            run.window.release(1)
             return ready.popleft()  # type: ignore[no-any-return]
         try:
             item: T = await run.next()
@@ -116,7 +129,7 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         self._started = True
         context = self._context.copy()
         context.pipeline_id = _new_id()
-        run = Run(self._tasks, self._source, context)
+        run = Run(self._specs, self._source, context, self._observer)
         self._run = run
         run.start()
         return run

@@ -9,25 +9,24 @@ function. What the function returns decides what flows on:
   by the run's window); yielded ``None`` values are dropped;
 * anything else (a tuple too) is one item.
 
-Tasks are immutable: ``with_inputs`` returns a new task, ``|`` builds a new pipeline.
+A task is a frozen :class:`~conveyor._spec.StageSpec` (function, validated options,
+side inputs, resources) with composition on top. Tasks are immutable: ``with_inputs``
+and ``with_resources`` return new tasks, ``|`` builds a new pipeline.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import inspect
+import dataclasses
 import types
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
+from collections.abc import AsyncIterable, Callable, Iterable
+from typing import Any, ClassVar, Generic, Self, TypeVar, Unpack
 
-from . import _options
-from .context import get_current_context
+from ._spec import BatchTaskOptions, StageSpec, TaskOptions, make_options
+from .context import ExecutionMode, get_current_context
 from .errors import ErrorAction, ErrorHandler, RetryConfig
-
-if TYPE_CHECKING:
-    from .pipeline import Pipeline
-    from .stream import AsyncStream
+from .pipeline import Pipeline
+from .stream import AsyncStream
 
 __all__ = ["BaseTask", "BatchTask", "SingleTask"]
 
@@ -37,68 +36,95 @@ R = TypeVar("R")
 
 
 class BaseTask(Generic[In, Out]):
-    """A function made into a pipeline stage. Build one with a decorator."""
+    """A function made into a pipeline stage: build one with a decorator, or directly
+    (``SingleTask(func, **options)``; options not given take the decorators' defaults)."""
 
-    _is_batch: ClassVar[bool] = False
+    _batch: ClassVar[bool] = False
+    _decorator: ClassVar[str] = "single_task"
 
-    func: Callable[..., Any]
-    task_name: str
-    on_error: ErrorAction
-    retry_config: RetryConfig
-    error_handler: ErrorHandler | None
-    timeout: float | None
-    concurrency_limit: int | None
+    def __init__(self, func: Callable[..., Any], /, **options: Unpack[BatchTaskOptions]) -> None:
+        check_callable(func, self._decorator)
+        valid = make_options(options, batch=self._batch, where=type(self).__name__)
+        self._init(func, valid)
 
-    def __init__(
-        self,
-        func: Callable[..., Any],
-        *,
-        on_error: ErrorAction,
-        retry_config: RetryConfig,
-        error_handler: ErrorHandler | None,
-        task_name: str | None,
-        concurrency_limit: int | None,
-        timeout: float | None,
-    ) -> None:
-        self.func = func
-        self.task_name = task_name or getattr(func, "__name__", None) or repr(func)
-        self.on_error = on_error
-        self.retry_config = retry_config
-        self.error_handler = error_handler
-        self.timeout = timeout
-        self.concurrency_limit = concurrency_limit
-        self._side_args: tuple[Any, ...] = ()
-        self._side_kwargs: dict[str, Any] = {}
+    def _init(self, func: Callable[..., Any], options: TaskOptions) -> None:
+        name = options.task_name or getattr(func, "__name__", None) or repr(func)
+        self.spec = StageSpec(func=func, name=name, batch=self._batch, options=options)
         self._attr_name: str | None = None
         with contextlib.suppress(AttributeError):  # exotic callables
             self.__doc__ = func.__doc__
 
+    @classmethod
+    def _from_options(cls, func: Callable[..., Any], options: TaskOptions) -> Self:
+        task = cls.__new__(cls)
+        task._init(func, options)
+        return task
+
+    # -- the options, read-only ------------------------------------------------------
+
+    @property
+    def func(self) -> Callable[..., Any]:
+        return self.spec.func
+
+    @property
+    def task_name(self) -> str:
+        return self.spec.name
+
+    @property
+    def options(self) -> TaskOptions:
+        return self.spec.options
+
+    @property
+    def on_error(self) -> ErrorAction:
+        return self.spec.options.on_error
+
+    @property
+    def retry_config(self) -> RetryConfig:
+        return self.spec.options.retry_config
+
+    @property
+    def error_handler(self) -> ErrorHandler | None:
+        return self.spec.options.error_handler
+
+    @property
+    def timeout(self) -> float | None:
+        return self.spec.options.timeout
+
+    @property
+    def concurrency_limit(self) -> int | None:
+        return self.spec.options.concurrency_limit
+
     # -- composition -----------------------------------------------------------------
 
-    def __or__(self, other: BaseTask[Out, R] | Pipeline[Out, R]) -> Pipeline[In, R]:
-        from .pipeline import Pipeline
+    def _pipeline(self) -> Pipeline[In, Out]:
+        return Pipeline([self])
 
-        first: Pipeline[In, Out] = Pipeline([self])
-        return first | other
+    def __or__(self, other: BaseTask[Out, R] | Pipeline[Out, R]) -> Pipeline[In, R]:
+        return self._pipeline() | other
+
+    def __ror__(self, other: Any) -> Any:
+        return Pipeline.__ror__(self._pipeline(), other)
 
     def __call__(self, items: Iterable[In] | AsyncIterable[In] | Any = ..., /) -> AsyncStream[Out]:
         """Run this task alone over ``items`` (see :meth:`Pipeline.__call__`)."""
-        from .pipeline import Pipeline
-
-        pipeline: Pipeline[In, Out] = Pipeline([self])
-        return pipeline(items)
+        return self._pipeline()(items)
 
     def as_completed(self, items: Iterable[In] | AsyncIterable[In]) -> AsyncStream[Out]:
-        from .pipeline import Pipeline
+        return self._pipeline().as_completed(items)
 
-        pipeline: Pipeline[In, Out] = Pipeline([self])
-        return pipeline.as_completed(items)
+    def with_execution_mode(self, mode: ExecutionMode | str) -> Pipeline[In, Out]:
+        """A one-stage pipeline of this task that runs in ``mode``."""
+        return self._pipeline().with_execution_mode(mode)
+
+    def with_context(self, **updates: Any) -> Pipeline[In, Out]:
+        """A one-stage pipeline of this task with a context (see Pipeline.with_context)."""
+        return self._pipeline().with_context(**updates)
 
     def get_context(self) -> Any:
         """The context of the current run (``None`` outside one)."""
         return get_current_context()
 
-    # -- side inputs -----------------------------------------------------------------
+    # -- side inputs and resources ---------------------------------------------------
 
     def with_inputs(self, *args: Any, **kwargs: Any) -> Self:
         """A copy of this task that is called as ``func(item, *args, **kwargs)``.
@@ -106,27 +132,36 @@ class BaseTask(Generic[In, Out]):
         Each side input is resolved at the start of every run, never cached across runs:
         a plain value is passed as is; a coroutine or other awaitable is awaited (a
         coroutine can be awaited only once, so it serves one run); an async iterable or
-        :class:`AsyncStream` contributes its first item.
+        :class:`AsyncStream` contributes its first item. A context manager (an HTTP
+        session, a connection) is refused here: declare it with :meth:`with_resources`.
         """
-        clone = copy.copy(self)
-        clone._side_args = args
-        clone._side_kwargs = dict(kwargs)
-        return clone
+        for key, value in [*enumerate(args), *kwargs.items()]:
+            if hasattr(value, "__aenter__") and not getattr(value, "is_conveyor_stream", 0):
+                raise TypeError(
+                    f"side input {key!r} of task {self.task_name!r} is a context manager "
+                    f"({type(value).__name__}); side inputs are values. Open it for each "
+                    f"run with .with_resources(name=factory), e.g. "
+                    f".with_resources(session=aiohttp.ClientSession)"
+                )
+        return self._replace(args=args, kwargs=tuple(kwargs.items()))
 
-    async def _invoker_for_run(self, *, with_item: bool = True) -> Callable[[Any], Any]:
-        """The per-run call seam: ``invoke(item)`` with side inputs resolved."""
-        func = self.func
-        args = [await _resolve_side_input(value) for value in self._side_args]
-        kwargs = {key: await _resolve_side_input(v) for key, v in self._side_kwargs.items()}
-        if not with_item:
-            return lambda _: func(*args, **kwargs)
-        if self._is_batch:
-            if args or kwargs:
-                return lambda batch: func(list(batch), *args, **kwargs)
-            return lambda batch: func(list(batch))
-        if args or kwargs:
-            return lambda item: func(item, *args, **kwargs)
-        return func
+    def with_resources(self, **resources: Any) -> Self:
+        """A copy of this task that receives run-scoped resources as keyword arguments.
+
+        Each resource is a context manager (async or not) or a callable of no arguments
+        returning one, e.g. ``with_resources(session=aiohttp.ClientSession)``. It is
+        opened once per run, before the first call, and closed when the run ends
+        (normally, on an error, on early exit or on cancellation), after every call of
+        the run has ended. The same factory given to several tasks is opened once per run
+        and shared by them.
+        """
+        return self._replace(resources=self.spec.resources + tuple(resources.items()))
+
+    def _replace(self, **changes: Any) -> Self:
+        clone = self._from_options(self.spec.func, self.spec.options)
+        clone.spec = dataclasses.replace(self.spec, **changes)
+        clone._attr_name = self._attr_name
+        return clone
 
     # -- methods ---------------------------------------------------------------------
 
@@ -137,8 +172,7 @@ class BaseTask(Generic[In, Out]):
         """On an instance, a task whose function is bound to it (one per instance)."""
         if instance is None:
             return self
-        bound = copy.copy(self)
-        bound.func = types.MethodType(self.func, instance)
+        bound = self._replace(func=types.MethodType(self.spec.func, instance))
         if self._attr_name is not None:
             # __slots__ classes have no __dict__: they get a fresh bound task each access
             with contextlib.suppress(AttributeError):
@@ -167,10 +201,20 @@ class BatchTask(BaseTask[In, Out]):
     order. ``concurrency_limit`` (default 1) bounds how many batches run at once.
     """
 
-    _is_batch = True
-    min_size: int
-    max_size: int
-    max_wait: float | None
+    _batch = True
+    _decorator = "batch_task"
+
+    @property
+    def min_size(self) -> int:
+        return self.spec.options.min_size
+
+    @property
+    def max_size(self) -> int:
+        return self.spec.options.max_size
+
+    @property
+    def max_wait(self) -> float | None:
+        return self.spec.options.max_wait
 
     def _options_repr(self) -> str:
         parts = [f"max_size={self.max_size}"]
@@ -181,61 +225,9 @@ class BatchTask(BaseTask[In, Out]):
         return f"({', '.join(parts)})"
 
 
-async def _resolve_side_input(value: Any) -> Any:
-    from .stream import AsyncStream
-
-    if inspect.iscoroutine(value):
-        if inspect.getcoroutinestate(value) != inspect.CORO_CREATED:
-            raise RuntimeError(
-                f"side input {value!r} is a coroutine that an earlier run already awaited; "
-                "a coroutine serves one run. Pass a fresh coroutine for each run (build "
-                "the task with .with_inputs(...) per run) or an async iterable."
-            )
-        return await value
-    if isinstance(value, AsyncIterable):
-        try:
-            if isinstance(value, AsyncStream):
-                async with value:
-                    return await value.__anext__()
-            return await anext(aiter(value))
-        except StopAsyncIteration:
-            raise ValueError(
-                f"side input {value!r} produced no item: an async iterable side input "
-                "contributes its first item to each run"
-            ) from None
-    if isinstance(value, Awaitable):
-        return await value
-    return value
-
-
-def _common_options(
-    *,
-    decorator: str,
-    batch: bool,
-    on_error: Any,
-    retry_attempts: Any,
-    retry_delay: Any,
-    retry_exponential_backoff: Any,
-    retry_max_delay: Any,
-    retry_on: Any,
-    error_handler: Any,
-    task_name: Any,
-    concurrency_limit: Any,
-    timeout: Any,
-) -> dict[str, Any]:
-    _options.check_int("concurrency_limit", concurrency_limit, 1, optional=True)
-    _options.check_seconds("timeout", timeout, optional=True)
-    if timeout == 0:
-        raise ValueError("timeout must be > 0 seconds (or None for no timeout)")
-    _options.check_error_handler(error_handler)
-    _options.check_task_name(task_name)
-    return {
-        "on_error": _options.parse_on_error(on_error, batch=batch),
-        "retry_config": _options.build_retry(
-            retry_attempts, retry_delay, retry_exponential_backoff, retry_max_delay, retry_on
-        ),
-        "error_handler": error_handler,
-        "task_name": task_name,
-        "concurrency_limit": concurrency_limit,
-        "timeout": None if timeout is None else float(timeout),
-    }
+def check_callable(func: Any, decorator: str) -> None:
+    if not callable(func):
+        raise TypeError(
+            f"@{decorator} decorates a function, got {type(func).__name__}: {func!r}. "
+            f"Use @{decorator} on an async or plain function (or generator function)."
+        )

@@ -245,14 +245,12 @@ async def test_consumer_error_with_async_with_closes_everything() -> None:
     assert not leftover_tasks()
 
 
-@pytest.mark.parametrize("where", ["first step", "after a suspension", "started lazily"])
+@pytest.mark.parametrize("where", ["first step", "after a suspension", "late in the run"])
 @pytest.mark.parametrize("mode", ["ordered", "as_completed"])
 async def test_call_cancelled_from_outside_fails_the_run(where: str, mode: str) -> None:
-    # Not the run's own cancellation: the consumer gets an error naming the task (not a
-    # hang, and not a CancelledError it would take for its own cancellation).
-    from conveyor._engine._stages import LAZY_AFTER
-
-    bad = 2 * LAZY_AFTER if where == "started lazily" else 3
+    # Not the run's own cancellation: the consumer gets an error naming the task and its
+    # own item (not a hang, and not a CancelledError it would take for its own).
+    bad = 40 if where == "late in the run" else 3
 
     @single_task
     async def rogue(x: int) -> int:
@@ -267,7 +265,7 @@ async def test_call_cancelled_from_outside_fails_the_run(where: str, mode: str) 
             await asyncio.sleep(1)
         return x
 
-    stream = Pipeline([rogue]).with_execution_mode(mode)(range(4 * LAZY_AFTER))
+    stream = Pipeline([rogue]).with_execution_mode(mode)(range(64))
     with pytest.raises(RuntimeError, match="cancelled from outside") as info:
         await stream.collect()
     assert info.value.__notes__ == [f"conveyor: raised by task 'rogue' on {bad}"]

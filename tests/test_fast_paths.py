@@ -3,8 +3,8 @@
 * **Fused plain stages**: adjacent plain-function single stages run as one call chain per
   item, in one context copy; errors, retries, queues and odd return values still go
   through each stage's own rules.
-* **Task hand-over**: a call that suspends while another call's task finishes is carried on
-  by that task; it keeps its own context, timeout and cancellation.
+* **Calls in real tasks** (eager on 3.12+): each call has a task of its own, with its own
+  context, timeout and cancellation.
 * **Nodes only for items that wait**: covered for order by the model tests; here, mixed
   fast and slow items.
 """
@@ -140,35 +140,28 @@ async def test_busy_plain_stage_queues_what_a_fused_chain_hands_on() -> None:
     assert calls == [0, *range(20)]
 
 
-# -- task hand-over ----------------------------------------------------------------------
+# -- calls in tasks -------------------------------------------------------------------------
 
 
-async def test_suspending_stages_reuse_the_finishing_task() -> None:
-    created = 0
-    loop = asyncio.get_running_loop()
-    factory = loop.get_task_factory()
-
-    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        nonlocal created
-        created += 1
-        return asyncio.Task(coro, loop=loop, **kwargs)
+async def test_every_async_call_has_a_real_task_of_its_own() -> None:
+    tasks: list[asyncio.Task[Any]] = []
 
     @single_task
     async def hop(x: int) -> int:
+        task = asyncio.current_task()
+        assert task is not None
         await asyncio.sleep(0)
+        assert asyncio.current_task() is task
+        tasks.append(task)
         return x
 
-    loop.set_task_factory(counting)  # type: ignore[arg-type]
-    try:
-        out = await (hop | hop | hop | hop)(range(100)).collect()
-    finally:
-        loop.set_task_factory(factory)
+    out = await (hop | hop | hop | hop)(range(100)).collect()
     assert out == list(range(100))
-    # One task per item (its first call), plus the input pump; not one per call.
-    assert created <= 100 + 5, created
+    assert len({id(task) for task in tasks}) == 400  # one per call, none shared
+    assert all(task.done() for task in tasks)
 
 
-async def test_handed_over_call_keeps_its_own_context() -> None:
+async def test_chained_async_calls_keep_their_own_context() -> None:
     seen: list[tuple[str, int, str]] = []
 
     @single_task
@@ -198,7 +191,7 @@ async def test_handed_over_call_keeps_its_own_context() -> None:
 
 
 @pytest.mark.looptime
-async def test_handed_over_call_keeps_its_timeout() -> None:
+async def test_chained_async_calls_keep_their_timeout() -> None:
     @single_task
     async def quick(x: int) -> int:
         await asyncio.sleep(0.01)
@@ -216,7 +209,7 @@ async def test_handed_over_call_keeps_its_timeout() -> None:
 
 
 @pytest.mark.looptime
-async def test_handed_over_calls_are_cancelled_on_exit() -> None:
+async def test_chained_async_calls_are_cancelled_on_exit() -> None:
     cancelled: list[int] = []
 
     @single_task
@@ -287,87 +280,3 @@ async def test_fast_items_behind_slow_ones(mode: str) -> None:
     else:
         assert sorted(out) == sorted(expected)
         assert out[-4:] == [1, 5, 9, 9]  # the slow ones come last
-
-
-# -- lazy starts -------------------------------------------------------------------------
-# After LAZY_AFTER calls of a stage have suspended, its calls start inside their task.
-
-
-def _stage_of(stream: Any, index: int = 0) -> Any:
-    return stream._run.stages[index]
-
-
-async def test_stage_that_keeps_suspending_starts_calls_lazily_and_back() -> None:
-    from conveyor._engine._stages import LAZY_AFTER
-
-    waits = True
-    current: list[object] = []
-
-    @single_task
-    async def maybe_wait(x: int) -> int:
-        current.append(asyncio.current_task())
-        if waits:
-            await asyncio.sleep(0)
-        return x
-
-    stream = Pipeline([maybe_wait]).with_context(max_in_flight=8)(range(10 * LAZY_AFTER))
-    out = [await anext(stream) for _ in range(5 * LAZY_AFTER)]
-    stage = _stage_of(stream)
-    assert stage.call == stage._call_lazily
-    assert all(type(task) is asyncio.Task for task in current[-LAZY_AFTER:])  # no proxy
-    waits = False  # from now on calls complete at once: the stage goes back to eager
-    with contextlib.suppress(StopAsyncIteration):
-        while True:
-            out.append(await anext(stream))
-    assert out == list(range(10 * LAZY_AFTER))
-    assert stage.call == stage._call_async
-
-
-@pytest.mark.looptime
-async def test_lazily_started_calls_keep_timeout_context_and_retries() -> None:
-    attempts: dict[int, int] = {}
-    seen: list[tuple[int, str]] = []
-
-    @single_task
-    async def warm_up(x: int) -> int:
-        await asyncio.sleep(0.01)
-        return x
-
-    @single_task(timeout=1, retry_attempts=2, retry_delay=0, on_error="skip_item")
-    async def worker(x: int) -> int:
-        attempts[x] = attempts.get(x, 0) + 1
-        var.set(f"worker {x}")
-        await asyncio.sleep(5 if x % 10 == 3 else 0.1)  # 3, 13, ... time out twice
-        seen.append((x, var.get()))
-        return x
-
-    items = range(60)
-    stream = (warm_up | worker)(items)
-    out = await stream.collect()
-    assert out == [x for x in items if x % 10 != 3]
-    assert _stage_of(stream, 1).call == _stage_of(stream, 1)._call_lazily
-    assert all(value == f"worker {x}" for x, value in seen)
-    assert {x: n for x, n in attempts.items() if n != 1} == dict.fromkeys(range(3, 60, 10), 2)
-
-
-@pytest.mark.looptime
-async def test_lazily_started_calls_are_cancelled_on_exit() -> None:
-    started: list[int] = []
-    cancelled: list[int] = []
-
-    @single_task
-    async def sleepy(x: int) -> int:
-        started.append(x)
-        try:
-            await asyncio.sleep(0 if x < 40 else 100)
-        except asyncio.CancelledError:
-            cancelled.append(x)
-            raise
-        return x
-
-    async with sleepy(range(60)) as stream:
-        assert [await anext(stream) for _ in range(40)] == list(range(40))
-        assert stream._run.stages[0].call == stream._run.stages[0]._call_lazily
-        await asyncio.sleep(1)
-    # Every call that started saw the cancellation; none was left running.
-    assert sorted(cancelled) == [x for x in started if x >= 40]

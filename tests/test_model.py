@@ -12,23 +12,17 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
-from unittest import mock
 
 from conftest import run_on_virtual_clock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pipeline_model import RAISE, Poison, StageSpec, build, observed, pipelines, reference
 
-from conveyor._engine import _stages
-
 # Not a real-time limit: virtual seconds after which a run counts as deadlocked.
 VIRTUAL_TIMEOUT = 100_000.0
 
 inputs = st.lists(st.integers(0, 60), max_size=25)
 input_kinds = st.sampled_from(["list", "generator", "async_generator"])
-# How many suspended calls make a stage start calls lazily (the engine's default is 16):
-# small values put random pipelines through lazy starts and hand-overs of unstarted calls.
-lazy_afters = st.sampled_from([1, 3, _stages.LAZY_AFTER])
 
 
 class Outcome:
@@ -48,7 +42,6 @@ def run_virtual(
     mode: str,
     kind: str,
     window: int = 1000,
-    lazy_after: int = _stages.LAZY_AFTER,
 ) -> Outcome:
     outcome = Outcome()
     pipeline = build(specs).with_context(execution_mode=mode, max_in_flight=window)
@@ -85,10 +78,9 @@ def run_virtual(
             await asyncio.sleep(0)
         outcome.leftover = [t for t in asyncio.all_tasks() - before if not t.done()]
         assert stream._run is not None
-        outcome.tokens = stream._run.tokens
+        outcome.tokens = stream._run.window.tokens
 
-    with mock.patch.object(_stages, "LAZY_AFTER", lazy_after):
-        run_on_virtual_clock(drive(), outcome.loop_errors, VIRTUAL_TIMEOUT)
+    run_on_virtual_clock(drive(), outcome.loop_errors, VIRTUAL_TIMEOUT)
     return outcome
 
 
@@ -156,24 +148,20 @@ MODEL_SETTINGS = settings(
 
 
 @MODEL_SETTINGS
-@given(specs=pipelines(), items=inputs, kind=input_kinds, lazy_after=lazy_afters)
+@given(specs=pipelines(), items=inputs, kind=input_kinds)
 def test_ordered_runs_match_the_reference(
-    specs: list[StageSpec], items: list[int], kind: str, lazy_after: int
+    specs: list[StageSpec], items: list[int], kind: str
 ) -> None:
-    outcome = run_virtual(
-        specs, items, mode="ordered", kind=kind, window=100_000, lazy_after=lazy_after
-    )
+    outcome = run_virtual(specs, items, mode="ordered", kind=kind, window=100_000)
     check_ordered(specs, items, outcome)
 
 
 @MODEL_SETTINGS
-@given(specs=pipelines(elementwise=True), items=inputs, kind=input_kinds, lazy_after=lazy_afters)
+@given(specs=pipelines(elementwise=True), items=inputs, kind=input_kinds)
 def test_as_completed_runs_match_the_reference_as_a_multiset(
-    specs: list[StageSpec], items: list[int], kind: str, lazy_after: int
+    specs: list[StageSpec], items: list[int], kind: str
 ) -> None:
-    outcome = run_virtual(
-        specs, items, mode="as_completed", kind=kind, window=100_000, lazy_after=lazy_after
-    )
+    outcome = run_virtual(specs, items, mode="as_completed", kind=kind, window=100_000)
     check_as_completed(specs, items, outcome)
 
 
@@ -184,13 +172,12 @@ def test_as_completed_runs_match_the_reference_as_a_multiset(
     kind=input_kinds,
     window=st.integers(1, 6),
     mode=st.sampled_from(["ordered", "as_completed"]),
-    lazy_after=lazy_afters,
 )
 def test_small_windows_never_deadlock_and_keep_results(
-    specs: list[StageSpec], items: list[int], kind: str, window: int, mode: str, lazy_after: int
+    specs: list[StageSpec], items: list[int], kind: str, window: int, mode: str
 ) -> None:
     """A window smaller than batches and expansions: batches flush early, nothing hangs."""
-    outcome = run_virtual(specs, items, mode=mode, kind=kind, window=window, lazy_after=lazy_after)
+    outcome = run_virtual(specs, items, mode=mode, kind=kind, window=window)
     if mode == "ordered":  # partial batches may be flushed: composition is not fixed
         check_ordered(specs, items, outcome, per_item=True)
     else:
@@ -203,16 +190,13 @@ def test_small_windows_never_deadlock_and_keep_results(
     items=inputs,
     kind=input_kinds,
     window=st.integers(1, 30),
-    lazy_after=lazy_afters,
 )
 def test_ordered_results_never_depend_on_the_window_without_batches_of_sums(
-    specs: list[StageSpec], items: list[int], kind: str, window: int, lazy_after: int
+    specs: list[StageSpec], items: list[int], kind: str, window: int
 ) -> None:
     """Any window: ordered output equals the reference when batches are element-wise."""
     specs = [s for s in specs if not s.batch or (s.op == "map" and s.min_size == 1)]
     if not specs:
         return
-    outcome = run_virtual(
-        specs, items, mode="ordered", kind=kind, window=window, lazy_after=lazy_after
-    )
+    outcome = run_virtual(specs, items, mode="ordered", kind=kind, window=window)
     check_ordered(specs, items, outcome)

@@ -1,10 +1,19 @@
-"""The private core: one streaming executor that drives every pipeline.
+"""The private core: one streaming engine that drives every pipeline.
 
-Modules, bottom up:
+Follow one item, in one direction, from input to consumer:
 
-* ``_eager``  -- start a coroutine synchronously, hand it to an asyncio task only if it
-  suspends (Python 3.12's eager tasks, done by hand for 3.11).
-* ``_order``  -- the reorder list that keeps ordered runs in input order.
-* ``_stages`` -- the runtime of one task in one run: concurrency, batching, error policy.
-* ``_run``    -- one run: the window, the input pump, the consumer side, cancellation.
+1. ``_input``    -- the pump reads the input lazily and admits each item (one window token)
+   into the first stage;
+2. ``_stage``    -- a stage makes its call (the one place calls are made) through its
+   executor (``_calls``); an awaitable result runs in a real asyncio task; a failing
+   call goes through the error policy (``_policy``); results go downstream, generator
+   results through ``_expand``; ``_batch`` accumulates items for batch tasks;
+3. ``_order``    -- in ordered runs, each segment's reorder list holds results that finish
+   early; ``_delivery`` feeds batch stages in order and hands results to the consumer;
+4. ``_run``      -- the run: wiring, ownership of every task, the consumer's ``next()``,
+   failure and clean-up.
+
+Beside that path: ``_window`` (tokens, waiters, stalls), ``_bind`` (side inputs and
+run-scoped resources, per run), ``_observe`` (the observer seam, inserted only when a run
+is observed).
 """

@@ -1,36 +1,39 @@
 """The stage of a batch task: it accumulates items and calls the task on lists of them.
 
-Calling, results and errors work as for any stage (see ``_stages``); what is particular
-to batches is here: when a batch is flushed, how its items' window tokens come back, what
-happens to the remainder at the end of the input, and how ``on_error="skip_item"`` finds
-the items that make a batch fail.
+Calling, results and errors work as for any stage (see ``_stage``); what is particular
+to batches is here: when a batch is flushed, how its items' window tokens come back, and
+what happens to the remainder at the end of the input. (How ``on_error="skip_item"``
+finds the failing items of a batch is the policy's: see ``_policy``.)
+
+A batch is flushed when it holds ``max_size`` items; when ``max_wait`` seconds have
+passed since its first item, if it holds at least ``min_size``; when the input has ended
+(a remainder smaller than ``min_size`` is dropped, see :meth:`BatchStage.close_input`);
+and when the run is stalled with the window full of items waiting here (a window smaller
+than the batch: see ``_window``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from types import AsyncGeneratorType, GeneratorType
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ErrorAction, Failure
-from ._stages import Stage
+from .._spec import StageSpec
+from ..errors import Failure
+from ._calls import Executor
+from ._stage import Stage
 
 if TYPE_CHECKING:
-    from ..tasks import BaseTask
     from ._run import Run
 
 
 class BatchStage(Stage):
-    """Accumulates items into batches of ``max_size`` (see ``BatchTask`` for the rules)."""
-
     __slots__ = ("_expired", "_timer", "acc", "max_size", "max_wait", "min_size")
 
-    def __init__(self, run: Run, task: BaseTask[Any, Any], limit: int) -> None:
-        super().__init__(run, task, limit)
-        self.is_batch = True
-        self.min_size: int = task.min_size  # type: ignore[attr-defined]
-        self.max_size: int = task.max_size  # type: ignore[attr-defined]
-        self.max_wait: float | None = task.max_wait  # type: ignore[attr-defined]
+    def __init__(self, run: Run, spec: StageSpec, limit: int, executor: Executor) -> None:
+        super().__init__(run, spec, limit, executor)
+        self.min_size = spec.options.min_size
+        self.max_size = spec.options.max_size
+        self.max_wait = spec.options.max_wait
         self.acc: list[Any] = []
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
@@ -58,23 +61,26 @@ class BatchStage(Stage):
         """Send the accumulated items off as one batch (even if fewer than ``min_size``)."""
         batch, self.acc = self.acc, []
         self._expired = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.cancel_timer()
         if not batch:
             return
-        self.run.tokens += 1  # the batch's result node; the items' tokens go when it is done
+        self.window.take(1)  # the batch's result node; the items' tokens go when it is done
         node = None if self.list is None else self.list.append()
         if self.running < self.limit:
             self.call(batch, node)
         else:
             self.pending.append((batch, node))
 
-    def _call_done(self, item: Any) -> None:
+    def cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def call_done(self, item: Any) -> None:
         self.inflight -= len(item)
-        self.run.release(len(item))
+        self.window.release(len(item))
         if self.pending and not self._draining:
-            self._start_pending()
+            self.start_pending()
         self.run.stage_idle()  # the remainder in the accumulator may be all that is left
 
     def close_input(self) -> None:
@@ -85,38 +91,4 @@ class BatchStage(Stage):
             dropped = len(self.acc)
             self.acc = []
             self.inflight -= dropped
-            self.run.release(dropped)
-
-    async def _fallback(self, exc: Exception, item: Any, attempt: int) -> Any:
-        if self.action is ErrorAction.SKIP_ITEM and len(item) > 1:
-            return await self._isolate(item)
-        return self._final_action(exc, item, attempt)
-
-    async def _isolate(self, batch: list[Any]) -> list[Any]:
-        """Split a failing batch in halves until only the failing items are left out."""
-        if len(batch) == 1:
-            try:
-                return await self._collect(await self._attempt(batch))
-            except Exception:
-                return []
-        middle = len(batch) // 2
-        out: list[Any] = []
-        for half in (batch[:middle], batch[middle:]):
-            try:
-                out.extend(await self._collect(await self._attempt(half)))
-            except Exception:
-                out.extend(await self._isolate(half))
-        return out
-
-    @staticmethod
-    async def _collect(result: Any) -> list[Any]:
-        """A batch result as a list of items (halves of a split batch are joined)."""
-        if result is None:
-            return []
-        if type(result) is list:
-            return result
-        if type(result) is GeneratorType:
-            return list(result)
-        if type(result) is AsyncGeneratorType:
-            return [item async for item in result]
-        return [result]
+            self.window.release(dropped)

@@ -21,7 +21,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EMPTY", "PENDING", "Node", "OrderList", "Sentinel"]
+__all__ = [
+    "CLOSED",
+    "EMPTY",
+    "OPEN",
+    "PENDING",
+    "Node",
+    "OrderList",
+    "SegmentEnd",
+    "Sentinel",
+    "Sink",
+]
 
 
 class _Marker:
@@ -126,3 +136,40 @@ class OrderList:
 
     def is_empty(self) -> bool:
         return self.head.next is None
+
+
+class Sink:
+    """Anything a stage can send results to: ``push(item, node)``.
+
+    ``node`` is the item's place in its segment's reorder list in an ordered run; it is
+    ``None`` in an as-completed run, and also, in an ordered run, for an item that has not
+    needed a place yet: such an item belongs at the tail of the list, because nothing can
+    be appended behind it while it is passed on synchronously.
+    """
+
+    __slots__ = ()
+
+    def push(self, item: Any, node: Any) -> None:
+        raise NotImplementedError
+
+
+class SegmentEnd(Sink):
+    """End of a segment of an ordered run: a result settles its place in the list.
+
+    A result without a node belongs at the tail: if the list is empty it is next in
+    order and goes straight to ``ready`` (the reader's own input), else it gets a node.
+    """
+
+    __slots__ = ("list", "ready")
+
+    def __init__(self, order: OrderList, ready: Callable[[Any], None]) -> None:
+        self.list = order
+        self.ready = ready
+
+    def push(self, item: Any, node: Any) -> None:
+        if node is not None:
+            self.list.resolve(node, item)
+        elif self.list.head.next is None:
+            self.ready(item)
+        else:
+            self.list.append().value = item

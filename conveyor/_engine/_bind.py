@@ -1,0 +1,99 @@
+"""Binding a stage's function for one run: side inputs resolved, resources opened.
+
+Side inputs (``task.with_inputs(...)``) are resolved at the start of every run, never
+cached: a plain value is passed as is; a coroutine or other awaitable is awaited (a
+coroutine serves one run); an async iterable or stream contributes its first item.
+
+Resources (``task.with_resources(name=...)``) are opened on the run's exit stack before
+its first call and closed when the run ends, however it ends. A resource is an async (or
+plain) context manager, or a factory of one: a callable of no arguments, called once per
+run. A factory (or manager) given to several tasks is opened once per run and shared.
+Each reaches the function as the keyword argument it was declared under.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any
+
+from .._spec import StageSpec
+
+Invoke = Callable[[Any], Any]
+
+
+async def bind_stage(
+    spec: StageSpec,
+    stack: contextlib.AsyncExitStack,
+    opened: dict[int, Any],
+    *,
+    with_item: bool,
+) -> Invoke:
+    """``invoke(item)`` for this run: ``func(item, *args, **kwargs, **resources)``."""
+    func = spec.func
+    args = [await resolve_side_input(value) for value in spec.args]
+    kwargs = {key: await resolve_side_input(value) for key, value in spec.kwargs}
+    for key, resource in spec.resources:
+        kwargs[key] = await _open(resource, key, spec.name, stack, opened)
+    if not with_item:
+        return lambda _: func(*args, **kwargs)
+    if spec.batch:
+        if args or kwargs:
+            return lambda batch: func(list(batch), *args, **kwargs)
+        return lambda batch: func(list(batch))
+    if args or kwargs:
+        return lambda item: func(item, *args, **kwargs)
+    return func
+
+
+async def _open(
+    resource: Any, key: str, task: str, stack: contextlib.AsyncExitStack, opened: dict[int, Any]
+) -> Any:
+    if id(resource) in opened:
+        return opened[id(resource)]
+    manager = resource
+    if not _is_manager(manager) and callable(manager):
+        manager = manager()
+        if inspect.isawaitable(manager) and not _is_manager(manager):
+            manager = await manager
+    if hasattr(manager, "__aenter__"):
+        value = await stack.enter_async_context(manager)
+    elif hasattr(manager, "__enter__"):
+        value = stack.enter_context(manager)
+    else:
+        raise TypeError(
+            f"resource {key!r} of task {task!r} must be a context manager (async or not) or "
+            f"a callable returning one, got {type(manager).__name__}: {manager!r}"
+        )
+    opened[id(resource)] = value
+    return value
+
+
+def _is_manager(value: Any) -> bool:
+    return hasattr(value, "__aenter__") or hasattr(value, "__enter__")
+
+
+async def resolve_side_input(value: Any) -> Any:
+    if inspect.iscoroutine(value):
+        if inspect.getcoroutinestate(value) != inspect.CORO_CREATED:
+            raise RuntimeError(
+                f"side input {value!r} is a coroutine that an earlier run already awaited; "
+                "a coroutine serves one run. Pass a fresh coroutine for each run (build "
+                "the task with .with_inputs(...) per run) or an async iterable."
+            )
+        return await value
+    if isinstance(value, AsyncIterable):
+        try:
+            if getattr(type(value), "is_conveyor_stream", False):  # one run's results
+                async with value:  # type: ignore[attr-defined]
+                    return await anext(value)  # type: ignore[call-overload]
+            return await anext(aiter(value))
+        except StopAsyncIteration:
+            raise ValueError(
+                f"side input {value!r} produced no item: an async iterable side input "
+                "contributes its first item to each run"
+            ) from None
+    if isinstance(value, Awaitable):
+        return await value
+    return value

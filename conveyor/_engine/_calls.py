@@ -1,0 +1,162 @@
+"""The executor seam: how a stage's call is made, what comes back, and the call's task.
+
+An :class:`Executor` turns a stage's function (with its side inputs and resources bound)
+into the per-item call the engine makes: ``executor.bind(invoke)`` returns a callable of
+one item. Whatever that callable returns is accepted (:func:`kind_of`):
+
+* a plain value (the result), ``None``, a ``list``, a generator: see ``_stage``'s rules;
+* a coroutine, an asyncio Future or a ``concurrent.futures.Future``: awaited in a real
+  asyncio task of its own (:func:`start_task`), so the call's code sees a real current
+  task, working timeouts, TaskGroups and its own copy of the run's contextvars.
+
+The default, :data:`INLINE`, calls the function on the event loop: a plain function runs
+to completion, an ``async def`` returns its coroutine. Threads, processes and clusters
+plug in here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from types import AsyncGeneratorType, CoroutineType, GeneratorType, NoneType
+from typing import Any, Protocol
+
+from ..errors import Failure
+
+__all__ = [
+    "INLINE",
+    "Executor",
+    "InlineExecutor",
+    "PoolExecutor",
+    "as_awaitable",
+    "executor_for",
+    "kind_of",
+    "start_task",
+]
+
+
+class Executor(Protocol):
+    """Decides how a stage's calls are made."""
+
+    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """The per-item call for ``invoke``: returns a value, a coroutine or a Future."""
+        ...
+
+
+class InlineExecutor:
+    """Calls on the event loop; an ``async def``'s coroutine runs in a task of its own."""
+
+    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        return invoke  # no wrapper: a plain call costs one function call
+
+    def __repr__(self) -> str:
+        return "inline"
+
+
+INLINE = InlineExecutor()
+
+
+class PoolExecutor:
+    """A ``concurrent.futures.Executor`` the user passes (never shut down by conveyor).
+
+    On a thread pool each call runs in its own copy of the run's context, as it would on
+    the loop.
+    """
+
+    def __init__(self, pool: concurrent.futures.Executor) -> None:
+        self.pool = pool
+
+    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        submit = self.pool.submit
+        if isinstance(self.pool, concurrent.futures.ThreadPoolExecutor):
+            copy_context = contextvars.copy_context
+
+            def in_thread(item: Any) -> concurrent.futures.Future[Any]:
+                return submit(copy_context().run, invoke, item)
+
+            return in_thread
+        return lambda item: submit(invoke, item)
+
+    def __repr__(self) -> str:
+        return f"{type(self.pool).__name__}"
+
+
+def executor_for(option: Any) -> Executor:
+    """The executor a task's ``executor`` option names (validated in ``_spec``)."""
+    if option is None or option == "inline":
+        return INLINE
+    if isinstance(option, concurrent.futures.Executor):
+        return PoolExecutor(option)
+    return option  # type: ignore[no-any-return]
+
+
+# -- what a call gives back ----------------------------------------------------------------
+
+VALUE, NONE, LIST, EXPAND, AWAIT = 0, 1, 2, 3, 4
+
+_KINDS: dict[type, int] = {
+    NoneType: NONE,
+    list: LIST,
+    GeneratorType: EXPAND,
+    AsyncGeneratorType: EXPAND,
+    CoroutineType: AWAIT,
+    Failure: VALUE,
+    int: VALUE,
+    str: VALUE,
+    float: VALUE,
+    tuple: VALUE,
+    dict: VALUE,
+}
+KINDS_GET = _KINDS.get
+
+
+def kind_of(result_type: type) -> int:
+    """What a result of this type is (cached per type: one dict look-up per result)."""
+    kind = _KINDS.get(result_type)
+    if kind is None:
+        # Futures are awaited; any other type (lists' subclasses too) is one item.
+        if issubclass(result_type, (asyncio.Future, concurrent.futures.Future)):
+            kind = AWAIT
+        else:
+            kind = VALUE
+        if len(_KINDS) < 4096:  # bounded, whatever types flow through
+            _KINDS[result_type] = kind
+    return kind
+
+
+def as_awaitable(result: Any) -> Awaitable[Any]:
+    """A coroutine or asyncio Future as is; a ``concurrent.futures.Future`` wrapped."""
+    if isinstance(result, concurrent.futures.Future):
+        return asyncio.wrap_future(result)
+    return result  # type: ignore[no-any-return]
+
+
+# -- the call's task -------------------------------------------------------------------------
+
+if sys.version_info >= (3, 12):
+
+    def start_task(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, Any],
+        context: contextvars.Context,
+    ) -> asyncio.Task[Any]:
+        """A real task for ``coro``, started eagerly: its first step runs now, as the
+        current task, and a call that never suspends is done on return (no loop step).
+
+        ``eager_start=True`` is the public contract of ``asyncio.create_eager_task_factory``
+        (3.12+) and of ``asyncio.Task`` (documented in 3.14).
+        """
+        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)
+
+else:
+
+    def start_task(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, Any],
+        context: contextvars.Context,
+    ) -> asyncio.Task[Any]:
+        """A real task for ``coro`` (3.11 has no eager start: it starts on the next step)."""
+        return loop.create_task(coro, context=context)

@@ -1,0 +1,102 @@
+"""Where results go: the consumer's ``ready`` queue, and the feeders of batch stages.
+
+In an as-completed run every result goes straight to ``ready``. In an ordered run, a
+result that is next in order goes to ``ready`` too; one that completes behind a straggler
+waits in the last segment's reorder list until the straggler is through (the consumer
+reads the list: see ``Run.take``). A batch stage of an ordered run is fed by a
+:class:`BatchFeeder`, which reads its segment's list in order, so batches are composed in
+input order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, SegmentEnd, Sink
+from ._window import sentinel_at_front
+
+if TYPE_CHECKING:
+    from ._batch import BatchStage
+    from ._run import Run
+
+
+class Output(Sink):
+    """The end of an as-completed run: results in completion order."""
+
+    __slots__ = ("ready", "run")
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.ready: deque[Any] = run.ready
+
+    def push(self, item: Any, node: Any) -> None:
+        self.ready.append(item)
+        if self.run.consumer is not None:
+            self.run.wake_consumer()
+
+
+class OrderedOutput(SegmentEnd):
+    """The end of an ordered run: results in input order (see ``SegmentEnd``)."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: Run, order: OrderList) -> None:
+        super().__init__(order, run.deliver)
+        self.run = run
+
+    def push(self, item: Any, node: Any) -> None:
+        # SegmentEnd.push with Run.deliver inlined: this runs once per result.
+        if node is not None:
+            self.list.resolve(node, item)
+        elif self.list.head.next is None:
+            self.run.ready.append(item)
+            if self.run.consumer is not None:
+                self.run.wake_consumer()
+        else:
+            self.list.append().value = item
+
+
+class BatchFeeder:
+    """Reads a segment's reorder list in order and feeds the batch stage that ends it."""
+
+    __slots__ = ("batch", "list", "release", "run", "walking")
+
+    def __init__(self, run: Run, batch: BatchStage) -> None:
+        self.run = run
+        self.batch = batch
+        self.release: Callable[[int], None] = run.window.release
+        self.list = OrderList(self.walk)
+        self.walking = False
+
+    def sink(self) -> SegmentEnd:
+        """What the segment's last stage sends its results to."""
+        return SegmentEnd(self.list, self.ready)
+
+    def ready(self, item: Any) -> None:
+        """An item that is next in order, with no node (see ``SegmentEnd``)."""
+        self.batch.push(item, None)
+
+    def walk(self) -> None:
+        if self.walking:  # re-entered from inside the batch: the outer loop goes on
+            return
+        self.walking = True
+        try:
+            order = self.list
+            head = order.head
+            run = self.run
+            while (node := head.next) is not None and not run.closed:
+                value = node.value
+                if value is PENDING:
+                    break
+                if value is OPEN:
+                    sentinel_at_front(node)
+                    break
+                order.unlink_front()
+                if value is EMPTY:
+                    self.release(1)
+                elif value is not CLOSED:
+                    self.batch.push(value, None)  # its token stays until the batch is done
+        finally:
+            self.walking = False

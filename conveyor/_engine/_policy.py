@@ -1,0 +1,135 @@
+"""A stage's error policy: what stands in for a call that failed.
+
+In order: **retries** (``retry_attempts`` in all, for exceptions matching ``retry_on``,
+with the backoff of :class:`~conveyor.errors.RetryConfig`), then the task's
+**error handler**, then its **on_error** action: raise (annotated with the task and the
+item), drop (``None``), or a :class:`~conveyor.errors.Failure` record. For a batch task
+under ``skip_item`` the failing batch is split in halves until only the failing items are
+left out.
+
+Recovery always runs inside the call's own task (it sleeps between attempts); only a
+call that fails for good with nothing to await is settled synchronously (:meth:`final`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from types import AsyncGeneratorType, GeneratorType
+from typing import Any
+
+from .._spec import StageSpec
+from ..errors import ErrorAction, Failure, short_repr
+
+
+def annotate(exc: BaseException, task_name: str, item: Any, batch: bool) -> BaseException:
+    """Add the note naming the task and the item a call failed on (PEP 678)."""
+    what = f"a batch of {len(item)} items {short_repr(item)}" if batch else short_repr(item)
+    exc.add_note(f"conveyor: raised by task {task_name!r} on {what}")
+    return exc
+
+
+class Policy:
+    """The error policy of one stage in one run.
+
+    ``attempt(item)`` makes one complete call again (the stage's call, awaited, under its
+    timeout); ``on_retry`` is the observer's hook (``None``: not observed).
+    """
+
+    __slots__ = ("action", "attempt", "batch", "handler", "name", "on_retry", "retry")
+
+    def __init__(self, spec: StageSpec, attempt: Callable[[Any], Awaitable[Any]]) -> None:
+        self.name = spec.name
+        self.batch = spec.batch
+        self.retry = spec.options.retry_config
+        self.handler = spec.options.error_handler
+        self.action = spec.options.on_error
+        self.attempt = attempt
+        self.on_retry: Callable[[BaseException, int], None] | None = None
+
+    def annotate(self, exc: BaseException, item: Any) -> BaseException:
+        return annotate(exc, self.name, item, self.batch)
+
+    def settles_at_once(self, exc: Exception, item: Any) -> bool:
+        """Whether a failed first attempt is settled without awaiting anything."""
+        retry = self.retry
+        return not (
+            self.handler is not None
+            or (retry.max_attempts > 1 and isinstance(exc, retry.retry_on))
+            or (self.batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1)
+        )
+
+    async def recover(self, exc: Exception, item: Any) -> Any:
+        """Retries, then the handler, then ``on_error``: the call's result, or raise."""
+        retry = self.retry
+        attempt = 1
+        while attempt < retry.max_attempts and isinstance(exc, retry.retry_on):
+            if self.on_retry is not None:
+                self.on_retry(exc, attempt)
+            await asyncio.sleep(retry.delay_after(attempt))
+            attempt += 1
+            try:
+                return await self.attempt(item)
+            except Exception as again:
+                exc = again
+        if self.handler is not None:
+            seen = list(item) if self.batch else item  # the handler may keep it
+            go_on, value = await self.handler.handle_error(exc, seen, self.name, attempt)
+            if go_on:
+                return value
+        if self.batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1:
+            return await self._isolate(item)
+        return self.final(exc, item, attempt)
+
+    def final(self, exc: Exception, item: Any, attempt: int) -> Any:
+        """``on_error`` for a call that failed for good: raise, drop, or a Failure."""
+        action = self.action
+        if action is ErrorAction.FAIL:
+            raise self.annotate(exc, item)
+        if action is ErrorAction.EMIT:
+            if self.batch:
+                return [Failure(one, exc, self.name, attempt) for one in item]
+            return Failure(item, exc, self.name, attempt)
+        return None  # skip_item / skip_batch
+
+    async def generator_failed(self, exc: Exception, count: int) -> Any:
+        """What stands in for the rest of a generator that raised after ``count`` items."""
+        where = f"<output {count} of a generator>"
+        if self.handler is not None:
+            go_on, value = await self.handler.handle_error(exc, where, self.name, 1)
+            if go_on:
+                return value
+        if self.action is ErrorAction.FAIL:
+            raise annotate(exc, self.name, where, False)
+        if self.action is ErrorAction.EMIT:
+            return Failure(where, exc, self.name, 1)
+        return None
+
+    async def _isolate(self, batch: list[Any]) -> list[Any]:
+        """Split a failing batch in halves until only the failing items are left out."""
+        if len(batch) == 1:
+            try:
+                return await _collect(await self.attempt(batch))
+            except Exception:
+                return []
+        middle = len(batch) // 2
+        out: list[Any] = []
+        for half in (batch[:middle], batch[middle:]):
+            try:
+                out.extend(await _collect(await self.attempt(half)))
+            except Exception:
+                out.extend(await self._isolate(half))
+        return out
+
+
+async def _collect(result: Any) -> list[Any]:
+    """A batch result as a list of items (halves of a split batch are joined)."""
+    if result is None:
+        return []
+    if type(result) is list:
+        return result
+    if type(result) is GeneratorType:
+        return list(result)
+    if type(result) is AsyncGeneratorType:
+        return [item async for item in result]
+    return [result]

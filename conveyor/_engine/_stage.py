@@ -1,0 +1,329 @@
+"""The runtime of one task within one run (batch tasks add to it: see ``_batch``).
+
+A stage receives items through ``push(item, node)`` (see ``_order.Sink`` for ``node``)
+and sends results on with ``downstream.push(result, node)``. An item gets a node
+(``place``) only when it has to wait: a call that suspends, a queue, a generator.
+
+**Calls.** :meth:`Stage.call` is the one place a stage's call is made: ``self.call_fn``,
+the executor's per-item callable (see ``_calls``), runs in a fresh copy of the run's
+context. A plain result is handed on at once; an awaitable (the coroutine of an
+``async def``, a Future) runs in a real asyncio task of its own (:meth:`Stage.drive`),
+which applies the timeout and the error policy and hands the result on when it is done.
+Adjacent plain-function single stages on the inline executor are *fused* (unless the
+later one has a concurrency limit): a result goes straight into the next function, in the
+same context copy, as if the functions were composed by hand.
+
+**Results.** ``None`` drops the item, a ``list`` becomes several items, a generator or
+async generator becomes several items lazily (``_expand``), anything else is one item. A
+:class:`~conveyor.errors.Failure` passes through later stages untouched.
+
+**Counting.** ``running`` counts calls under way in tasks (the concurrency limit) and
+``inflight`` the items a stage holds across an ``await`` (queued, in such calls,
+expanding, accumulated in a batch): the run is over when no stage holds anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any
+
+from .._spec import StageSpec
+from ..errors import Failure
+from ._calls import (
+    AWAIT,
+    EXPAND,
+    INLINE,
+    KINDS_GET,
+    LIST,
+    NONE,
+    Executor,
+    as_awaitable,
+    kind_of,
+    start_task,
+)
+from ._expand import expand
+from ._order import EMPTY, Node, OrderList, Sink
+from ._policy import Policy
+
+if TYPE_CHECKING:
+    import contextvars
+
+    from ._run import Run
+
+UNLIMITED = 1 << 62
+
+
+class Stage(Sink):
+    """What single and batch stages share: calling, results, errors, bookkeeping."""
+
+    __slots__ = (
+        "_draining",
+        "call_fn",
+        "chain",
+        "context",
+        "downstream",
+        "executor",
+        "inflight",
+        "invoke",
+        "is_batch",
+        "limit",
+        "list",
+        "loop",
+        "name",
+        "pending",
+        "plain",
+        "policy",
+        "probe",
+        "run",
+        "running",
+        "spec",
+        "timeout",
+        "window",
+    )
+
+    def __init__(self, run: Run, spec: StageSpec, limit: int, executor: Executor) -> None:
+        self.run = run
+        self.window = run.window
+        self.spec = spec
+        self.loop = run.loop
+        self.context = run.context
+        self.name = spec.name
+        self.timeout = spec.options.timeout
+        self.limit = limit
+        self.executor = executor
+        self.invoke: Callable[[Any], Any] = spec.func  # bound to side inputs per run
+        self.call_fn: Callable[[Any], Any] = spec.func  # the executor's call of invoke
+        self.policy = Policy(spec, self.attempt)
+        # A plain function on the loop may be fused with the next one (see above).
+        self.plain = executor is INLINE and not spec.is_async
+        self.chain: Stage | None = None
+        self.downstream: Sink = Sink()
+        self.list: OrderList | None = None  # the reorder list this stage emits into
+        self.running = 0
+        self.inflight = 0
+        self.pending: deque[tuple[Any, Any]] = deque()
+        self._draining = False
+        self.is_batch = spec.batch
+        self.probe: Any = None  # the stage's observer, if the run is observed (_observe)
+
+    def bind(self, invoke: Callable[[Any], Any]) -> None:
+        """Use ``invoke`` (the function with this run's side inputs) from now on."""
+        self.invoke = invoke
+        self.call_fn = self.executor.bind(invoke)
+
+    def place(self, node: Node | None) -> Node | None:
+        """The item's node, created at the list's tail if it has none yet (see above)."""
+        if node is None and self.list is not None:
+            return self.list.append()
+        return node
+
+    # -- calling ---------------------------------------------------------------------
+
+    def call(self, item: Any, node: Any) -> None:
+        """Make this stage's call on ``item`` (and the fused plain calls after it)."""
+        # Every call runs in its own copy of the run's context, as a task would: what a
+        # call sets in a ContextVar stays with that call (and the calls fused after it).
+        context = self.context.copy()
+        stage = self
+        while True:
+            try:
+                result = context.run(stage.call_fn, item)
+            except Exception as exc:
+                stage.failed(exc, item, node, context)
+                return
+            kind = KINDS_GET(type(result))
+            if kind is None:
+                kind = kind_of(type(result))
+            following = stage.chain
+            if kind or following is None:
+                break
+            stage, item = following, result
+        if kind == AWAIT:
+            stage.go_async(result, context, item, node)
+            return
+        if kind:
+            stage.emit_kind(kind, result, node)
+        else:
+            stage.downstream.push(result, node)
+        if stage.is_batch:
+            stage.call_done(item)
+
+    def go_async(self, awaitable: Any, context: contextvars.Context, item: Any, node: Any) -> None:
+        """Await a call's result in a task of its own, counted until it is done."""
+        run = self.run
+        if run.closed:  # a call made while the run unwinds: start nothing
+            if type(awaitable) is CoroutineType:
+                awaitable.close()
+            return
+        self.running += 1
+        if not self.is_batch:  # a batch's items are counted from the moment they arrive
+            self.inflight += 1
+        if type(awaitable) is not CoroutineType:
+            awaitable = as_awaitable(awaitable)
+        self.window.busy += 1
+        task = start_task(self.loop, self.drive(awaitable, item, self.place(node)), context)
+        if not task.done():
+            run.tasks[task] = awaitable
+
+    def failed(self, exc: Exception, item: Any, node: Any, context: contextvars.Context) -> None:
+        """The call raised before returning: settle it now, or recover in a task."""
+        policy = self.policy
+        if not policy.settles_at_once(exc, item):
+            self.go_async(_Recovery(exc), context, item, node)
+            return
+        try:
+            result = policy.final(exc, item, 1)
+        except BaseException as final:
+            self.run.fail(final)
+            return
+        self.emit(result, node)
+        if self.is_batch:
+            self.call_done(item)
+
+    async def drive(self, awaitable: Any, item: Any, node: Any) -> None:
+        """The coroutine of a call's task: await the call, recover, hand the result on."""
+        run = self.run
+        try:
+            try:
+                if type(awaitable) is _Recovery:
+                    result = await self.policy.recover(awaitable.error, item)
+                else:
+                    try:
+                        if self.timeout is None:
+                            result = await awaitable
+                        else:
+                            async with asyncio.timeout(self.timeout):
+                                result = await awaitable
+                    except Exception as exc:
+                        result = await self.policy.recover(exc, item)
+            except asyncio.CancelledError as exc:
+                if not run.closed:  # not the run's own cancellation: the call's
+                    run.fail(self.policy.annotate(exc, item))
+                raise
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                if not getattr(exc, "__notes__", None):  # (the policy's are annotated)
+                    self.policy.annotate(exc, item)
+                run.fail(exc)
+                return
+            self.finished(result, item, node)
+        finally:
+            self.window.busy -= 1
+            run.tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            if not self.window.busy:
+                self.window.check_stall()
+
+    async def attempt(self, item: Any) -> Any:
+        """One complete call again, inside the call's task (retries, batch isolation)."""
+        result = self.call_fn(item)
+        if kind_of(type(result)) != AWAIT:
+            return result
+        if self.timeout is None:
+            return await as_awaitable(result)
+        async with asyncio.timeout(self.timeout):
+            return await as_awaitable(result)
+
+    def finished(self, result: Any, item: Any, node: Any) -> None:
+        self.running -= 1
+        if not self.run.closed:  # else a call that ignored its cancellation: start nothing
+            self.emit(result, node)
+        self.call_done(item)
+
+    def call_done(self, item: Any) -> None:
+        """Bookkeeping once a call's result is out: start queued work, report idleness."""
+        self.inflight -= 1
+        if self.pending and not self._draining:
+            self.start_pending()
+        if not self.inflight and self.run.source_done:
+            self.run.stage_idle()
+
+    def start_pending(self) -> None:
+        self._draining = True
+        try:
+            while self.pending and self.running < self.limit and not self.run.closed:
+                item, node = self.pending.popleft()
+                self.call(item, node)
+                if not self.is_batch:
+                    self.inflight -= 1  # only now: it stays counted during its call
+        finally:
+            self._draining = False
+
+    # -- results ---------------------------------------------------------------------
+
+    def emit(self, result: Any, node: Any) -> None:
+        """Send a call's result downstream; ``node`` carries one window token."""
+        kind = KINDS_GET(type(result))
+        if kind is None:
+            kind = kind_of(type(result))
+        if kind and kind != AWAIT:
+            self.emit_kind(kind, result, node)
+        else:
+            self.downstream.push(result, node)
+
+    def emit_kind(self, kind: int, result: Any, node: Any) -> None:
+        if kind == NONE:
+            self.drop(node)
+        elif kind == LIST:
+            self.emit_list(result, node)
+        elif kind == EXPAND:
+            expand(self, result, node)
+        else:
+            self.downstream.push(result, node)
+
+    def drop(self, node: Any) -> None:
+        if node is None:
+            self.window.release(1)
+        else:
+            self.list.resolve(node, EMPTY)  # type: ignore[union-attr]
+
+    def emit_list(self, results: list[Any], node: Any) -> None:
+        n = len(results)
+        if n == 0:
+            self.drop(node)
+            return
+        self.window.take(n - 1)
+        push = self.downstream.push
+        if node is None:
+            run = self.run
+            for value in results:
+                # Once one of them fails the run, the rest must not reach the consumer:
+                # with no node, nothing else would hold them back.
+                if run.closed:
+                    return
+                push(value, None)
+            return
+        order = self.list
+        assert order is not None
+        nodes = [node]
+        for _ in range(n - 1):
+            node = order.insert_after(node)
+            nodes.append(node)
+        for value, node in zip(results, nodes, strict=True):
+            push(value, node)
+
+
+class SingleStage(Stage):
+    __slots__ = ()
+
+    def push(self, item: Any, node: Any) -> None:
+        if type(item) is Failure:
+            self.downstream.push(item, node)
+            return
+        if self.running < self.limit:
+            self.call(item, node)
+        else:
+            self.inflight += 1
+            self.pending.append((item, self.place(node)))
+
+
+class _Recovery:
+    """Stands for a call whose first attempt raised synchronously: its task recovers."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error

@@ -1,0 +1,161 @@
+"""The window: how many items a run holds at once, who waits for room, and stalls.
+
+Every live item holds one **token**: admitted from the input, produced by an expansion,
+waiting in a batch accumulator, or waiting to be delivered. The input pump and generator
+expansions wait while ``tokens >= limit`` (``max_in_flight``), so memory is bounded
+whatever the input's length. Two rules keep the bound deadlock-free:
+
+* In an ordered run, a generator whose children have all been passed on by the reader of
+  its segment may always produce one more (otherwise items queued *behind* it could hold
+  the whole window while it waits for room).
+* When nothing is working (no call, no expansion, no pump progress) and someone waits for
+  room, the run is *stalled*: ``on_stall`` flushes a partial batch (the window is smaller
+  than the batch), or the waiters are woken.
+
+``busy`` counts the run's tasks that are doing work (calls, expansions, the pump while it
+reads); a task waiting here for room does not count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from ._order import Sentinel
+
+Waiter = tuple["asyncio.Future[None]", "Sentinel | None", bool]
+
+
+class Window:
+    __slots__ = (
+        "busy",
+        "closed",
+        "expanding",
+        "limit",
+        "loop",
+        "low_water",
+        "on_stall",
+        "on_wait",
+        "tokens",
+        "waiting",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self.loop = loop
+        self.limit = limit
+        # The pump waits until an eighth of the window is free (a cheap hand-over per
+        # batch of items, not per item), unless nothing else is left working.
+        self.low_water = limit - max(1, limit // 8)
+        self.tokens = 0
+        self.busy = 0
+        self.expanding = 0  # generators under way (their own item keeps its token)
+        self.waiting: list[Waiter] = []
+        self.closed = False
+        # Flushes a partial batch; returns False when there is none (set by the run).
+        self.on_stall: Callable[[], bool] = lambda: False
+        # Observer hook for time spent waiting for room (None: not observed).
+        self.on_wait: Callable[[float], None] | None = None
+
+    # -- tokens ------------------------------------------------------------------------
+
+    def take(self, n: int = 1) -> None:
+        self.tokens += n
+
+    def release(self, n: int = 1) -> None:
+        self.tokens -= n
+        if self.waiting:
+            self.room_made()
+
+    def full(self) -> bool:
+        return self.tokens >= self.limit
+
+    def room_made(self) -> None:
+        """Tokens came back: wake who waits for room, once there is enough of it."""
+        if self.tokens <= self.low_water or not self.busy:
+            self.wake_waiters()
+
+    # -- waiting for room --------------------------------------------------------------
+
+    def may_proceed(self, sentinel: Sentinel | None, expansion: bool) -> bool:
+        if not expansion:
+            return self.tokens < self.limit
+        # A generator's children are bounded by the window without counting the
+        # generators' own items, so expansions cannot starve each other.
+        if self.tokens - self.expanding < self.limit:
+            return True
+        # In an ordered run, a generator whose children have all been passed on may
+        # always go on: items behind it could otherwise hold the window forever.
+        prev = None if sentinel is None else sentinel.prev
+        return prev is not None and prev.prev is None  # prev is the list's dummy head
+
+    def wake_waiters(self) -> None:
+        """Wake every waiter whose condition now holds (and only those)."""
+        still = []
+        for waiter in self.waiting:
+            future, sentinel, expansion = waiter
+            if future.done():
+                continue
+            if self.may_proceed(sentinel, expansion):
+                future.set_result(None)
+            else:
+                still.append(waiter)
+        self.waiting = still  # the woken are off the list: no more scans for them
+
+    async def wait_for_room(
+        self, sentinel: Sentinel | None = None, expansion: bool = False
+    ) -> None:
+        """Wait until the window lets the pump (or a generator) add an item.
+
+        Raises ``CancelledError`` once the run is closed.
+        """
+        started = self.loop.time() if self.on_wait is not None else 0.0
+        while not self.may_proceed(sentinel, expansion):
+            if self.closed:
+                raise asyncio.CancelledError
+            waiter: Waiter = (self.loop.create_future(), sentinel, expansion)
+            self.waiting.append(waiter)
+            if sentinel is not None:
+                sentinel.on_front = self.wake_waiters
+            self.busy -= 1
+            try:
+                self.check_stall()
+                await waiter[0]
+            finally:
+                if waiter in self.waiting:
+                    self.waiting.remove(waiter)
+                self.busy += 1
+                if sentinel is not None:
+                    sentinel.on_front = None
+        if self.on_wait is not None:
+            self.on_wait(self.loop.time() - started)
+
+    def idle(self) -> None:
+        """A busy task stopped working (``busy`` was decremented): look for a stall."""
+        if not self.busy:
+            self.check_stall()
+
+    def check_stall(self) -> None:
+        """If nothing is working and someone waits for room, make progress."""
+        # A flush may complete synchronously and only fill the next batch stage's
+        # accumulator, so keep going until something works or a waiter can go on.
+        while not self.busy and self.waiting and not self.closed:
+            if any(self.may_proceed(s, e) for _, s, e in self.waiting):
+                self.wake_waiters()
+                return
+            if not self.on_stall():
+                # The window is full of results waiting for the consumer: it will make
+                # room (generators whose sentinel reaches the front are woken by it).
+                return
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __repr__(self) -> str:
+        return f"<Window {self.tokens}/{self.limit} busy={self.busy} waiting={len(self.waiting)}>"
+
+
+def sentinel_at_front(sentinel: Any) -> None:
+    """A reader found ``sentinel`` (an open generator's end) at the front of its list."""
+    if sentinel.on_front is not None:
+        sentinel.on_front()

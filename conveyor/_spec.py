@@ -1,0 +1,244 @@
+"""Task options, declared once, and the frozen description of a stage the engine runs.
+
+Every option a task takes is a field of :class:`TaskOptions`: its default, its validation
+(``_CHECKS``) and its type for the decorators (``SingleTaskOptions`` /
+``BatchTaskOptions``, kept equal to the fields by a test). ``@single_task``,
+``@batch_task``, ``SingleTask(...)``, ``BatchTask(...)`` all go through
+:func:`make_options`, so a bad value fails at decoration time, naming the parameter.
+
+The engine never reads the public task classes: a run is built from a tuple of
+:class:`StageSpec`, each holding the function, its validated options, its side inputs and
+its resources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, TypedDict
+
+from .errors import ErrorAction, ErrorHandler, RetryConfig
+
+__all__ = ["BatchTaskOptions", "SingleTaskOptions", "StageSpec", "TaskOptions", "make_options"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """The validated options of one task (see ``conveyor.decorators`` for their meaning)."""
+
+    on_error: ErrorAction = ErrorAction.FAIL
+    retry_attempts: int = 1
+    retry_delay: float = 1.0
+    retry_exponential_backoff: bool = True
+    retry_max_delay: float = 60.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    error_handler: ErrorHandler | None = None
+    task_name: str | None = None
+    concurrency_limit: int | None = None
+    timeout: float | None = None
+    executor: Any = None
+    # Batch tasks only:
+    min_size: int = 1
+    max_size: int = 1
+    max_wait: float | None = None
+
+    @property
+    def retry_config(self) -> RetryConfig:
+        return RetryConfig(
+            max_attempts=self.retry_attempts,
+            base_delay=self.retry_delay,
+            exponential_backoff=self.retry_exponential_backoff,
+            max_delay=self.retry_max_delay,
+            retry_on=self.retry_on,
+        )
+
+
+class SingleTaskOptions(TypedDict, total=False):
+    """The keyword options of ``@single_task`` (the fields of :class:`TaskOptions`)."""
+
+    on_error: ErrorAction | str
+    retry_attempts: int
+    retry_delay: float
+    retry_exponential_backoff: bool
+    retry_max_delay: float
+    retry_on: type[BaseException] | tuple[type[BaseException], ...]
+    error_handler: ErrorHandler | None
+    task_name: str | None
+    concurrency_limit: int | None
+    timeout: float | None
+    executor: Any
+
+
+class BatchTaskOptions(SingleTaskOptions, total=False):
+    """The keyword options of ``@batch_task``: those of single tasks, and batch sizes."""
+
+    min_size: int
+    max_size: int | None
+    max_wait: float | None
+
+
+BATCH_ONLY = frozenset({"min_size", "max_size", "max_wait"})
+FIELDS = tuple(f.name for f in dataclasses.fields(TaskOptions))
+
+
+# -- validation ------------------------------------------------------------------------
+
+
+def _int(minimum: int, *, optional: bool = False) -> Callable[[str, Any], Any]:
+    def check(name: str, value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        return value
+
+    return check
+
+
+def _seconds(*, optional: bool = False, positive: bool = False) -> Callable[[str, Any], Any]:
+    bound = "> 0" if positive else ">= 0"
+
+    def check(name: str, value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+        if math.isnan(value) or value < 0 or (positive and value == 0):
+            extra = " (or None for none)" if optional else ""
+            raise ValueError(f"{name} must be a number of seconds {bound}{extra}, got {value}")
+        return float(value)
+
+    return check
+
+
+def _bool(name: str, value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def _retry_on(name: str, value: Any) -> Any:
+    if isinstance(value, type):
+        value = (value,)
+    if (
+        not isinstance(value, tuple)
+        or not value
+        or not all(isinstance(t, type) and issubclass(t, Exception) for t in value)
+    ):
+        raise TypeError(f"{name} must be an exception type or a tuple of them, got {value!r}")
+    return value
+
+
+def _error_handler(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    method = getattr(value, "handle_error", None)
+    if isinstance(value, type) or method is None or not inspect.iscoroutinefunction(method):
+        raise TypeError(
+            f"{name} must be an ErrorHandler instance with an "
+            f"`async def handle_error(...)`, got {value!r}"
+        )
+    return value
+
+
+def _task_name(name: str, value: Any) -> Any:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise TypeError(f"{name} must be a non-empty str, got {value!r}")
+    return value
+
+
+def _executor(name: str, value: Any) -> Any:
+    import concurrent.futures
+
+    if value is None or value == "inline" or isinstance(value, concurrent.futures.Executor):
+        return value
+    if callable(getattr(value, "bind", None)):  # conveyor's Executor protocol
+        return value
+    raise TypeError(
+        f"{name} must be 'inline', a concurrent.futures.Executor, or an object with a "
+        f"bind(invoke) method (conveyor's Executor protocol), got {value!r}"
+    )
+
+
+_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "executor": _executor,
+    "retry_attempts": _int(1),
+    "retry_delay": _seconds(),
+    "retry_exponential_backoff": _bool,
+    "retry_max_delay": _seconds(),
+    "retry_on": _retry_on,
+    "error_handler": _error_handler,
+    "task_name": _task_name,
+    "concurrency_limit": _int(1, optional=True),
+    "timeout": _seconds(optional=True, positive=True),
+    "min_size": _int(1),
+    "max_size": _int(1, optional=True),
+    "max_wait": _seconds(optional=True),
+}
+
+
+def _on_error(value: Any, *, batch: bool) -> ErrorAction:
+    try:
+        action = ErrorAction(value)
+    except ValueError:
+        choices = "'fail', 'skip_item', 'emit'" + (", 'skip_batch'" if batch else "")
+        raise ValueError(f"on_error must be one of {choices}; got {value!r}") from None
+    if action is ErrorAction.SKIP_BATCH and not batch:
+        raise ValueError(
+            "on_error='skip_batch' only applies to @batch_task; "
+            "use on_error='skip_item' on a @single_task"
+        )
+    return action
+
+
+def make_options(given: Mapping[str, Any], *, batch: bool, where: str) -> TaskOptions:
+    """Validate ``given`` (keyword options, as passed to ``where``) into TaskOptions."""
+    allowed = FIELDS if batch else tuple(f for f in FIELDS if f not in BATCH_ONLY)
+    for key in given:
+        if key not in allowed:
+            hint = ""
+            if key in BATCH_ONLY:
+                hint = f" ({key} is an option of @batch_task)"
+            raise TypeError(
+                f"{where} got an unknown option {key!r}{hint}; "
+                f"its options are: {', '.join(allowed)}"
+            )
+    values = {key: _CHECKS[key](key, value) for key, value in given.items() if key in _CHECKS}
+    if "on_error" in given:
+        values["on_error"] = _on_error(given["on_error"], batch=batch)
+    if batch:
+        min_size = values.get("min_size", 1)
+        max_size = values.get("max_size")
+        if max_size is None:  # as in conveyor-streaming: max_size defaults to min_size
+            max_size = min_size
+        elif max_size < min_size:
+            raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
+        values["max_size"] = max_size
+    return TaskOptions(**values)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StageSpec:
+    """What the engine needs of one stage: everything is fixed when the run starts.
+
+    ``args``/``kwargs`` are side inputs (resolved at the start of every run) and
+    ``resources`` are run-scoped resources (opened before the first call, closed when the
+    run ends), passed to the function as keyword arguments.
+    """
+
+    func: Callable[..., Any]
+    name: str
+    batch: bool
+    options: TaskOptions
+    args: tuple[Any, ...] = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+    resources: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def is_async(self) -> bool:
+        """Whether calls return coroutines (``async def``; not async generators)."""
+        return inspect.iscoroutinefunction(self.func)
