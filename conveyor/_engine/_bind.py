@@ -57,9 +57,9 @@ async def _open(
         manager = manager()
         if inspect.isawaitable(manager) and not _is_manager(manager):
             manager = await manager
-    if hasattr(manager, "__aenter__"):
+    if _is_manager(manager) and hasattr(manager, "__aenter__"):
         value = await stack.enter_async_context(manager)
-    elif hasattr(manager, "__enter__"):
+    elif _is_manager(manager):
         value = stack.enter_context(manager)
     else:
         raise TypeError(
@@ -71,7 +71,10 @@ async def _open(
 
 
 def _is_manager(value: Any) -> bool:
-    return hasattr(value, "__aenter__") or hasattr(value, "__enter__")
+    """A context manager instance (a class, such as ``aiohttp.ClientSession``, is a factory)."""
+    return not isinstance(value, type) and (
+        hasattr(value, "__aenter__") or hasattr(value, "__enter__")
+    )
 
 
 async def resolve_side_input(value: Any) -> Any:

@@ -181,8 +181,7 @@ class Run:
                     self.window.busy += 1
         finally:
             if holds_resources:
-                await self._others_ended()
-                await stack.aclose()
+                await self._close_resources(stack)
 
     async def _bind(self, stack: contextlib.AsyncExitStack) -> None:
         opened: dict[int, Any] = {}
@@ -190,10 +189,28 @@ class Run:
             with_item = index > 0 or self._source is not NO_INPUT
             stage.bind(await bind_stage(stage.spec, stack, opened, with_item=with_item))
 
-    async def _others_ended(self) -> None:
-        me = asyncio.current_task()
-        while others := [task for task in self.tasks if task is not me and not task.done()]:
-            await asyncio.wait(others)
+    async def _close_resources(self, stack: contextlib.AsyncExitStack) -> None:
+        """Close the resources once every other task of the run has ended.
+
+        The supervisor may be cancelled at any point, even before this starts (a call
+        that fails at once cancels the run from inside the supervisor's own step), so
+        the closing runs in a task of its own that is always awaited to its end.
+        """
+        supervisor = asyncio.current_task()
+
+        async def close() -> None:
+            while others := [
+                task for task in self.tasks if task is not supervisor and not task.done()
+            ]:
+                await asyncio.wait(others)
+            await stack.aclose()
+
+        closing = self.loop.create_task(close())
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            await closing
+            raise
 
     def _flush_a_batch(self) -> bool:
         """The run is stalled: flush a partial batch, if there is one (see ``_window``)."""
