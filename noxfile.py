@@ -1,16 +1,52 @@
-"""Developer tasks: nox -s tests | lint | typecheck | docs | bench."""
+"""Developer tasks: nox -s tests | tests_uvloop | lint | typecheck | docs | bench | bench_merge.
+
+``tests`` and ``tests_uvloop`` run on every interpreter of PYTHONS that is installed
+(``nox -s tests-3.14`` picks one); a missing interpreter is skipped locally and an error
+under CI (the CI environment variable set). ``../shared/tools/install-python 3.14``
+installs an extra interpreter; put its folder first on PATH.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import nox
 
+PYTHONS = ["3.11", "3.13", "3.14", "3.15"]
+BENCH_PYTHONS = ["3.11", "3.14"]
+BENCH_DIR = Path(__file__).resolve().parent / "benchmarks"
+
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
 
 
-@nox.session
-def tests(session: nox.Session) -> None:
-    """The whole test suite: unit, model (hypothesis), cancellation, memory, docs, examples."""
+def _pytest(session: nox.Session, loop: str) -> None:
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    # With arguments, a selection may match no test (pytest's exit code 5): not a failure.
+    success_codes = [0, 5] if session.posargs else [0]
+    session.run(
+        "pytest",
+        *session.posargs,
+        env={"CONVEYOR_TEST_LOOP": loop},
+        success_codes=success_codes,
+    )
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The whole test suite on asyncio's loop: unit, model, cancellation, memory, docs, examples.
+
+    ``nox -s tests -- -m "not slow"`` leaves out the long-running tests.
+    """
+    _pytest(session, "asyncio")
+
+
+@nox.session(python=PYTHONS)
+def tests_uvloop(session: nox.Session) -> None:
+    """The whole test suite with the async tests on uvloop (CONVEYOR_TEST_LOOP=uvloop)."""
+    _pytest(session, "uvloop")
 
 
 @nox.session
@@ -22,7 +58,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy")
+    session.install("-e", ".[fast]", "mypy")  # with uvloop: conveyor.run imports it
     session.run("mypy", "--strict", "conveyor")
 
 
@@ -33,8 +69,33 @@ def docs(session: nox.Session) -> None:
     session.run("pytest", "tests/test_docs.py", "tests/test_examples.py", *session.posargs)
 
 
-@nox.session
+@nox.session(python=BENCH_PYTHONS)
 def bench(session: nox.Session) -> None:
-    """The benchmark suite: prints the table and writes benchmarks/RESULTS.md."""
+    """The benchmark suite on one interpreter, then benchmarks/RESULTS.md from all of them.
+
+    ``nox -s bench`` runs on 3.11 and 3.14 in turn: each run writes
+    benchmarks/results-<python>.md, and benchmarks/RESULTS.md is rebuilt after each from the
+    results-<python>.md files of BENCH_PYTHONS there are (one table per interpreter).
+    ``nox -s bench-3.14 -- --quick --only overhead`` passes options on to the suite.
+    """
     session.install("-e", ".[bench]")
-    session.run("python", "-m", "benchmarks", *session.posargs)
+    output = BENCH_DIR / f"results-{session.python}.md"
+    session.run("python", "-m", "benchmarks", "--output", str(output), *session.posargs)
+    if not any(arg.startswith("--output") for arg in session.posargs):
+        _merge(session)
+
+
+@nox.session(python=False)
+def bench_merge(session: nox.Session) -> None:
+    """Rebuild benchmarks/RESULTS.md from the benchmarks/results-<python>.md files."""
+    _merge(session)
+
+
+def _merge(session: nox.Session) -> None:
+    parts = [BENCH_DIR / f"results-{v}.md" for v in BENCH_PYTHONS]
+    found = [str(p) for p in parts if p.exists()]
+    if not found:
+        session.error("no benchmarks/results-<python>.md to merge: run nox -s bench first")
+    session.run(
+        "python", "-m", "benchmarks.merge", *found, "--output", str(BENCH_DIR / "RESULTS.md")
+    )

@@ -17,7 +17,9 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent / "RESULTS.md"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="conveyor vs hand-written code and aiostream, on asyncio and uvloop.",
+        description="conveyor vs hand-written code, aiostream and streamable, on asyncio and"
+        " uvloop. One interpreter per run: write each to its own file with --output and"
+        " combine them with python -m benchmarks.merge (nox -s bench does both).",
     )
     parser.add_argument("--loop", choices=(*LOOPS, "both"), default="both")
     parser.add_argument(

@@ -2,7 +2,8 @@
 
 * the *floor*: hand-written code with no pipeline machinery (a plain ``for`` loop awaiting
   the stages one after another; for I/O, ``asyncio.gather`` with one semaphore per stage);
-* *aiostream*: ``stream.iterate(items) | pipe.map(f, ordered=..., task_limit=N)`` per stage.
+* *aiostream*: ``stream.iterate(items) | pipe.map(f, ordered=..., task_limit=N)`` per stage;
+* *streamable* (2.x): ``stream(items).map(f, concurrency=N, as_completed=...)`` per stage.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import inspect
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+import streamable
 from aiostream import pipe, stream
 
 AsyncFn = Callable[[Any], Awaitable[Any]]
@@ -146,3 +148,59 @@ async def aiostream_batch(
     xs = xs | concatmap(_iterate)
     xs = xs | pipe.map(last, ordered=True, task_limit=task_limit)
     return await consume_aiostream(xs)
+
+
+# -- streamable ----------------------------------------------------------------------------
+
+
+def streamable_chain(
+    stages: Sequence[Callable[[Any], Any]],
+    items: Iterable[Any] | AsyncIterable[Any],
+    *,
+    concurrency: int,
+    as_completed: bool = False,
+) -> Any:
+    xs: Any = streamable.stream(items)
+    for stage in stages:
+        if inspect.iscoroutinefunction(stage):
+            xs = xs.map(stage, concurrency=concurrency, as_completed=as_completed)
+        else:  # a plain function at concurrency > 1 would go to threads: call it inline
+            xs = xs.map(stage)
+    return xs
+
+
+async def consume_streamable(xs: Any) -> int:
+    count = 0
+    async for _ in xs:
+        count += 1
+    return count
+
+
+async def streamable_map(
+    stages: Sequence[Callable[[Any], Any]],
+    items: Iterable[Any],
+    *,
+    concurrency: int,
+    as_completed: bool = False,
+) -> int:
+    return await consume_streamable(
+        streamable_chain(stages, items, concurrency=concurrency, as_completed=as_completed)
+    )
+
+
+async def streamable_batch(
+    first: AsyncFn,
+    batch_fn: Callable[[list[Any]], Awaitable[list[Any]]],
+    last: AsyncFn,
+    items: Iterable[Any],
+    size: int,
+    concurrency: int = 64,
+) -> int:
+    """map -> group(size) -> map(batch) -> flatten -> map, all ordered."""
+    xs: Any = streamable.stream(items)
+    xs = xs.map(first, concurrency=concurrency)
+    xs = xs.group(size)
+    xs = xs.map(batch_fn)  # one batch at a time, like aiostream's task_limit=1
+    xs = xs.flatten()
+    xs = xs.map(last, concurrency=concurrency)
+    return await consume_streamable(xs)

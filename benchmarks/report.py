@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import os
 import platform
 import sys
@@ -18,6 +19,7 @@ HEADERS = (
     "conveyor",
     "hand-written floor",
     "aiostream",
+    "streamable",
     "Ratio",
     "Target",
     "Targets",
@@ -32,19 +34,33 @@ def _cells(row: Row) -> list[str]:
         row.conveyor,
         row.floor,
         row.aiostream,
+        row.streamable,
         row.ratio,
         row.target,
         row.status,
     ]
 
 
+def _version(package: str) -> str:
+    try:
+        return f"{package} {importlib.metadata.version(package)}"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{package} (not installed)"
+
+
+def python_line() -> str:
+    return f"{platform.python_version()} ({platform.python_implementation()}, {sys.platform})"
+
+
 def header_lines(loops: Sequence[str], quick: bool) -> list[str]:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    shown = [_version(loop) if loop == "uvloop" else loop for loop in loops]
     return [
         f"Date: {now}",
-        f"Python: {platform.python_version()} ({platform.python_implementation()}, {sys.platform})",
+        f"Python: {python_line()}",
         f"CPUs: {os.cpu_count()}",
-        f"Event loops: {', '.join(loops)}",
+        f"Event loops: {', '.join(shown)}",
+        f"Baselines: {_version('aiostream')}, {_version('streamable')}",
         "Mode: " + ("--quick (smoke test: fewer items and repetitions)" if quick else "full"),
     ]
 
@@ -77,25 +93,60 @@ Notes:
   `pipe.concatmap(stream.iterate)`. aiostream runs on fewer items where its cell says so
   (its rate does not depend on the item count): at ~5-10k items/s, 100k items would take
   15 s a run. Plain `def` stages are mapped with `pipe.map(f)` (task_limit is async-only).
+- *streamable* (2.x): `stream(items).map(f, concurrency=N)` per stage, iterated with
+  `async for` (N = 64, or the concurrency limit for io; `as_completed=True` for the
+  as-completed row); batching is `.group(100).map(batch).flatten()`. Plain `def` stages are
+  mapped at concurrency 1 (called inline: above 1, streamable sends them to threads).
+  streamable runs on fewer items where its cell says so.
 - On this shared 2-core machine, throughput figures vary by roughly +-20% from run to run;
   a target within that margin can flip between runs.
-- Ratios: `floor/conv` is how many times faster the hand-written floor is; `conv/aio` how
-  many times faster conveyor is than aiostream; for io, conveyor's wall time over the
-  gather+Semaphore baseline's (<= 1.00 meets the target).
+- Ratios: `floor/conv` is how many times faster the hand-written floor is; `conv/aio` and
+  `conv/stm` how many times faster conveyor is than aiostream and streamable; for io,
+  conveyor's wall time over the gather+Semaphore baseline's (<= 1.00 meets the target) and
+  over streamable's.
 - Memory runs in a fresh subprocess per measurement (`python -m benchmarks.memory`).
 """
 
 
-def markdown(rows: Sequence[Row], loops: Sequence[str], quick: bool, extra: str = "") -> str:
-    lines = ["# conveyor benchmark results", ""]
+TITLE = "# conveyor benchmark results"
+SECTION_PREFIX = "## Python "
+
+
+def section(rows: Sequence[Row], loops: Sequence[str], quick: bool, extra: str = "") -> str:
+    """One run: a heading naming the interpreter and loops, the run's facts, its table."""
+    lines = [f"{SECTION_PREFIX}{python_line()} on {', '.join(loops)}", ""]
     lines += [f"- {line}" for line in header_lines(loops, quick)]
     lines += ["", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for row in rows:
         lines.append("| " + " | ".join(_md_escape(c) for c in _cells(row)) + " |")
-    lines += ["", NOTES]
     if extra:
-        lines += [extra, ""]
-    return "\n".join(lines)
+        lines += ["", extra]
+    return "\n".join(lines) + "\n"
+
+
+def document(sections: Sequence[str]) -> str:
+    """The results file: the title, one section per run, then the notes."""
+    parts = [TITLE + "\n"]
+    if len(sections) > 1:
+        parts.append("One table per interpreter, each from its own run of the suite.\n")
+    parts += [s.rstrip("\n") + "\n" for s in sections]
+    parts.append(NOTES)
+    return "\n".join(parts)
+
+
+def markdown(rows: Sequence[Row], loops: Sequence[str], quick: bool, extra: str = "") -> str:
+    return document([section(rows, loops, quick, extra)])
+
+
+def sections_of(text: str) -> list[str]:
+    """The run sections of a results file written by :func:`document`."""
+    start = text.find("\n" + SECTION_PREFIX)
+    end = text.find("\nNotes:\n")
+    if start < 0 or end < start:
+        raise ValueError("not a results file of this suite (no '## Python' section)")
+    body = text[start + 1 : end]
+    chunks = body.split("\n" + SECTION_PREFIX)
+    return [chunks[0]] + [SECTION_PREFIX + chunk for chunk in chunks[1:]]
 
 
 def write_markdown(path: Path, text: str) -> None:

@@ -106,7 +106,7 @@ OVERHEAD_VS_FLOOR = 12.0
 
 
 async def _overhead(cfg: Config) -> dict[str, float]:
-    n, na = cfg.overhead_items, cfg.aiostream_items
+    n, na, ns = cfg.overhead_items, cfg.aiostream_items, cfg.streamable_items
     contenders = {
         "ordered": _checked(lambda: drain(OVERHEAD(range(n))), n, "conveyor"),
         "as_completed": _checked(lambda: drain(OVERHEAD.as_completed(range(n))), n, "conveyor"),
@@ -119,6 +119,14 @@ async def _overhead(cfg: Config) -> dict[str, float]:
             na,
             "aiostream",
         ),
+        "streamable": _checked(
+            lambda: bl.streamable_map(ASYNC_STAGES, range(ns), concurrency=64), ns, "streamable"
+        ),
+        "streamable_unordered": _checked(
+            lambda: bl.streamable_map(ASYNC_STAGES, range(ns), concurrency=64, as_completed=True),
+            ns,
+            "streamable",
+        ),
     }
     warm = 1_000
     warmups = {
@@ -126,19 +134,27 @@ async def _overhead(cfg: Config) -> dict[str, float]:
         "as_completed": lambda: drain(OVERHEAD.as_completed(range(warm))),
         "floor": lambda: bl.floor_loop(ASYNC_STAGES, range(warm)),
         "aiostream": lambda: bl.aiostream_map(ASYNC_STAGES, range(warm), task_limit=64),
+        "streamable": lambda: bl.streamable_map(ASYNC_STAGES, range(warm), concurrency=64),
     }
     secs = await interleaved(contenders, cfg.reps, warmups)
-    sizes = {"aiostream": na, "aiostream_unordered": na}
+    sizes = {
+        "aiostream": na,
+        "aiostream_unordered": na,
+        "streamable": ns,
+        "streamable_unordered": ns,
+    }
     return {name: rate(sizes.get(name, n), s) for name, s in secs.items()}
 
 
 def overhead(loop: str, cfg: Config) -> list[Row]:
     r = run_on(loop, _overhead(cfg))
     rows = []
-    for mode, aio_key in (("ordered", "aiostream"), ("as_completed", "aiostream_unordered")):
+    for mode, suffix in (("ordered", ""), ("as_completed", "_unordered")):
+        aio_key, stm_key = "aiostream" + suffix, "streamable" + suffix
         conv = r[mode]
         vs_floor = r["floor"] / conv
         vs_aio = conv / r[aio_key]
+        vs_stm = conv / r[stm_key]
         checks = [vs_aio >= OVERHEAD_VS_AIOSTREAM, vs_floor <= OVERHEAD_VS_FLOOR]
         target = ">=4x aiostream; floor/conveyor <=12"
         if mode == "ordered":
@@ -153,7 +169,9 @@ def overhead(loop: str, cfg: Config) -> list[Row]:
                 floor=fmt_rate(r["floor"]),
                 aiostream=f"{fmt_rate(r[aio_key])} ({fmt_int(cfg.aiostream_items)} items"
                 + (")" if mode == "ordered" else ", ordered=False)"),
-                ratio=f"floor/conv {vs_floor:.1f}x; conv/aio {vs_aio:.1f}x",
+                streamable=f"{fmt_rate(r[stm_key])} ({fmt_int(cfg.streamable_items)} items"
+                + (")" if mode == "ordered" else ", as_completed=True)"),
+                ratio=f"floor/conv {vs_floor:.1f}x; conv/aio {vs_aio:.1f}x; conv/stm {vs_stm:.1f}x",
                 target=target,
                 met=all(checks),
             )
@@ -174,11 +192,17 @@ async def _sync(cfg: Config) -> dict[str, float]:
         "aiostream": _checked(
             lambda: bl.aiostream_map(SYNC_STAGES, range(na), task_limit=64), na, "aiostream"
         ),
+        # plain functions are called inline by streamable (at concurrency 1, its default):
+        # fast enough for the full item count
+        "streamable": _checked(
+            lambda: bl.streamable_map(SYNC_STAGES, range(n), concurrency=1), n, "streamable"
+        ),
     }
     warm = 1_000
     warmups = {
         "conveyor": lambda: drain(OVERHEAD_SYNC(range(warm))),
         "aiostream": lambda: bl.aiostream_map(SYNC_STAGES, range(warm), task_limit=64),
+        "streamable": lambda: bl.streamable_map(SYNC_STAGES, range(warm), concurrency=1),
     }
     secs = await interleaved(contenders, cfg.reps, warmups)
     return {name: rate(na if name == "aiostream" else n, s) for name, s in secs.items()}
@@ -195,7 +219,9 @@ def sync(loop: str, cfg: Config) -> list[Row]:
             conveyor=fmt_rate(conv),
             floor=fmt_rate(r["floor"]),
             aiostream=f"{fmt_rate(r['aiostream'])} ({fmt_int(cfg.aiostream_items)} items)",
-            ratio=f"floor/conv {r['floor'] / conv:.1f}x; conv/aio {conv / r['aiostream']:.1f}x",
+            streamable=fmt_rate(r["streamable"]),
+            ratio=f"floor/conv {r['floor'] / conv:.1f}x; conv/aio {conv / r['aiostream']:.1f}x"
+            f"; conv/stm {conv / r['streamable']:.1f}x",
             target=">=1M/s",
             met=conv >= SYNC_RATE,
         )
@@ -217,7 +243,7 @@ async def _io(cfg: Config, n: int, limit: int) -> dict[str, Any]:
     stages = (io_stage, io_stage)
     warm = 2 * limit
     # conveyor and the gather baseline take turns, repetition by repetition, and their
-    # ratio is taken per repetition; aiostream (slower by far) runs on its own after.
+    # ratio is taken per repetition; aiostream and streamable run on their own after.
     paired = await interleaved_samples(
         {
             "conveyor": _checked(lambda: drain(pipe(range(n))), n, "conveyor"),
@@ -229,19 +255,26 @@ async def _io(cfg: Config, n: int, limit: int) -> dict[str, Any]:
             "floor": lambda: bl.gather_semaphores(stages, range(warm), limit),
         },
     )
-    aio = await interleaved(
+    others = await interleaved(
         {
             "aiostream": _checked(
                 lambda: bl.aiostream_map(stages, range(n), task_limit=limit), n, "aiostream"
-            )
+            ),
+            "streamable": _checked(
+                lambda: bl.streamable_map(stages, range(n), concurrency=limit), n, "streamable"
+            ),
         },
         cfg.reps,
-        {"aiostream": lambda: bl.aiostream_map(stages, range(warm), task_limit=limit)},
+        {
+            "aiostream": lambda: bl.aiostream_map(stages, range(warm), task_limit=limit),
+            "streamable": lambda: bl.streamable_map(stages, range(warm), concurrency=limit),
+        },
     )
     return {
         "conveyor": statistics.median(paired["conveyor"]),
         "floor": statistics.median(paired["floor"]),
-        "aiostream": aio["aiostream"],
+        "aiostream": others["aiostream"],
+        "streamable": others["streamable"],
         "ratio": paired_ratio(paired["conveyor"], paired["floor"]),
     }
 
@@ -266,7 +299,9 @@ def io(loop: str, cfg: Config) -> list[Row]:
                 conveyor=show(s["conveyor"]),
                 floor=show(s["floor"]),
                 aiostream=show(s["aiostream"]),
-                ratio=f"conv/floor time {s['ratio']:.2f}x (median of {cfg.io_reps} pairs)",
+                streamable=show(s["streamable"]),
+                ratio=f"conv/floor time {s['ratio']:.2f}x (median of {cfg.io_reps} pairs)"
+                f"; conv/stm time {s['conveyor'] / s['streamable']:.2f}x",
                 target="as fast as gather+Semaphore" if targeted else "report vs gather+Semaphore",
                 met=s["ratio"] <= 1.0 if targeted else None,
             )
@@ -280,7 +315,7 @@ BATCH_RATE = 150_000
 
 
 async def _batching(cfg: Config) -> dict[str, float]:
-    n, na = cfg.overhead_items, cfg.aiostream_items
+    n, na, ns = cfg.overhead_items, cfg.aiostream_items, cfg.streamable_items
     contenders = {
         "conveyor": _checked(lambda: drain(BATCHING(range(n))), n, "conveyor"),
         "floor": _checked(
@@ -293,14 +328,21 @@ async def _batching(cfg: Config) -> dict[str, float]:
             na,
             "aiostream",
         ),
+        "streamable": _checked(
+            lambda: bl.streamable_batch(add_one, double_batch, sub_one, range(ns), 100),
+            ns,
+            "streamable",
+        ),
     }
     warm = 1_000
     warmups = {
         "conveyor": lambda: drain(BATCHING(range(warm))),
         "aiostream": lambda: bl.aiostream_batch(add_one, double_batch, sub_one, range(warm), 100),
+        "streamable": lambda: bl.streamable_batch(add_one, double_batch, sub_one, range(warm), 100),
     }
     secs = await interleaved(contenders, cfg.reps, warmups)
-    return {name: rate(na if name == "aiostream" else n, s) for name, s in secs.items()}
+    sizes = {"aiostream": na, "streamable": ns}
+    return {name: rate(sizes.get(name, n), s) for name, s in secs.items()}
 
 
 def batching(loop: str, cfg: Config) -> list[Row]:
@@ -314,7 +356,9 @@ def batching(loop: str, cfg: Config) -> list[Row]:
             conveyor=fmt_rate(conv),
             floor=fmt_rate(r["floor"]),
             aiostream=f"{fmt_rate(r['aiostream'])} ({fmt_int(cfg.aiostream_items)} items)",
-            ratio=f"floor/conv {r['floor'] / conv:.1f}x; conv/aio {conv / r['aiostream']:.1f}x",
+            streamable=f"{fmt_rate(r['streamable'])} ({fmt_int(cfg.streamable_items)} items)",
+            ratio=f"floor/conv {r['floor'] / conv:.1f}x; conv/aio {conv / r['aiostream']:.1f}x"
+            f"; conv/stm {conv / r['streamable']:.1f}x",
             target=">=150k/s",
             met=conv >= BATCH_RATE,
         )

@@ -4,6 +4,11 @@ Every async test is checked for structured concurrency: when it ends, no task ot
 the test's own may still be pending (after a few loop iterations to let cancelled tasks
 unwind), and the event loop must not have reported any error (such as "Task was destroyed
 but it is pending" or "exception was never retrieved").
+
+CONVEYOR_TEST_LOOP=uvloop runs the async tests on uvloop's event loop instead of asyncio's
+(through pytest-asyncio's ``pytest_asyncio_loop_factories`` hook, so no event loop policy
+is set); tests marked ``looptime`` stay on asyncio's loop, which looptime's virtual clock
+needs. The pytest header says which loop is in use.
 """
 
 from __future__ import annotations
@@ -13,12 +18,51 @@ import contextlib
 import io
 import os
 import threading
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import looptime
 import pytest
 from hypothesis import settings
+
+# -- the event loop of the async tests: CONVEYOR_TEST_LOOP=asyncio (default) | uvloop ----------
+
+TEST_LOOPS = ("asyncio", "uvloop")
+TEST_LOOP = os.environ.get("CONVEYOR_TEST_LOOP", "").strip().lower() or "asyncio"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if TEST_LOOP not in TEST_LOOPS:
+        raise pytest.UsageError(
+            f"CONVEYOR_TEST_LOOP={TEST_LOOP!r}: expected one of {', '.join(TEST_LOOPS)}"
+        )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if TEST_LOOP == "uvloop":
+        import uvloop
+
+        return (
+            f"conveyor test loop: uvloop {uvloop.__version__}"
+            " (CONVEYOR_TEST_LOOP; looptime tests on asyncio)"
+        )
+    return "conveyor test loop: asyncio (CONVEYOR_TEST_LOOP=uvloop for uvloop)"
+
+
+if TEST_LOOP == "uvloop":
+    try:
+        import uvloop
+    except ImportError as exc:  # not silently asyncio: the run was asked for uvloop
+        raise pytest.UsageError(f"CONVEYOR_TEST_LOOP=uvloop, but uvloop is missing: {exc}") from exc
+
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+        # One factory per test keeps the test ids unchanged. looptime's virtual clock
+        # patches a pure-Python loop; uvloop's C loop keeps real time.
+        if item.get_closest_marker("looptime") is not None:
+            return {"asyncio": asyncio.new_event_loop}
+        return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(autouse=True)

@@ -53,6 +53,7 @@ async def peak_growth(n: int, *, as_completed: bool = False, batched: bool = Fal
         tracemalloc.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_a_million_items_stream_in_constant_memory() -> None:
     growth = await peak_growth(1_000_000)
