@@ -67,7 +67,7 @@ class BatchStage(Stage):
         self.window.take(1)  # the batch's result node; the items' tokens go when it is done
         node = None if self.list is None else self.list.append()
         if self.running < self.limit:
-            self.call(batch, node)
+            self.start(batch, node)
         else:
             self.pending.append((batch, node))
 

