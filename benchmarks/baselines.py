@@ -9,7 +9,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
+import sys
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -35,6 +38,23 @@ async def floor_loop(stages: Sequence[AsyncFn], items: Iterable[Any]) -> int:
         value = item
         for stage in stages:
             value = await stage(value)
+        count += 1
+    return count
+
+
+async def floor_tasks(stages: Sequence[AsyncFn], items: Iterable[Any]) -> int:
+    """Like :func:`floor_loop`, but each call in a real task of its own, as conveyor's are
+    (eager on 3.12+, a loop step each on 3.11): the floor for real-task semantics."""
+    loop = asyncio.get_running_loop()
+    if sys.version_info >= (3, 12):
+        start: Callable[..., Any] = functools.partial(asyncio.Task, eager_start=True)
+    else:
+        start = asyncio.Task
+    count = 0
+    for item in items:
+        value = item
+        for stage in stages:
+            value = await start(stage(value), loop=loop, context=contextvars.copy_context())
         count += 1
     return count
 
