@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import pytest
 from conftest import run_on_virtual_clock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -200,3 +201,27 @@ def test_ordered_results_never_depend_on_the_window_without_batches_of_sums(
         return
     outcome = run_virtual(specs, items, mode="ordered", kind=kind, window=window)
     check_ordered(specs, items, outcome)
+
+
+# -- the thorough run (marked slow: CI runs it; `-m "not slow"` skips it) ---------------
+
+THOROUGH = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.slow
+@THOROUGH
+@given(
+    specs=pipelines(),
+    items=inputs,
+    kind=input_kinds,
+    mode=st.sampled_from(["ordered", "as_completed"]),
+)
+def test_thorough_random_pipelines_match_the_reference(
+    specs: list[StageSpec], items: list[int], kind: str, mode: str
+) -> None:
+    """Five times the examples of the properties above, both modes in one property."""
+    if mode == "ordered":
+        check_ordered(specs, items, run_virtual(specs, items, mode=mode, kind=kind, window=100_000))
+    elif all(s.elementwise for s in specs):  # batches cannot change results: a multiset
+        outcome = run_virtual(specs, items, mode=mode, kind=kind, window=100_000)
+        check_as_completed(specs, items, outcome)
