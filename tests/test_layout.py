@@ -1,0 +1,116 @@
+"""The package's layout rules: no import cycles, small modules, one documented concern each.
+
+Imports are read from the source (module level, outside ``if TYPE_CHECKING:``), so the
+check covers what runs at import time; an import inside a function still counts, since
+it is a dependency too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "conveyor"
+MAX_LINES = 400
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """The conveyor modules ``path`` imports, outside ``if TYPE_CHECKING:`` blocks."""
+    tree = ast.parse(path.read_text())
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join([*base, node.module] if node.module else base)
+            else:
+                target = node.module or ""
+            if target.startswith("conveyor"):
+                found.add(target)
+                for alias in node.names:  # "from . import _order" imports a module
+                    candidate = f"{target}.{alias.name}"
+                    if candidate in MODULES:
+                        found.add(candidate)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("conveyor"))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    found.discard(name)
+    return found
+
+
+FILES = sorted(PACKAGE.rglob("*.py"))
+MODULES = {module_name(path) for path in FILES}
+
+
+def graph() -> dict[str, set[str]]:
+    # A package's __init__ re-exporting its modules is not a dependency of those modules.
+    return {module_name(p): runtime_imports(p) & MODULES for p in FILES}
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def walk(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if nxt.startswith(node + "."):  # a package importing its own submodules
+                continue
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (cycle := walk(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (cycle := walk(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycles() -> None:
+    cycle = find_cycle(graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_can_fail() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_engine_does_not_import_the_public_task_classes() -> None:
+    public = {"conveyor.tasks", "conveyor.pipeline", "conveyor.decorators", "conveyor.stream"}
+    for path in FILES:
+        if "_engine" in path.parts:
+            assert not runtime_imports(path) & public, f"{path.name} imports the public API"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+def test_modules_are_small_and_say_what_they_own(path: Path) -> None:
+    lines = path.read_text().count("\n")
+    assert lines <= MAX_LINES, f"{path.name}: {lines} lines (at most ~{MAX_LINES})"
+    if path.stat().st_size:
+        assert ast.get_docstring(ast.parse(path.read_text())), f"{path.name} has no docstring"
