@@ -114,10 +114,11 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
             run = self._start()
         ready = run.ready
         if ready:  # Run.take's first lines, inlined: this runs once per result
+            item: T = ready.popleft()
             run.window.release(1)
-            return ready.popleft()  # type: ignore[no-any-return]
+            return item
         try:
-            item: T = await run.next()
+            item = await run.next()
         except asyncio.CancelledError:
             run.abort()
             raise

@@ -278,17 +278,7 @@ async def test_batch_result_kinds(mode: str, func: Any, expected: list[Any]) -> 
         assert sorted(out) == sorted(expected)
 
 
-GENERATOR_REMAINDER_HANGS = pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="engine bug: when a batch's generator is still being expanded as the input "
-    "ends, the end of the expansion does not call run.stage_idle() while the batch "
-    "stage still holds a remainder (_expand only calls it when stage.inflight == 0), "
-    "so the remainder is never flushed or dropped and the run hangs",
-)
-
-
-@GENERATOR_REMAINDER_HANGS
+# Used to hang: the end of a batch's expansion never looked at the remainder (issue 8).
 @pytest.mark.looptime  # the hang is detected by a (virtual) timeout
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(("func", "min_size"), [(each, 1), (each_async, 1), (each, 2)])

@@ -4,7 +4,7 @@ Covers tokens (take, release, full), the low-water mark of ``room_made``, waitin
 room (at once, blocking, re-checking after a wake-up, ``CancelledError`` once closed,
 ``busy`` while waiting), ``may_proceed`` for the pump and for expansions (including the
 ordered-run rule for a sentinel at the front), stall handling (``check_stall``,
-``on_stall``, ``idle``) and the ``on_wait`` hook.
+``flush_batch``, ``can_drain``, the last resort for generators, ``idle``) and the ``on_wait`` hook.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def start(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     return asyncio.get_running_loop().create_task(coro)
 
 
-def add_waiter(w: Window, sentinel: Any = None, expansion: bool = False) -> asyncio.Future[None]:
-    future: asyncio.Future[None] = w.loop.create_future()
+def add_waiter(w: Window, sentinel: Any = None, expansion: bool = False) -> asyncio.Future[bool]:
+    future: asyncio.Future[bool] = w.loop.create_future()
     w.waiting.append((future, sentinel, expansion))
     return future
 
@@ -232,7 +232,7 @@ async def test_wake_waiters_drops_cancelled_waiters() -> None:
 # -- stalls -------------------------------------------------------------------------------
 
 
-async def test_check_stall_calls_on_stall_until_it_returns_false() -> None:
+async def test_check_stall_flushes_batches_until_there_is_none() -> None:
     w = window(4, tokens=4)
     future = add_waiter(w)
     results = iter([True, True, False, True])
@@ -242,7 +242,7 @@ async def test_check_stall_calls_on_stall_until_it_returns_false() -> None:
         calls.append(w.tokens)
         return next(results)
 
-    w.on_stall = on_stall
+    w.flush_batch = on_stall
     w.check_stall()
     assert len(calls) == 3
     assert not future.done()
@@ -260,7 +260,7 @@ async def test_check_stall_stops_once_a_waiter_may_proceed() -> None:
             w.tokens -= 1  # this flush made room (without release: no wake-up of its own)
         return True
 
-    w.on_stall = on_stall
+    w.flush_batch = on_stall
     w.check_stall()
     assert calls == 2
     assert future.done() and w.waiting == []
@@ -279,7 +279,7 @@ async def test_check_stall_does_nothing_unless_stalled(state: str) -> None:
         calls += 1
         return True
 
-    w.on_stall = on_stall
+    w.flush_batch = on_stall
     w.check_stall()
     assert calls == 0
     # A waiter that may proceed is woken instead.
@@ -296,7 +296,7 @@ async def test_idle_checks_for_a_stall_only_when_nothing_is_busy() -> None:
         calls += 1
         return False
 
-    w.on_stall = on_stall
+    w.flush_batch = on_stall
     w.idle()
     assert calls == 0
     w.busy = 0
@@ -314,7 +314,7 @@ async def test_waiting_on_a_stalled_window_flushes() -> None:
         w.release(2)  # a flushed batch is done at once and gives its tokens back
         return True
 
-    w.on_stall = on_stall
+    w.flush_batch = on_stall
     await asyncio.wait_for(w.wait_for_room(), 1)
     assert flushes == 1 and w.busy == 1 and w.waiting == []
 
@@ -342,3 +342,46 @@ async def test_on_wait_gets_the_seconds_waited() -> None:
     w.release(4)
     await task
     assert waited == [pytest.approx(5)]
+
+
+async def test_no_flush_while_the_consumer_has_results_to_take() -> None:
+    # Results waiting for the consumer hold tokens; taking them makes room, so a batch
+    # must not be cut short (it used to be: 22 batches of max_size=5 instead of 20).
+    w = window(4, tokens=4)
+    future = add_waiter(w)
+    flushes = 0
+
+    def flush() -> bool:
+        nonlocal flushes
+        flushes += 1
+        return True
+
+    w.flush_batch = flush
+    w.can_drain = lambda: True
+    w.check_stall()
+    assert flushes == 0 and not future.done()
+    w.can_drain = lambda: False
+    w.flush_batch = lambda: False
+    w.check_stall()
+    assert not future.done()  # the pump is never let past the window
+
+
+async def test_last_resort_lets_one_generator_past_the_window() -> None:
+    # A generator's item may hold the concurrency slot that the items queued behind it
+    # (holding the rest of the window) wait for: one child past the window breaks the tie.
+    w = window(2, tokens=2)
+    w.expanding = 0
+    pump = add_waiter(w)
+    first = add_waiter(w, expansion=True)
+    second = add_waiter(w, expansion=True)
+    w.check_stall()
+    assert first.result() is True  # let through
+    assert not pump.done() and not second.done()  # one at a time, never the pump
+    assert [f for f, _, _ in w.waiting] == [pump, second]
+
+
+async def test_a_generator_let_through_produces_without_room() -> None:
+    w = window(1, tokens=2, busy=1)
+    w.expanding = 1  # tokens - expanding == limit: no room for a child
+    await asyncio.wait_for(w.wait_for_room(expansion=True), 1)  # stalled: let through
+    assert w.busy == 1 and w.waiting == []

@@ -79,7 +79,7 @@ class BatchStage(Stage):
     def call_done(self, item: Any) -> None:
         self.inflight -= len(item)
         self.window.release(len(item))
-        if self.pending and not self._draining:
+        if self.pending and not self.draining:
             self.start_pending()
         self.run.stage_idle()  # the remainder in the accumulator may be all that is left
 

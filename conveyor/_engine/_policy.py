@@ -106,19 +106,16 @@ class Policy:
         return None
 
     async def _isolate(self, batch: list[Any]) -> list[Any]:
-        """Split a failing batch in halves until only the failing items are left out."""
-        if len(batch) == 1:
-            try:
-                return await _collect(await self.attempt(batch))
-            except Exception:
-                return []
+        """Split a failing batch (of two or more) in halves until only the failing items
+        are left out: an item is called alone at most once."""
         middle = len(batch) // 2
         out: list[Any] = []
         for half in (batch[:middle], batch[middle:]):
             try:
                 out.extend(await _collect(await self.attempt(half)))
             except Exception:
-                out.extend(await self._isolate(half))
+                if len(half) > 1:  # a single item that failed alone is left out: once
+                    out.extend(await self._isolate(half))
         return out
 
 

@@ -75,7 +75,8 @@ class Run:
         self.loop = asyncio.get_running_loop()
         self.ordered = context.execution_mode is ExecutionMode.ORDERED
         self.window = Window(self.loop, context.max_in_flight)
-        self.window.on_stall = self._flush_a_batch
+        self.window.can_drain = self._can_drain
+        self.window.flush_batch = self._flush_a_batch
         self.consumer: asyncio.Future[None] | None = None
         # Every task of the run, with the awaitable a call's task was given (see abort).
         self.tasks: dict[asyncio.Task[Any], Any] = {}
@@ -211,12 +212,25 @@ class Run:
             raise
 
     def _flush_a_batch(self) -> bool:
-        """The run is stalled: flush a partial batch, if there is one (see ``_window``)."""
+        """Flush a partial batch, if there is one (see ``_window``): the run is stalled
+        with the window full, so the window is genuinely smaller than the batch."""
         for stage in self.stages:
             if isinstance(stage, BatchStage) and stage.acc:
-                stage.flush()  # the window is smaller than the batch
+                stage.flush()
                 return True
         return False
+
+    def _can_drain(self) -> bool:
+        """Whether the consumer has a result to take (and so will make room)."""
+        return bool(self.ready) or self._front_settled()
+
+    def _front_settled(self) -> bool:
+        """Whether the consumer's next read of an ordered run's list finds a result."""
+        order = self._final_list
+        node = None if order is None else order.head.next
+        while node is not None and (node.value is EMPTY or node.value is CLOSED):
+            node = node.next  # (dropped items and ended generators: take() skips them)
+        return node is not None and node.value is not PENDING and node.value is not OPEN
 
     # -- progress and the end --------------------------------------------------------
 
@@ -317,8 +331,9 @@ class Run:
         """The next result if one is ready, else :data:`NOTHING`."""
         ready = self.ready
         if ready:
+            item = ready.popleft()  # (before the release: a stall check may look at ready)
             self.window.release(1)
-            return ready.popleft()
+            return item
         order = self._final_list
         if order is None:
             return NOTHING

@@ -61,11 +61,11 @@ class Stage(Sink):
     """What single and batch stages share: calling, results, errors, bookkeeping."""
 
     __slots__ = (
-        "_draining",
         "call_fn",
         "chain",
         "context",
         "downstream",
+        "draining",
         "executor",
         "inflight",
         "invoke",
@@ -112,7 +112,7 @@ class Stage(Sink):
         self.running = 0
         self.inflight = 0
         self.pending: deque[tuple[Any, Any]] = deque()
-        self._draining = False
+        self.draining = False
         self.is_batch = spec.batch
         self.probe: Any = None  # the stage's observer, if the run is observed (_observe)
 
@@ -141,6 +141,9 @@ class Stage(Sink):
             except Exception as exc:
                 stage.failed(exc, item, node, context)
                 return
+            except BaseException as exc:
+                stage.crashed(exc, item)
+                return
             kind = KINDS_GET(type(result))
             if kind is None:
                 kind = kind_of(type(result))
@@ -166,6 +169,9 @@ class Stage(Sink):
             coro = self.call_fn(item)  # (creating a coroutine runs none of its code)
         except Exception as exc:
             self.failed(exc, item, node, self.context.copy())
+            return
+        except BaseException as exc:
+            self.crashed(exc, item)
             return
         if type(coro) is CoroutineType:
             self.go_async(coro, self.context.copy(), item, node)
@@ -202,6 +208,13 @@ class Stage(Sink):
                 place[0] = self.list.append()
             place[1] = True
             run.tasks[task] = awaitable
+
+    def crashed(self, exc: BaseException, item: Any) -> None:
+        """A call raised a BaseException (not KeyboardInterrupt/SystemExit): fail the run
+        with it (a CancelledError is reported as a call cancelled from outside)."""
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise exc
+        self.run.fail(self.policy.annotate(exc, item))
 
     def failed(self, exc: Exception, item: Any, node: Any, context: contextvars.Context) -> None:
         """The call raised before returning: settle it now, or recover in a task."""
@@ -245,9 +258,10 @@ class Stage(Sink):
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:
-                if not getattr(exc, "__notes__", None):  # (the policy's are annotated)
-                    self.policy.annotate(exc, item)
-                run.fail(exc)
+                if getattr(exc, "__notes__", None):  # the policy's own: annotated
+                    run.fail(exc)
+                else:
+                    self.crashed(exc, item)
                 return
             # finished(), inlined: this runs once per async call
             self.running -= 1
@@ -278,13 +292,13 @@ class Stage(Sink):
     def call_done(self, item: Any) -> None:
         """Bookkeeping once a call's result is out: start queued work, report idleness."""
         self.inflight -= 1
-        if self.pending and not self._draining:
+        if self.pending and not self.draining:
             self.start_pending()
         if not self.inflight and self.run.source_done:
             self.run.stage_idle()
 
     def start_pending(self) -> None:
-        self._draining = True
+        self.draining = True
         try:
             while self.pending and self.running < self.limit and not self.run.closed:
                 item, node = self.pending.popleft()
@@ -292,7 +306,7 @@ class Stage(Sink):
                 if not self.is_batch:
                     self.inflight -= 1  # only now: it stays counted during its call
         finally:
-            self._draining = False
+            self.draining = False
 
     # -- results ---------------------------------------------------------------------
 

@@ -9,8 +9,11 @@ whatever the input's length. Two rules keep the bound deadlock-free:
   its segment may always produce one more (otherwise items queued *behind* it could hold
   the whole window while it waits for room).
 * When nothing is working (no call, no expansion, no pump progress) and someone waits for
-  room, the run is *stalled*: ``on_stall`` flushes a partial batch (the window is smaller
-  than the batch), or the waiters are woken.
+  room, the run may be *stalled* (:meth:`Window.check_stall`). If the consumer has
+  results to take, it is not: taking them makes room. Otherwise a partial batch is
+  flushed (``flush_batch``: the window is smaller than the batch), or, as a last resort,
+  one waiting generator may produce one item past the window (its item may be holding
+  the slot that items queued behind a ``concurrency_limit`` wait for).
 
 ``busy`` counts the run's tasks that are doing work (calls, expansions, the pump while it
 reads); a task waiting here for room does not count.
@@ -24,18 +27,21 @@ from typing import Any
 
 from ._order import Sentinel
 
-Waiter = tuple["asyncio.Future[None]", "Sentinel | None", bool]
+Waiter = tuple["asyncio.Future[bool]", "Sentinel | None", bool]
+"""``(future, sentinel, expansion)``: the future's result is True for a waiter let through
+past the window (see ``check_stall``)."""
 
 
 class Window:
     __slots__ = (
         "busy",
+        "can_drain",
         "closed",
         "expanding",
+        "flush_batch",
         "limit",
         "loop",
         "low_water",
-        "on_stall",
         "on_wait",
         "tokens",
         "waiting",
@@ -52,8 +58,10 @@ class Window:
         self.expanding = 0  # generators under way (their own item keeps its token)
         self.waiting: list[Waiter] = []
         self.closed = False
-        # Flushes a partial batch; returns False when there is none (set by the run).
-        self.on_stall: Callable[[], bool] = lambda: False
+        # Set by the run: whether the consumer has a result to take; flush a partial batch
+        # (False when there is none).
+        self.can_drain: Callable[[], bool] = lambda: False
+        self.flush_batch: Callable[[], bool] = lambda: False
         # Observer hook for time spent waiting for room (None: not observed).
         self.on_wait: Callable[[float], None] | None = None
 
@@ -71,8 +79,14 @@ class Window:
         return self.tokens >= self.limit
 
     def room_made(self) -> None:
-        """Tokens came back: wake who waits for room, once there is enough of it."""
-        if self.tokens <= self.low_water or not self.busy:
+        """Tokens came back: wake who waits for room, once there is enough of it.
+
+        With nothing else working, the waiters are looked at now, whatever the amount
+        freed (a stall may need its last resort: see :meth:`check_stall`).
+        """
+        if not self.busy:
+            self.check_stall()
+        elif self.tokens <= self.low_water:
             self.wake_waiters()
 
     # -- waiting for room --------------------------------------------------------------
@@ -97,7 +111,7 @@ class Window:
             if future.done():
                 continue
             if self.may_proceed(sentinel, expansion):
-                future.set_result(None)
+                future.set_result(False)
             else:
                 still.append(waiter)
         self.waiting = still  # the woken are off the list: no more scans for them
@@ -120,7 +134,8 @@ class Window:
             self.busy -= 1
             try:
                 self.check_stall()
-                await waiter[0]
+                if await waiter[0]:  # let through by check_stall's last resort
+                    break
             finally:
                 if waiter in self.waiting:
                     self.waiting.remove(waiter)
@@ -136,17 +151,23 @@ class Window:
             self.check_stall()
 
     def check_stall(self) -> None:
-        """If nothing is working and someone waits for room, make progress."""
+        """If nothing is working and someone waits for room, make sure something moves."""
         # A flush may complete synchronously and only fill the next batch stage's
         # accumulator, so keep going until something works or a waiter can go on.
         while not self.busy and self.waiting and not self.closed:
             if any(self.may_proceed(s, e) for _, s, e in self.waiting):
                 self.wake_waiters()
                 return
-            if not self.on_stall():
-                # The window is full of results waiting for the consumer: it will make
-                # room (generators whose sentinel reaches the front are woken by it).
-                return
+            if self.can_drain():
+                return  # the consumer will make room (and wake the waiters)
+            if self.flush_batch():
+                continue
+            for index, (future, _, expansion) in enumerate(self.waiting):
+                if expansion and not future.done():
+                    del self.waiting[index]
+                    future.set_result(True)
+                    return
+            return
 
     def close(self) -> None:
         self.closed = True

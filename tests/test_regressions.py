@@ -1,0 +1,285 @@
+"""Regression tests for bugs found by the bug hunt (issue 8), one test (or more) per bug.
+
+Each test states the bug it guards against; where a whole class of bug was found, the
+model tests (``test_model``) cover the class too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from conveyor import ErrorHandler, Failure, Pipeline, batch_task, single_task
+
+MODES = ["ordered", "as_completed"]
+
+
+class Custom(BaseException):
+    """A BaseException subclass that is not KeyboardInterrupt or SystemExit."""
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_base_exception_after_suspension_reaches_the_consumer(mode: str) -> None:
+    # It used to hang the run.
+    @single_task
+    async def raises_base(x: int) -> int:
+        await asyncio.sleep(0)
+        if x == 2:
+            raise Custom("boom")
+        return x
+
+    with pytest.raises(Custom, match="boom") as info:
+        await raises_base.with_execution_mode(mode)(range(5)).collect()
+    assert info.value.__notes__ == ["conveyor: raised by task 'raises_base' on 2"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_watchdog_cancelling_a_finished_call_hits_nothing(mode: str) -> None:
+    # A call that keeps its task and cancels it later must not hit another call or the run.
+    ended: list[asyncio.Task[Any]] = []  # tasks of calls that have returned
+
+    @single_task
+    async def first(x: int) -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(0.001 * (x % 3))
+        ended.append(task)
+        return x
+
+    @single_task
+    async def second(x: int) -> int:
+        for task in list(ended):  # the watchdog: cancels "its" call's task, too late
+            task.cancel()
+        await asyncio.sleep(0.001)
+        return x
+
+    out = await (first | second).with_execution_mode(mode)(range(20)).collect()
+    assert sorted(out) == list(range(20))
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_call_that_cancels_itself_is_reported_for_its_own_item(mode: str) -> None:
+    @single_task
+    async def selfish(x: int) -> int:
+        await asyncio.sleep(0.001 * (10 - x))
+        if x == 7:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(1)
+        return x
+
+    with pytest.raises(RuntimeError, match="cancelled from outside") as info:
+        await selfish.with_execution_mode(mode)(range(10)).collect()
+    assert info.value.__notes__ == ["conveyor: raised by task 'selfish' on 7"]
+
+
+@pytest.mark.parametrize("how", ["async_with", "aclose"])
+async def test_leaving_closes_an_async_input_before_returning(how: str) -> None:
+    closed: list[bool] = []
+
+    async def source() -> AsyncIterator[int]:
+        try:
+            for i in range(100):
+                yield i
+                await asyncio.sleep(0)
+        finally:
+            await asyncio.sleep(0)  # a clean-up that awaits
+            closed.append(True)
+
+    @single_task
+    async def ident(x: int) -> int:
+        return x
+
+    stream = ident(source())
+    if how == "async_with":
+        async with stream:
+            async for value in stream:
+                if value == 3:
+                    break
+    else:
+        assert await anext(stream) == 0
+        await stream.aclose()
+    assert closed == [True]  # before async with / aclose returned
+
+
+async def test_input_whose_aiter_raises_gets_the_input_note() -> None:
+    class BadInput:
+        def __aiter__(self) -> Any:
+            raise KeyError("no iterator")
+
+    @single_task
+    async def ident(x: int) -> int:
+        return x
+
+    with pytest.raises(KeyError) as info:
+        await Pipeline([ident])(BadInput()).collect()
+    assert info.value.__notes__ == ["conveyor: raised while reading the pipeline's input"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("exc_type", [GeneratorExit, Custom])
+async def test_base_exception_in_a_plain_stage_after_an_async_one(
+    mode: str, exc_type: type
+) -> None:
+    # It used to escape the async call's task ("exception was never retrieved") and hang.
+    @single_task
+    async def first(x: int) -> int:
+        await asyncio.sleep(0)
+        return x
+
+    @single_task
+    def second(x: int) -> int:
+        if x == 2:
+            raise exc_type()
+        return x
+
+    with pytest.raises(exc_type) as info:
+        await (first | second).with_execution_mode(mode)(range(5)).collect()
+    assert info.value.__notes__ == ["conveyor: raised by task 'second' on 2"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_batches_are_not_cut_short_while_the_window_has_room(mode: str) -> None:
+    @batch_task(max_size=5)
+    def sizes(batch: list[int]) -> list[int]:
+        return [len(batch)]
+
+    @batch_task(min_size=64)
+    def sizes64(batch: list[int]) -> list[int]:
+        return [len(batch)]
+
+    pipeline = sizes.with_context(max_in_flight=16, execution_mode=mode)
+    assert await pipeline(range(100)).collect() == [5] * 20  # was 22 batches
+    out = await sizes64.with_execution_mode(mode)(range(2000)).collect()
+    assert out == [64] * 31  # the remainder of 16 (< min_size) is dropped
+
+
+async def test_a_window_smaller_than_the_batch_still_flushes_partial_batches() -> None:
+    @batch_task(max_size=5)
+    def sizes(batch: list[int]) -> list[int]:
+        return [len(batch)]
+
+    out = await sizes.with_context(max_in_flight=3)(range(9)).collect()
+    assert sum(out) == 9 and max(out) <= 3  # genuinely smaller: documented
+
+
+async def test_skip_item_isolation_calls_a_failing_item_alone_once() -> None:
+    calls: list[list[int]] = []
+
+    @batch_task(max_size=4, on_error="skip_item")
+    def bad(batch: list[int]) -> list[int]:
+        calls.append(list(batch))
+        if 2 in batch:
+            raise ValueError(batch)
+        return batch
+
+    assert await bad(range(4)).collect() == [0, 1, 3]
+    assert calls.count([2]) == 1  # was called twice
+
+
+@pytest.mark.parametrize(("value", "expected"), [([100, 101], [1, 100, 101]), ([], [1])])
+async def test_handler_value_for_a_failed_generator_follows_the_result_rules(
+    value: list[int], expected: list[int]
+) -> None:
+    class Handler(ErrorHandler):
+        async def handle_error(self, error: Exception, item: Any, name: str, n: int) -> Any:
+            return True, value
+
+    @single_task(error_handler=Handler())
+    def broken(x: int) -> Iterator[int]:
+        yield x
+        raise ValueError
+
+    assert await broken([1]).collect() == expected
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["async_gen", "gen", "batch_gen"])
+async def test_concurrency_limit_holds_for_generator_tasks(mode: str, kind: str) -> None:
+    running = peak = 0
+
+    async def agen(x: Any) -> AsyncIterator[Any]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await asyncio.sleep(0.002)
+            yield x
+            await asyncio.sleep(0.002)
+        finally:
+            running -= 1
+
+    def gen(x: Any) -> Iterator[Any]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            yield x
+        finally:
+            running -= 1
+
+    if kind == "batch_gen":
+        task: Any = batch_task(max_size=2, concurrency_limit=2)(agen)
+    else:
+        task = single_task(concurrency_limit=2)(agen if kind == "async_gen" else gen)
+
+    @single_task
+    async def slow_consumer_stage(x: Any) -> Any:
+        await asyncio.sleep(0.001)
+        return x
+
+    out = await (task | slow_consumer_stage).with_execution_mode(mode)(range(12)).collect()
+    assert sorted(out) == list(range(12))  # (a batch list returned downstream is split)
+    assert peak <= 2, peak  # was 12
+
+
+@pytest.mark.looptime
+async def test_timeout_bounds_each_item_of_an_async_generator() -> None:
+    @single_task(timeout=0.5, on_error="emit")
+    async def pages(x: int) -> AsyncIterator[int]:
+        for page in range(3):
+            await asyncio.sleep(0.4)  # each page in time: 1.2 s in all is fine
+            yield x * 10 + page
+        await asyncio.sleep(1)  # one page too slow
+        yield -1
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    out = await pages([1]).collect()
+    assert out[:3] == [10, 11, 12]
+    assert isinstance(out[3], Failure) and isinstance(out[3].exception, TimeoutError)
+    assert loop.time() - start == pytest.approx(1.7)  # was: the whole second, no timeout
+
+
+async def test_a_fast_generator_yields_to_the_loop_in_as_completed_mode() -> None:
+    @single_task
+    def many(x: int) -> Iterator[int]:
+        yield from range(200_000)
+
+    loop = asyncio.get_running_loop()
+    lags: list[float] = []
+    stop = False
+
+    async def heartbeat() -> None:
+        while not stop:
+            before = loop.time()
+            await asyncio.sleep(0.001)
+            lags.append(loop.time() - before - 0.001)
+
+    beat = asyncio.create_task(heartbeat())
+    first_at = None
+    start = loop.time()
+    count = 0
+    async for _ in many.as_completed([1]):
+        if first_at is None:
+            first_at = loop.time() - start
+        count += 1
+    stop = True
+    await beat
+    assert count == 200_000
+    assert first_at is not None and first_at < 0.05  # not at the generator's end
+    assert max(lags) < 0.05, max(lags)  # was blocked for 0.22 s
