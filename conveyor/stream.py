@@ -9,9 +9,9 @@ stream that is dropped early (``break`` out of ``async for``) cancels its run at
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 
 from ._engine._input import NO_INPUT, close_source
 from ._engine._observe import RunObserver
@@ -29,10 +29,7 @@ def check_input(items: Any) -> Any:
     if items is ...:
         return NO_INPUT
     if isinstance(items, (str, bytes, bytearray)):
-        raise TypeError(
-            f"items must be an iterable of items, got {type(items).__name__} (which would "
-            "be split into characters); wrap it in a list: pipeline([text])"
-        )
+        return (items,)  # one item (as in conveyor-streaming), never split into characters
     if not isinstance(items, (Iterable, AsyncIterable)):
         raise TypeError(
             f"items must be an iterable or async iterable, got {type(items).__name__}; "
@@ -101,16 +98,15 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
     # -- iteration -------------------------------------------------------------------
 
     def __aiter__(self) -> AsyncStream[T]:
-        if self._started:
-            raise RuntimeError(
-                "this stream has already been iterated; a stream runs once. "
-                "Call the pipeline again for a new run."
-            )
+        """The stream itself (an iterator): after ``await anext(stream)``, ``async for``
+        and ``collect()`` read on from where it is."""
         return self
 
     async def __anext__(self) -> T:
         run = self._run
         if run is None:
+            if self._started:  # closed before it ran: it is over, like any closed stream
+                raise StopAsyncIteration
             run = self._start()
         ready = run.ready
         if ready:  # Run.take's first lines, inlined: this runs once per result
@@ -125,8 +121,6 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         return item
 
     def _start(self) -> Run:
-        if self._started:
-            raise RuntimeError("this stream has already run; a stream runs once")
         self._started = True
         context = self._context.copy()
         context.pipeline_id = _new_id()
@@ -134,6 +128,19 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         self._run = run
         run.start()
         return run
+
+    def __await__(self) -> Generator[Any, Any, NoReturn]:
+        raise TypeError(
+            "a pipeline's stream is not awaitable: write `await pipeline(items).collect()` "
+            "for the list of results, or `async for result in pipeline(items)` to stream them"
+        )
+
+    def __iter__(self) -> NoReturn:
+        raise TypeError(
+            "a pipeline's stream is asynchronous: write `async for result in "
+            "pipeline(items)` or `await pipeline(items).collect()` inside a coroutine "
+            "(conveyor.run(main()) runs one from plain code)"
+        )
 
     async def collect(self) -> list[T]:
         """Run to the end and return all results."""

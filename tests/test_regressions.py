@@ -283,3 +283,62 @@ async def test_a_fast_generator_yields_to_the_loop_in_as_completed_mode() -> Non
     assert count == 200_000
     assert first_at is not None and first_at < 0.05  # not at the generator's end
     assert max(lags) < 0.05, max(lags)  # was blocked for 0.22 s
+
+
+async def test_one_rule_for_returned_coroutines_they_are_awaited() -> None:
+    async def later(x: int) -> int:
+        await asyncio.sleep(0)
+        return x * 10
+
+    @single_task
+    async def forgot_await(x: int) -> Any:
+        return later(x)  # a forgotten await: the coroutine is awaited, not passed on
+
+    @single_task
+    def plain(x: int) -> Any:
+        return later(x)
+
+    assert await (forgot_await | plain)([1, 2]).collect() == [100, 200]
+
+
+async def test_async_def_on_a_thread_pool_is_awaited_on_the_loop() -> None:
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+
+        @single_task(executor=pool)
+        async def coro_task(x: int) -> int:
+            await asyncio.sleep(0)
+            return x + 1
+
+        assert await coro_task([1, 2]).collect() == [2, 3]
+
+
+async def test_a_bad_error_handler_result_names_handler_task_and_shape() -> None:
+    class Sloppy(ErrorHandler):
+        async def handle_error(self, error: Exception, item: Any, name: str, n: int) -> Any:
+            return "skip it"
+
+    @single_task(error_handler=Sloppy())
+    def fails(x: int) -> int:
+        raise ValueError(x)
+
+    with pytest.raises(
+        TypeError, match=r"Sloppy\.handle_error returned 'skip it' for task"
+    ) as info:
+        await fails([1]).collect()
+    assert "(bool, value)" in str(info.value)
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+async def test_a_task_called_without_an_item_says_so() -> None:
+    @single_task
+    async def double(x: int) -> int:
+        return x * 2
+
+    with pytest.raises(TypeError) as info:
+        await double().collect()
+    assert info.value.__notes__ == [
+        "conveyor: raised by task 'double' on no item (the pipeline was called without "
+        "input: pipeline())"
+    ]

@@ -83,28 +83,43 @@ async def test_as_completed_does_not_change_the_pipeline() -> None:
     await stream.collect()
 
 
-async def test_second_async_for_raises() -> None:
+async def test_an_ended_stream_yields_nothing_more() -> None:
+    # The iterator protocol: a stream that has ended stays ended (it used to raise).
     stream = double([1, 2])
     assert [x async for x in stream] == [2, 4]
-    with pytest.raises(RuntimeError):
-        async for _ in stream:
-            pass
+    assert [x async for x in stream] == []
+    assert await stream.collect() == []
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
 
 
-async def test_collect_after_collect_raises() -> None:
-    stream = double([1, 2])
-    assert await stream.collect() == [2, 4]
-    with pytest.raises(RuntimeError):
-        await stream.collect()
+async def test_reading_on_after_anext() -> None:
+    stream = double([1, 2, 3, 4])
+    assert await anext(stream) == 2
+    assert [x async for x in stream] == [4, 6, 8]  # async for goes on where anext left
+    stream = double([1, 2, 3])
+    assert await anext(stream) == 2
+    assert await stream.collect() == [4, 6]
 
 
-async def test_collect_after_async_for_raises() -> None:
+async def test_collect_after_leaving_async_for_is_empty() -> None:
     stream = double([1, 2])
     async with stream:
         async for _ in stream:
             break
-    with pytest.raises(RuntimeError):
-        await stream.collect()
+    assert await stream.collect() == []  # closed: over
+
+
+async def test_await_or_iterate_a_stream_by_mistake_says_what_to_write() -> None:
+    stream = double([1, 2])
+    with pytest.raises(TypeError, match=r"\.collect\(\)"):
+        await stream
+    with pytest.raises(TypeError, match="async for"):
+        list(stream)
+    with pytest.raises(TypeError, match="async for"):
+        for _ in stream:
+            pass
+    await stream.aclose()
 
 
 # -- clean-up -----------------------------------------------------------------------------
@@ -230,8 +245,9 @@ async def test_aclose_on_never_started_stream() -> None:
     stream = double(gen)
     await stream.aclose()
     assert closed
-    with pytest.raises(RuntimeError):
-        await stream.collect()
+    with pytest.raises(StopAsyncIteration):  # closed before it ran: over, like any other
+        await anext(stream)
+    assert await stream.collect() == []
 
 
 async def test_aclose_twice_is_harmless() -> None:

@@ -181,14 +181,12 @@ def test_empty_task_name() -> None:
 
 
 @pytest.mark.parametrize("items", ["abc", b"abc"], ids=["str", "bytes"])
-def test_calling_with_text_raises_with_hint(items: Any) -> None:
+async def test_text_input_is_one_item(items: Any) -> None:
+    # As in conveyor-streaming, whose example splits text in the first task: never split
+    # into characters.
     task = single_task(_identity)
-    with pytest.raises(TypeError, match=r"wrap it in a list"):
-        task(items)
-    with pytest.raises(TypeError, match=r"wrap it in a list"):
-        Pipeline([task])(items)
-    with pytest.raises(TypeError, match=r"wrap it in a list"):
-        Pipeline([task]).as_completed(items)
+    assert await task(items).collect() == [items]
+    assert await Pipeline([task]).as_completed(items).collect() == [items]
 
 
 def test_calling_with_int_raises_with_hint() -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "as_awaitable",
     "executor_for",
     "kind_of",
+    "settle",
     "start_task",
 ]
 
@@ -133,6 +134,23 @@ def as_awaitable(result: Any) -> Awaitable[Any]:
     if isinstance(result, concurrent.futures.Future):
         return asyncio.wrap_future(result)
     return result  # type: ignore[no-any-return]
+
+
+async def settle(result: Any, kind: int | None) -> tuple[Any, int]:
+    """A call's result, awaited while it is awaitable, and its kind.
+
+    One rule for every call: a coroutine (or Future) that a call returns is awaited, in
+    the call's task, whether an ``async def`` returned it (a forgotten ``await``) or a
+    plain function or an executor did.
+    """
+    if kind is None:
+        kind = KINDS_GET(type(result))
+    if kind is None:
+        kind = kind_of(type(result))
+    while kind == AWAIT:
+        result = await as_awaitable(result)
+        kind = kind_of(type(result))
+    return result, kind
 
 
 # -- the call's task -------------------------------------------------------------------------

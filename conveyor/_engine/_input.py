@@ -22,6 +22,19 @@ if TYPE_CHECKING:
 NO_INPUT: Any = object()
 """Input of a run that calls its first task once, with no item (a source task)."""
 
+
+class _NoItem:
+    """What the first stage of a run with no input is called on (its function is called
+    without an item): named in error notes and Failure records."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "no item (the pipeline was called without input: pipeline())"
+
+
+NO_ITEM: Any = _NoItem()
+
 PUMP_SLICE = 0.005
 
 _NOTE = "conveyor: raised while reading the pipeline's input"
@@ -31,7 +44,7 @@ async def pump(run: Run, source: Any) -> None:
     """Feed ``source`` into the run's first stage (the caller closes it)."""
     if source is NO_INPUT:
         run.window.take(1)
-        run.entry.push(None, None)
+        run.entry.push(NO_ITEM, None)
     elif isinstance(source, AsyncIterable):
         await _pump_async(run, source)
     else:

@@ -74,7 +74,7 @@ class Policy:
                 exc = again
         if self.handler is not None:
             seen = list(item) if self.batch else item  # the handler may keep it
-            go_on, value = await self.handler.handle_error(exc, seen, self.name, attempt)
+            go_on, value = await self._ask_handler(exc, seen, attempt)
             if go_on:
                 return value
         if self.batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1:
@@ -96,7 +96,7 @@ class Policy:
         """What stands in for the rest of a generator that raised after ``count`` items."""
         where = f"<output {count} of a generator>"
         if self.handler is not None:
-            go_on, value = await self.handler.handle_error(exc, where, self.name, 1)
+            go_on, value = await self._ask_handler(exc, where, 1)
             if go_on:
                 return value
         if self.action is ErrorAction.FAIL:
@@ -104,6 +104,20 @@ class Policy:
         if self.action is ErrorAction.EMIT:
             return Failure(where, exc, self.name, 1)
         return None
+
+    async def _ask_handler(self, exc: Exception, item: Any, attempt: int) -> tuple[bool, Any]:
+        """The handler's ``(continue, value)``, or a TypeError that names what is wrong."""
+        assert self.handler is not None
+        answer = await self.handler.handle_error(exc, item, self.name, attempt)
+        if not (isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[0], bool)):
+            error = TypeError(
+                f"{type(self.handler).__name__}.handle_error returned {short_repr(answer)} "
+                f"for task {self.name!r}; it must return a (bool, value) pair: (True, value) "
+                f"to use value as the call's result, (False, None) to apply on_error"
+            )
+            error.__cause__ = exc
+            raise self.annotate(error, item)
+        return answer
 
     async def _isolate(self, batch: list[Any]) -> list[Any]:
         """Split a failing batch (of two or more) in halves until only the failing items

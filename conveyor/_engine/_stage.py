@@ -43,6 +43,7 @@ from ._calls import (
     Executor,
     as_awaitable,
     kind_of,
+    settle,
     start_task,
 )
 from ._expand import expand
@@ -246,9 +247,12 @@ class Stage(Sink):
                     try:
                         if self.timeout is None:
                             result = await awaitable
+                            kind = KINDS_GET(type(result))
+                            if kind != VALUE:
+                                result, kind = await settle(result, kind)
                         else:
                             async with asyncio.timeout(self.timeout):
-                                result = await awaitable
+                                result, kind = await settle(await awaitable, None)
                     except Exception as exc:
                         result = await self.policy.recover(exc, item)
             except asyncio.CancelledError as exc:
@@ -282,12 +286,10 @@ class Stage(Sink):
     async def attempt(self, item: Any) -> Any:
         """One complete call again, inside the call's task (retries, batch isolation)."""
         result = self.call_fn(item)
-        if kind_of(type(result)) != AWAIT:
-            return result
         if self.timeout is None:
-            return await as_awaitable(result)
+            return (await settle(result, None))[0]
         async with asyncio.timeout(self.timeout):
-            return await as_awaitable(result)
+            return (await settle(result, None))[0]
 
     def call_done(self, item: Any) -> None:
         """Bookkeeping once a call's result is out: start queued work, report idleness."""
