@@ -170,17 +170,21 @@ def reference(specs: list[StageSpec], items: list[int], *, per_item: bool = Fals
                 elif s.policy == "fail":
                     out.append(RAISE)
         else:
+            # A failure record that arrives while a batch accumulates comes after that
+            # batch's outputs: where its item's result would be.
             acc: list[int] = []
+            held: list[Any] = []
             for x in stream:
                 if _is_marker(x):
-                    out.append(x)
+                    (held if acc else out).append(x)
                     continue
                 acc.append(x)
                 if len(acc) == s.max_size:
-                    out += _batch_outputs(s, acc, name, per_item)
-                    acc = []
+                    out += _batch_outputs(s, acc, name, per_item) + held
+                    acc, held = [], []
             if acc and len(acc) >= s.min_size:
                 out += _batch_outputs(s, acc, name, per_item)
+            out += held
         stream = out
     return stream
 
@@ -260,8 +264,15 @@ def _single_task(s: StageSpec, options: dict[str, Any]) -> conveyor.BaseTask[Any
     return single_task(**options)(call)
 
 
+BATCH_SIZES: dict[str, list[int]] = {}
+"""The size of every batch each batch stage that never fails was called with (a stage
+that may fail also sees isolation's halves), by task name: cleared before each run."""
+
+
 def _batch_task(s: StageSpec, options: dict[str, Any]) -> conveyor.BaseTask[Any, Any]:
     def outputs(batch: list[int]) -> Any:
+        if s.fail_mod is None:
+            BATCH_SIZES.setdefault(options["task_name"], []).append(len(batch))
         if any(map(s.fails, batch)):
             raise Poison(batch)
         values = _batch_fn(s, batch)

@@ -356,10 +356,10 @@ async def test_failure_passes_several_batch_stages_unchanged() -> None:
         return [x * 10 for x in batch]
 
     out = await (fails_on_three | first | second)(range(6)).collect()
-    # A Failure is passed on at once: it does not wait for the items that are waiting in
-    # an accumulator (0 and 1 in the second stage's) when it arrives, as in
-    # tests/pipeline_model.reference.
+    # A Failure comes where its item's result would be: after the result of the batch
+    # that was accumulating when it arrived (in `first`, [2, 4]; in `second`, [4, 5]), as
+    # in tests/pipeline_model.reference. (It used to overtake them and come first.)
     assert len(out) == 6
-    failure = out[0]
+    assert out[:5] == [0, 10, 20, 40, 50]
+    failure = out[5]
     assert type(failure) is Failure and failure.item == 3
-    assert out[1:] == [0, 10, 20, 40, 50]

@@ -17,7 +17,17 @@ import pytest
 from conftest import run_on_virtual_clock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pipeline_model import RAISE, Poison, StageSpec, build, observed, pipelines, reference
+from pipeline_model import (
+    BATCH_SIZES,
+    RAISE,
+    Poison,
+    StageSpec,
+    build,
+    observed,
+    pipelines,
+    reference,
+    stage_specs,
+)
 
 # Not a real-time limit: virtual seconds after which a run counts as deadlocked.
 VIRTUAL_TIMEOUT = 100_000.0
@@ -34,6 +44,7 @@ class Outcome:
         self.loop_errors: list[dict[str, Any]] = []
         self.tokens: int | None = None
         self.source_closed = False
+        self.batch_sizes: dict[str, list[int]] = {}
 
 
 def run_virtual(
@@ -61,6 +72,7 @@ def run_virtual(
             outcome.source_closed = True
 
     async def drive() -> None:
+        BATCH_SIZES.clear()
         before = asyncio.all_tasks()
         source: Any = {
             "list": items,
@@ -80,6 +92,7 @@ def run_virtual(
         outcome.leftover = [t for t in asyncio.all_tasks() - before if not t.done()]
         assert stream._run is not None
         outcome.tokens = stream._run.window.tokens
+        outcome.batch_sizes = {name: list(sizes) for name, sizes in BATCH_SIZES.items()}
 
     run_on_virtual_clock(drive(), outcome.loop_errors, VIRTUAL_TIMEOUT)
     return outcome
@@ -110,6 +123,23 @@ def check_ordered(
         assert outcome.error is None
         assert outcome.results == expected
         assert outcome.tokens == 0, "window tokens leaked"
+
+
+def check_batch_sizes(specs: list[StageSpec], outcome: Outcome) -> None:
+    """With the window larger than any batch, a batch is short only as the remainder.
+
+    Every batch is ``max_size`` items but at most one (the input's remainder), which
+    holds at least ``min_size``: never cut short while the window has room.
+    """
+    if outcome.error is not None:
+        return
+    for index, s in enumerate(specs):
+        sizes = outcome.batch_sizes.get(f"s{index}", [])
+        short = [n for n in sizes if n != s.max_size]
+        assert len(short) <= 1, f"s{index}: batches of {sizes} (max_size={s.max_size})"
+        assert all(s.min_size <= n <= s.max_size for n in short), (
+            f"s{index}: batches of {sizes} (min_size={s.min_size}, max_size={s.max_size})"
+        )
 
 
 def check_values_in_order(expected: list[Any], outcome: Outcome) -> None:
@@ -155,6 +185,7 @@ def test_ordered_runs_match_the_reference(
 ) -> None:
     outcome = run_virtual(specs, items, mode="ordered", kind=kind, window=100_000)
     check_ordered(specs, items, outcome)
+    check_batch_sizes(specs, outcome)
 
 
 @MODEL_SETTINGS
@@ -164,6 +195,7 @@ def test_as_completed_runs_match_the_reference_as_a_multiset(
 ) -> None:
     outcome = run_virtual(specs, items, mode="as_completed", kind=kind, window=100_000)
     check_as_completed(specs, items, outcome)
+    check_batch_sizes(specs, outcome)
 
 
 @MODEL_SETTINGS
@@ -221,7 +253,35 @@ def test_thorough_random_pipelines_match_the_reference(
 ) -> None:
     """Five times the examples of the properties above, both modes in one property."""
     if mode == "ordered":
-        check_ordered(specs, items, run_virtual(specs, items, mode=mode, kind=kind, window=100_000))
+        outcome = run_virtual(specs, items, mode=mode, kind=kind, window=100_000)
+        check_ordered(specs, items, outcome)
+        check_batch_sizes(specs, outcome)
     elif all(s.elementwise for s in specs):  # batches cannot change results: a multiset
         outcome = run_virtual(specs, items, mode=mode, kind=kind, window=100_000)
         check_as_completed(specs, items, outcome)
+        check_batch_sizes(specs, outcome)
+
+
+@MODEL_SETTINGS
+@given(
+    # (No expansions: open generators' own items may hold the window genuinely.)
+    singles=st.lists(
+        stage_specs(failures=False).filter(lambda s: s.op in ("add", "mul", "filter")),
+        max_size=3,
+    ),
+    batch=stage_specs(failures=False).filter(lambda s: s.batch),
+    items=inputs,
+    kind=input_kinds,
+    extra=st.integers(1, 8),
+    mode=st.sampled_from(["ordered", "as_completed"]),
+)
+def test_batches_are_short_only_as_the_remainder_when_the_window_has_room(
+    singles: list[StageSpec], batch: StageSpec, items: list[int], kind: str, extra: int, mode: str
+) -> None:
+    """A window larger than the batch never cuts it short when nothing else holds the
+    window: results waiting for the consumer make room when taken (this once gave 22
+    batches of max_size=5 instead of 20)."""
+    specs = [*singles, batch]
+    outcome = run_virtual(specs, items, mode=mode, kind=kind, window=batch.max_size + extra)
+    check_clean(outcome)
+    check_batch_sizes(specs, outcome)

@@ -342,3 +342,20 @@ async def test_a_task_called_without_an_item_says_so() -> None:
         "conveyor: raised by task 'double' on no item (the pipeline was called without "
         "input: pipeline())"
     ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_failure_comes_where_its_items_result_would_be(mode: str) -> None:
+    @single_task(on_error="emit")
+    def parse(text: str) -> int:
+        return int(text)
+
+    @batch_task(max_size=2)
+    def save(batch: list[int]) -> list[int]:
+        return batch
+
+    out = await (parse | save).with_execution_mode(mode)(["1", "x", "3", "4"]).collect()
+    values = [v for v in out if not isinstance(v, Failure)]
+    assert sorted(values) == [1, 3, 4]
+    if mode == "ordered":  # after [1, 3], the batch open when it came; it came first before
+        assert out[:2] == [1, 3] and isinstance(out[2], Failure) and out[3] == 4

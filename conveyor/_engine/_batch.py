@@ -5,6 +5,10 @@ to batches is here: when a batch is flushed, how its items' window tokens come b
 what happens to the remainder at the end of the input. (How ``on_error="skip_item"``
 finds the failing items of a batch is the policy's: see ``_policy``.)
 
+In an ordered run a batch's result has its place from the moment the batch opens, so a
+:class:`~conveyor.errors.Failure` that reaches the stage meanwhile (from an earlier
+``on_error="emit"``) comes after it: where its item's result would be.
+
 A batch is flushed when it holds ``max_size`` items; when ``max_wait`` seconds have
 passed since its first item, if it holds at least ``min_size``; when the input has ended
 (a remainder smaller than ``min_size`` is dropped, see :meth:`BatchStage.close_input`);
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .._spec import StageSpec
 from ..errors import Failure
 from ._calls import Executor
+from ._order import EMPTY
 from ._stage import Stage
 
 if TYPE_CHECKING:
@@ -27,7 +32,7 @@ if TYPE_CHECKING:
 
 
 class BatchStage(Stage):
-    __slots__ = ("_expired", "_timer", "acc", "max_size", "max_wait", "min_size")
+    __slots__ = ("_expired", "_timer", "acc", "acc_node", "max_size", "max_wait", "min_size")
 
     def __init__(self, run: Run, spec: StageSpec, limit: int, executor: Executor) -> None:
         super().__init__(run, spec, limit, executor)
@@ -35,6 +40,10 @@ class BatchStage(Stage):
         self.max_size = spec.options.max_size
         self.max_wait = spec.options.max_wait
         self.acc: list[Any] = []
+        # In an ordered run, the place of the accumulating batch's result, reserved (with
+        # its token) when the batch opens: a Failure that arrives meanwhile goes after
+        # it, where its item's result would be.
+        self.acc_node: Any = None
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
 
@@ -46,6 +55,9 @@ class BatchStage(Stage):
         acc.append(item)
         self.inflight += 1
         n = len(acc)
+        if n == 1 and self.list is not None:
+            self.window.take(1)
+            self.acc_node = self.list.append()
         if n >= self.max_size or (self._expired and n >= self.min_size):
             self.flush()
         elif n == 1 and self.max_wait is not None:
@@ -64,8 +76,11 @@ class BatchStage(Stage):
         self.cancel_timer()
         if not batch:
             return
-        self.window.take(1)  # the batch's result node; the items' tokens go when it is done
-        node = None if self.list is None else self.list.append()
+        if self.list is None:
+            self.window.take(1)  # the batch's result; the items' tokens go when it is done
+            node = None
+        else:
+            node, self.acc_node = self.acc_node, None
         if self.running < self.limit:
             self.start(batch, node)
         else:
@@ -92,3 +107,6 @@ class BatchStage(Stage):
             self.acc = []
             self.inflight -= dropped
             self.window.release(dropped)
+            if self.acc_node is not None:  # its reader releases the reserved token
+                self.list.resolve(self.acc_node, EMPTY)  # type: ignore[union-attr]
+                self.acc_node = None
