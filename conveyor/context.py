@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import difflib
 import enum
 from collections.abc import Awaitable
 from types import TracebackType
@@ -78,7 +79,7 @@ class PipelineContext:
         return dataclasses.replace(self, data=dict(self.data))
 
 
-_FIELDS = frozenset(f.name for f in dataclasses.fields(PipelineContext))
+_SETTABLE = tuple(f.name for f in dataclasses.fields(PipelineContext) if f.name != "data")
 
 _current: contextvars.ContextVar[PipelineContext | None] = contextvars.ContextVar(
     "conveyor_pipeline_context", default=None
@@ -86,17 +87,25 @@ _current: contextvars.ContextVar[PipelineContext | None] = contextvars.ContextVa
 
 
 def context_with(base: PipelineContext, **updates: Any) -> PipelineContext:
-    """A copy of ``base``: known field names are set, other keys go into ``data``."""
+    """A copy of ``base`` with ``updates``: context fields are set; ``data=`` adds its keys
+    to the context's ``data``. Any other key is refused (a typo such as
+    ``max_inflight`` would otherwise be silently ignored)."""
     ctx = base.copy()
     for key, value in updates.items():
         if key == "data":
             if not isinstance(value, dict):
                 raise TypeError(f"data must be a dict, got {type(value).__name__}")
-            ctx.data = dict(value)
-        elif key in _FIELDS:
+            ctx.data.update(value)
+        elif key in _SETTABLE:
             setattr(ctx, key, value)
         else:
-            ctx.data[key] = value
+            close = difflib.get_close_matches(key, _SETTABLE, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise TypeError(
+                f"with_context() got an unknown key {key!r}: {hint}the context's settings "
+                f"are {', '.join(_SETTABLE)}; put your own values under data=, e.g. "
+                f"with_context(data={{{key!r}: ...}})"
+            )
     ctx.__post_init__()
     return ctx
 

@@ -55,8 +55,8 @@ async def main() -> None:
     print("stream.as_completed():    ", done)
     assert done == [1, 2, 3], done
 
-    # The context: with_context sets context fields and puts other keys in `data`.
-    for_ann = pipeline.with_context(user="ann").with_execution_mode("as_completed")
+    # The context: with_context sets context fields; your own values go under data=.
+    for_ann = pipeline.with_context(data={"user": "ann"}).with_execution_mode("as_completed")
     results = await for_ann(items).collect()
     for result in results:
         print("  context seen by describe:", result)

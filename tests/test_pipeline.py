@@ -308,7 +308,9 @@ async def test_ordered_yields_each_result_as_soon_as_its_turn_comes() -> None:
 
 def test_with_context_sets_fields_and_data() -> None:
     base = double | add_one
-    pipeline = base.with_context(execution_mode="as_completed", max_in_flight=7, user="ann")
+    pipeline = base.with_context(
+        execution_mode="as_completed", max_in_flight=7, data={"user": "ann"}
+    )
     assert pipeline.context.execution_mode is ExecutionMode.AS_COMPLETED
     assert pipeline.context.max_in_flight == 7
     assert pipeline.context.data == {"user": "ann"}
@@ -345,7 +347,7 @@ async def test_get_current_context_in_async_and_sync_tasks() -> None:
         seen.append(("eager", get_current_context()))
         return x
 
-    pipeline = (probe_async | probe_sync | probe_eager).with_context(user="ann")
+    pipeline = (probe_async | probe_sync | probe_eager).with_context(data={"user": "ann"})
     assert await pipeline([1, 2]).collect() == [1, 2]
     assert len(seen) == 6
     contexts = [ctx for _, ctx in seen]
@@ -369,7 +371,7 @@ async def test_get_current_context_in_batch_and_generator_tasks() -> None:
         seen.append(get_current_context())
         yield x
 
-    pipeline = (batch | agen).with_context(user="ann")
+    pipeline = (batch | agen).with_context(data={"user": "ann"})
     assert await pipeline([1, 2, 3]).collect() == [1, 2, 3]
     assert len(seen) == 5
     assert all(isinstance(ctx, PipelineContext) for ctx in seen)
@@ -418,7 +420,7 @@ async def test_context_data_is_copied_per_run() -> None:
         ctx.data["touched"] = ctx.data.get("touched", 0) + 1
         return x
 
-    pipeline = Pipeline([mutate]).with_context(user="ann")
+    pipeline = Pipeline([mutate]).with_context(data={"user": "ann"})
     await pipeline([1]).collect()
     await pipeline([1]).collect()
     assert seen == [{"user": "ann"}, {"user": "ann"}]

@@ -359,3 +359,18 @@ async def test_a_failure_comes_where_its_items_result_would_be(mode: str) -> Non
     assert sorted(values) == [1, 3, 4]
     if mode == "ordered":  # after [1, 3], the batch open when it came; it came first before
         assert out[:2] == [1, 3] and isinstance(out[2], Failure) and out[3] == 4
+
+
+def test_unknown_context_keys_fail_with_the_valid_ones() -> None:
+    @single_task
+    def ident(x: int) -> int:
+        return x
+
+    with pytest.raises(
+        TypeError, match=r"unknown key 'max_inflight': did you mean 'max_in_flight'"
+    ):
+        Pipeline([ident]).with_context(max_inflight=5)
+    with pytest.raises(TypeError, match=r"data=\{'user': \.\.\.\}"):
+        ident.with_context(user="ann")
+    pipeline = ident.with_context(data={"a": 1}).with_context(data={"b": 2}, max_in_flight=5)
+    assert pipeline.context.data == {"a": 1, "b": 2} and pipeline.context.max_in_flight == 5
