@@ -34,6 +34,8 @@ class TaskOptions:
     retry_exponential_backoff: bool = True
     retry_max_delay: float = 60.0
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    retry_if: Callable[[BaseException], bool] | None = None
+    retry_jitter: float = 0.1
     error_handler: ErrorHandler | None = None
     task_name: str | None = None
     concurrency_limit: int | None = None
@@ -52,6 +54,8 @@ class TaskOptions:
             exponential_backoff=self.retry_exponential_backoff,
             max_delay=self.retry_max_delay,
             retry_on=self.retry_on,
+            retry_if=self.retry_if,
+            jitter=self.retry_jitter,
         )
 
 
@@ -64,6 +68,8 @@ class SingleTaskOptions(TypedDict, total=False):
     retry_exponential_backoff: bool
     retry_max_delay: float
     retry_on: type[BaseException] | tuple[type[BaseException], ...]
+    retry_if: Callable[[BaseException], bool] | None
+    retry_jitter: float
     error_handler: ErrorHandler | None
     task_name: str | None
     concurrency_limit: int | None
@@ -133,6 +139,21 @@ def _retry_on(name: str, value: Any) -> Any:
     return value
 
 
+def _retry_if(name: str, value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"{name} must be a function of the exception returning a bool (or None), got "
+            f"{value!r}; e.g. retry_if=lambda exc: getattr(exc, 'status', 500) >= 500"
+        )
+    return value
+
+
+def _fraction(name: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a fraction from 0 to 1 (0: no jitter), got {value!r}")
+    return float(value)
+
+
 def _error_handler(name: str, value: Any) -> Any:
     if value is None:
         return None
@@ -171,6 +192,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "retry_exponential_backoff": _bool,
     "retry_max_delay": _seconds(),
     "retry_on": _retry_on,
+    "retry_if": _retry_if,
+    "retry_jitter": _fraction,
     "error_handler": _error_handler,
     "task_name": _task_name,
     "concurrency_limit": _int(1, optional=True),

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import random
 import reprlib
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 __all__ = [
@@ -50,9 +52,15 @@ class ErrorAction(enum.StrEnum):
 class RetryConfig:
     """When and how often a failing call is tried again.
 
-    ``max_attempts`` counts all attempts (1 means no retry). The delay before attempt
-    ``n + 1`` is ``base_delay * backoff_multiplier ** (n - 1)`` with exponential backoff,
-    else ``base_delay``; never more than ``max_delay``.
+    ``max_attempts`` counts all attempts (1 means no retry). An exception is retried if
+    it is an instance of ``retry_on`` and ``retry_if(exc)`` (when given) is true: e.g.
+    ``retry_if=lambda e: e.status >= 500`` retries 5xx responses, not 4xx. A
+    ``TimeoutError`` from ``timeout`` is retried like any other exception.
+
+    The delay before attempt ``n + 1`` is ``d = base_delay * backoff_multiplier ** (n -
+    1)`` with exponential backoff, else ``d = base_delay``; with ``jitter`` ``j`` (0.1 by
+    default) it is drawn uniformly from ``[d * (1 - j), d * (1 + j)]``, so that calls
+    failing together do not retry in lockstep; never more than ``max_delay``.
     """
 
     max_attempts: int = 3
@@ -61,6 +69,16 @@ class RetryConfig:
     max_delay: float = 60.0
     backoff_multiplier: float = 2.0
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    retry_if: Callable[[BaseException], bool] | None = None
+    jitter: float = 0.1
+
+    def should_retry(self, exc: BaseException, attempt: int) -> bool:
+        """Whether failed attempt number ``attempt`` (1-based) is tried again."""
+        return (
+            attempt < self.max_attempts
+            and isinstance(exc, self.retry_on)
+            and (self.retry_if is None or bool(self.retry_if(exc)))
+        )
 
     def delay_after(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
@@ -68,6 +86,8 @@ class RetryConfig:
             delay = self.base_delay * self.backoff_multiplier ** (attempt - 1)
         else:
             delay = self.base_delay
+        if self.jitter:
+            delay *= random.uniform(1 - self.jitter, 1 + self.jitter)
         return min(delay, self.max_delay)
 
 

@@ -318,7 +318,7 @@ def _flaky(
 
 @pytest.mark.parametrize("suspend", [False, True], ids=["eager", "suspending"])
 async def test_retry_until_success(suspend: bool) -> None:
-    task = _flaky(2, suspend=suspend, retry_attempts=3, retry_delay=0)
+    task = _flaky(2, suspend=suspend, retry_attempts=3, retry_jitter=0, retry_delay=0)
     assert await task([1, 2, 3]).collect() == [1, 2, 3]
     assert {x: len(t) for x, t in task.calls.items()} == {1: 3, 2: 3, 3: 3}
 
@@ -326,7 +326,7 @@ async def test_retry_until_success(suspend: bool) -> None:
 async def test_retry_with_sync_function() -> None:
     calls = 0
 
-    @single_task(retry_attempts=3, retry_delay=0)
+    @single_task(retry_attempts=3, retry_jitter=0, retry_delay=0)
     def flaky(x: int) -> int:
         nonlocal calls
         calls += 1
@@ -339,14 +339,14 @@ async def test_retry_with_sync_function() -> None:
 
 
 async def test_retries_exhausted_then_fail() -> None:
-    task = _flaky(5, retry_attempts=3, retry_delay=0)
+    task = _flaky(5, retry_attempts=3, retry_jitter=0, retry_delay=0)
     with pytest.raises(Boom):
         await task([1]).collect()
     assert len(task.calls[1]) == 3
 
 
 async def test_retries_exhausted_then_emit_counts_attempts() -> None:
-    task = _flaky(5, retry_attempts=3, retry_delay=0, on_error="emit")
+    task = _flaky(5, retry_attempts=3, retry_jitter=0, retry_delay=0, on_error="emit")
     [failure] = await task([1]).collect()
     assert isinstance(failure, Failure)
     assert failure.attempts == 3
@@ -354,20 +354,22 @@ async def test_retries_exhausted_then_emit_counts_attempts() -> None:
 
 
 async def test_retry_on_does_not_retry_other_errors() -> None:
-    task = _flaky(2, Boom, retry_attempts=3, retry_delay=0, retry_on=(KeyError,))
+    task = _flaky(2, Boom, retry_attempts=3, retry_jitter=0, retry_delay=0, retry_on=(KeyError,))
     with pytest.raises(Boom):
         await task([1]).collect()
     assert len(task.calls[1]) == 1
 
 
 async def test_retry_on_retries_matching_errors() -> None:
-    task = _flaky(2, KeyError, retry_attempts=3, retry_delay=0, retry_on=(KeyError,))
+    task = _flaky(
+        2, KeyError, retry_attempts=3, retry_jitter=0, retry_delay=0, retry_on=(KeyError,)
+    )
     assert await task([1]).collect() == [1]
     assert len(task.calls[1]) == 3
 
 
 async def test_retry_on_single_type_and_subclasses() -> None:
-    task = _flaky(2, Boom, retry_attempts=3, retry_delay=0, retry_on=ValueError)
+    task = _flaky(2, Boom, retry_attempts=3, retry_jitter=0, retry_delay=0, retry_on=ValueError)
     assert await task([1]).collect() == [1]
     assert len(task.calls[1]) == 3
 
@@ -375,7 +377,7 @@ async def test_retry_on_single_type_and_subclasses() -> None:
 @pytest.mark.looptime
 @pytest.mark.parametrize("suspend", [False, True], ids=["eager", "suspending"])
 async def test_retry_delays_with_exponential_backoff(suspend: bool) -> None:
-    task = _flaky(2, suspend=suspend, retry_attempts=3, retry_delay=1)
+    task = _flaky(2, suspend=suspend, retry_attempts=3, retry_jitter=0, retry_delay=1)
     loop = asyncio.get_running_loop()
     start = loop.time()
     assert await task([1]).collect() == [1]
@@ -386,7 +388,9 @@ async def test_retry_delays_with_exponential_backoff(suspend: bool) -> None:
 
 @pytest.mark.looptime
 async def test_retry_delays_without_backoff() -> None:
-    task = _flaky(2, retry_attempts=3, retry_delay=1, retry_exponential_backoff=False)
+    task = _flaky(
+        2, retry_attempts=3, retry_jitter=0, retry_delay=1, retry_exponential_backoff=False
+    )
     loop = asyncio.get_running_loop()
     start = loop.time()
     assert await task([1]).collect() == [1]
@@ -396,7 +400,9 @@ async def test_retry_delays_without_backoff() -> None:
 
 @pytest.mark.looptime
 async def test_retry_max_delay_caps_the_backoff() -> None:
-    task = _flaky(9, retry_attempts=5, retry_delay=1, retry_max_delay=3, on_error="emit")
+    task = _flaky(
+        9, retry_attempts=5, retry_jitter=0, retry_delay=1, retry_max_delay=3, on_error="emit"
+    )
     loop = asyncio.get_running_loop()
     start = loop.time()
     [failure] = await task([1]).collect()
@@ -409,7 +415,7 @@ async def test_retry_max_delay_caps_the_backoff() -> None:
 
 @pytest.mark.looptime
 async def test_retries_of_different_items_run_concurrently() -> None:
-    task = _flaky(1, retry_attempts=2, retry_delay=1)
+    task = _flaky(1, retry_attempts=2, retry_jitter=0, retry_delay=1)
     loop = asyncio.get_running_loop()
     start = loop.time()
     assert await task(range(5)).collect() == [0, 1, 2, 3, 4]
@@ -419,7 +425,7 @@ async def test_retries_of_different_items_run_concurrently() -> None:
 async def test_batch_retry() -> None:
     calls: list[list[int]] = []
 
-    @batch_task(max_size=2, retry_attempts=2, retry_delay=0)
+    @batch_task(max_size=2, retry_attempts=2, retry_jitter=0, retry_delay=0)
     async def total(batch: list[int]) -> int:
         calls.append(batch)
         if len(calls) == 1:
@@ -487,6 +493,7 @@ async def test_error_handler_called_after_retries_are_exhausted(suspend: bool) -
         9,
         suspend=suspend,
         retry_attempts=3,
+        retry_jitter=0,
         retry_delay=0,
         error_handler=handler,
         task_name="flaky",
@@ -503,7 +510,7 @@ async def test_error_handler_called_after_retries_are_exhausted(suspend: bool) -
 
 async def test_error_handler_not_called_when_retry_succeeds() -> None:
     handler = Recorder((True, "replaced"))
-    task = _flaky(1, retry_attempts=2, retry_delay=0, error_handler=handler)
+    task = _flaky(1, retry_attempts=2, retry_jitter=0, retry_delay=0, error_handler=handler)
     assert await task(["x"]).collect() == ["x"]
     assert handler.calls == []
 
@@ -588,7 +595,7 @@ async def test_timeout_emit() -> None:
 async def test_timeout_is_retried() -> None:
     attempts = 0
 
-    @single_task(timeout=1, retry_attempts=3, retry_delay=1)
+    @single_task(timeout=1, retry_attempts=3, retry_jitter=0, retry_delay=1)
     async def slow_once(x: int) -> int:
         nonlocal attempts
         attempts += 1
@@ -605,7 +612,7 @@ async def test_timeout_is_retried() -> None:
 
 @pytest.mark.looptime
 async def test_timeout_on_every_retry() -> None:
-    @single_task(timeout=1, retry_attempts=2, retry_delay=1, on_error="emit")
+    @single_task(timeout=1, retry_attempts=2, retry_jitter=0, retry_delay=1, on_error="emit")
     async def always_slow(x: int) -> int:
         await asyncio.sleep(5)
         return x
@@ -718,7 +725,7 @@ async def test_asyncio_timeout_inside_task_with_task_timeout() -> None:
 async def test_asyncio_timeout_inside_task_with_retries() -> None:
     attempts = 0
 
-    @single_task(retry_attempts=2, retry_delay=0)
+    @single_task(retry_attempts=2, retry_jitter=0, retry_delay=0)
     async def guarded(x: int) -> int:
         nonlocal attempts
         attempts += 1

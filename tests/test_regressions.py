@@ -374,3 +374,34 @@ def test_unknown_context_keys_fail_with_the_valid_ones() -> None:
         ident.with_context(user="ann")
     pipeline = ident.with_context(data={"a": 1}).with_context(data={"b": 2}, max_in_flight=5)
     assert pipeline.context.data == {"a": 1, "b": 2} and pipeline.context.max_in_flight == 5
+
+
+def test_retry_delays_have_jitter_by_default_within_the_documented_bounds() -> None:
+    @single_task(retry_attempts=4, retry_delay=1.0, retry_max_delay=3.0)
+    def flaky(x: int) -> int:
+        return x
+
+    config = flaky.retry_config
+    firsts = {config.delay_after(1) for _ in range(200)}
+    assert len(firsts) > 100  # spread, not one value
+    assert all(0.9 <= d <= 1.1 for d in firsts)
+    assert all(1.8 <= config.delay_after(2) <= 2.2 for _ in range(200))
+    assert all(config.delay_after(3) <= 3.0 for _ in range(200))  # capped
+    with pytest.raises(ValueError, match="retry_jitter must be a fraction"):
+        single_task(retry_jitter=2)
+
+
+async def test_retry_if_selects_what_is_retried() -> None:
+    calls: list[str] = []
+
+    @single_task(retry_attempts=3, retry_delay=0, retry_if=lambda exc: "transient" in str(exc))
+    async def call(kind: str) -> str:
+        calls.append(kind)
+        raise RuntimeError(kind)
+
+    for kind in ("transient", "permanent"):
+        with pytest.raises(RuntimeError):
+            await call([kind]).collect()
+    assert calls == ["transient"] * 3 + ["permanent"]
+    with pytest.raises(TypeError, match="retry_if must be a function"):
+        single_task(retry_if=True)

@@ -52,10 +52,9 @@ class Policy:
 
     def settles_at_once(self, exc: Exception, item: Any) -> bool:
         """Whether a failed first attempt is settled without awaiting anything."""
-        retry = self.retry
         return not (
             self.handler is not None
-            or (retry.max_attempts > 1 and isinstance(exc, retry.retry_on))
+            or self.retry.should_retry(exc, 1)
             or (self.batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1)
         )
 
@@ -63,7 +62,7 @@ class Policy:
         """Retries, then the handler, then ``on_error``: the call's result, or raise."""
         retry = self.retry
         attempt = 1
-        while attempt < retry.max_attempts and isinstance(exc, retry.retry_on):
+        while retry.should_retry(exc, attempt):
             if self.on_retry is not None:
                 self.on_retry(exc, attempt)
             await asyncio.sleep(retry.delay_after(attempt))
