@@ -38,6 +38,9 @@ class StageSpec:
     max_size: int = 1
     min_size: int = 1
     concurrency: int | None = None
+    # Never reached by the model's delays (at most 1.5 s): calls and generator items go
+    # through the timeout path, and results must not change.
+    timeout: float | None = None
 
     def fails(self, x: int) -> bool:
         return self.fail_mod is not None and x % self.fail_mod == 1
@@ -77,6 +80,7 @@ def stage_specs(draw: st.DrawFn, *, failures: bool = True, elementwise: bool = F
             max_size=max_size,
             min_size=min_size,
             concurrency=draw(st.sampled_from([None, 1, 2])),
+            timeout=draw(st.sampled_from([None, 1000.0])),
         )
     op = draw(st.sampled_from(["add", "mul", "filter", "list", "gen", "agen"]))
     k = {
@@ -97,6 +101,7 @@ def stage_specs(draw: st.DrawFn, *, failures: bool = True, elementwise: bool = F
         policy=draw(st.sampled_from(["fail", "skip_item", "emit"])),
         retries=retries,
         concurrency=draw(st.sampled_from([None, None, 1, 3])),
+        timeout=draw(st.sampled_from([None, 1000.0])),
     )
 
 
@@ -221,6 +226,7 @@ def _task(index: int, s: StageSpec) -> conveyor.BaseTask[Any, Any]:
         "retry_attempts": s.retries,
         "retry_delay": 0.25,
         "concurrency_limit": s.concurrency,
+        "timeout": s.timeout,
     }
     if s.batch:
         return _batch_task(s, options)
