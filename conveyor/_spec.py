@@ -21,7 +21,15 @@ from typing import Any, TypedDict
 
 from .errors import ErrorAction, ErrorHandler, RetryConfig
 
-__all__ = ["BatchTaskOptions", "SingleTaskOptions", "StageSpec", "TaskOptions", "make_options"]
+__all__ = [
+    "BatchOnlyOptions",
+    "BatchTaskOptions",
+    "CommonOptions",
+    "SingleTaskOptions",
+    "StageSpec",
+    "TaskOptions",
+    "make_options",
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,10 +67,10 @@ class TaskOptions:
         )
 
 
-class SingleTaskOptions(TypedDict, total=False):
-    """The keyword options of ``@single_task`` (the fields of :class:`TaskOptions`)."""
+class CommonOptions(TypedDict, total=False):
+    """The keyword options of both decorators but ``on_error`` (typed on its own, so that
+    ``on_error="emit"`` can add :class:`~conveyor.errors.Failure` to a task's type)."""
 
-    on_error: ErrorAction | str
     retry_attempts: int
     retry_delay: float
     retry_exponential_backoff: bool
@@ -77,12 +85,24 @@ class SingleTaskOptions(TypedDict, total=False):
     executor: Any
 
 
-class BatchTaskOptions(SingleTaskOptions, total=False):
-    """The keyword options of ``@batch_task``: those of single tasks, and batch sizes."""
+class BatchOnlyOptions(CommonOptions, total=False):
+    """The batch sizes, and the options both decorators share but ``on_error``."""
 
     min_size: int
     max_size: int | None
     max_wait: float | None
+
+
+class SingleTaskOptions(CommonOptions, total=False):
+    """The keyword options of ``@single_task`` (the fields of :class:`TaskOptions`)."""
+
+    on_error: ErrorAction | str
+
+
+class BatchTaskOptions(BatchOnlyOptions, total=False):
+    """The keyword options of ``@batch_task``: those of single tasks, and batch sizes."""
+
+    on_error: ErrorAction | str
 
 
 BATCH_ONLY = frozenset({"min_size", "max_size", "max_wait"})

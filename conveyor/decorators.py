@@ -34,9 +34,16 @@ Every option is declared once, in ``conveyor._spec.TaskOptions``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Protocol, TypeVar, Unpack, overload
+from typing import Any, Literal, Protocol, TypeVar, Unpack, overload
 
-from ._spec import BatchTaskOptions, SingleTaskOptions, make_options
+from ._spec import (
+    BatchOnlyOptions,
+    BatchTaskOptions,
+    CommonOptions,
+    SingleTaskOptions,
+    make_options,
+)
+from .errors import ErrorAction, Failure
 from .tasks import BatchTask, SingleTask, check_callable
 
 __all__ = ["batch_task", "single_task"]
@@ -54,6 +61,51 @@ class _SingleDecorator(Protocol):
     def __call__(self, func: Callable[..., Awaitable[R | None]], /) -> SingleTask[Any, R]: ...
     @overload
     def __call__(self, func: Callable[..., R | None], /) -> SingleTask[Any, R]: ...
+
+
+class _EmitSingleDecorator(Protocol):
+    """``@single_task(on_error="emit")``: the task yields its results or Failures."""
+
+    @overload
+    def __call__(
+        self, func: Callable[..., AsyncIterator[R]], /
+    ) -> SingleTask[Any, R | Failure[Any]]: ...
+    @overload
+    def __call__(
+        self, func: Callable[..., Iterator[R]], /
+    ) -> SingleTask[Any, R | Failure[Any]]: ...
+    @overload
+    def __call__(
+        self, func: Callable[..., Awaitable[R | None]], /
+    ) -> SingleTask[Any, R | Failure[Any]]: ...
+    @overload
+    def __call__(self, func: Callable[..., R | None], /) -> SingleTask[Any, R | Failure[Any]]: ...
+
+
+class _EmitBatchDecorator(Protocol):
+    """``@batch_task(on_error="emit")``: the task yields its results or Failures."""
+
+    @overload
+    def __call__(
+        self, func: Callable[..., AsyncIterator[R]], /
+    ) -> BatchTask[Any, R | Failure[Any]]: ...
+    @overload
+    def __call__(self, func: Callable[..., Iterator[R]], /) -> BatchTask[Any, R | Failure[Any]]: ...
+    @overload
+    def __call__(
+        self, func: Callable[..., Awaitable[list[R]]], /
+    ) -> BatchTask[Any, R | Failure[Any]]: ...
+    @overload
+    def __call__(
+        self, func: Callable[..., Awaitable[R | None]], /
+    ) -> BatchTask[Any, R | Failure[Any]]: ...
+    @overload
+    def __call__(self, func: Callable[..., list[R]], /) -> BatchTask[Any, R | Failure[Any]]: ...
+    @overload
+    def __call__(self, func: Callable[..., R | None], /) -> BatchTask[Any, R | Failure[Any]]: ...
+
+
+Emit = Literal["emit", ErrorAction.EMIT]
 
 
 class _BatchDecorator(Protocol):
@@ -81,6 +133,10 @@ def single_task(func: Callable[[T], Awaitable[R | None]], /) -> SingleTask[T, R]
 def single_task(func: Callable[[T], R | None], /) -> SingleTask[T, R]: ...
 @overload
 def single_task(func: Callable[..., Any], /) -> SingleTask[Any, Any]: ...
+@overload  # (more specific than the next: on_error="emit" adds Failure to the type)
+def single_task(  # type: ignore[overload-overlap]
+    func: None = None, /, *, on_error: Emit, **options: Unpack[CommonOptions]
+) -> _EmitSingleDecorator: ...
 @overload
 def single_task(func: None = None, /, **options: Unpack[SingleTaskOptions]) -> _SingleDecorator: ...
 
@@ -98,9 +154,17 @@ def single_task(
     return decorate if func is None else decorate(func)
 
 
+@overload  # (more specific than the next: on_error="emit" adds Failure to the type)
+def batch_task(  # type: ignore[overload-overlap]
+    func: None = None, /, *, on_error: Emit, **options: Unpack[BatchOnlyOptions]
+) -> _EmitBatchDecorator: ...
+@overload
+def batch_task(func: None = None, /, **options: Unpack[BatchTaskOptions]) -> _BatchDecorator: ...
+
+
 def batch_task(
     func: Callable[..., Any] | None = None, /, **options: Unpack[BatchTaskOptions]
-) -> _BatchDecorator:
+) -> Any:
     """Make a function of a list of items into a batch task.
 
     ``max_size`` defaults to ``min_size`` (as in conveyor-streaming); ``max_wait`` (seconds

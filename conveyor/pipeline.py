@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ._spec import StageSpec
 from .context import ExecutionMode, PipelineContext, context_with
+from .errors import Failure
 from .stream import AsyncStream, check_input
 
 if TYPE_CHECKING:
@@ -17,6 +18,7 @@ __all__ = ["Pipeline"]
 In = TypeVar("In")
 Out = TypeVar("Out")
 R = TypeVar("R")
+X = TypeVar("X")
 
 
 class Pipeline(Generic[In, Out]):
@@ -53,12 +55,21 @@ class Pipeline(Generic[In, Out]):
             self._append(task)
         return self
 
-    def __or__(self, other: BaseTask[Out, R] | Pipeline[Out, R]) -> Pipeline[In, R]:
+    # A Failure passes later stages untouched: after a stage that may emit one, the
+    # pipeline's results are the later stages' results or Failures (for type checkers).
+    @overload
+    def __or__(
+        self: Pipeline[In, X | Failure[Any]], other: BaseTask[X, R] | Pipeline[X, R]
+    ) -> Pipeline[In, R | Failure[Any]]: ...
+    @overload
+    def __or__(self, other: BaseTask[Out, R] | Pipeline[Out, R]) -> Pipeline[In, R]: ...
+
+    def __or__(self, other: Any) -> Any:
         if not isinstance(other, Pipeline) and not isinstance(
             getattr(other, "spec", None), StageSpec
         ):
             raise TypeError(_not_a_stage(other))
-        result: Pipeline[In, R] = Pipeline(self.stages, self.context)
+        result: Pipeline[In, Any] = Pipeline(self.stages, self.context)
         result._append(other)
         return result
 

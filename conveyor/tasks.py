@@ -20,11 +20,11 @@ import contextlib
 import dataclasses
 import types
 from collections.abc import AsyncIterable, Callable, Iterable
-from typing import Any, ClassVar, Generic, Self, TypeVar, Unpack
+from typing import Any, ClassVar, Generic, Self, TypeVar, Unpack, overload
 
 from ._spec import BatchTaskOptions, StageSpec, TaskOptions, make_options
 from .context import ExecutionMode, get_current_context
-from .errors import ErrorAction, ErrorHandler, RetryConfig
+from .errors import ErrorAction, ErrorHandler, Failure, RetryConfig
 from .pipeline import Pipeline
 from .stream import AsyncStream
 
@@ -33,6 +33,7 @@ __all__ = ["BaseTask", "BatchTask", "SingleTask"]
 In = TypeVar("In")
 Out = TypeVar("Out")
 R = TypeVar("R")
+X = TypeVar("X")
 
 
 class BaseTask(Generic[In, Out]):
@@ -99,7 +100,15 @@ class BaseTask(Generic[In, Out]):
     def _pipeline(self) -> Pipeline[In, Out]:
         return Pipeline([self])
 
-    def __or__(self, other: BaseTask[Out, R] | Pipeline[Out, R]) -> Pipeline[In, R]:
+    @overload
+    def __or__(
+        self: BaseTask[In, X | Failure[Any]], other: BaseTask[X, R] | Pipeline[X, R]
+    ) -> Pipeline[In, R | Failure[Any]]: ...
+    @overload
+    def __or__(self, other: BaseTask[Out, R] | Pipeline[Out, R]) -> Pipeline[In, R]: ...
+
+    def __or__(self, other: Any) -> Any:
+        """Compose: this task, then ``other`` (see :meth:`Pipeline.__or__`)."""
         return self._pipeline() | other
 
     def __ror__(self, other: Any) -> Any:
