@@ -474,3 +474,25 @@ async def test_a_fast_sync_input_never_holds_up_the_loop() -> None:
     await beat
     assert count == 300_000 and len(lags) > 10
     assert sorted(lags)[-2] < 0.010, max(lags)  # (the worst one may be a GC pause)
+
+
+@pytest.mark.parametrize("bad", [-1, 0, 0.0, -0.5])
+def test_timeout_has_one_rule_and_one_message(bad: float) -> None:
+    # -1 used to say ">= 0", then 0 was refused with "> 0".
+    with pytest.raises(ValueError, match=r"^timeout must be a number of seconds > 0 "):
+        single_task(timeout=bad)
+    with pytest.raises(ValueError, match=r"^timeout must be a number of seconds > 0 "):
+        batch_task(max_size=2, timeout=bad)
+
+
+def test_composing_with_a_plain_function_says_to_decorate_it() -> None:
+    @single_task
+    def ident(x: int) -> int:
+        return x
+
+    def shout(text: str) -> str:
+        return text.upper()
+
+    for compose in (lambda: ident | shout, lambda: shout | ident, lambda: (ident | ident) | shout):
+        with pytest.raises(TypeError, match=r"'shout' is a plain function.*@single_task"):
+            compose()
