@@ -97,7 +97,7 @@ async def _pump_async(run: Run, source: AsyncIterable[Any]) -> None:
         exc.add_note(_NOTE)
         raise
     while not run.closed:
-        if window.tokens >= window.limit:
+        if window.full():
             await window.wait_for_room()
             deadline = loop_time() + PUMP_SLICE
             continue
