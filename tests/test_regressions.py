@@ -496,3 +496,44 @@ def test_composing_with_a_plain_function_says_to_decorate_it() -> None:
     for compose in (lambda: ident | shout, lambda: shout | ident, lambda: (ident | ident) | shout):
         with pytest.raises(TypeError, match=r"'shout' is a plain function.*@single_task"):
             compose()
+
+
+@pytest.mark.parametrize("how", ["async_with", "aclose"])
+async def test_leaving_closes_the_iterator_made_from_an_async_iterable(how: str) -> None:
+    # An async iterable (not an iterator): the run makes its iterator, so the run must
+    # close it before async with / aclose return (the input keeps it alive here, so
+    # garbage collection cannot do it instead).
+    closed: list[bool] = []
+
+    class Feed:
+        def __init__(self) -> None:
+            self.made: list[Any] = []
+
+        def __aiter__(self) -> AsyncIterator[int]:
+            iterator = self.numbers()
+            self.made.append(iterator)
+            return iterator
+
+        async def numbers(self) -> AsyncIterator[int]:
+            try:
+                for i in range(100):
+                    yield i
+            finally:
+                await asyncio.sleep(0)
+                closed.append(True)
+
+    @single_task
+    async def ident(x: int) -> int:
+        return x
+
+    feed = Feed()
+    stream = ident.with_context(max_in_flight=2)(feed)  # the pump waits for room
+    if how == "async_with":
+        async with stream:
+            async for value in stream:
+                if value == 3:
+                    break
+    else:
+        assert await anext(stream) == 0
+        await stream.aclose()
+    assert closed == [True]

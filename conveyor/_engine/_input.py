@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Failure
@@ -86,16 +86,26 @@ async def _pump_sync(run: Run, source: Iterable[Any]) -> None:
 
 
 async def _pump_async(run: Run, source: AsyncIterable[Any]) -> None:
-    window = run.window
-    push = run.entry.push
-    loop_time = run.loop.time
-    deadline = loop_time() + PUMP_SLICE
-    count = 0
     try:
         iterator = aiter(source)
     except Exception as exc:
         exc.add_note(_NOTE)
         raise
+    if iterator is source:  # (the caller closes the input itself)
+        await _pump_iterator(run, iterator)
+        return
+    try:  # an async iterable's iterator is the run's own: closed here, not left to GC
+        await _pump_iterator(run, iterator)
+    finally:
+        await close_source(iterator)
+
+
+async def _pump_iterator(run: Run, iterator: AsyncIterator[Any]) -> None:
+    window = run.window
+    push = run.entry.push
+    loop_time = run.loop.time
+    deadline = loop_time() + PUMP_SLICE
+    count = 0
     while not run.closed:
         if window.full():
             await window.wait_for_room()
