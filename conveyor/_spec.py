@@ -197,6 +197,21 @@ def _executor(name: str, value: Any) -> Any:
 
     if value is None or value == "inline" or isinstance(value, concurrent.futures.Executor):
         return value
+    if isinstance(value, str):
+        kind, _, workers = value.partition(":")
+        if kind == "thread" and (not workers or (workers.isdigit() and int(workers) >= 1)):
+            return value
+        raise ValueError(
+            f"{name} must be 'inline', 'thread' or 'thread:N' (N >= 1 threads), a "
+            f"concurrent.futures.Executor, or an object with a bind(invoke) method; got "
+            f"{value!r}"
+            + (
+                " (process pools named by a string are not available yet: "
+                "pass a concurrent.futures.ProcessPoolExecutor)"
+                if kind == "process"
+                else ""
+            )
+        )
     if callable(getattr(value, "bind", None)):  # conveyor's Executor protocol
         return value
     raise TypeError(

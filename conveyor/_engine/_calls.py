@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
+import itertools
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from types import AsyncGeneratorType, CoroutineType, GeneratorType, NoneType
 from typing import Any, Protocol
@@ -32,6 +35,7 @@ __all__ = [
     "Executor",
     "InlineExecutor",
     "PoolExecutor",
+    "RunThreads",
     "as_awaitable",
     "executor_for",
     "kind_of",
@@ -86,10 +90,56 @@ class PoolExecutor:
         return f"{type(self.pool).__name__}"
 
 
+class RunThreads:
+    """``executor="thread"`` / ``"thread:N"``: a thread pool that conveyor owns, per run.
+
+    It is *run-scoped*: the run opens it (:meth:`open`) on its exit stack before the
+    first call, so the tasks of a run that ask for the same size share one pool, and
+    closes it when the run ends, however it ends, once every thread has exited (a call
+    blocked in a thread cannot be interrupted: the run's end waits for it). ``N``
+    defaults to :data:`THREADS`: threads are for blocking I/O, so the pool is never sized
+    by the machine's cores.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    async def open(self, stack: contextlib.AsyncExitStack, shared: dict[Any, Any]) -> Executor:
+        key = ("thread", self.workers)
+        if key not in shared:
+            prefix = f"conveyor-{next(_pool_numbers)}"
+            pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix=prefix)
+            stack.push_async_callback(_close_threads, pool, prefix)
+            shared[key] = PoolExecutor(pool)
+        return shared[key]  # type: ignore[no-any-return]
+
+    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        raise RuntimeError("a run-scoped executor is used once the run has opened it")
+
+    def __repr__(self) -> str:
+        return f"thread:{self.workers}"
+
+
+THREADS = 64
+"""Threads of ``executor="thread"``: enough for 64 blocking calls at once (I/O)."""
+
+_pool_numbers = itertools.count(1)
+
+
+async def _close_threads(pool: concurrent.futures.ThreadPoolExecutor, prefix: str) -> None:
+    """Shut ``pool`` down without blocking the loop, and wait until its threads exit."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    while any(t.name.startswith(prefix + "_") for t in threading.enumerate()):
+        await asyncio.sleep(0.002)
+
+
 def executor_for(option: Any) -> Executor:
     """The executor a task's ``executor`` option names (validated in ``_spec``)."""
     if option is None or option == "inline":
         return INLINE
+    if isinstance(option, str) and option.startswith("thread"):
+        _, _, workers = option.partition(":")
+        return RunThreads(int(workers) if workers else THREADS)
     if isinstance(option, concurrent.futures.Executor):
         return PoolExecutor(option)
     return option  # type: ignore[no-any-return]

@@ -100,6 +100,13 @@ class ObservedExecutor:
         self.inner = inner
         self.probe = probe
 
+    async def open(self, stack: Any, shared: dict[Any, Any]) -> Executor:
+        """Open a run-scoped inner executor (see ``_calls.RunThreads``), observed."""
+        inner = self.inner
+        if hasattr(inner, "open"):
+            inner = await inner.open(stack, shared)
+        return ObservedExecutor(inner, self.probe)
+
     def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
         call = self.inner.bind(invoke)
         probe = self.probe

@@ -161,7 +161,9 @@ class Run:
     async def _supervise(self) -> None:
         source = self._source
         stack = contextlib.AsyncExitStack()
-        holds_resources = any(stage.spec.resources for stage in self.stages)
+        holds_resources = any(
+            stage.spec.resources or hasattr(stage.executor, "open") for stage in self.stages
+        )
         try:
             try:
                 await self._bind(stack)
@@ -183,9 +185,11 @@ class Run:
                 await self._close_resources(stack)
 
     async def _bind(self, stack: contextlib.AsyncExitStack) -> None:
-        opened: dict[int, Any] = {}
+        opened: dict[Any, Any] = {}
         for index, stage in enumerate(self.stages):
             with_item = index > 0 or self._source is not NO_INPUT
+            if hasattr(stage.executor, "open"):  # a pool that conveyor owns, per run
+                stage.executor = await stage.executor.open(stack, opened)
             stage.bind(await bind_stage(stage.spec, stack, opened, with_item=with_item))
 
     async def _close_resources(self, stack: contextlib.AsyncExitStack) -> None:
