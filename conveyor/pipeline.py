@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from . import _sync
 from ._spec import StageSpec
 from .context import ExecutionMode, PipelineContext, context_with
 from .errors import Failure
@@ -85,6 +86,22 @@ class Pipeline(Generic[In, Out]):
         """
         specs = tuple(task.spec for task in self.stages)
         return AsyncStream._for_pipeline(specs, check_input(items), self.context)
+
+    def run(self, items: Iterable[In] | AsyncIterable[In] | Any = ..., /) -> list[Out]:
+        """From plain synchronous code: run over ``items`` and return the results.
+
+        Refused inside a running event loop (there, ``await pipeline(items).collect()``).
+        """
+        return _sync.run_to_list(lambda: self(items))
+
+    def iter(self, items: Iterable[In] | AsyncIterable[In] | Any = ..., /) -> Iterator[Out]:
+        """From plain synchronous code: stream the results of a run over ``items``.
+
+        The run executes on an event loop in a background thread; memory stays bounded
+        by the window; leaving the ``for`` loop early closes the run and its input. See
+        ``conveyor._sync``. Refused inside a running event loop.
+        """
+        return _sync.iterate(lambda: self(items))
 
     def as_completed(
         self, items: Iterable[In] | AsyncIterable[In] | Any = ..., /

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 
 from ._engine._input import NO_INPUT, close_source
 from ._engine._observe import RunObserver
-from ._engine._run import Run
+from ._engine._run import NOTHING, Run
 from ._spec import StageSpec
 from .context import ExecutionMode, PipelineContext
 
@@ -141,6 +141,16 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
             "pipeline(items)` or `await pipeline(items).collect()` inside a coroutine "
             "(conveyor.run(main()) runs one from plain code)"
         )
+
+    def _take_ready(self, limit: int) -> list[T]:
+        """Up to ``limit`` results that are ready now (no waiting): for the sync iterator."""
+        run = self._run
+        taken: list[T] = []
+        if run is None:
+            return taken
+        while len(taken) < limit and (value := run.take()) is not NOTHING:
+            taken.append(value)
+        return taken
 
     async def collect(self) -> list[T]:
         """Run to the end and return all results."""

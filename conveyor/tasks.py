@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import types
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from typing import Any, ClassVar, Generic, Self, TypeVar, Unpack, overload
 
 from ._spec import BatchTaskOptions, StageSpec, TaskOptions, make_options
@@ -117,6 +117,14 @@ class BaseTask(Generic[In, Out]):
     def __call__(self, items: Iterable[In] | AsyncIterable[In] | Any = ..., /) -> AsyncStream[Out]:
         """Run this task alone over ``items`` (see :meth:`Pipeline.__call__`)."""
         return self._pipeline()(items)
+
+    def run(self, items: Iterable[In] | AsyncIterable[In] | Any = ..., /) -> list[Out]:
+        """From synchronous code: this task alone over ``items`` (see Pipeline.run)."""
+        return self._pipeline().run(items)
+
+    def iter(self, items: Iterable[In] | AsyncIterable[In] | Any = ..., /) -> Iterator[Out]:
+        """From synchronous code: stream this task's results (see Pipeline.iter)."""
+        return self._pipeline().iter(items)
 
     def as_completed(self, items: Iterable[In] | AsyncIterable[In]) -> AsyncStream[Out]:
         return self._pipeline().as_completed(items)
