@@ -169,7 +169,7 @@ def keep_even(x: int) -> int | None:
 
 @single_task(retry_attempts=2, retry_delay=0, on_error="skip_item")
 async def slow_half(x: int) -> int:
-    await asyncio.sleep(0.001)
+    await asyncio.sleep(0.01)
     if x == 4:
         raise ValueError(x)
     return x // 2
@@ -192,7 +192,8 @@ async def test_observed_run_counts_every_stage(mode: str) -> None:
     # item 4 fails twice (one retry), then is skipped
     assert half.counts == {"in": 10, "out": 9, "started": 11, "ended": 11, "retried": 1}
     assert [type(e) for e in half.errors] == [ValueError, ValueError]
-    assert all(seconds >= 0.0009 for seconds in half.latencies)
+    # (a loop's timer may fire a little early, uvloop's by up to a millisecond)
+    assert all(seconds >= 0.005 for seconds in half.latencies), half.latencies
     assert pair.counts == {"in": 9, "out": 5, "started": 5, "ended": 5}
 
 
