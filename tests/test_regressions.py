@@ -256,31 +256,41 @@ async def test_timeout_bounds_each_item_of_an_async_generator() -> None:
     assert loop.time() - start == pytest.approx(1.7)  # was: the whole second, no timeout
 
 
+@contextlib.asynccontextmanager
+async def heartbeat_lags() -> AsyncIterator[list[float]]:
+    """A 1 ms heartbeat on the loop while the block runs; the list of its lags."""
+    loop = asyncio.get_running_loop()
+    lags: list[float] = []
+    done = False
+
+    async def beat() -> None:
+        while not done:
+            before = loop.time()
+            await asyncio.sleep(0.001)
+            lags.append(loop.time() - before - 0.001)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield lags
+    finally:
+        done = True
+        await task
+
+
 async def test_a_fast_generator_yields_to_the_loop_in_as_completed_mode() -> None:
     @single_task
     def many(x: int) -> Iterator[int]:
         yield from range(200_000)
 
     loop = asyncio.get_running_loop()
-    lags: list[float] = []
-    stop = False
-
-    async def heartbeat() -> None:
-        while not stop:
-            before = loop.time()
-            await asyncio.sleep(0.001)
-            lags.append(loop.time() - before - 0.001)
-
-    beat = asyncio.create_task(heartbeat())
     first_at = None
     start = loop.time()
     count = 0
-    async for _ in many.as_completed([1]):
-        if first_at is None:
-            first_at = loop.time() - start
-        count += 1
-    stop = True
-    await beat
+    async with heartbeat_lags() as lags:
+        async for _ in many.as_completed([1]):
+            if first_at is None:
+                first_at = loop.time() - start
+            count += 1
     assert count == 200_000
     assert first_at is not None and first_at < 0.05  # not at the generator's end
     assert max(lags) < 0.05, max(lags)  # was blocked for 0.22 s
@@ -456,22 +466,10 @@ async def test_a_fast_sync_input_never_holds_up_the_loop() -> None:
     def inc(x: int) -> int:
         return x + 1
 
-    loop = asyncio.get_running_loop()
-    lags: list[float] = []
-    done = False
-
-    async def heartbeat() -> None:
-        while not done:
-            before = loop.time()
-            await asyncio.sleep(0.001)
-            lags.append(loop.time() - before - 0.001)
-
-    beat = asyncio.create_task(heartbeat())
     count = 0
-    async for _ in inc(range(300_000)):
-        count += 1
-    done = True
-    await beat
+    async with heartbeat_lags() as lags:
+        async for _ in inc(range(300_000)):
+            count += 1
     assert count == 300_000 and len(lags) > 10
     assert sorted(lags)[-2] < 0.010, max(lags)  # (the worst one may be a GC pause)
 
