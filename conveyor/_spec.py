@@ -22,6 +22,7 @@ from typing import Any, TypedDict
 from .errors import ErrorAction, ErrorHandler, RetryConfig
 
 __all__ = [
+    "AutoChoice",
     "BatchOnlyOptions",
     "BatchTaskOptions",
     "CommonOptions",
@@ -49,6 +50,7 @@ class TaskOptions:
     concurrency_limit: int | None = None
     timeout: float | None = None
     executor: Any = None
+    chunk_size: int | None = None
     # Batch tasks only:
     min_size: int = 1
     max_size: int = 1
@@ -83,6 +85,7 @@ class CommonOptions(TypedDict, total=False):
     concurrency_limit: int | None
     timeout: float | None
     executor: Any
+    chunk_size: int | None
 
 
 class BatchOnlyOptions(CommonOptions, total=False):
@@ -192,32 +195,65 @@ def _task_name(name: str, value: Any) -> Any:
     return value
 
 
+class AutoChoice:
+    """``executor="auto"`` of one task: the engine's latest measured choice, for ``repr``.
+
+    Each run measures afresh (see ``conveyor._engine._auto``) and records here what it
+    chose and why, so that ``repr(task)`` shows the decision.
+    """
+
+    __slots__ = ("choice", "reason")
+
+    def __init__(self) -> None:
+        self.choice: str | None = None
+        self.reason = ""
+
+    def __repr__(self) -> str:
+        if self.choice is None:
+            return "'auto'"
+        return f"'auto' (chose {self.choice}: {self.reason})"
+
+
+_EXECUTOR_HELP = (
+    "'inline', 'thread', 'thread:N', 'process', 'process:N' (N >= 1 workers), 'auto', a "
+    "concurrent.futures.Executor, a dask.distributed Client, or an object with a "
+    "bind(invoke) method (conveyor's Executor protocol)"
+)
+
+
+def is_dask_client(value: Any) -> bool:
+    """Whether ``value`` is a ``dask.distributed.Client`` (without importing dask)."""
+    return type(value).__module__.startswith("distributed") and hasattr(value, "submit")
+
+
 def _executor(name: str, value: Any) -> Any:
     import concurrent.futures
 
     if value is None or value == "inline" or isinstance(value, concurrent.futures.Executor):
         return value
+    if value == "auto":
+        return AutoChoice()  # one per task: it records the task's latest choice
     if isinstance(value, str):
-        kind, _, workers = value.partition(":")
-        if kind == "thread" and (not workers or (workers.isdigit() and int(workers) >= 1)):
+        kind, colon, workers = value.partition(":")
+        if kind in ("thread", "process") and (
+            not colon or (workers.isdigit() and int(workers) >= 1)
+        ):
             return value
-        raise ValueError(
-            f"{name} must be 'inline', 'thread' or 'thread:N' (N >= 1 threads), a "
-            f"concurrent.futures.Executor, or an object with a bind(invoke) method; got "
-            f"{value!r}"
-            + (
-                " (process pools named by a string are not available yet: "
-                "pass a concurrent.futures.ProcessPoolExecutor)"
-                if kind == "process"
-                else ""
-            )
-        )
-    if callable(getattr(value, "bind", None)):  # conveyor's Executor protocol
+        raise ValueError(f"{name} must be {_EXECUTOR_HELP}; got {value!r}")
+    if is_dask_client(value) or callable(getattr(value, "bind", None)):
         return value
-    raise TypeError(
-        f"{name} must be 'inline', a concurrent.futures.Executor, or an object with a "
-        f"bind(invoke) method (conveyor's Executor protocol), got {value!r}"
-    )
+    raise TypeError(f"{name} must be {_EXECUTOR_HELP}; got {value!r}")
+
+
+def sends_work_away(executor: Any) -> bool:
+    """Whether calls on ``executor`` run in other processes (pickled, chunked)."""
+    import concurrent.futures
+
+    if isinstance(executor, str):
+        return executor.startswith("process")
+    if isinstance(executor, concurrent.futures.Executor):
+        return not isinstance(executor, concurrent.futures.ThreadPoolExecutor)
+    return is_dask_client(executor)
 
 
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
@@ -233,6 +269,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "task_name": _task_name,
     "concurrency_limit": _int(1, optional=True),
     "timeout": _seconds(optional=True, positive=True),
+    "chunk_size": _int(1, optional=True),
     "min_size": _int(1),
     "max_size": _int(1, optional=True),
     "max_wait": _seconds(optional=True),
@@ -276,6 +313,15 @@ def make_options(given: Mapping[str, Any], *, batch: bool, where: str) -> TaskOp
         elif max_size < min_size:
             raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
         values["max_size"] = max_size
+    executor = values.get("executor")
+    if values.get("chunk_size") is not None and not (
+        sends_work_away(executor) or isinstance(executor, AutoChoice)
+    ):
+        raise ValueError(
+            f"chunk_size applies to work sent to other processes: use it with "
+            f"executor='process', a process pool, a Dask client or 'auto' (got executor="
+            f"{executor!r})"
+        )
     return TaskOptions(**values)
 
 
@@ -295,6 +341,18 @@ class StageSpec:
     args: tuple[Any, ...] = ()
     kwargs: tuple[tuple[str, Any], ...] = ()
     resources: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        executor = self.options.executor
+        if sends_work_away(executor) and (
+            inspect.iscoroutinefunction(self.func) or inspect.isasyncgenfunction(self.func)
+        ):
+            raise TypeError(
+                f"task {self.name!r} is an async function, and executor={executor!r} runs "
+                f"plain functions in other processes. Keep async code on the event loop "
+                f"(the default executor) and give the blocking or CPU-bound part a task of "
+                f"its own, a plain def, on executor={executor!r}."
+            )
 
     @property
     def is_async(self) -> bool:

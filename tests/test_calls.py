@@ -27,12 +27,19 @@ from conveyor._engine._calls import (
     LIST,
     NONE,
     VALUE,
-    PoolExecutor,
     as_awaitable,
-    executor_for,
     kind_of,
     start_task,
 )
+from conveyor._engine._executors import executor_for
+from conveyor._engine._pools import PoolExecutor, Processes, RunThreads
+from conveyor._spec import StageSpec, make_options
+
+
+def spec_with(executor: Any) -> StageSpec:
+    options = make_options({"executor": executor}, batch=False, where="test")
+    return StageSpec(func=abs, name="f", batch=False, options=options)
+
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
 
@@ -160,15 +167,21 @@ def test_inline_bind_returns_the_function_itself() -> None:
 
 
 def test_executor_for() -> None:
-    assert executor_for(None) is INLINE
-    assert executor_for("inline") is INLINE
+    assert executor_for(spec_with(None)) is INLINE
+    assert executor_for(spec_with("inline")) is INLINE
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        executor = executor_for(pool)
+        executor = executor_for(spec_with(pool))
         assert isinstance(executor, PoolExecutor) and executor.pool is pool
         assert repr(executor) == "ThreadPoolExecutor"
     custom = PoolExecutor(concurrent.futures.ThreadPoolExecutor(1))
-    assert executor_for(custom) is custom
+    assert executor_for(spec_with(custom)) is custom
     custom.pool.shutdown()
+    assert repr(executor_for(spec_with("thread:3"))) == "thread:3"
+    assert isinstance(executor_for(spec_with("thread")), RunThreads)
+    assert repr(executor_for(spec_with("process:3"))) == "'process:3'"
+    with concurrent.futures.ProcessPoolExecutor(1) as processes:
+        chunked = executor_for(spec_with(processes))
+        assert isinstance(chunked, Processes) and chunked.user_pool is processes
 
 
 def test_pool_executor_on_a_thread_pool_runs_in_a_thread_with_a_context_copy() -> None:

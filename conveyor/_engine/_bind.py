@@ -14,6 +14,7 @@ Each reaches the function as the keyword argument it was declared under.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
@@ -36,15 +37,28 @@ async def bind_stage(
     kwargs = {key: await resolve_side_input(value) for key, value in spec.kwargs}
     for key, resource in spec.resources:
         kwargs[key] = await _open(resource, key, spec.name, stack, opened)
+    # Partials of module-level functions, not lambdas: a process executor pickles them.
     if not with_item:
-        return lambda _: func(*args, **kwargs)
+        return functools.partial(_without_item, func, args, kwargs)
     if spec.batch:
-        if args or kwargs:
-            return lambda batch: func(list(batch), *args, **kwargs)
-        return lambda batch: func(list(batch))
+        return functools.partial(_with_batch, func, args, kwargs)
     if args or kwargs:
-        return lambda item: func(item, *args, **kwargs)
+        return functools.partial(_with_item, func, args, kwargs)
     return func
+
+
+def _without_item(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], _: Any) -> Any:
+    return func(*args, **kwargs)
+
+
+def _with_batch(
+    func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], batch: Any
+) -> Any:
+    return func(list(batch), *args, **kwargs)  # a list of its own, whatever the caller keeps
+
+
+def _with_item(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], item: Any) -> Any:
+    return func(item, *args, **kwargs)
 
 
 async def _open(

@@ -11,19 +11,21 @@ one item. Whatever that callable returns is accepted (:func:`kind_of`):
 
 The default, :data:`INLINE`, calls the function on the event loop: a plain function runs
 to completion, an ``async def`` returns its coroutine. Threads, processes and clusters
-plug in here and nowhere else.
+plug in here and nowhere else (``_executors`` names them, ``_pools``, ``_dask`` and
+``_auto`` implement them).
+
+An executor may be *run-scoped*: then it has ``async open(stack, shared)``, which the
+run calls before its first call, and which returns the executor to use for that run.
+Pools it creates go on the run's exit stack ``stack`` and close when the run ends;
+``shared`` lets the tasks of a run share them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import contextvars
 import functools
-import itertools
 import sys
-import threading
 from collections.abc import Awaitable, Callable
 from types import AsyncGeneratorType, CoroutineType, GeneratorType, NoneType
 from typing import Any, Protocol
@@ -34,10 +36,7 @@ __all__ = [
     "INLINE",
     "Executor",
     "InlineExecutor",
-    "PoolExecutor",
-    "RunThreads",
     "as_awaitable",
-    "executor_for",
     "kind_of",
     "settle",
     "start_task",
@@ -63,86 +62,6 @@ class InlineExecutor:
 
 
 INLINE = InlineExecutor()
-
-
-class PoolExecutor:
-    """A ``concurrent.futures.Executor`` the user passes (never shut down by conveyor).
-
-    On a thread pool each call runs in its own copy of the run's context, as it would on
-    the loop.
-    """
-
-    def __init__(self, pool: concurrent.futures.Executor) -> None:
-        self.pool = pool
-
-    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        submit = self.pool.submit
-        if isinstance(self.pool, concurrent.futures.ThreadPoolExecutor):
-            copy_context = contextvars.copy_context
-
-            def in_thread(item: Any) -> concurrent.futures.Future[Any]:
-                return submit(copy_context().run, invoke, item)
-
-            return in_thread
-        return lambda item: submit(invoke, item)
-
-    def __repr__(self) -> str:
-        return f"{type(self.pool).__name__}"
-
-
-class RunThreads:
-    """``executor="thread"`` / ``"thread:N"``: a thread pool that conveyor owns, per run.
-
-    It is *run-scoped*: the run opens it (:meth:`open`) on its exit stack before the
-    first call, so the tasks of a run that ask for the same size share one pool, and
-    closes it when the run ends, however it ends, once every thread has exited (a call
-    blocked in a thread cannot be interrupted: the run's end waits for it). ``N``
-    defaults to :data:`THREADS`: threads are for blocking I/O, so the pool is never sized
-    by the machine's cores.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-
-    async def open(self, stack: contextlib.AsyncExitStack, shared: dict[Any, Any]) -> Executor:
-        key = ("thread", self.workers)
-        if key not in shared:
-            prefix = f"conveyor-{next(_pool_numbers)}"
-            pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix=prefix)
-            stack.push_async_callback(_close_threads, pool, prefix)
-            shared[key] = PoolExecutor(pool)
-        return shared[key]  # type: ignore[no-any-return]
-
-    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        raise RuntimeError("a run-scoped executor is used once the run has opened it")
-
-    def __repr__(self) -> str:
-        return f"thread:{self.workers}"
-
-
-THREADS = 64
-"""Threads of ``executor="thread"``: enough for 64 blocking calls at once (I/O)."""
-
-_pool_numbers = itertools.count(1)
-
-
-async def _close_threads(pool: concurrent.futures.ThreadPoolExecutor, prefix: str) -> None:
-    """Shut ``pool`` down without blocking the loop, and wait until its threads exit."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    while any(t.name.startswith(prefix + "_") for t in threading.enumerate()):
-        await asyncio.sleep(0.002)
-
-
-def executor_for(option: Any) -> Executor:
-    """The executor a task's ``executor`` option names (validated in ``_spec``)."""
-    if option is None or option == "inline":
-        return INLINE
-    if isinstance(option, str) and option.startswith("thread"):
-        _, _, workers = option.partition(":")
-        return RunThreads(int(workers) if workers else THREADS)
-    if isinstance(option, concurrent.futures.Executor):
-        return PoolExecutor(option)
-    return option  # type: ignore[no-any-return]
 
 
 # -- what a call gives back ----------------------------------------------------------------

@@ -30,8 +30,8 @@ from .._spec import StageSpec
 from ..context import ExecutionMode, PipelineContext, set_current_context
 from ._batch import BatchStage
 from ._bind import bind_stage
-from ._calls import executor_for
 from ._delivery import BatchFeeder, OrderedOutput, Output
+from ._executors import executor_for
 from ._input import NO_INPUT, close_source, pump
 from ._observe import RunObserver, instrument
 from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sink
@@ -110,7 +110,7 @@ class Run:
         self._final_list = order
         sink: Sink = OrderedOutput(self, order) if order is not None else Output(self)
         for spec in reversed(specs):
-            executor = executor_for(spec.options.executor)
+            executor = executor_for(spec)
             if spec.batch:
                 stage: Stage = BatchStage(self, spec, spec.options.concurrency_limit or 1, executor)
                 stage.list = order

@@ -1,0 +1,199 @@
+"""``executor="auto"``: the backend chosen by measuring the task's own calls.
+
+The first :data:`FIRST` calls run inline, timed: wall time (``perf_counter``), CPU time
+of the calling thread (``thread_time``), and what pickling the item and the result costs
+(the transfer to a process). Then :func:`choose` decides:
+
+* **inline** if a call is cheap (under :data:`CHEAP` of wall time): handing it to a
+  thread or a process would cost more than the call;
+* **thread** if it waits: CPU under half of the wall time (blocking I/O, sleeps, a C
+  library releasing the GIL);
+* **process** if it computes (CPU at least half of the wall time), one call is worth at
+  least :data:`PAYOFF` x its measured transfer and hand-off cost, the function pickles,
+  and there is more than one core;
+* otherwise **thread** for a call slower than :data:`LOOP_BUDGET` (it would hold the
+  event loop too long) and **inline** below it.
+
+Measurement goes on: inline, one call in :data:`SAMPLE` is timed; on threads, every call
+(in its thread); on processes, the workers report each chunk's wall and CPU time. Every
+:data:`RECHECK` calls the rule is applied again to a moving average, and the task moves
+when the answer changes; calls under way finish where they started. Each choice is
+logged (``conveyor`` logger, INFO) and recorded for ``repr(task)``. Async functions and
+generator functions stay inline (their work is on the loop or lazy). Pools are opened on
+first use and closed with the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import pickle
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .._spec import AutoChoice, StageSpec
+from ._calls import AWAIT, kind_of
+from ._pools import THREADS, Processes, RunThreads, cores
+
+__all__ = ["Auto", "choose"]
+
+logger = logging.getLogger("conveyor")
+
+FIRST = 8
+SAMPLE = 64
+RECHECK = 256
+CHEAP = 100e-6
+"""Calls under 100 µs stay inline: a thread hop costs ~20-50 µs, a process hop more."""
+PAYOFF = 4
+"""A process must be given work worth 4x what sending it costs."""
+HAND_OFF = 25e-6
+"""The loop's own cost of a call sent to a process (its future and task), measured by
+``benchmarks/bench_executors.py`` at 15-25 µs per item."""
+LOOP_BUDGET = 1e-3
+"""A CPU-bound call that cannot go to a process runs on a thread above 1 ms."""
+
+
+def choose(wall: float, cpu: float, transfer: float | None, multicore: bool) -> tuple[str, str]:
+    """The rule (see the module doc): ``(choice, reason)`` for a call's mean wall and CPU
+    seconds and its transfer seconds (``None``: the function cannot be pickled)."""
+    timing = f"{wall * 1e3:.3g} ms wall, {cpu * 1e3:.3g} ms CPU per call"
+    if wall < CHEAP:
+        return "inline", f"{timing}: cheaper than a hand-off"
+    if cpu < 0.5 * wall:
+        return "thread", f"{timing}: it waits"
+    if transfer is not None and multicore and wall >= PAYOFF * (transfer + HAND_OFF):
+        return "process", f"{timing}, {transfer * 1e3:.2g} ms transfer: it computes"
+    why = (
+        "cannot be pickled"
+        if transfer is None
+        else "one core"
+        if not multicore
+        else (f"transfer {transfer * 1e3:.2g} ms is too dear")
+    )
+    if wall >= LOOP_BUDGET:
+        return "thread", f"{timing}: computes, but {why}; off the loop"
+    return "inline", f"{timing}: computes, but {why}"
+
+
+class Auto:
+    """One task's measured choice, for one run (run-scoped: pools open on first use)."""
+
+    def __init__(self, spec: StageSpec, record: AutoChoice) -> None:
+        self.spec = spec
+        self.record = record
+        self.stack: contextlib.AsyncExitStack | None = None
+        self.shared: dict[Any, Any] = {}
+        self.invoke: Callable[[Any], Any] = spec.func
+        self.current: Callable[[Any], Any] = self.measured
+        self.choice = "inline"
+        self.calls = 0
+        self.wall: float | None = None
+        self.cpu = 0.0
+        self.transfer: float | None = None
+        self.pickles = True
+        self.routes: dict[str, Callable[[Any], Any]] = {}
+        self.processes: Any = None
+
+    async def open(self, stack: contextlib.AsyncExitStack, shared: dict[Any, Any]) -> Auto:
+        self.stack, self.shared = stack, shared
+        return self
+
+    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        self.invoke = invoke
+        func = self.spec.func
+        if (
+            inspect.iscoroutinefunction(func)
+            or inspect.isgeneratorfunction(func)
+            or (inspect.isasyncgenfunction(func))
+        ):
+            self.decided("inline", "an async or generator function runs on the loop")
+            return invoke
+        self.routes["inline"] = self.sampled
+        return self.call
+
+    def call(self, item: Any) -> Any:
+        self.calls += 1
+        if self.calls % RECHECK == 0:
+            self.recheck()
+        return self.current(item)
+
+    # -- measuring -------------------------------------------------------------------
+
+    def measured(self, item: Any) -> Any:
+        """An inline call, timed (with its transfer cost, while that is unknown)."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        result = self.invoke(item)
+        self.sample(time.perf_counter() - wall, time.thread_time() - cpu)
+        if self.transfer is None and self.pickles and kind_of(type(result)) != AWAIT:
+            self.measure_transfer(item, result)
+        if self.calls == FIRST:
+            self.recheck()
+        return result
+
+    def sampled(self, item: Any) -> Any:
+        if self.calls % SAMPLE == 0:
+            return self.measured(item)
+        return self.invoke(item)
+
+    def timed_in_thread(self, item: Any) -> Any:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return self.invoke(item)
+        finally:  # (a float's update is atomic enough: a sample may be lost, not torn)
+            self.sample(time.perf_counter() - wall, time.thread_time() - cpu)
+
+    def sample(self, wall: float, cpu: float) -> None:
+        if self.wall is None:
+            self.wall, self.cpu = wall, cpu
+        else:
+            self.wall += 0.2 * (wall - self.wall)
+            self.cpu += 0.2 * (cpu - self.cpu)
+
+    def measure_transfer(self, item: Any, result: Any) -> None:
+        """Pickling the item and the result there and back, and the function once."""
+        started = time.perf_counter()
+        try:
+            pickle.loads(pickle.dumps(self.invoke))
+            sent = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+            back = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+            pickle.loads(sent)
+            pickle.loads(back)
+        except Exception:
+            self.pickles = False
+            return
+        self.transfer = time.perf_counter() - started
+
+    # -- deciding --------------------------------------------------------------------
+
+    def recheck(self) -> None:
+        chunker = getattr(self.processes, "chunker", None)
+        if self.choice == "process" and chunker is not None and chunker.per_item is not None:
+            self.wall, self.cpu = chunker.per_item, chunker.cpu_per_item
+        if self.wall is None:
+            return
+        transfer = self.transfer if self.pickles else None
+        choice, reason = choose(self.wall, self.cpu, transfer, cores() > 1)
+        if choice != self.choice or self.record.choice is None:
+            self.decided(choice, reason)
+
+    def decided(self, choice: str, reason: str) -> None:
+        self.choice = choice
+        self.record.choice, self.record.reason = choice, reason
+        logger.info("task %r: executor 'auto' chose %s (%s)", self.spec.name, choice, reason)
+        if choice in self.routes:
+            self.current = self.routes[choice]
+            return
+        assert self.stack is not None
+        if choice == "thread":
+            pool = RunThreads(THREADS).create(self.stack, self.shared)
+            self.current = self.routes["thread"] = pool.bind(self.timed_in_thread)
+        elif choice == "process":
+            self.processes = Processes(self.spec, cores()).create(self.stack, self.shared)
+            self.current = self.routes["process"] = self.processes.bind(self.invoke)
+        else:
+            self.current = self.invoke
+
+    def __repr__(self) -> str:
+        return f"auto ({self.choice})"

@@ -1,0 +1,272 @@
+"""Calls sent to other processes in chunks: measured, sized, and answered item by item.
+
+A :class:`Chunker` serves one stage of one run on an out-of-process backend (a process
+pool, a Dask cluster: anything with ``submit(fn, *args) -> concurrent.futures.Future``).
+Each item's call returns an asyncio Future at once; the engine awaits it in the call's
+task like any other. Items wait in ``pending`` until a chunk takes them:
+
+* **When.** At most ``2 x workers`` chunks are out at once: every worker busy and one more
+  ready behind it. Items pushed in the same loop step are gathered before a chunk leaves.
+* **How many.** ``chunk_size=`` if the task fixes it. Otherwise the first chunks hold one
+  item each and measure; from then on a chunk holds ``target / per_item`` items, where
+  ``per_item`` is the measured work time of an item (a moving average: it follows changes)
+  and ``target`` is 20 x the measured fixed cost of a chunk (its round trip above the
+  work, plus pickling), kept within 20-200 ms, so that fixed costs stay near 5%. A chunk
+  never takes more than an even share of the waiting items, so that every worker has
+  work, on 2 cores or 64.
+* **Answers.** The worker calls the function on every item of its chunk and catches each
+  item's exception (:func:`run_chunk`), so a failing item fails alone, under the task's
+  policy, and its neighbours succeed. Results come back as soon as their chunk is done.
+
+Items and results are pickled here, on the loop, not in the backend's threads: the cost
+is measured, not guessed, and an item or result that cannot be pickled fails alone, with
+a message that says what to do (see ``_pickling``). A lost worker fails the items of its
+chunks with the backend's error (``BrokenProcessPool``, ``KilledWorker``); they are
+retried or handled under the task's policy, never answered twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import math
+import pickle
+import time
+import traceback
+from collections.abc import Callable
+from types import GeneratorType
+from typing import Any
+
+from ._pickling import unpicklable_item, unpicklable_result
+
+__all__ = ["Chunker", "run_chunk"]
+
+MIN_TARGET, MAX_TARGET = 0.02, 0.2
+"""Seconds of work a measured chunk aims at: its fixed cost x 20, within these bounds."""
+MAX_CHUNK = 10_000
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+_OK, _ERROR = 0, 1
+
+
+class Chunker:
+    """One stage's calls on an out-of-process backend, for one run (see the module doc).
+
+    ``submit(function_payload, items_payload)`` sends a chunk and returns a
+    ``concurrent.futures.Future`` of :func:`run_chunk`'s answer; ``lost(exc)`` is told
+    when a chunk's future fails (the backend may replace a broken pool) and returns the
+    exception each of the chunk's items fails with.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        function: bytes,
+        submit: Callable[[bytes, bytes], concurrent.futures.Future[bytes]],
+        lost: Callable[[BaseException, int], BaseException],
+        workers: int,
+        chunk_size: int | None,
+    ) -> None:
+        self.loop = loop
+        self.function = function
+        self.submit = submit
+        self.lost = lost
+        self.workers = workers
+        self.fixed = chunk_size
+        self.size = chunk_size or 1
+        self.pending: list[tuple[Any, asyncio.Future[Any]]] = []
+        self.out: set[concurrent.futures.Future[bytes]] = set()
+        self.gathering = False
+        self.per_item: float | None = None  # seconds of work per item (moving average)
+        self.cpu_per_item: float | None = None
+        self.latency: float | None = None  # a chunk's round trip above work and pickling
+        self.sizes: list[int] = []  # the sizes chosen, bounded (see choose)
+
+    # -- sending ---------------------------------------------------------------------
+
+    def call(self, item: Any) -> asyncio.Future[Any]:
+        future = self.loop.create_future()
+        self.pending.append((item, future))
+        if len(self.pending) >= self.size and len(self.out) < 2 * self.workers:
+            self.send()
+        elif not self.gathering:
+            self.gathering = True
+            self.loop.call_soon(self.flush)
+        return future
+
+    def flush(self) -> None:
+        self.gathering = False
+        while self.pending and len(self.out) < 2 * self.workers:
+            self.send()
+
+    def send(self) -> None:
+        share = math.ceil(len(self.pending) / self.workers)
+        count = max(1, min(self.size, share))
+        chunk = [(item, f) for item, f in self.pending[:count] if not f.cancelled()]
+        del self.pending[:count]
+        if not chunk:
+            return
+        started = time.perf_counter()
+        items = [item for item, _ in chunk]
+        try:
+            payload = pickle.dumps(items, PROTOCOL)
+        except Exception:
+            chunk = self._drop_unpicklable(chunk)
+            if not chunk:
+                return
+            items = [item for item, _ in chunk]
+            payload = pickle.dumps(items, PROTOCOL)
+        pickled = time.perf_counter() - started
+        try:
+            sent = self.submit(self.function, payload)
+        except Exception as exc:  # a broken or closed pool refuses at once
+            self._fail(chunk, exc)
+            return
+        self.out.add(sent)
+        idle = len(self.out) == 1
+        sent.add_done_callback(
+            lambda done: self._call_soon(self.answered, done, chunk, started, pickled, idle)
+        )
+
+    def _call_soon(self, *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: the run is long over
+            self.loop.call_soon_threadsafe(*args)  # (from the backend's thread)
+
+    def _drop_unpicklable(self, chunk: list[tuple[Any, asyncio.Future[Any]]]) -> list[Any]:
+        """Fail the items that cannot be pickled, alone; keep the others."""
+        kept = []
+        for item, future in chunk:
+            try:
+                pickle.dumps(item, PROTOCOL)
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(unpicklable_item(item, exc))
+            else:
+                kept.append((item, future))
+        return kept
+
+    # -- answers ---------------------------------------------------------------------
+
+    def answered(
+        self,
+        done: concurrent.futures.Future[bytes],
+        chunk: list[tuple[Any, asyncio.Future[Any]]],
+        started: float,
+        pickled: float,
+        idle: bool,
+    ) -> None:
+        self.out.discard(done)
+        if done.cancelled():  # the pool shut down with the chunk unsent: the run is over
+            for _, future in chunk:
+                future.cancel()
+        elif (error := done.exception()) is not None:
+            self._fail(chunk, error)
+        else:
+            unpickling = time.perf_counter()
+            results, work, cpu, loaded = pickle.loads(done.result())
+            now = time.perf_counter()
+            self.measure(
+                len(chunk), now - started, work, cpu, pickled + now - unpickling + loaded, idle
+            )
+            for (_, future), (status, value) in zip(chunk, results, strict=True):
+                if future.done():  # cancelled meanwhile: a timeout, or the run's end
+                    continue
+                if status == _OK:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        if self.pending:
+            self.flush()
+
+    def _fail(self, chunk: list[tuple[Any, asyncio.Future[Any]]], error: BaseException) -> None:
+        for _, future in chunk:
+            if not future.done():
+                future.set_exception(self.lost(error, len(chunk)))
+
+    # -- sizing ----------------------------------------------------------------------
+
+    def measure(
+        self, count: int, round_trip: float, work: float, cpu: float, pickling: float, idle: bool
+    ) -> None:
+        """Learn from a chunk's answer, and choose the next chunks' size."""
+        per_item, cpu_per_item = work / count, cpu / count
+        if self.per_item is None or self.cpu_per_item is None:
+            self.per_item, self.cpu_per_item = per_item, cpu_per_item
+        else:
+            self.per_item += 0.3 * (per_item - self.per_item)
+            self.cpu_per_item += 0.3 * (cpu_per_item - self.cpu_per_item)
+        if idle:  # nothing else was out: the round trip above the work is the chunk's cost
+            above = max(0.0, round_trip - work - pickling)
+            # The first answer includes starting the workers: trust it only until another
+            # idle chunk has been measured.
+            self.latency = above if self.latency is None else min(self.latency, above)
+        if self.fixed is None:
+            fixed_cost = (self.latency or 0.0) + pickling
+            target = min(MAX_TARGET, max(MIN_TARGET, 20 * fixed_cost))
+            self.size = max(1, min(MAX_CHUNK, round(target / max(self.per_item, 1e-7))))
+            if len(self.sizes) < 64 or self.sizes[-1] != self.size:
+                self.sizes.append(self.size)
+                del self.sizes[:-64]
+
+
+# -- the worker's side ---------------------------------------------------------------------
+
+_functions: dict[bytes, Callable[[Any], Any]] = {}
+"""Functions a worker has unpickled, by payload (a few per worker: the tasks it serves)."""
+
+
+def run_chunk(function: bytes, items: bytes) -> bytes:
+    """Call the function on every item; an item's exception is its answer, not the chunk's.
+
+    Returns the pickled ``(answers, work seconds, CPU seconds, unpickling seconds)``,
+    where each answer is ``(_OK, result)`` or ``(_ERROR, exception)``. A generator's
+    items are listed here (a generator cannot travel). A result or exception that cannot
+    be pickled is replaced, alone, by an exception that says so.
+    """
+    loading = time.perf_counter()
+    call = _functions.get(function)
+    if call is None:
+        call = pickle.loads(function)
+        if len(_functions) >= 16:
+            _functions.clear()
+        _functions[function] = call
+    batch = pickle.loads(items)
+    started = time.perf_counter()
+    cpu = time.process_time()
+    answers: list[tuple[int, Any]] = []
+    for item in batch:
+        try:
+            result = call(item)
+            if type(result) is GeneratorType:
+                result = list(result)
+            answers.append((_OK, result))
+        except Exception as exc:
+            answers.append((_ERROR, _portable(exc)))
+    work = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    loaded = started - loading
+    try:
+        return pickle.dumps((answers, work, cpu, loaded), PROTOCOL)
+    except Exception:
+        for index, (_, value) in enumerate(answers):
+            try:
+                pickle.dumps(value, PROTOCOL)
+            except Exception as exc:
+                answers[index] = (_ERROR, unpicklable_result(value, exc))
+        return pickle.dumps((answers, work, cpu, loaded), PROTOCOL)
+
+
+def _portable(exc: Exception) -> Exception:
+    """``exc`` with the worker's traceback as a note, or a stand-in if it cannot travel."""
+    where = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+    try:
+        exc.add_note(f"conveyor: in a worker process, at\n{where}")
+        pickle.loads(pickle.dumps(exc, PROTOCOL))
+    except Exception:
+        stand_in = RuntimeError(f"{type(exc).__qualname__}: {exc}")
+        stand_in.add_note(
+            f"conveyor: the worker's exception could not be pickled, so it is reported as "
+            f"a RuntimeError; raised at\n{where}"
+        )
+        return stand_in
+    return exc

@@ -1,0 +1,289 @@
+"""Executors on pools: a user's thread pool, and the thread and process pools of a run.
+
+* :class:`PoolExecutor`: a ``concurrent.futures`` thread pool the user passes; one item
+  per call, in a copy of the run's context. Never shut down by conveyor.
+* :class:`RunThreads`: ``executor="thread"`` / ``"thread:N"``.
+* :class:`Processes`: ``executor="process"`` / ``"process:N"``, or a process pool the user
+  passes (``ProcessPoolExecutor``, loky, any ``concurrent.futures.Executor`` that is not
+  a thread pool): calls travel in measured chunks (``_chunks``).
+
+Pools that conveyor creates are *run-scoped* (see ``_calls``): created when the run opens
+them, shared by the run's tasks that ask for the same kind and size, and closed when the
+run ends, however it ends, once every thread or process has exited. Threads are for
+waiting (I/O), so ``"thread"`` means :data:`THREADS` threads, whatever the machine;
+``"process"`` means one process per core the process may use (``N`` is never capped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import functools
+import itertools
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from .._spec import StageSpec
+from ._calls import Executor
+from ._chunks import Chunker, run_chunk
+from ._pickling import dump_function
+
+__all__ = ["THREADS", "PoolExecutor", "Processes", "RunThreads", "cores"]
+
+THREADS = 64
+"""Threads of ``executor="thread"``: enough for 64 blocking calls at once (I/O)."""
+
+_pool_numbers = itertools.count(1)
+
+
+def cores() -> int:
+    """Cores this process may use: the workers of ``executor="process"``."""
+    count = getattr(os, "process_cpu_count", os.cpu_count)()  # (3.13+: affinity-aware)
+    return count or 1
+
+
+class PoolExecutor:
+    """A ``concurrent.futures`` thread pool the user passes (never shut down by conveyor).
+
+    Each call runs in its own copy of the run's context, as it would on the loop.
+    """
+
+    def __init__(self, pool: concurrent.futures.Executor) -> None:
+        self.pool = pool
+
+    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        submit = self.pool.submit
+        if isinstance(self.pool, concurrent.futures.ThreadPoolExecutor):
+            copy_context = contextvars.copy_context
+
+            def in_thread(item: Any) -> concurrent.futures.Future[Any]:
+                return submit(copy_context().run, invoke, item)
+
+            return in_thread
+        return lambda item: submit(invoke, item)
+
+    def __repr__(self) -> str:
+        return f"{type(self.pool).__name__}"
+
+
+class RunThreads:
+    """``executor="thread"`` / ``"thread:N"``: a thread pool that conveyor owns, per run.
+
+    A call blocked in a thread cannot be interrupted: the run's end waits for it.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    async def open(self, stack: contextlib.AsyncExitStack, shared: dict[Any, Any]) -> Executor:
+        return self.create(stack, shared)
+
+    def create(self, stack: contextlib.AsyncExitStack, shared: dict[Any, Any]) -> PoolExecutor:
+        """:meth:`open`, callable from a plain function (``_auto`` opens pools lazily)."""
+        key = ("thread", self.workers)
+        if key not in shared:
+            prefix = f"conveyor-{next(_pool_numbers)}"
+            pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix=prefix)
+            stack.push_async_callback(_close_threads, pool, prefix)
+            shared[key] = PoolExecutor(pool)
+        return shared[key]  # type: ignore[no-any-return]
+
+    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        raise RuntimeError("a run-scoped executor is used once the run has opened it")
+
+    def __repr__(self) -> str:
+        return f"thread:{self.workers}"
+
+
+async def _close_threads(pool: concurrent.futures.ThreadPoolExecutor, prefix: str) -> None:
+    """Shut ``pool`` down without blocking the loop, and wait until its threads exit."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    while any(t.name.startswith(prefix + "_") for t in threading.enumerate()):
+        await asyncio.sleep(0.002)
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+class Processes:
+    """``executor="process"`` / ``"process:N"``, or a user's process pool: chunked calls.
+
+    The pool conveyor creates uses the ``forkserver`` start method where there is one
+    (Linux; the default from Python 3.14), else ``spawn``: never ``fork``, which is unsafe
+    in a process with threads. A worker that dies breaks a ``ProcessPoolExecutor``: the
+    items of its chunks fail with ``BrokenProcessPool`` under the task's policy, and a
+    pool that conveyor owns is replaced for the chunks that follow.
+    """
+
+    def __init__(
+        self, spec: StageSpec, workers: int = 0, pool: concurrent.futures.Executor | None = None
+    ) -> None:
+        self.spec = spec
+        self.workers = workers
+        self.user_pool = pool
+
+    async def open(self, stack: contextlib.AsyncExitStack, shared: dict[Any, Any]) -> Executor:
+        return self.create(stack, shared)
+
+    def create(self, stack: contextlib.AsyncExitStack, shared: dict[Any, Any]) -> ChunkedCalls:
+        key = ("pool", id(self.user_pool)) if self.user_pool else ("process", self.workers)
+        if key not in shared:
+            shared[key] = pool = ProcessPool(self.workers, self.user_pool)
+            stack.push_async_callback(pool.close)
+        return ChunkedCalls(shared[key], self.spec, repr(self))
+
+    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        raise RuntimeError("a run-scoped executor is used once the run has opened it")
+
+    def __repr__(self) -> str:
+        if self.user_pool is not None:
+            return type(self.user_pool).__name__
+        return f"'process:{self.workers}'"
+
+
+class ChunkedCalls:
+    """The calls of one task on one run's process pool (see ``_chunks``)."""
+
+    def __init__(self, pool: ProcessPool, spec: StageSpec, name: str) -> None:
+        self.pool = pool
+        self.spec = spec
+        self.name = name
+        self.chunker: Chunker | None = None
+
+    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        resources = tuple(key for key, _ in self.spec.resources)
+        function = dump_function(invoke, self.spec.name, self.name, resources)
+        self.chunker = Chunker(
+            asyncio.get_running_loop(),
+            function,
+            self.pool.submit,
+            self.pool.lost,
+            self.pool.workers,
+            self.spec.options.chunk_size,
+        )
+        self.pool.chunkers.append(self.chunker)
+        return self.chunker.call
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class ProcessPool:
+    """One run's process pool (or the user's), shared by the run's tasks that use it."""
+
+    def __init__(self, workers: int, user_pool: concurrent.futures.Executor | None) -> None:
+        self.owned = user_pool is None
+        self.workers = workers or cores()  # (a user's pool: its size is not public)
+        self.pool = user_pool or self._new()
+        self.retired: list[concurrent.futures.Executor] = []
+        self.chunkers: list[Chunker] = []
+        self.loop = asyncio.get_running_loop()
+
+    def _new(self) -> concurrent.futures.ProcessPoolExecutor:
+        methods = multiprocessing.get_all_start_methods()
+        method = "forkserver" if "forkserver" in methods else "spawn"
+        context = multiprocessing.get_context(method)
+        return concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
+
+    def submit(self, function: bytes, items: bytes) -> concurrent.futures.Future[bytes]:
+        pool = self.pool
+        try:
+            future = pool.submit(run_chunk, function, items)
+        except BrokenProcessPool:
+            if not self.owned:
+                raise
+            self.replace(pool)
+            pool = self.pool
+            future = pool.submit(run_chunk, function, items)
+        if self.owned:
+            future.add_done_callback(functools.partial(self._check, pool))
+        return future
+
+    def _check(
+        self, pool: concurrent.futures.Executor, future: concurrent.futures.Future[Any]
+    ) -> None:
+        """(In the pool's thread.) Replace the pool, on the loop, if this chunk broke it.
+
+        Registered before the chunker's own callback: the pool is replaced before the
+        chunk's items fail, so their retries go to the new pool."""
+        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self.loop.call_soon_threadsafe(self.replace, pool)
+
+    def replace(self, pool: concurrent.futures.Executor) -> None:
+        if pool is self.pool:
+            pool.shutdown(wait=False, cancel_futures=True)
+            self.retired.append(pool)
+            self.pool = self._new()
+
+    def lost(self, error: BaseException, count: int) -> BaseException:
+        """The exception each item of a chunk lost with ``error`` fails with."""
+        if isinstance(error, BrokenProcessPool):
+            replaced = " conveyor replaced the pool." if self.owned else ""
+            return BrokenProcessPool(
+                f"a worker process died (killed, crashed, or out of memory) while this "
+                f"item's chunk of {count} was out, so its result is lost.{replaced} Set "
+                f"retry_attempts to run such items again."
+            )
+        return type(error)(*error.args) if _recreatable(error) else error
+
+    async def close(self) -> None:
+        """Close the pools conveyor created, once their processes have exited.
+
+        A chunk still out (the run ended early) runs to its end before its worker exits,
+        except on Python 3.14+, where the workers are terminated."""
+        for chunker in self.chunkers:
+            for future in chunker.out:
+                future.cancel()  # (a chunk not yet started)
+        if not self.owned:
+            return
+        pools = [*self.retired, self.pool]
+        busy = any(chunker.out for chunker in self.chunkers)
+        for pool in pools:
+            if busy and hasattr(pool, "terminate_workers"):
+                pool.terminate_workers()
+
+        def shut_down() -> None:
+            for pool in pools:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+        await _in_thread(shut_down)
+
+
+def _recreatable(error: BaseException) -> bool:
+    try:
+        type(error)(*error.args)
+    except Exception:
+        return False
+    return True
+
+
+async def _in_thread(blocking: Callable[[], Any]) -> None:
+    """Run ``blocking`` in a thread of its own, awaited to its end (even if cancelled)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def target() -> None:
+        try:
+            blocking()
+        finally:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_set_once, done)
+
+    thread = threading.Thread(target=target, name="conveyor-close")
+    thread.start()
+    try:
+        await asyncio.shield(done)
+    finally:
+        thread.join()
+
+
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

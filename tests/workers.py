@@ -1,0 +1,85 @@
+"""Functions for tests on process executors and Dask: workers import them by name.
+
+They live in a module of their own (not in a test module) so that importing them in a
+worker process runs no test code. State that must outlive one call -- "fail the first
+time", "kill this worker once" -- is kept in marker files, since every call may run in
+another process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def spin(x: int, seconds: float = 0.001) -> int:
+    """About ``seconds`` of pure-Python CPU work."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return x
+
+
+def nap(x: int, seconds: float = 0.05) -> int:
+    time.sleep(seconds)
+    return x
+
+
+def fail_on_multiples_of_three(x: int) -> int:
+    if x % 3 == 0:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def fail_once(x: int, folder: str) -> int:
+    """Fails the first call for each item, then succeeds (a marker file per item)."""
+    marker = Path(folder) / f"seen-{x}"
+    if not marker.exists():
+        marker.touch()
+        raise ConnectionError(f"transient failure on {x}")
+    return x
+
+
+def die_once(x: int, folder: str, at: int) -> int:
+    """Kills its own worker process on item ``at``, the first time only."""
+    marker = Path(folder) / "died"
+    if x == at and not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def pid(_: Any) -> int:
+    return os.getpid()
+
+
+def up_to(n: int) -> Any:
+    yield from range(n)
+
+
+def total(batch: list[int]) -> list[int]:
+    return [sum(batch)] * len(batch)
+
+
+def returns_a_lock(_: Any) -> Any:
+    import threading
+
+    return threading.Lock()
+
+
+class Unpicklable(Exception):
+    """An exception whose constructor needs two arguments: pickle cannot rebuild it."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def raises_unpicklable(x: int) -> int:
+    raise Unpicklable(x, x)
