@@ -54,7 +54,9 @@ async def test_work_runs_in_other_processes_on_every_worker() -> None:
         ("emit", ["F0", 1, 2, "F3", 4, 5, "F6", 7, 8]),
     ],
 )
-async def test_a_failing_item_fails_alone_under_the_policy(policy: str, expected: list[Any]) -> None:
+async def test_a_failing_item_fails_alone_under_the_policy(
+    policy: str, expected: list[Any]
+) -> None:
     task = single_task(executor="process:2", on_error=policy, chunk_size=9)(
         workers.fail_on_multiples_of_three
     )
@@ -129,7 +131,7 @@ def test_async_functions_are_refused_at_decoration() -> None:
     async def fetch(x: int) -> int:
         return x
 
-    with pytest.raises(TypeError, match="task 'fetch' is an async function.*plain def"):
+    with pytest.raises(TypeError, match=r"task 'fetch' is an async function.*plain def"):
         single_task(executor="process")(fetch)
 
 
@@ -167,12 +169,9 @@ async def test_a_resource_cannot_go_to_a_process() -> None:
         async def __aexit__(self, *exc: object) -> None:
             pass
 
-    def call(x: int, session: Session) -> int:
-        return x
-
     task = single_task(executor="process:1")(workers.square)
     task = task.with_resources(session=Session)
-    with pytest.raises(TypeError, match="resource 'session'.*cannot be sent to a worker"):
+    with pytest.raises(TypeError, match=r"resource 'session'.*cannot be sent to a worker"):
         await task([1]).collect()
 
 
@@ -180,9 +179,7 @@ async def test_an_item_or_result_that_cannot_be_pickled_fails_alone() -> None:
     task = single_task(executor="process:1", on_error="emit")(workers.square)
     out = await task([1, threading.Lock(), 3]).collect()
     assert out[0] == 1 and out[2] == 9
-    assert isinstance(out[1], Failure) and "cannot be pickled to be sent" in str(
-        out[1].exception
-    )
+    assert isinstance(out[1], Failure) and "cannot be pickled to be sent" in str(out[1].exception)
     back = single_task(executor="process:1", on_error="emit")(workers.returns_a_lock)
     [failure] = await back([1]).collect()
     assert isinstance(failure, Failure) and "cannot be pickled to be sent back" in str(
