@@ -79,6 +79,49 @@ class Config:
         # each size must divide the largest: every size handles the same items in all
         return (10_000, 25_000, 100_000) if self.quick else (10_000, 100_000, 1_000_000)
 
+    # -- the executors group (benchmarks/executors.py) --
+
+    @property
+    def cpu_items(self) -> int:
+        return 1_000 if self.quick else 5_000
+
+    @property
+    def cpu_chunksizes(self) -> tuple[int, ...]:
+        # ProcessPoolExecutor.map(chunksize=c) for each c: the best is the hand-tuned one
+        return (10, 100) if self.quick else (1, 10, 50, 100, 250)
+
+    @property
+    def tiny_items(self) -> int:
+        return 20_000 if self.quick else 200_000
+
+    @property
+    def sleep_items(self) -> int:
+        return 500 if self.quick else 2_000
+
+    @property
+    def sleep_inline_sample(self) -> int:
+        # 100 blocking calls of 10 ms in a row take 1 s: the inline time of all is
+        # extrapolated from these
+        return 50 if self.quick else 100
+
+    @property
+    def dask_items(self) -> int:
+        # client.map costs ~2 ms of scheduling per item on 2 cores: fewer than 5k items
+        return 500 if self.quick else 2_000
+
+    def cost_sizes(self, executor: str) -> tuple[int, int]:
+        """Two run sizes per executor: the cost per item is the slope between them."""
+        sizes = {
+            "inline": (20_000, 200_000),
+            "thread": (2_000, 20_000),
+            "process": (20_000, 100_000),
+            "process map": (50_000, 500_000),  # ~0.5 µs an item: longer runs, or noise
+            "auto": (20_000, 200_000),
+            "dask": (2_000, 20_000),
+            "client.map": (200, 2_000),
+        }[executor]
+        return (sizes[0] // 4, sizes[1] // 4) if self.quick else sizes
+
 
 @dataclasses.dataclass
 class Row:
@@ -95,6 +138,8 @@ class Row:
     target: str = "-"
     met: bool | None = None
     note: str = ""
+    group: str = ""
+    """A group with a table of its own (see ``report.GROUPS``); "" for the main table."""
 
     @property
     def status(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib.metadata
 import os
@@ -26,7 +27,44 @@ HEADERS = (
 )
 
 
+GROUP_HEADERS = (
+    "Scenario",
+    "Loop",
+    "Metric",
+    "conveyor",
+    "baselines (same run)",
+    "Ratio",
+    "Target",
+    "Targets",
+    "Note",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Scenarios with a table of their own: their baselines are not the main table's."""
+
+    title: str
+    baselines: tuple[str, ...]
+
+
+GROUPS = {"executors": Group("Executors", ("mpire", "joblib", "dask", "distributed"))}
+GROUP_PREFIX = "### "
+
+
 def _cells(row: Row) -> list[str]:
+    if row.group:
+        return [
+            row.scenario,
+            row.loop,
+            row.metric,
+            row.conveyor,
+            row.floor,
+            row.ratio,
+            row.target,
+            row.status,
+            row.note,
+        ]
     return [
         row.scenario,
         row.loop,
@@ -52,7 +90,9 @@ def python_line() -> str:
     return f"{platform.python_version()} ({platform.python_implementation()}, {sys.platform})"
 
 
-def header_lines(loops: Sequence[str], quick: bool) -> list[str]:
+def header_lines(
+    loops: Sequence[str], quick: bool, baselines: Sequence[str] = ("aiostream", "streamable")
+) -> list[str]:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     shown = [_version(loop) if loop == "uvloop" else loop for loop in loops]
     return [
@@ -60,14 +100,33 @@ def header_lines(loops: Sequence[str], quick: bool) -> list[str]:
         f"Python: {python_line()}",
         f"CPUs: {os.cpu_count()}",
         f"Event loops: {', '.join(shown)}",
-        f"Baselines: {_version('aiostream')}, {_version('streamable')}",
+        f"Baselines: {', '.join(_version(name) for name in baselines)}",
         "Mode: " + ("--quick (smoke test: fewer items and repetitions)" if quick else "full"),
     ]
 
 
+def split_groups(rows: Sequence[Row]) -> tuple[list[Row], dict[str, list[Row]]]:
+    """The main table's rows, and the rows of each group with a table of its own."""
+    main = [row for row in rows if not row.group]
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.group:
+            groups.setdefault(row.group, []).append(row)
+    return main, groups
+
+
 def text_table(rows: Sequence[Row]) -> str:
-    table = [list(HEADERS)] + [_cells(row) for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(HEADERS))]
+    """The rows as aligned text: the main table, then a table per group."""
+    main, groups = split_groups(rows)
+    parts = [_text_table(HEADERS, main)] if main else []
+    for name, group_rows in groups.items():
+        parts.append(f"{GROUPS[name].title}:\n" + _text_table(GROUP_HEADERS, group_rows))
+    return "\n\n".join(parts)
+
+
+def _text_table(headers: Sequence[str], rows: Sequence[Row]) -> str:
+    table = [list(headers)] + [_cells(row) for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(headers))]
     out = []
     for n, line in enumerate(table):
         out.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
@@ -105,6 +164,23 @@ Notes:
   conveyor's wall time over the gather+Semaphore baseline's (<= 1.00 meets the target) and
   over streamable's.
 - Memory runs in a fresh subprocess per measurement (`python -m benchmarks.memory`).
+- *Executors* (`python -m benchmarks --only executors`, its own table): the functions sent
+  to workers are in `benchmarks/executor_work.py`; `cpu_work` is pure-Python arithmetic
+  calibrated at start to ~1 ms (or ~5 us) an item, whose measured time is in the metric.
+  Every contender starts its pool inside its timed region and shuts it down there:
+  conveyor's run-scoped pool, `with ProcessPoolExecutor(...)`, `with WorkerPool(...)`,
+  joblib's loky workers (shut down after each run). Process pools have one worker per
+  core; conveyor and the `ProcessPoolExecutor` baseline use `forkserver` (conveyor's
+  choice), mpire its default `fork`, joblib its loky backend. The Dask cluster (a
+  LocalCluster, one single-threaded worker process per core) is started once, outside
+  the timings; `client.map` is given `pure=False`. *best map* is the fastest median of
+  `ProcessPoolExecutor.map(chunksize=c)` over the c listed; *inline* is a plain loop (cpu)
+  or conveyor's default executor (tiny; blocking, timed on a sample and extrapolated).
+  Ratios `x/conv` are x's time over conveyor's (above 1: conveyor is faster), medians of
+  per-repetition ratios. The note gives the chunks conveyor sent in its last timed run
+  (the first ones hold a single item, to measure), from its DEBUG log. *cost/item*: the
+  slope of run time over run size on an identity function (the cost of each item) and
+  its intercept (the fixed cost of a run, pools included).
 """
 
 
@@ -112,16 +188,72 @@ TITLE = "# conveyor benchmark results"
 SECTION_PREFIX = "## Python "
 
 
-def section(rows: Sequence[Row], loops: Sequence[str], quick: bool, extra: str = "") -> str:
-    """One run: a heading naming the interpreter and loops, the run's facts, its table."""
-    lines = [f"{SECTION_PREFIX}{python_line()} on {', '.join(loops)}", ""]
-    lines += [f"- {line}" for line in header_lines(loops, quick)]
-    lines += ["", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+def _md_table(headers: Sequence[str], rows: Sequence[Row]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         lines.append("| " + " | ".join(_md_escape(c) for c in _cells(row)) + " |")
+    return lines
+
+
+def section(
+    rows: Sequence[Row],
+    loops: Sequence[str],
+    quick: bool,
+    extra: str = "",
+    group_extra: dict[str, str] | None = None,
+) -> str:
+    """One run: a heading naming the interpreter and loops, the run's facts, its table,
+    then a block per group (see :func:`group_block`); ``extra`` follows the main table,
+    ``group_extra[name]`` its group's table."""
+    main, groups = split_groups(rows)
+    lines = [f"{SECTION_PREFIX}{python_line()} on {', '.join(loops)}"]
+    if main:
+        lines += ["", *(f"- {line}" for line in header_lines(loops, quick))]
+        lines += ["", *_md_table(HEADERS, main)]
+        if extra:
+            lines += ["", extra]
+    text = "\n".join(lines) + "\n"
+    for name, group_rows in groups.items():
+        block_extra = (group_extra or {}).get(name, "")
+        text += "\n" + group_block(name, group_rows, loops, quick, block_extra)
+    return text
+
+
+def group_block(
+    name: str, rows: Sequence[Row], loops: Sequence[str], quick: bool, extra: str = ""
+) -> str:
+    """A group's block of a run section: its heading, its facts, its table."""
+    group = GROUPS[name]
+    lines = [f"{GROUP_PREFIX}{group.title}", ""]
+    lines += [f"- {line}" for line in header_lines(loops, quick, group.baselines)]
+    lines += ["", *_md_table(GROUP_HEADERS, rows)]
     if extra:
         lines += ["", extra]
     return "\n".join(lines) + "\n"
+
+
+def update_groups(text: str | None, blocks: dict[str, str], loops: Sequence[str]) -> str:
+    """The results file ``text`` with the group blocks of this interpreter's section
+    replaced by ``blocks`` (or added); everything else is kept. Without a section for
+    this interpreter, one is added, holding the blocks only."""
+    sections = sections_of(text) if text else []
+    heading = f"{SECTION_PREFIX}{python_line()} "
+    index = next((i for i, s in enumerate(sections) if s.startswith(heading)), None)
+    if index is None:
+        sections.append(f"{SECTION_PREFIX}{python_line()} on {', '.join(loops)}\n")
+        index = len(sections) - 1
+    body = sections[index].rstrip("\n") + "\n"
+    for name, block in blocks.items():
+        marker = f"\n{GROUP_PREFIX}{GROUPS[name].title}\n"
+        start = body.find(marker)
+        if start < 0:
+            body += "\n" + block
+            continue
+        end = body.find("\n" + GROUP_PREFIX, start + len(marker))
+        rest = body[end:] if end >= 0 else ""
+        body = body[: start + 1] + block + rest
+    sections[index] = body
+    return document(sections)
 
 
 def document(sections: Sequence[str]) -> str:
@@ -134,8 +266,14 @@ def document(sections: Sequence[str]) -> str:
     return "\n".join(parts)
 
 
-def markdown(rows: Sequence[Row], loops: Sequence[str], quick: bool, extra: str = "") -> str:
-    return document([section(rows, loops, quick, extra)])
+def markdown(
+    rows: Sequence[Row],
+    loops: Sequence[str],
+    quick: bool,
+    extra: str = "",
+    group_extra: dict[str, str] | None = None,
+) -> str:
+    return document([section(rows, loops, quick, extra, group_extra)])
 
 
 def sections_of(text: str) -> list[str]:

@@ -27,6 +27,7 @@ from .common import (
     rate,
     run_on,
 )
+from .executors import executors
 
 # -- stage functions -----------------------------------------------------------------------
 
@@ -629,4 +630,5 @@ SCENARIOS: dict[str, Callable[[str, Config], list[Row]]] = {
     "memory": memory,
     "latency": latency,
     "scaling": scaling,
+    "executors": executors,  # a table of its own (report.GROUPS)
 }

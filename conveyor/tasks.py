@@ -196,11 +196,13 @@ class BaseTask(Generic[In, Out]):
                 instance.__dict__[self._attr_name] = bound
         return bound
 
-    def _options_repr(self) -> str:
-        return ""
+    def _options_repr(self) -> list[str]:
+        executor = self.spec.options.executor
+        return [] if executor is None or executor == "inline" else [f"executor={executor!r}"]
 
     def __repr__(self) -> str:
-        return f"{self.task_name}{self._options_repr()}"
+        parts = self._options_repr()
+        return f"{self.task_name}({', '.join(parts)})" if parts else self.task_name
 
 
 class SingleTask(BaseTask[In, Out]):
@@ -233,13 +235,13 @@ class BatchTask(BaseTask[In, Out]):
     def max_wait(self) -> float | None:
         return self.spec.options.max_wait
 
-    def _options_repr(self) -> str:
+    def _options_repr(self) -> list[str]:
         parts = [f"max_size={self.max_size}"]
         if self.min_size != 1:
             parts.append(f"min_size={self.min_size}")
         if self.max_wait is not None:
             parts.append(f"max_wait={self.max_wait}")
-        return f"({', '.join(parts)})"
+        return parts + super()._options_repr()
 
 
 def check_callable(func: Any, decorator: str) -> None:

@@ -88,14 +88,18 @@ def run_on_virtual_clock(
     loop_errors: list[dict[str, Any]],
     timeout: float = 100_000.0,
     real_timeout: float = 60.0,
+    *,
+    virtual: bool = True,
 ) -> None:
     """Run ``main`` on a fresh looptime loop; fail (not hang) if it deadlocks.
 
     ``timeout`` is in virtual seconds; ``real_timeout`` guards against a loop that waits
     for something no timer will ever bring (virtual time cannot move then). Either way
-    the stacks of the stuck tasks are reported.
+    the stacks of the stuck tasks are reported. ``virtual=False`` runs on a plain loop
+    (then ``timeout`` is in real seconds): looptime cannot see work on threads or in
+    processes, and would move its clock while the loop waits for them.
     """
-    loop = looptime.new_event_loop(start=0)
+    loop = looptime.new_event_loop(start=0) if virtual else asyncio.new_event_loop()
     loop.set_exception_handler(lambda _loop, context: loop_errors.append(context))
     stuck: list[str] = []
 
@@ -141,3 +145,15 @@ settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default")
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_the_models_pools() -> Any:
+    """The pools the random pipelines of ``pipeline_model`` share close with each module
+    (no worker may be left for the next module's checks)."""
+    yield
+    import sys
+
+    model = sys.modules.get("pipeline_model")
+    if model is not None:
+        model.shut_down()

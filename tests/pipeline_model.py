@@ -4,11 +4,16 @@ A pipeline is a list of :class:`StageSpec`. :func:`build` makes real conveyor ta
 it; :func:`reference` computes, with plain loops over lists, what an ordered run must
 yield. Failures are represented as ``("FAIL", item, task_name)`` (an emitted Failure) and
 ``RAISE`` (the run must raise).
+
+A plain-function stage runs on a random executor: inline, conveyor's threads, a user's
+thread pool, or a user's process pool (chunked, pickled: its functions are instances of
+module-level classes). The user's pools are shared by all examples (:func:`shut_down`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 from collections.abc import Iterator
 from typing import Any
@@ -41,6 +46,7 @@ class StageSpec:
     # Never reached by the model's delays (at most 1.5 s): calls and generator items go
     # through the timeout path, and results must not change.
     timeout: float | None = None
+    executor: str = "inline"  # for plain functions: inline thread pool process
 
     def fails(self, x: int) -> bool:
         return self.fail_mod is not None and x % self.fail_mod == 1
@@ -54,6 +60,9 @@ class StageSpec:
 
 
 # -- strategies --------------------------------------------------------------------------
+
+
+EXECUTORS = st.sampled_from(["inline", "inline", "thread", "pool", "process"])
 
 
 @st.composite
@@ -72,7 +81,8 @@ def stage_specs(draw: st.DrawFn, *, failures: bool = True, elementwise: bool = F
             batch=True,
             op="map" if elementwise else draw(st.sampled_from(["map", "sum"])),
             k=draw(st.integers(0, 5)),
-            sync=draw(st.booleans()),
+            sync=(sync := draw(st.booleans())),
+            executor=draw(EXECUTORS) if sync else "inline",
             delay=delay,
             fail_mod=fail_mod,
             policy=draw(st.sampled_from(policies)),
@@ -95,7 +105,8 @@ def stage_specs(draw: st.DrawFn, *, failures: bool = True, elementwise: bool = F
         batch=False,
         op=op,
         k=draw(k),
-        sync=draw(st.booleans()),
+        sync=(sync := draw(st.booleans())),
+        executor=draw(EXECUTORS) if sync and op != "agen" else "inline",
         delay=delay,
         fail_mod=None if op in ("gen", "agen") else fail_mod,
         policy=draw(st.sampled_from(["fail", "skip_item", "emit"])),
@@ -204,55 +215,103 @@ def observed(value: Any) -> Any:
 # -- building real tasks -----------------------------------------------------------------
 
 
-def _delay(s: StageSpec, x: int) -> float | None:
+def _delay(s: StageSpec, x: int, scale: float = 1.0) -> float | None:
     if s.delay == "none":
         return None
     if s.delay == "zero":
         return 0.0
-    return ((x * 7 + s.k * 3) % 4) * 0.5
+    return ((x * 7 + s.k * 3) % 4) * 0.5 * scale
+
+
+def on_real_clock(specs: list[StageSpec]) -> bool:
+    """Whether a pipeline runs work off the loop: then it must run on a real clock."""
+    return any(s.executor != "inline" for s in specs)
+
+
+REAL_SCALE = 0.01
+"""Delays on a real clock: 0-15 ms instead of 0-1.5 virtual seconds."""
 
 
 def build(specs: list[StageSpec]) -> conveyor.Pipeline[Any, Any]:
+    scale = REAL_SCALE if on_real_clock(specs) else 1.0
     pipeline: conveyor.Pipeline[Any, Any] = conveyor.Pipeline()
     for index, s in enumerate(specs):
-        pipeline = pipeline | _task(index, s)
+        pipeline = pipeline | _task(index, s, scale)
     return pipeline
 
 
-def _task(index: int, s: StageSpec) -> conveyor.BaseTask[Any, Any]:
+def _task(index: int, s: StageSpec, scale: float) -> conveyor.BaseTask[Any, Any]:
     options: dict[str, Any] = {
         "task_name": f"s{index}",
         "on_error": s.policy,
         "retry_attempts": s.retries,
-        "retry_delay": 0.25,
+        "retry_delay": 0.25 * scale,
         "concurrency_limit": s.concurrency,
         "timeout": s.timeout,
     }
+    if s.executor != "inline":
+        options["executor"] = _executor(s.executor)
     if s.batch:
-        return _batch_task(s, options)
-    return _single_task(s, options)
+        return _batch_task(s, options, scale)
+    return _single_task(s, options, scale)
 
 
-def _single_task(s: StageSpec, options: dict[str, Any]) -> conveyor.BaseTask[Any, Any]:
-    def outputs(x: int) -> Any:
-        if s.fails(x):
+_POOLS: dict[str, concurrent.futures.Executor] = {}
+
+
+def _executor(name: str) -> Any:
+    """A user's pool, shared by the examples, or conveyor's ``"thread:4"``."""
+    if name == "thread":
+        return "thread:4"
+    if name not in _POOLS:
+        _POOLS[name] = (
+            concurrent.futures.ThreadPoolExecutor(4)
+            if name == "pool"
+            else concurrent.futures.ProcessPoolExecutor(2)
+        )
+    return _POOLS[name]
+
+
+def shut_down() -> None:
+    """Close the user's pools the examples shared (conveyor never closes them)."""
+    while _POOLS:
+        _POOLS.popitem()[1].shutdown(wait=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class SingleCall:
+    """A plain single stage's function (an instance of a module-level class: it pickles)."""
+
+    s: StageSpec
+
+    def __call__(self, x: int) -> Any:
+        if self.s.fails(x):
             raise Poison(x)
-        values = _single_outputs(s, x)
-        if s.op == "list":
+        values = _single_outputs(self.s, x)
+        if self.s.op == "list":
             return values
         return values[0] if values else None
 
+
+@dataclasses.dataclass(frozen=True)
+class GenCall:
+    s: StageSpec
+
+    def __call__(self, x: int) -> Iterator[int]:
+        yield from _single_outputs(self.s, x)
+
+
+def _single_task(
+    s: StageSpec, options: dict[str, Any], scale: float
+) -> conveyor.BaseTask[Any, Any]:
+    outputs = SingleCall(s)
     if s.op == "gen":
-
-        def gen(x: int) -> Iterator[int]:
-            yield from _single_outputs(s, x)
-
-        return single_task(**options)(gen)
+        return single_task(**options)(GenCall(s))
     if s.op == "agen":
 
         async def agen(x: int) -> Any:
             for value in _single_outputs(s, x):
-                delay = _delay(s, value)
+                delay = _delay(s, value, scale)
                 if delay is not None:
                     await asyncio.sleep(delay)
                 yield value
@@ -262,7 +321,7 @@ def _single_task(s: StageSpec, options: dict[str, Any]) -> conveyor.BaseTask[Any
         return single_task(**options)(outputs)
 
     async def call(x: int) -> Any:
-        delay = _delay(s, x)
+        delay = _delay(s, x, scale)
         if delay is not None:
             await asyncio.sleep(delay)
         return outputs(x)
@@ -275,21 +334,30 @@ BATCH_SIZES: dict[str, list[int]] = {}
 that may fail also sees isolation's halves), by task name: cleared before each run."""
 
 
-def _batch_task(s: StageSpec, options: dict[str, Any]) -> conveyor.BaseTask[Any, Any]:
-    def outputs(batch: list[int]) -> Any:
-        if s.fail_mod is None:
-            BATCH_SIZES.setdefault(options["task_name"], []).append(len(batch))
-        if any(map(s.fails, batch)):
-            raise Poison(batch)
-        values = _batch_fn(s, batch)
-        return values if s.op == "map" else values[0]
+@dataclasses.dataclass(frozen=True)
+class BatchCall:
+    """A plain batch stage's function (on a process pool, batch sizes are not recorded)."""
 
+    s: StageSpec
+    name: str
+
+    def __call__(self, batch: list[int]) -> Any:
+        if self.s.fail_mod is None:
+            BATCH_SIZES.setdefault(self.name, []).append(len(batch))
+        if any(map(self.s.fails, batch)):
+            raise Poison(batch)
+        values = _batch_fn(self.s, batch)
+        return values if self.s.op == "map" else values[0]
+
+
+def _batch_task(s: StageSpec, options: dict[str, Any], scale: float) -> conveyor.BaseTask[Any, Any]:
+    outputs = BatchCall(s, options["task_name"])
     decorate = batch_task(max_size=s.max_size, min_size=s.min_size, **options)
     if s.sync:
         return decorate(outputs)
 
     async def call(batch: list[int]) -> Any:
-        delay = _delay(s, sum(batch))
+        delay = _delay(s, sum(batch), scale)
         if delay is not None:
             await asyncio.sleep(delay)
         return outputs(batch)

@@ -18,7 +18,7 @@ import pytest
 from conftest import leftover_tasks, run_on_virtual_clock, settle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pipeline_model import StageSpec, build, pipelines
+from pipeline_model import StageSpec, build, on_real_clock, pipelines
 
 from conveyor import Pipeline, single_task
 
@@ -34,6 +34,7 @@ def run_and_stop_early(
 ) -> dict[str, Any]:
     state: dict[str, Any] = {"closed": False, "pulled": 0, "got": 0}
     pipeline = build(specs).with_context(execution_mode=mode, max_in_flight=8)
+    real = on_real_clock(specs)  # (see run_on_virtual_clock)
 
     def generator() -> Iterator[int]:
         try:
@@ -47,7 +48,7 @@ def run_and_stop_early(
         try:
             for i in range(n_items):
                 state["pulled"] += 1
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0 if real else 0.1)
                 yield i
         finally:
             state["closed"] = True
@@ -116,10 +117,16 @@ def run_and_stop_early(
         gc.collect()
         for _ in range(20):
             await asyncio.sleep(0)
+        # A run that was not closed explicitly (break) closes its own pools in the
+        # background: threads and processes take real time to exit (up to 5 s here).
+        for _ in range(500 if real else 0):
+            if not [t for t in asyncio.all_tasks() - before if not t.done()]:
+                break
+            await asyncio.sleep(0.01)
         state["leftover"] = [t for t in asyncio.all_tasks() - before if not t.done()]
 
     errors: list[dict[str, Any]] = []
-    run_on_virtual_clock(drive(), errors)
+    run_on_virtual_clock(drive(), errors, 60.0 if real else 100_000.0, virtual=not real)
     state["loop_errors"] = errors
     return state
 

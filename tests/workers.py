@@ -27,6 +27,11 @@ def spin(x: int, seconds: float = 0.001) -> int:
     return x
 
 
+def spin_pid(x: int, seconds: float = 0.002) -> int:
+    spin(x, seconds)
+    return os.getpid()
+
+
 def nap(x: int, seconds: float = 0.05) -> int:
     time.sleep(seconds)
     return x

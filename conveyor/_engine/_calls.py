@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import inspect
 import sys
 from collections.abc import Awaitable, Callable
 from types import AsyncGeneratorType, CoroutineType, GeneratorType, NoneType
@@ -37,6 +38,7 @@ __all__ = [
     "Executor",
     "InlineExecutor",
     "as_awaitable",
+    "discard",
     "kind_of",
     "settle",
     "start_task",
@@ -103,6 +105,21 @@ def as_awaitable(result: Any) -> Awaitable[Any]:
     if isinstance(result, concurrent.futures.Future):
         return asyncio.wrap_future(result)
     return result  # type: ignore[no-any-return]
+
+
+def discard(awaitable: Any) -> None:
+    """Let go of a call's awaitable that no task will await (the run is over): close a
+    coroutine that never started (else it warns "never awaited"); cancel a Future, or
+    read its exception (else it warns "exception was never retrieved")."""
+    if type(awaitable) is CoroutineType:
+        if inspect.getcoroutinestate(awaitable) == inspect.CORO_CREATED:
+            awaitable.close()
+    elif (
+        isinstance(awaitable, asyncio.Future)
+        and not awaitable.cancel()
+        and not awaitable.cancelled()
+    ):
+        awaitable.exception()
 
 
 async def settle(result: Any, kind: int | None) -> tuple[Any, int]:

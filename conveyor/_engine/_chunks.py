@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import math
 import pickle
 import time
@@ -41,6 +42,8 @@ from typing import Any
 from ._pickling import unpicklable_item, unpicklable_result
 
 __all__ = ["Chunker", "run_chunk"]
+
+logger = logging.getLogger("conveyor")
 
 MIN_TARGET, MAX_TARGET = 0.02, 0.2
 """Seconds of work a measured chunk aims at: its fixed cost x 20, within these bounds."""
@@ -207,6 +210,7 @@ class Chunker:
             if len(self.sizes) < 64 or self.sizes[-1] != self.size:
                 self.sizes.append(self.size)
                 del self.sizes[:-64]
+        logger.debug("chunk of %d answered: next size %d", count, self.size)
 
 
 # -- the worker's side ---------------------------------------------------------------------

@@ -22,14 +22,13 @@ import contextlib
 import contextvars
 from collections import deque
 from collections.abc import Coroutine, Sequence
-from inspect import CORO_CREATED, getcoroutinestate
-from types import CoroutineType
 from typing import Any
 
 from .._spec import StageSpec
 from ..context import ExecutionMode, PipelineContext, set_current_context
 from ._batch import BatchStage
 from ._bind import bind_stage
+from ._calls import discard
 from ._delivery import BatchFeeder, OrderedOutput, Output
 from ._executors import executor_for
 from ._input import NO_INPUT, close_source, pump
@@ -300,9 +299,8 @@ class Run:
         for task, awaitable in list(self.tasks.items()):
             task.cancel()
             # A call's task cancelled before its first step (3.11 starts tasks lazily)
-            # never awaits its coroutine: close it, or it warns "never awaited".
-            if type(awaitable) is CoroutineType and getcoroutinestate(awaitable) == CORO_CREATED:
-                awaitable.close()
+            # never awaits its coroutine or Future: let go of it cleanly.
+            discard(awaitable)
         self._end()
         if self.error is None:
             # Closed by the consumer (or for it): results not taken yet are dropped, and a

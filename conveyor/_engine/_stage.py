@@ -42,6 +42,7 @@ from ._calls import (
     VALUE,
     Executor,
     as_awaitable,
+    discard,
     kind_of,
     settle,
     start_task,
@@ -192,8 +193,7 @@ class Stage(Sink):
         """Await a call's result in a real task of its own, counted until it is done."""
         run = self.run
         if run.closed:  # a call made while the run unwinds: start nothing
-            if type(awaitable) is CoroutineType:
-                awaitable.close()
+            discard(awaitable)
             return
         self.running += 1
         if not self.is_batch:  # a batch's items are counted from the moment they arrive
