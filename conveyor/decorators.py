@@ -25,8 +25,14 @@ function, and take the same error options:
     any other error.
 ``executor``
     How calls are made: ``"inline"`` (default: on the event loop; an ``async def`` runs
-    in a task of its own), a ``concurrent.futures.Executor``, or an object of conveyor's
-    ``Executor`` protocol.
+    in a task of its own), ``"thread"``/``"thread:N"`` (a thread pool of the run),
+    ``"process"``/``"process:N"`` (a process pool of the run, in measured chunks),
+    ``"auto"`` (chosen by measuring the calls), a ``concurrent.futures.Executor``, a
+    ``dask.distributed.Client``, or an object of conveyor's ``Executor`` protocol. See
+    docs/executors.md.
+``chunk_size``
+    Items per chunk sent to another process (``"process"``, a process pool, Dask,
+    ``"auto"``); default: sized from measurements, 20-200 ms of work per chunk.
 
 Every option is declared once, in ``conveyor._spec.TaskOptions``.
 """

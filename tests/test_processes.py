@@ -291,3 +291,7 @@ def test_chunk_sizes_follow_the_measured_cost() -> None:
         assert fixed.size == 7
     finally:
         loop.close()
+
+
+def test_a_function_decorated_in_place_travels() -> None:
+    assert workers.decorated_cube.run(range(5)) == [0, 1, 8, 27, 64]

@@ -88,3 +88,12 @@ class Unpicklable(Exception):
 
 def raises_unpicklable(x: int) -> int:
     raise Unpicklable(x, x)
+
+
+from conveyor import single_task  # noqa: E402  (below: a task decorated in place)
+
+
+@single_task(executor="process:2")
+def decorated_cube(x: int) -> int:
+    """The name ``decorated_cube`` holds the task: workers still find its function."""
+    return x**3

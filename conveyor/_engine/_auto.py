@@ -35,6 +35,7 @@ from typing import Any
 
 from .._spec import AutoChoice, StageSpec
 from ._calls import AWAIT, kind_of
+from ._pickling import dumps
 from ._pools import THREADS, Processes, RunThreads, cores
 
 __all__ = ["Auto", "choose"]
@@ -155,7 +156,7 @@ class Auto:
         """Pickling the item and the result there and back, and the function once."""
         started = time.perf_counter()
         try:
-            pickle.loads(pickle.dumps(self.invoke))
+            pickle.loads(dumps(self.invoke))
             sent = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
             back = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
             pickle.loads(sent)

@@ -12,14 +12,17 @@ which does send lambdas and closures by value.)
 from __future__ import annotations
 
 import functools
+import importlib
+import io
 import pickle
 import sys
 from collections.abc import Callable
+from types import FunctionType
 from typing import Any
 
 from ..errors import short_repr
 
-__all__ = ["dump_function", "unpicklable_item", "unpicklable_result"]
+__all__ = ["dump_function", "dumps", "unpicklable_item", "unpicklable_result"]
 
 FIX = (
     "Define the function with def at the top level of an importable module, pass only "
@@ -27,12 +30,45 @@ FIX = (
 )
 
 
+class _Pickler(pickle.Pickler):
+    """Pickle, and one more rule: a function decorated in place (``@single_task(...)
+    def f``) is sent as "the function of the task ``module.f``", since the name ``f``
+    now holds the task, not the function."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, FunctionType):
+            name: str = obj.__qualname__
+            holder = _lookup(sys.modules.get(obj.__module__), name)
+            if holder is not obj and getattr(holder, "func", None) is obj:
+                return _decorated, (obj.__module__, name)
+        return NotImplemented
+
+
+def dumps(value: Any) -> bytes:
+    """``pickle.dumps`` with the rule of :class:`_Pickler`."""
+    buffer = io.BytesIO()
+    _Pickler(buffer, pickle.HIGHEST_PROTOCOL).dump(value)
+    return buffer.getvalue()
+
+
+def _lookup(module: Any, qualname: str) -> Any:
+    value = module
+    for part in qualname.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def _decorated(module: str, qualname: str) -> Any:
+    """(In the worker.) The function of the task at ``module.qualname``."""
+    return _lookup(importlib.import_module(module), qualname).func
+
+
 def dump_function(
     invoke: Callable[[Any], Any],
     task: str,
     executor: str,
     resources: tuple[str, ...] = (),
-    dumps: Callable[[Any], bytes] = pickle.dumps,
+    dumps: Callable[[Any], bytes] = dumps,
 ) -> bytes:
     """``invoke`` pickled, or a TypeError naming the task, the part that failed, and why."""
     try:
