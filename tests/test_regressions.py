@@ -471,7 +471,8 @@ async def test_a_fast_sync_input_never_holds_up_the_loop() -> None:
         async for _ in inc(range(300_000)):
             count += 1
     assert count == 300_000 and len(lags) > 10
-    assert sorted(lags)[-2] < 0.010, max(lags)  # (the worst one may be a GC pause)
+    # Before the fix the loop froze for seconds; 30 ms leaves room for a busy machine.
+    assert sorted(lags)[-2] < 0.030, max(lags)  # (the worst one may be a GC pause)
 
 
 @pytest.mark.parametrize("bad", [-1, 0, 0.0, -0.5])
