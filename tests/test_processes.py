@@ -40,7 +40,8 @@ async def test_results_match_inline_in_both_modes(mode: str) -> None:
 async def test_work_runs_in_other_processes_on_every_worker() -> None:
     import os
 
-    spread = single_task(executor="process:2", chunk_size=1)(workers.spin)
+    # 20 ms items: long enough for the second worker to start (on demand) and take some.
+    spread = single_task(executor="process:2", chunk_size=1)(workers.spin).with_inputs(0.02)
     pids = single_task(executor="process:2", chunk_size=1)(workers.pid)
     out = await (spread | pids)(range(40)).collect()
     assert os.getpid() not in out

@@ -10,10 +10,10 @@ chunks per thread of the cluster (counted when the run starts) at once.
 A worker that dies is Dask's to recover from: the scheduler runs its chunks again on
 another worker (up to its ``allowed-failures``), and only then fails them with
 ``KilledWorker``, which the items meet under the task's policy. An item's answer is taken
-once, from the chunk that completed, so no result is lost or delivered twice. A chunk
-cancelled on the cluster (the client closed) fails its items with Dask's
-``FutureCancelledError``. When the run ends, its chunks still out are cancelled; conveyor
-never closes the client.
+once, from the chunk that completed, so no result is lost or delivered twice. A client
+closed during a run fails the items left with Dask's ``FutureCancelledError`` or
+``ClosedClientError``. When the run ends, its chunks still out are cancelled (a chunk
+already running runs to its end); conveyor never closes the client.
 """
 
 from __future__ import annotations
@@ -52,11 +52,9 @@ class DaskCalls:
         self.gathering: set[concurrent.futures.Future[None]] = set()
 
     async def open(self, stack: contextlib.AsyncExitStack, shared: dict[Any, Any]) -> DaskCalls:
-        if self.client.status not in ("running", "connecting"):  # (closed, or not started)
-            raise RuntimeError(
-                f"task {self.spec.name!r} cannot run on {self!r}: the client is "
-                f"{self.client.status} (an asynchronous client must be awaited first)"
-            )
+        if self.client.status not in ("running", "connecting"):  # (else a puzzling error)
+            status = self.client.status  # closed, or an asynchronous client never awaited
+            raise RuntimeError(f"task {self.spec.name!r}: its Dask client is {status}")
         # Asked on the client's loop: a plain client's blocking call would stall this loop
         # for a round trip to the scheduler.
         nthreads = await asyncio.wrap_future(

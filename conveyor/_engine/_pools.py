@@ -236,18 +236,15 @@ class ProcessPool:
     async def close(self) -> None:
         """Close the pools conveyor created, once their processes have exited.
 
-        A chunk still out (the run ended early) runs to its end before its worker exits,
-        except on Python 3.14+, where the workers are terminated."""
+        Chunks not started are cancelled; a chunk still running (the run ended early)
+        runs to its end first: a worker process is never killed mid-call (a chunk is
+        sized to 20-200 ms of work unless ``chunk_size`` says otherwise)."""
         for chunker in self.chunkers:
             for future in chunker.out:
                 future.cancel()  # (a chunk not yet started)
         if not self.owned:
             return
         pools = [*self.retired, self.pool]
-        busy = any(chunker.out for chunker in self.chunkers)
-        for pool in pools:
-            if busy and hasattr(pool, "terminate_workers"):
-                pool.terminate_workers()
 
         def shut_down() -> None:
             for pool in pools:
