@@ -451,6 +451,9 @@ def local_cluster() -> Iterator[tuple[Any, float]]:
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
+            # (a worker's last heartbeat may meet the closed scheduler at the end: an
+            # error Dask logs, not a failure)
+            silence_logs=logging.CRITICAL,
         )
     with cluster, Client(cluster) as client:
         client.wait_for_workers(cores())

@@ -263,7 +263,7 @@ async def test_a_client_closed_during_a_run_fails_the_items_left(cluster: Any) -
         "FutureCancelledError",  # out when the client closed
         "ClosedClientError",  # submitted after
     }
-    with pytest.raises(RuntimeError, match="the client is closed"):
+    with pytest.raises(RuntimeError, match="its Dask client is closed"):
         await slow([1]).collect()
 
 

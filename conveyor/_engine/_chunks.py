@@ -6,7 +6,8 @@ Each item's call returns an asyncio Future at once; the engine awaits it in the 
 task like any other. Items wait in ``pending`` until a chunk takes them:
 
 * **When.** At most ``2 x workers`` chunks are out at once: every worker busy and one more
-  ready behind it. Items pushed in the same loop step are gathered before a chunk leaves.
+  ready behind it. Items pushed in the same loop step are gathered before a chunk leaves,
+  and a chunk leaves short only when a worker would otherwise idle.
 * **How many.** ``chunk_size=`` if the task fixes it. Otherwise the first chunks hold one
   item each and measure; from then on a chunk holds ``target / per_item`` items, where
   ``per_item`` is the measured work time of an item (a moving average: it follows changes)
@@ -98,8 +99,13 @@ class Chunker:
         return future
 
     def flush(self) -> None:
+        """Send what is waiting: a short chunk only if a worker would otherwise idle (so
+        tiny items gather into full chunks while every worker is busy)."""
         self.gathering = False
-        while self.pending and len(self.out) < 2 * self.workers:
+        while self.pending and (
+            len(self.out) < self.workers
+            or (len(self.pending) >= self.size and len(self.out) < 2 * self.workers)
+        ):
             self.send()
 
     def send(self) -> None:
