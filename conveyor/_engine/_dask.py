@@ -65,7 +65,7 @@ class DaskCalls:
         return self
 
     def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        import cloudpickle  # type: ignore[import-untyped]  # (a dependency of dask.distributed)
+        import cloudpickle  # (a dependency of dask.distributed)
 
         function = dump_function(invoke, self.spec.name, repr(self), dumps=cloudpickle.dumps)
         self.chunker = Chunker(
