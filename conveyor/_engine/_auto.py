@@ -16,7 +16,8 @@ of the calling thread (``thread_time``), and what pickling the item and the resu
 
 Measurement goes on: inline, one call in :data:`SAMPLE` is timed; on threads, every call
 (in its thread); on processes, the workers report each chunk's wall and CPU time. Every
-:data:`RECHECK` calls the rule is applied again to a moving average, and the task moves
+:data:`RECHECK` calls the rule is applied again to the medians of the latest 16 samples
+(one descheduled call cannot flip it), and the task moves
 when the answer changes; calls under way finish where they started. Each choice is
 logged (``conveyor`` logger, INFO) and recorded for ``repr(task)``. Async functions and
 generator functions stay inline (their work is on the loop or lazy). Pools are opened on
@@ -29,7 +30,9 @@ import contextlib
 import inspect
 import logging
 import pickle
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -43,15 +46,15 @@ __all__ = ["Auto", "choose"]
 logger = logging.getLogger("conveyor")
 
 FIRST = 8
-SAMPLE = 64
+SAMPLE = 16
 RECHECK = 256
 CHEAP = 100e-6
 """Calls under 100 µs stay inline: a thread hop costs ~20-50 µs, a process hop more."""
 PAYOFF = 4
 """A process must be given work worth 4x what sending it costs."""
 HAND_OFF = 25e-6
-"""The loop's own cost of a call sent to a process (its future and task), measured by
-``benchmarks/bench_executors.py`` at 15-25 µs per item."""
+"""The loop's own cost of a call sent to a process (its future and task): the "cost/item
+process" row of ``python -m benchmarks --only executors`` measures 9-21 µs per item."""
 LOOP_BUDGET = 1e-3
 """A CPU-bound call that cannot go to a process runs on a thread above 1 ms."""
 
@@ -90,8 +93,10 @@ class Auto:
         self.current: Callable[[Any], Any] = self.measured
         self.choice = "inline"
         self.calls = 0
-        self.wall: float | None = None
-        self.cpu = 0.0
+        # The latest samples (wall, CPU): the rule reads their medians, so one call that
+        # was descheduled (its CPU clock stopped) cannot flip the choice on its own.
+        self.samples: deque[tuple[float, float]] = deque(maxlen=16)
+        self.announced = False
         self.transfer: float | None = None
         self.pickles = True
         self.routes: dict[str, Callable[[Any], Any]] = {}
@@ -146,11 +151,7 @@ class Auto:
             self.sample(time.perf_counter() - wall, time.thread_time() - cpu)
 
     def sample(self, wall: float, cpu: float) -> None:
-        if self.wall is None:
-            self.wall, self.cpu = wall, cpu
-        else:
-            self.wall += 0.2 * (wall - self.wall)
-            self.cpu += 0.2 * (cpu - self.cpu)
+        self.samples.append((wall, cpu))  # (deque.append is atomic: threads call it too)
 
     def measure_transfer(self, item: Any, result: Any) -> None:
         """Pickling the item and the result there and back, and the function once."""
@@ -171,12 +172,16 @@ class Auto:
     def recheck(self) -> None:
         chunker = getattr(self.processes, "chunker", None)
         if self.choice == "process" and chunker is not None and chunker.per_item is not None:
-            self.wall, self.cpu = chunker.per_item, chunker.cpu_per_item
-        if self.wall is None:
+            self.sample(chunker.per_item, chunker.cpu_per_item)
+        if not self.samples:
             return
+        samples = list(self.samples)
+        wall = statistics.median(wall for wall, _ in samples)
+        cpu = statistics.median(cpu for _, cpu in samples)
         transfer = self.transfer if self.pickles else None
-        choice, reason = choose(self.wall, self.cpu, transfer, cores() > 1)
-        if choice != self.choice or self.record.choice is None:
+        choice, reason = choose(wall, cpu, transfer, cores() > 1)
+        if choice != self.choice or not self.announced:
+            self.announced = True
             self.decided(choice, reason)
 
     def decided(self, choice: str, reason: str) -> None:

@@ -84,6 +84,7 @@ class Chunker:
         self.per_item: float | None = None  # seconds of work per item (moving average)
         self.cpu_per_item: float | None = None
         self.latency: float | None = None  # a chunk's round trip above work and pickling
+        self.warm = False  # whether a chunk has been answered (the workers are up)
         self.sizes: list[int] = []  # the sizes chosen, bounded (see choose)
 
     # -- sending ---------------------------------------------------------------------
@@ -132,7 +133,9 @@ class Chunker:
             self._fail(chunk, exc)
             return
         self.out.add(sent)
-        idle = len(self.out) == 1
+        # Sent while nothing else was out, once the workers are up (before the first
+        # answer, a round trip includes starting them): its round trip measures latency.
+        idle = self.warm and len(self.out) == 1
         sent.add_done_callback(
             lambda done: self._call_soon(self.answered, done, chunk, started, pickled, idle)
         )
@@ -165,6 +168,7 @@ class Chunker:
         idle: bool,
     ) -> None:
         self.out.discard(done)
+        self.warm = True
         if done.cancelled():  # the pool shut down with the chunk unsent: the run is over
             for _, future in chunk:
                 future.cancel()
@@ -206,8 +210,6 @@ class Chunker:
             self.cpu_per_item += 0.3 * (cpu_per_item - self.cpu_per_item)
         if idle:  # nothing else was out: the round trip above the work is the chunk's cost
             above = max(0.0, round_trip - work - pickling)
-            # The first answer includes starting the workers: trust it only until another
-            # idle chunk has been measured.
             self.latency = above if self.latency is None else min(self.latency, above)
         if self.fixed is None:
             fixed_cost = (self.latency or 0.0) + pickling
