@@ -32,7 +32,7 @@ function, and take the same error options:
     docs/executors.md.
 ``chunk_size``
     Items per chunk sent to another process (``"process"``, a process pool, Dask,
-    ``"auto"``); default: sized from measurements, 20-200 ms of work per chunk.
+    ``"auto"``); default: sized from measurements, 100-250 ms of work per chunk.
 
 Every option is declared once, in ``conveyor._spec.TaskOptions``.
 """

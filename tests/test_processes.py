@@ -277,16 +277,16 @@ def test_chunk_sizes_follow_the_measured_cost() -> None:
     loop = asyncio.new_event_loop()
     try:
         chunker = Chunker(loop, b"", None, None, 2, None)  # type: ignore[arg-type]
-        # An idle round trip of 1 ms above the work: chunks aim at 20 ms of work.
+        # An idle round trip of 1 ms above the work: 20 ms, under the floor of 100 ms.
         chunker.measure(1, round_trip=0.002, work=0.001, cpu=0.001, pickling=0.0, idle=True)
-        assert chunker.size == 20
+        assert chunker.size == 100
         # Calls become ten times dearer: the size follows (a moving average).
         for _ in range(30):
-            chunker.measure(20, round_trip=0.21, work=0.2, cpu=0.2, pickling=0.0, idle=False)
-        assert chunker.size == 2
-        # A dear transfer (50 ms of pickling per chunk) buys bigger chunks, up to 200 ms.
-        chunker.measure(2, round_trip=0.1, work=0.02, cpu=0.02, pickling=0.05, idle=False)
-        assert 0.15 <= chunker.size * chunker.per_item <= 0.2
+            chunker.measure(100, round_trip=1.01, work=1.0, cpu=1.0, pickling=0.0, idle=False)
+        assert chunker.size == 10
+        # A dear transfer (50 ms of pickling per chunk) buys bigger chunks, up to 250 ms.
+        chunker.measure(10, round_trip=0.2, work=0.1, cpu=0.1, pickling=0.05, idle=False)
+        assert 0.2 <= chunker.size * chunker.per_item <= 0.25
         fixed = Chunker(loop, b"", None, None, 2, 7)  # type: ignore[arg-type]
         fixed.measure(1, round_trip=0.002, work=0.001, cpu=0.001, pickling=0.0, idle=True)
         assert fixed.size == 7

@@ -238,7 +238,7 @@ class ProcessPool:
 
         Chunks not started are cancelled; a chunk still running (the run ended early)
         runs to its end first: a worker process is never killed mid-call (a chunk is
-        sized to 20-200 ms of work unless ``chunk_size`` says otherwise)."""
+        sized to 100-250 ms of work unless ``chunk_size`` says otherwise)."""
         for chunker in self.chunkers:
             for future in chunker.out:
                 future.cancel()  # (a chunk not yet started)
