@@ -205,6 +205,20 @@ def paired_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
+async def drain(stream: Any) -> int:
+    """Consume an async iterable; the number of items it gave."""
+    count = 0
+    async for _ in stream:
+        count += 1
+    return count
+
+
+def expect(count: int, n: int, who: str) -> None:
+    """A contender that lost or invented results has not run the scenario."""
+    if count != n:
+        raise AssertionError(f"{who} produced {count} results, expected {n}")
+
+
 def rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
 

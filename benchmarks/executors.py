@@ -36,13 +36,23 @@ import os
 import statistics
 import time
 import warnings
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from conveyor import single_task
 
 from . import executor_work as work
-from .common import Config, Row, fmt_int, fmt_rate, interleaved_samples, paired_ratio, run_on
+from .common import (
+    Config,
+    Row,
+    drain,
+    expect,
+    fmt_int,
+    fmt_rate,
+    interleaved_samples,
+    paired_ratio,
+    run_on,
+)
 
 GROUP = "executors"
 
@@ -76,23 +86,11 @@ def installed(module: str) -> bool:
 # -- contenders ----------------------------------------------------------------------------
 
 
-async def _drain(stream: AsyncIterable[Any]) -> int:
-    count = 0
-    async for _ in stream:
-        count += 1
-    return count
-
-
-def _expect(count: int, n: int, who: str) -> None:
-    if count != n:
-        raise AssertionError(f"{who} produced {count} results, expected {n}")
-
-
 def _stream(task: Any, items: Sequence[Any], who: str = "conveyor") -> Async:
     """A conveyor run over ``items``, drained."""
 
     async def run() -> None:
-        _expect(await _drain(task(items)), len(items), who)
+        expect(await drain(task(items)), len(items), who)
 
     return run
 
@@ -101,7 +99,7 @@ def _blocking(fn: Callable[[], int], n: int, who: str) -> Async:
     """A synchronous baseline (it blocks the loop, which has nothing else to do)."""
 
     async def run() -> None:
-        _expect(fn(), n, who)
+        expect(fn(), n, who)
 
     return run
 

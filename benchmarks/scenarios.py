@@ -18,6 +18,8 @@ from . import baselines as bl
 from .common import (
     Config,
     Row,
+    drain,
+    expect,
     fmt_int,
     fmt_mb,
     fmt_rate,
@@ -80,21 +82,9 @@ BATCHING: Pipeline[int, int] = (
 )
 
 
-async def drain(stream: Any) -> int:
-    count = 0
-    async for _ in stream:
-        count += 1
-    return count
-
-
-def _expect(count: int, n: int, who: str) -> None:
-    if count != n:
-        raise AssertionError(f"{who} produced {count} results, expected {n}")
-
-
 def _checked(fn: Callable[[], Awaitable[int]], n: int, who: str) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
-        _expect(await fn(), n, who)
+        expect(await fn(), n, who)
 
     return run
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import logging
 import math
 import pickle
@@ -62,9 +63,9 @@ class Chunker:
     """One stage's calls on an out-of-process backend, for one run (see the module doc).
 
     ``submit(function_payload, items_payload)`` sends a chunk and returns a
-    ``concurrent.futures.Future`` of :func:`run_chunk`'s answer; ``lost(exc)`` is told
-    when a chunk's future fails (the backend may replace a broken pool) and returns the
-    exception each of the chunk's items fails with.
+    ``concurrent.futures.Future`` of :func:`run_chunk`'s answer; ``lost(exc, count)`` is
+    told when a chunk's future fails and returns the exception that stands for it (the
+    backend may reword it); each of the chunk's items fails with a copy of its own.
     """
 
     def __init__(
@@ -90,7 +91,6 @@ class Chunker:
         self.cpu_per_item: float | None = None
         self.latency: float | None = None  # a chunk's round trip above work and pickling
         self.warm = False  # whether a chunk has been answered (the workers are up)
-        self.sizes: list[int] = []  # the sizes chosen, bounded (see choose)
 
     # -- sending ---------------------------------------------------------------------
 
@@ -197,9 +197,10 @@ class Chunker:
             self.flush()
 
     def _fail(self, chunk: list[tuple[Any, asyncio.Future[Any]]], error: BaseException) -> None:
+        error = self.lost(error, len(chunk))
         for _, future in chunk:
             if not future.done():
-                future.set_exception(self.lost(error, len(chunk)))
+                future.set_exception(_own_copy(error))
 
     # -- sizing ----------------------------------------------------------------------
 
@@ -220,10 +221,19 @@ class Chunker:
             fixed_cost = (self.latency or 0.0) + pickling
             target = min(MAX_TARGET, max(MIN_TARGET, 20 * fixed_cost))
             self.size = max(1, min(MAX_CHUNK, round(target / max(self.per_item, 1e-7))))
-            if len(self.sizes) < 64 or self.sizes[-1] != self.size:
-                self.sizes.append(self.size)
-                del self.sizes[:-64]
         logger.debug("chunk of %d answered: next size %d", count, self.size)
+
+
+def _own_copy(error: BaseException) -> BaseException:
+    """A copy of ``error`` for one item, so that the notes the policy adds (the item it
+    failed on) are its own; ``error`` itself if it cannot be copied."""
+    try:
+        own = copy.copy(error)
+    except Exception:
+        return error
+    if hasattr(error, "__notes__"):
+        own.__notes__ = list(error.__notes__)  # (copy.copy shares the list)
+    return own.with_traceback(error.__traceback__)
 
 
 # -- the worker's side ---------------------------------------------------------------------

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import copy
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar, cast
@@ -111,16 +110,9 @@ class DaskCalls:
             answer.task = None  # (the cluster may forget the chunk's result now)
 
     def lost(self, error: BaseException, count: int) -> BaseException:
-        """Each item of a failed chunk fails with a copy of the chunk's error, so that
-        each gets notes of its own (the item it failed on): ``KilledWorker`` after Dask's
-        own retries, ``FutureCancelledError``, or what ``run_chunk`` itself raised."""
-        try:
-            own = copy.copy(error)
-        except Exception:  # cannot be rebuilt: shared
-            return error
-        if hasattr(error, "__notes__"):
-            own.__notes__ = list(error.__notes__)  # (copy.copy shares the list)
-        return own.with_traceback(error.__traceback__)
+        """A failed chunk's error, as is: ``KilledWorker`` after Dask's own retries,
+        ``FutureCancelledError``, or what ``run_chunk`` itself raised."""
+        return error
 
     async def _cancel(self) -> None:
         """The run is over: cancel its chunks still out (the cluster keeps running), and

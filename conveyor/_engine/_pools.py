@@ -231,7 +231,7 @@ class ProcessPool:
                 f"item's chunk of {count} was out, so its result is lost.{replaced} Set "
                 f"retry_attempts to run such items again."
             )
-        return type(error)(*error.args) if _recreatable(error) else error
+        return error
 
     async def close(self) -> None:
         """Close the pools conveyor created, once their processes have exited.
@@ -251,14 +251,6 @@ class ProcessPool:
                 pool.shutdown(wait=True, cancel_futures=True)
 
         await _in_thread(shut_down)
-
-
-def _recreatable(error: BaseException) -> bool:
-    try:
-        type(error)(*error.args)
-    except Exception:
-        return False
-    return True
 
 
 async def _in_thread(blocking: Callable[[], Any]) -> None:
