@@ -117,3 +117,94 @@ def test_executor_names_are_checked_at_decoration() -> None:
             single_task(executor=bad)
     for good in ("thread", "thread:3", "process", "process:32", "auto"):
         single_task(executor=good)
+
+
+# -- calls that wait on a Future, without a task of their own (_waiting) ---------------------
+
+
+async def test_thread_calls_wait_without_a_task_each() -> None:
+    release = threading.Event()
+    started: list[int] = []
+    failed: list[int] = []
+
+    @single_task(executor="thread:8", retry_attempts=2, retry_delay=0)
+    def held(x: int) -> int:
+        started.append(x)
+        release.wait(timeout=10)
+        if x == 7 and not failed:
+            failed.append(x)
+            raise OSError(x)  # retried: the policy awaits, in a task
+        return x
+
+    before = len(asyncio.all_tasks())
+    consumer = asyncio.create_task(held(range(200)).collect())
+    while len(started) < 8:  # every thread busy, the other 192 calls queued in the pool
+        await asyncio.sleep(0.001)
+    tasks = len(asyncio.all_tasks()) - before
+    release.set()
+    assert await consumer == list(range(200))
+    assert tasks < 10  # the consumer and the run's own; a task per call would be 200 more
+
+
+async def test_completions_in_threads_wake_the_loop_once_for_many(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from conveyor._engine._waiting import Completions
+
+    drains = 0
+    drain = Completions._drain
+
+    def counting(self: Completions) -> None:
+        nonlocal drains
+        drains += 1
+        drain(self)
+
+    monkeypatch.setattr(Completions, "_drain", counting)
+    together = threading.Barrier(32)  # 32 calls end at the same moment
+
+    @single_task(executor="thread:32")
+    def meet(x: int) -> int:
+        together.wait(timeout=10)
+        return x
+
+    assert await meet(range(32)).collect() == list(range(32))
+    assert 1 <= drains <= 16  # one wake per item would be 32
+
+
+async def test_a_future_cancelled_outside_the_pipeline_fails_the_run() -> None:
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+
+    @single_task(executor=pool)
+    def first_cancels_the_rest(x: int) -> int:
+        if x == 0:
+            time.sleep(0.05)  # the other calls are queued behind this one
+            pool.shutdown(wait=False, cancel_futures=True)
+        return x
+
+    with pytest.raises(RuntimeError, match="cancelled from outside") as caught:
+        await first_cancels_the_rest(range(10)).collect()
+    assert "first_cancels_the_rest" in "".join(caught.value.__notes__)
+    pool.shutdown()
+
+
+async def test_early_exit_cancels_calls_queued_in_a_users_pool() -> None:
+    import concurrent.futures
+
+    ran: list[int] = []
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+
+        @single_task(executor=pool)
+        def slow(x: int) -> int:
+            time.sleep(0.01)
+            ran.append(x)
+            return x
+
+        async with slow(range(200)) as stream:
+            async for _ in stream:
+                break
+        await asyncio.sleep(0.05)
+        assert len(ran) < 10  # the rest never ran: cancelled in the pool's queue
+        assert pool.submit(int, "7").result() == 7  # the user's pool stays open

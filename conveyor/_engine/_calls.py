@@ -111,6 +111,9 @@ def discard(awaitable: Any) -> None:
     """Let go of a call's awaitable that no task will await (the run is over): close a
     coroutine that never started (else it warns "never awaited"); cancel a Future, or
     read its exception (else it warns "exception was never retrieved")."""
+    if isinstance(awaitable, concurrent.futures.Future):
+        awaitable.cancel()  # (a call running in a thread or process runs to its end)
+        return
     if type(awaitable) is CoroutineType:
         if inspect.getcoroutinestate(awaitable) == inspect.CORO_CREATED:
             awaitable.close()

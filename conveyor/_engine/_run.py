@@ -6,7 +6,8 @@ when both are plain functions on the loop).
 
 **Ownership.** Every task the run starts is in ``tasks``: the supervisor (which binds
 the stages, opens resources, pumps the input, and closes resources once every call has
-ended), calls' tasks (``_stage``), expansions (``_expand``). ``abort()`` cancels them all;
+ended), calls' tasks (``_stage``), expansions (``_expand``); every Future a call waits on
+without a task is in ``completions`` (``_waiting``). ``abort()`` cancels them all;
 ``shutdown()`` cancels and awaits them. The consumer calls ``shutdown()`` when the run
 ends, fails, or is closed, and ``abort()`` when it is cancelled or dropped. A task that
 ends with an error, or cancelled while the run is open, fails the run.
@@ -35,6 +36,7 @@ from ._input import NO_INPUT, close_source, pump
 from ._observe import RunObserver, instrument
 from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sink
 from ._stage import UNLIMITED, SingleStage, Stage
+from ._waiting import Completions
 from ._window import Window, sentinel_at_front
 
 NOTHING: Any = object()
@@ -49,6 +51,7 @@ class Run:
         "_final_list",
         "_source",
         "closed",
+        "completions",
         "consumer",
         "context",
         "direct_entry",
@@ -90,6 +93,8 @@ class Run:
         self.context = contextvars.copy_context()
         self.context.run(set_current_context, context)
 
+        # The Futures that calls on threads, processes or Dask wait on (see _waiting).
+        self.completions = Completions(self.loop, self.context)
         self.stages: list[Stage] = []
         self._build(specs, context)
         if observer is not None:
@@ -129,6 +134,8 @@ class Run:
                 if isinstance(sink, SingleStage) and stage.plain and sink.plain:
                     stage.chain = sink if sink.limit == UNLIMITED else None
                 sink = stage
+            if spec.options.timeout is None:
+                stage.futures = self.completions
             self.stages.append(stage)
         self.stages.reverse()
         self.entry: Sink = sink
@@ -301,6 +308,7 @@ class Run:
             # A call's task cancelled before its first step (3.11 starts tasks lazily)
             # never awaits its coroutine or Future: let go of it cleanly.
             discard(awaitable)
+        self.completions.cancel()
         self._end()
         if self.error is None:
             # Closed by the consumer (or for it): results not taken yet are dropped, and a

@@ -6,9 +6,10 @@ and sends results on with ``downstream.push(result, node)``. An item gets a node
 
 **Calls.** :meth:`Stage.call` is the one place a stage's call is made: ``self.call_fn``,
 the executor's per-item callable (see ``_calls``), runs in a fresh copy of the run's
-context. A plain result is handed on at once; an awaitable (the coroutine of an
-``async def``, a Future) runs in a real asyncio task of its own (:meth:`Stage.drive`),
-which applies the timeout and the error policy and hands the result on when it is done.
+context. A plain result is handed on at once. An awaitable waits (``_waiting``): the
+coroutine of an ``async def`` in a real asyncio task of its own, a Future from a thread,
+process or cluster by a callback; either way the timeout and the error policy apply and
+the result is handed on when it is done.
 Adjacent plain-function single stages on the inline executor are *fused* (unless the
 later one has a concurrency limit): a result goes straight into the next function, in the
 same context copy, as if the functions were composed by hand.
@@ -17,7 +18,7 @@ same context copy, as if the functions were composed by hand.
 async generator becomes several items lazily (``_expand``), anything else is one item. A
 :class:`~conveyor.errors.Failure` passes through later stages untouched.
 
-**Counting.** ``running`` counts calls under way in tasks (the concurrency limit) and
+**Counting.** ``running`` counts calls that wait (the concurrency limit) and
 ``inflight`` the items a stage holds across an ``await`` (queued, in such calls,
 expanding, accumulated in a batch): the run is over when no stage holds anything.
 """
@@ -39,17 +40,15 @@ from ._calls import (
     KINDS_GET,
     LIST,
     NONE,
-    VALUE,
     Executor,
     as_awaitable,
-    discard,
     kind_of,
     settle,
-    start_task,
 )
 from ._expand import expand
 from ._order import EMPTY, Node, OrderList, Sink
 from ._policy import Policy
+from ._waiting import Completions, Recovery, await_future, go_async
 
 if TYPE_CHECKING:
     import contextvars
@@ -69,6 +68,7 @@ class Stage(Sink):
         "downstream",
         "draining",
         "executor",
+        "futures",
         "inflight",
         "invoke",
         "is_batch",
@@ -117,6 +117,9 @@ class Stage(Sink):
         self.draining = False
         self.is_batch = spec.batch
         self.probe: Any = None  # the stage's observer, if the run is observed (_observe)
+        # Where a call's Future waits without a task (``_futures``; set by the run),
+        # unless the task has a timeout: ``asyncio.timeout`` needs a task.
+        self.futures: Completions | None = None
 
     def bind(self, invoke: Callable[[Any], Any]) -> None:
         """Use ``invoke`` (the function with this run's side inputs) from now on."""
@@ -155,8 +158,11 @@ class Stage(Sink):
             stage, item = following, result
         if kind == AWAIT:
             if type(result) is not CoroutineType:
+                if stage.futures is not None:
+                    await_future(stage, result, context, item, node)
+                    return
                 result = as_awaitable(result)
-            stage.go_async(result, context, item, node)
+            go_async(stage, result, context, item, node)
             return
         if kind:
             stage.emit_kind(kind, result, node)
@@ -176,39 +182,18 @@ class Stage(Sink):
             self.crashed(exc, item)
             return
         if type(coro) is CoroutineType:
-            self.go_async(coro, self.context.copy(), item, node)
+            go_async(self, coro, self.context.copy(), item, node)
         else:  # not what it looked like: the generic rules
             self.emit_result(coro, item, node)
 
     def emit_result(self, result: Any, item: Any, node: Any) -> None:
         kind = kind_of(type(result))
         if kind == AWAIT:
-            self.go_async(as_awaitable(result), self.context.copy(), item, node)
+            go_async(self, as_awaitable(result), self.context.copy(), item, node)
         else:
             self.emit(result, node)
             if self.is_batch:
                 self.call_done(item)
-
-    def go_async(self, awaitable: Any, context: contextvars.Context, item: Any, node: Any) -> None:
-        """Await a call's result in a real task of its own, counted until it is done."""
-        run = self.run
-        if run.closed:  # a call made while the run unwinds: start nothing
-            discard(awaitable)
-            return
-        self.running += 1
-        if not self.is_batch:  # a batch's items are counted from the moment they arrive
-            self.inflight += 1
-        self.window.busy += 1
-        place = [node, False]  # the item's node, and whether the run lists the task
-        task = start_task(self.drive(awaitable, item, place), loop=self.loop, context=context)
-        if not task.done():
-            # It suspended (or, on 3.11, has not started): nothing was appended behind it
-            # yet, so its place in the order is the tail, now. An item whose call never
-            # suspends costs no node.
-            if node is None and self.list is not None:
-                place[0] = self.list.append()
-            place[1] = True
-            run.tasks[task] = awaitable
 
     def crashed(self, exc: BaseException, item: Any) -> None:
         """A call raised a BaseException (not KeyboardInterrupt/SystemExit): fail the run
@@ -221,7 +206,7 @@ class Stage(Sink):
         """The call raised before returning: settle it now, or recover in a task."""
         policy = self.policy
         if not policy.settles_at_once(exc, item):
-            self.go_async(_Recovery(exc), context, item, node)
+            go_async(self, Recovery(exc), context, item, node)
             return
         try:
             result = policy.final(exc, item, 1)
@@ -231,57 +216,6 @@ class Stage(Sink):
         self.emit(result, node)
         if self.is_batch:
             self.call_done(item)
-
-    async def drive(self, awaitable: Any, item: Any, place: list[Any]) -> None:
-        """The coroutine of a call's task: await the call, recover, hand the result on.
-
-        ``place`` is ``[node, listed]``: the item's node when the result is handed on,
-        and whether the task is in the run's list (see ``go_async``).
-        """
-        run = self.run
-        try:
-            try:
-                if type(awaitable) is _Recovery:
-                    result = await self.policy.recover(awaitable.error, item)
-                else:
-                    try:
-                        if self.timeout is None:
-                            result = await awaitable
-                            kind = KINDS_GET(type(result))
-                            if kind != VALUE:
-                                result, kind = await settle(result, kind)
-                        else:
-                            async with asyncio.timeout(self.timeout):
-                                result, kind = await settle(await awaitable, None)
-                    except Exception as exc:
-                        result = await self.policy.recover(exc, item)
-            except asyncio.CancelledError as exc:
-                if not run.closed:  # not the run's own cancellation: the call's
-                    run.fail(self.policy.annotate(exc, item))
-                raise
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:
-                if getattr(exc, "__notes__", None):  # the policy's own: annotated
-                    run.fail(exc)
-                else:
-                    self.crashed(exc, item)
-                return
-            # finished(), inlined: this runs once per async call
-            self.running -= 1
-            if not run.closed:  # else a call that ignored its cancellation: start nothing
-                if KINDS_GET(type(result)) == VALUE:
-                    self.downstream.push(result, place[0])
-                else:
-                    self.emit(result, place[0])
-            self.call_done(item)
-        finally:
-            window = self.window
-            window.busy -= 1
-            if place[1]:
-                del run.tasks[asyncio.current_task()]  # type: ignore[arg-type]
-            if not window.busy:
-                window.check_stall()
 
     async def attempt(self, item: Any) -> Any:
         """One complete call again, inside the call's task (retries, batch isolation)."""
@@ -376,12 +310,3 @@ class SingleStage(Stage):
         else:
             self.inflight += 1
             self.pending.append((item, self.place(node)))
-
-
-class _Recovery:
-    """Stands for a call whose first attempt raised synchronously: its task recovers."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
