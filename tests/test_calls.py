@@ -32,7 +32,8 @@ from conveyor._engine._calls import (
     start_task,
 )
 from conveyor._engine._executors import executor_for
-from conveyor._engine._pools import PoolExecutor, Processes, RunThreads
+from conveyor._engine._pools import PoolExecutor, Processes
+from conveyor._engine._threads import RunThreads
 from conveyor._spec import StageSpec, make_options
 
 

@@ -146,29 +146,37 @@ async def test_thread_calls_wait_without_a_task_each() -> None:
     assert tasks < 10  # the consumer and the run's own; a task per call would be 200 more
 
 
+@pytest.mark.parametrize("pool", ["thread:32", "ThreadPoolExecutor(32)"])
 async def test_completions_in_threads_wake_the_loop_once_for_many(
-    monkeypatch: pytest.MonkeyPatch,
+    pool: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import concurrent.futures
+
+    from conveyor._engine._threads import ThreadPool
     from conveyor._engine._waiting import Completions
 
-    drains = 0
-    drain = Completions._drain
+    # What the loop runs when threads wake it: conveyor's pool answers its own Futures;
+    # a user's pool completes concurrent.futures Futures, which the run collects.
+    owner, method = (ThreadPool, "_answer") if pool == "thread:32" else (Completions, "_drain")
+    wakes = 0
+    wake = getattr(owner, method)
 
-    def counting(self: Completions) -> None:
-        nonlocal drains
-        drains += 1
-        drain(self)
+    def counting(self: Any) -> None:
+        nonlocal wakes
+        wakes += 1
+        wake(self)
 
-    monkeypatch.setattr(Completions, "_drain", counting)
+    monkeypatch.setattr(owner, method, counting)
     together = threading.Barrier(32)  # 32 calls end at the same moment
 
-    @single_task(executor="thread:32")
     def meet(x: int) -> int:
         together.wait(timeout=10)
         return x
 
-    assert await meet(range(32)).collect() == list(range(32))
-    assert 1 <= drains <= 16  # one wake per item would be 32
+    with concurrent.futures.ThreadPoolExecutor(32) as users:
+        executor = "thread:32" if pool == "thread:32" else users
+        assert await single_task(executor=executor)(meet)(range(32)).collect() == list(range(32))
+    assert 1 <= wakes <= 16  # one wake per item would be 32
 
 
 async def test_a_future_cancelled_outside_the_pipeline_fails_the_run() -> None:
@@ -189,22 +197,37 @@ async def test_a_future_cancelled_outside_the_pipeline_fails_the_run() -> None:
     pool.shutdown()
 
 
-async def test_early_exit_cancels_calls_queued_in_a_users_pool() -> None:
+@pytest.mark.parametrize("pool", ["thread:2", "ThreadPoolExecutor(2)"])
+async def test_early_exit_cancels_calls_queued_in_a_pool(pool: str) -> None:
     import concurrent.futures
 
     ran: list[int] = []
 
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    def slow(x: int) -> int:
+        time.sleep(0.01)
+        ran.append(x)
+        return x
 
-        @single_task(executor=pool)
-        def slow(x: int) -> int:
-            time.sleep(0.01)
-            ran.append(x)
-            return x
-
-        async with slow(range(200)) as stream:
+    with concurrent.futures.ThreadPoolExecutor(2) as users:
+        executor = "thread:2" if pool == "thread:2" else users
+        async with single_task(executor=executor)(slow)(range(200)) as stream:
             async for _ in stream:
                 break
         await asyncio.sleep(0.05)
         assert len(ran) < 10  # the rest never ran: cancelled in the pool's queue
-        assert pool.submit(int, "7").result() == 7  # the user's pool stays open
+        assert users.submit(int, "7").result() == 7  # a user's pool stays open
+    assert pool_threads() == []
+
+
+@pytest.mark.parametrize("executor", ["inline", "thread:2"])
+async def test_stop_iteration_in_a_call_is_an_error_like_any_other(executor: str) -> None:
+    def stop_at_3(x: int) -> int:
+        if x == 3:
+            raise StopIteration(x)  # must not read as the end of the stream
+        return x
+
+    task = single_task(executor=executor)(stop_at_3)
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        await task(range(6)).collect()
+    skipping = single_task(executor=executor, on_error="skip_item")(stop_at_3)
+    assert await skipping(range(6)).collect() == [0, 1, 2, 4, 5]

@@ -39,7 +39,8 @@ from typing import Any
 from .._spec import AutoChoice, StageSpec
 from ._calls import AWAIT, kind_of
 from ._pickling import dumps
-from ._pools import THREADS, Processes, RunThreads, cores
+from ._pools import Processes, cores
+from ._threads import THREADS, RunThreads
 
 __all__ = ["Auto", "choose"]
 

@@ -7,7 +7,7 @@ seam (``_calls.Executor``), a new one per run:
 option                                      executor
 ==========================================  =============================================
 ``None``, ``"inline"``                      :data:`~._calls.INLINE` (on the loop)
-``"thread"``, ``"thread:N"``                :class:`~._pools.RunThreads` (run-scoped)
+``"thread"``, ``"thread:N"``                :class:`~._threads.RunThreads` (run-scoped)
 ``"process"``, ``"process:N"``              :class:`~._pools.Processes` (run-scoped)
 a ``ThreadPoolExecutor``                    :class:`~._pools.PoolExecutor` (per item)
 any other ``concurrent.futures.Executor``   :class:`~._pools.Processes` (chunked)
@@ -25,7 +25,8 @@ from .._spec import AutoChoice, StageSpec, is_dask_client
 from ._auto import Auto
 from ._calls import INLINE, Executor
 from ._dask import DaskCalls
-from ._pools import THREADS, PoolExecutor, Processes, RunThreads, cores
+from ._pools import PoolExecutor, Processes, cores
+from ._threads import THREADS, RunThreads
 
 __all__ = ["executor_for"]
 

@@ -1,17 +1,16 @@
-"""Executors on pools: a user's thread pool, and the thread and process pools of a run.
+"""Executors on pools: a user's thread pool, and the process pools of a run.
 
 * :class:`PoolExecutor`: a ``concurrent.futures`` thread pool the user passes; one item
   per call, in a copy of the run's context. Never shut down by conveyor.
-* :class:`RunThreads`: ``executor="thread"`` / ``"thread:N"``.
 * :class:`Processes`: ``executor="process"`` / ``"process:N"``, or a process pool the user
   passes (``ProcessPoolExecutor``, loky, any ``concurrent.futures.Executor`` that is not
   a thread pool): calls travel in measured chunks (``_chunks``).
 
 Pools that conveyor creates are *run-scoped* (see ``_calls``): created when the run opens
 them, shared by the run's tasks that ask for the same kind and size, and closed when the
-run ends, however it ends, once every thread or process has exited. Threads are for
-waiting (I/O), so ``"thread"`` means :data:`THREADS` threads, whatever the machine;
-``"process"`` means one process per core the process may use (``N`` is never capped).
+run ends, however it ends, once every process has exited. ``"process"`` means one
+process per core the process may use (``N`` is never capped). (Threads that conveyor
+owns are ``_threads``'.)
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
-import itertools
 import multiprocessing
 import os
 import threading
@@ -34,12 +32,7 @@ from ._calls import Executor
 from ._chunks import Chunker, run_chunk
 from ._pickling import dump_function
 
-__all__ = ["THREADS", "PoolExecutor", "Processes", "RunThreads", "cores"]
-
-THREADS = 64
-"""Threads of ``executor="thread"``: enough for 64 blocking calls at once (I/O)."""
-
-_pool_numbers = itertools.count(1)
+__all__ = ["PoolExecutor", "Processes", "cores"]
 
 
 def cores() -> int:
@@ -70,42 +63,6 @@ class PoolExecutor:
 
     def __repr__(self) -> str:
         return f"{type(self.pool).__name__}"
-
-
-class RunThreads:
-    """``executor="thread"`` / ``"thread:N"``: a thread pool that conveyor owns, per run.
-
-    A call blocked in a thread cannot be interrupted: the run's end waits for it.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-
-    async def open(self, stack: contextlib.AsyncExitStack, shared: dict[Any, Any]) -> Executor:
-        return self.create(stack, shared)
-
-    def create(self, stack: contextlib.AsyncExitStack, shared: dict[Any, Any]) -> PoolExecutor:
-        """:meth:`open`, callable from a plain function (``_auto`` opens pools lazily)."""
-        key = ("thread", self.workers)
-        if key not in shared:
-            prefix = f"conveyor-{next(_pool_numbers)}"
-            pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix=prefix)
-            stack.push_async_callback(_close_threads, pool, prefix)
-            shared[key] = PoolExecutor(pool)
-        return shared[key]  # type: ignore[no-any-return]
-
-    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        raise RuntimeError("a run-scoped executor is used once the run has opened it")
-
-    def __repr__(self) -> str:
-        return f"thread:{self.workers}"
-
-
-async def _close_threads(pool: concurrent.futures.ThreadPoolExecutor, prefix: str) -> None:
-    """Shut ``pool`` down without blocking the loop, and wait until its threads exit."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    while any(t.name.startswith(prefix + "_") for t in threading.enumerate()):
-        await asyncio.sleep(0.002)
 
 
 # -- processes ------------------------------------------------------------------------------

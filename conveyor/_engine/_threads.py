@@ -1,0 +1,161 @@
+"""``executor="thread"`` / ``"thread:N"``: a thread pool that conveyor owns, per run.
+
+:class:`RunThreads` is the option; each run opens a :class:`ThreadPool` (see ``_calls``
+on run-scoped executors), shared by the run's tasks that ask for the same size, and
+closed when the run ends, however it ends, once all of its threads have exited.
+Threads are for waiting (I/O), so ``"thread"`` means :data:`THREADS` threads whatever
+the machine. A call blocked in a thread cannot be interrupted: the run's end waits for
+it.
+
+Why not a ``ThreadPoolExecutor``: every call there makes a ``concurrent.futures``
+Future (a Condition and a lock), runs its done callbacks under that lock in the worker,
+and the loop needs a wake-up per call. Here a call is an asyncio Future made on the loop
+and a tuple on a ``SimpleQueue``; a worker appends its answer to a deque and wakes the
+loop only if no wake-up is on its way already, and the loop completes the Futures of
+every answer that has arrived. (Measured with 2,000 x ``time.sleep(0.01)`` on 64
+threads: 0.330 s against ``ThreadPoolExecutor(64).map``'s 0.336-0.344 s, ideal 0.3125.)
+
+A worker reads whether a call's Future was cancelled before it starts the call, so the
+calls of a run that ended early do not run (reading the state of an asyncio Future from
+another thread is a read of one field; only the loop changes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import itertools
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["THREADS", "RunThreads", "ThreadPool"]
+
+THREADS = 64
+"""Threads of ``executor="thread"``: enough for 64 blocking calls at once (I/O)."""
+
+_pool_numbers = itertools.count(1)
+
+_Job = tuple[asyncio.Future[Any], contextvars.Context, Callable[[Any], Any], Any]
+
+
+class RunThreads:
+    """``executor="thread"`` / ``"thread:N"``: opens a :class:`ThreadPool` per run."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    async def open(self, stack: contextlib.AsyncExitStack, shared: dict[Any, Any]) -> ThreadPool:
+        return self.create(stack, shared)
+
+    def create(self, stack: contextlib.AsyncExitStack, shared: dict[Any, Any]) -> ThreadPool:
+        """:meth:`open`, callable from a plain function (``_auto`` opens pools lazily)."""
+        key = ("thread", self.workers)
+        if key not in shared:
+            shared[key] = pool = ThreadPool(self.workers)
+            stack.push_async_callback(pool.close)
+        return shared[key]  # type: ignore[no-any-return]
+
+    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        raise RuntimeError("a run-scoped executor is used once the run has opened it")
+
+    def __repr__(self) -> str:
+        return f"thread:{self.workers}"
+
+
+class ThreadPool:
+    """Up to ``workers`` threads, started as calls arrive and find no thread idle.
+
+    Each call runs in its own copy of the run's context, as it would on the loop."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.loop = asyncio.get_running_loop()
+        self.name = f"conveyor-{next(_pool_numbers)}"
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.idle = threading.Semaphore(0)  # released by a worker about to wait for a job
+        self.answers: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()
+        self.scheduled = False  # whether a wake-up of the loop is on its way
+
+    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        create_future = self.loop.create_future
+        put = self.jobs.put
+        copy_context = contextvars.copy_context
+
+        def in_thread(item: Any) -> asyncio.Future[Any]:
+            future = create_future()
+            put((future, copy_context(), invoke, item))
+            if not self.idle.acquire(blocking=False) and len(self.threads) < self.workers:
+                self._start_thread()
+            return future
+
+        return in_thread
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._work, name=f"{self.name}_{len(self.threads)}", daemon=True
+        )
+        thread.start()
+        self.threads.append(thread)
+
+    def _work(self) -> None:
+        """(A worker thread.) Run calls until told to stop (``None``)."""
+        get, answers, idle = self.jobs.get, self.answers, self.idle
+        while True:
+            job = get()
+            if job is None:
+                return
+            future, context, invoke, item = job
+            del job
+            if future.cancelled():
+                continue  # (no release: a thread that takes a job is not idle)
+            try:
+                answers.append((future, context.run(invoke, item), None))
+            except BaseException as exc:  # (handed to the loop: the policy decides)
+                answers.append((future, None, exc))
+            del future, context, item  # (not kept alive while this thread waits)
+            if not self.scheduled:
+                # (Cleared by the loop before it reads the answers: an answer added
+                # after that read schedules a wake-up of its own.)
+                self.scheduled = True
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    self.loop.call_soon_threadsafe(self._answer)
+            idle.release()
+
+    def _answer(self) -> None:
+        """(On the loop.) Complete the Futures of the answers that have arrived."""
+        self.scheduled = False
+        answers = self.answers
+        while answers:
+            future, value, error = answers.popleft()
+            if future.done():  # cancelled: the run is over
+                continue
+            if error is None:
+                future.set_result(value)
+            elif isinstance(error, StopIteration):  # (a Future refuses it, as a task does)
+                wrapped = RuntimeError(f"StopIteration raised in a call: {error!r}")
+                wrapped.__cause__ = error
+                future.set_exception(wrapped)
+            else:
+                future.set_exception(error)
+
+    async def close(self) -> None:
+        """Drop the calls not started, and wait (without blocking the loop) until every
+        thread has finished its call and exited."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                job = self.jobs.get_nowait()
+                if job is not None:
+                    job[0].cancel()
+        for _ in self.threads:
+            self.jobs.put(None)
+        while any(thread.is_alive() for thread in self.threads):
+            await asyncio.sleep(0.002)
+        self._answer()  # (answers that arrived after the run's end: read, dropped)
+
+    def __repr__(self) -> str:
+        return f"thread:{self.workers}"
