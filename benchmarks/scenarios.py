@@ -77,6 +77,10 @@ OVERHEAD: Pipeline[int, int] = single_task(add_one) | single_task(double) | sing
 OVERHEAD_SYNC: Pipeline[int, int] = (
     single_task(add_one_sync) | single_task(double_sync) | single_task(sub_one_sync)
 )
+# The same pipelines without statistics (collected by default): what they cost.
+OVERHEAD_BARE = OVERHEAD.with_context(statistics=False)
+OVERHEAD_SYNC_BARE = OVERHEAD_SYNC.with_context(statistics=False)
+STATS_COST = 0.95  # statistics keep >= 95% of the throughput
 BATCHING: Pipeline[int, int] = (
     single_task(add_one) | batch_task(max_size=100)(double_batch) | single_task(sub_one)
 )
@@ -130,6 +134,7 @@ async def _overhead(cfg: Config) -> dict[str, float]:
         "observed": _checked(
             lambda: drain(OVERHEAD(range(n)).observe(_NullObserver())), n, "conveyor"
         ),
+        "bare": _checked(lambda: drain(OVERHEAD_BARE(range(n))), n, "conveyor"),
         "floor": _checked(lambda: bl.floor_loop(ASYNC_STAGES, range(n)), n, "floor"),
         "task_floor": _checked(lambda: bl.floor_tasks(ASYNC_STAGES, range(n)), n, "floor"),
         "aiostream": _checked(
@@ -154,6 +159,7 @@ async def _overhead(cfg: Config) -> dict[str, float]:
         "ordered": lambda: drain(OVERHEAD(range(warm))),
         "as_completed": lambda: drain(OVERHEAD.as_completed(range(warm))),
         "observed": lambda: drain(OVERHEAD(range(warm)).observe(_NullObserver())),
+        "bare": lambda: drain(OVERHEAD_BARE(range(warm))),
         "floor": lambda: bl.floor_loop(ASYNC_STAGES, range(warm)),
         "task_floor": lambda: bl.floor_tasks(ASYNC_STAGES, range(warm)),
         "aiostream": lambda: bl.aiostream_map(ASYNC_STAGES, range(warm), task_limit=64),
@@ -201,6 +207,18 @@ def overhead(loop: str, cfg: Config) -> list[Row]:
                 met=all(checks),
             )
         )
+    rows.append(
+        Row(
+            scenario="overhead statistics",
+            loop=loop,
+            metric="items/s, ordered, statistics on (the default) against off",
+            conveyor=f"on {fmt_rate(r['ordered'])}",
+            floor=f"off {fmt_rate(r['bare'])}",
+            ratio=f"on/off {r['ordered'] / r['bare']:.2f}x",
+            target=f">={STATS_COST}x (statistics cost <= 5%)",
+            met=r["ordered"] / r["bare"] >= STATS_COST,
+        )
+    )
     observed = r["observed"]
     rows.append(
         Row(
@@ -224,6 +242,7 @@ async def _sync(cfg: Config) -> dict[str, float]:
     n, na = cfg.overhead_items, cfg.aiostream_items
     contenders = {
         "conveyor": _checked(lambda: drain(OVERHEAD_SYNC(range(n))), n, "conveyor"),
+        "bare": _checked(lambda: drain(OVERHEAD_SYNC_BARE(range(n))), n, "conveyor"),
         "floor": _checked(lambda: bl.floor_sync_loop(SYNC_STAGES, range(n)), n, "floor"),
         "aiostream": _checked(
             lambda: bl.aiostream_map(SYNC_STAGES, range(na), task_limit=64), na, "aiostream"
@@ -257,9 +276,11 @@ def sync(loop: str, cfg: Config) -> list[Row]:
             aiostream=f"{fmt_rate(r['aiostream'])} ({fmt_int(cfg.aiostream_items)} items)",
             streamable=fmt_rate(r["streamable"]),
             ratio=f"floor/conv {r['floor'] / conv:.1f}x; conv/aio {conv / r['aiostream']:.1f}x"
-            f"; conv/stm {conv / r['streamable']:.1f}x",
+            f"; conv/stm {conv / r['streamable']:.1f}x; statistics on/off "
+            f"{conv / r['bare']:.2f}x",
             target=">=1M/s",
             met=conv >= SYNC_RATE,
+            note=f"statistics off: {fmt_rate(r['bare'])}",
         )
     ]
 

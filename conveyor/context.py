@@ -55,6 +55,8 @@ class PipelineContext:
     window); in ordered mode it also bounds the reorder buffer. ``max_parallelism``,
     when set, caps the concurrent calls of every single task that sets no
     ``concurrency_limit`` of its own. ``data`` is copied (shallowly) for every run.
+    ``statistics`` collects the run's statistics (``stream.stats``); turning them off
+    saves their cost (a few percent of the fastest pipelines' throughput).
     """
 
     execution_mode: ExecutionMode | str = ExecutionMode.ORDERED
@@ -62,11 +64,14 @@ class PipelineContext:
     pipeline_id: str | None = None
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    statistics: bool = True
 
     def __post_init__(self) -> None:
         self.execution_mode = parse_execution_mode(self.execution_mode)
         if not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be an int >= 1, got {self.max_in_flight!r}")
+        if not isinstance(self.statistics, bool):
+            raise ValueError(f"statistics must be True or False, got {self.statistics!r}")
         if self.max_parallelism is not None and (
             not isinstance(self.max_parallelism, int) or self.max_parallelism < 1
         ):

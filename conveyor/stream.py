@@ -16,8 +16,10 @@ from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 from ._engine._input import NO_INPUT, close_source
 from ._engine._observe import RunObserver
 from ._engine._run import NOTHING, Run
+from ._engine._stats import Collector
 from ._spec import StageSpec
 from .context import ExecutionMode, PipelineContext
+from .stats import RunStats
 
 __all__ = ["AsyncStream"]
 
@@ -54,6 +56,7 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         self._run: Run | None = None
         self._started = False
         self._observer: RunObserver | None = None
+        self._stats: Collector | None = None
 
     @classmethod
     def _for_pipeline(
@@ -66,6 +69,7 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         stream._run = None
         stream._started = False
         stream._observer = None
+        stream._stats = None
         return stream
 
     def observe(self, observer: RunObserver) -> AsyncStream[T]:
@@ -78,6 +82,14 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
             raise RuntimeError("an observer must be attached before iteration starts")
         self._observer = observer
         return self
+
+    @property
+    def stats(self) -> RunStats:
+        """This run's statistics so far: a consistent snapshot, during or after iteration
+        (see :mod:`conveyor.stats`). Before the run starts, or with
+        ``PipelineContext(statistics=False)``, every figure is empty."""
+        snapshot = self._stats.snapshot() if self._stats is not None else None
+        return RunStats.from_snapshot(snapshot, enabled=self._context.statistics)
 
     def as_completed(self) -> AsyncStream[T]:
         """Deliver this run's results in completion order (call before iterating)."""
@@ -124,7 +136,8 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         self._started = True
         context = self._context.copy()
         context.pipeline_id = _new_id()
-        run = Run(self._specs, self._source, context, self._observer)
+        self._stats = Collector() if context.statistics else None
+        run = Run(self._specs, self._source, context, self._observer, self._stats)
         self._run = run
         run.start()
         return run

@@ -33,7 +33,10 @@ def run_and_stop_early(
     specs: list[StageSpec], n_items: int, stop_after: int, how: str, kind: str, mode: str
 ) -> dict[str, Any]:
     state: dict[str, Any] = {"closed": False, "pulled": 0, "got": 0}
-    pipeline = build(specs).with_context(execution_mode=mode, max_in_flight=8)
+    # Statistics on (the default) or off, by the example: both paths must clean up.
+    pipeline = build(specs).with_context(
+        execution_mode=mode, max_in_flight=8, statistics=stop_after % 2 == 0
+    )
     real = on_real_clock(specs)  # (see run_on_virtual_clock)
     if real:
         # Real delays add up: 2,000 items through a generator stage with a concurrency

@@ -46,6 +46,8 @@ class Outcome:
         self.tokens: int | None = None
         self.source_closed = False
         self.batch_sizes: dict[str, list[int]] = {}
+        self.stats: Any = None
+        self.n_items = 0
 
 
 def run_virtual(
@@ -57,7 +59,11 @@ def run_virtual(
     window: int = 1000,
 ) -> Outcome:
     outcome = Outcome()
-    pipeline = build(specs).with_context(execution_mode=mode, max_in_flight=window)
+    # Statistics on (the default) or off, by the example: both engine paths are checked.
+    statistics = len(items) % 2 == 0
+    pipeline = build(specs).with_context(
+        execution_mode=mode, max_in_flight=window, statistics=statistics
+    )
 
     def generator() -> Iterator[int]:
         try:
@@ -93,6 +99,8 @@ def run_virtual(
         outcome.leftover = [t for t in asyncio.all_tasks() - before if not t.done()]
         assert stream._run is not None
         outcome.tokens = stream._run.window.tokens
+        outcome.stats = stream.stats
+        outcome.n_items = len(items)
         outcome.batch_sizes = {name: list(sizes) for name, sizes in BATCH_SIZES.items()}
 
     if on_real_clock(specs):  # (see run_on_virtual_clock)
@@ -100,6 +108,21 @@ def run_virtual(
     else:
         run_on_virtual_clock(drive(), outcome.loop_errors, VIRTUAL_TIMEOUT)
     return outcome
+
+
+def check_stats(outcome: Outcome) -> None:
+    """A run that went to its end: its statistics add up (items are counted exactly)."""
+    stats = outcome.stats
+    if not stats.enabled:
+        return
+    assert stats.finished and stats.results == len(outcome.results)
+    assert stats.stages[0].items_in == outcome.n_items
+    for stage, following in zip(stats.stages, stats.stages[1:], strict=False):
+        assert stage.items_out == following.items_in
+    assert all(s.in_flight == 0 and s.waiting_for_slot == 0 for s in stats.stages)
+    if not any(s.batch for s in stats.stages):  # (a batch emits a Failure per item)
+        failures = sum(1 for r in outcome.results if isinstance(r, tuple))
+        assert sum(s.emitted for s in stats.stages) == failures
 
 
 def check_clean(outcome: Outcome) -> None:
@@ -127,6 +150,7 @@ def check_ordered(
         assert outcome.error is None
         assert outcome.results == expected
         assert outcome.tokens == 0, "window tokens leaked"
+        check_stats(outcome)
 
 
 def check_batch_sizes(specs: list[StageSpec], outcome: Outcome) -> None:
@@ -160,6 +184,7 @@ def check_values_in_order(expected: list[Any], outcome: Outcome) -> None:
         assert got_values == values
         assert got_records == records
         assert outcome.tokens == 0, "window tokens leaked"
+        check_stats(outcome)
 
 
 def check_as_completed(specs: list[StageSpec], items: list[int], outcome: Outcome) -> None:
@@ -173,6 +198,7 @@ def check_as_completed(specs: list[StageSpec], items: list[int], outcome: Outcom
         assert outcome.error is None
         assert Counter(outcome.results) == Counter(expected)
         assert outcome.tokens == 0, "window tokens leaked"
+        check_stats(outcome)
 
 
 MODEL_SETTINGS = settings(

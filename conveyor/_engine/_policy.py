@@ -33,10 +33,12 @@ class Policy:
     """The error policy of one stage in one run.
 
     ``attempt(item)`` makes one complete call again (the stage's call, awaited, under its
-    timeout); ``on_retry`` is the observer's hook (``None``: not observed).
+    timeout); ``on_retry`` and ``on_final`` are the observers' hooks (``None``: not
+    observed): a retry, and a call that failed for good (``"failed"``, ``"emitted"`` or
+    ``"skipped"``; isolated items of a batch that fail alone count as ``"skipped"``).
     """
 
-    __slots__ = ("action", "attempt", "batch", "handler", "name", "on_retry", "retry")
+    __slots__ = ("action", "attempt", "batch", "handler", "name", "on_final", "on_retry", "retry")
 
     def __init__(self, spec: StageSpec, attempt: Callable[[Any], Awaitable[Any]]) -> None:
         self.name = spec.name
@@ -46,6 +48,7 @@ class Policy:
         self.action = spec.options.on_error
         self.attempt = attempt
         self.on_retry: Callable[[BaseException, int], None] | None = None
+        self.on_final: Callable[[str], None] | None = None
 
     def annotate(self, exc: BaseException, item: Any) -> BaseException:
         return annotate(exc, self.name, item, self.batch)
@@ -83,6 +86,8 @@ class Policy:
     def final(self, exc: Exception, item: Any, attempt: int) -> Any:
         """``on_error`` for a call that failed for good: raise, drop, or a Failure."""
         action = self.action
+        if self.on_final is not None:
+            self.on_final(_OUTCOMES[action])
         if action is ErrorAction.FAIL:
             raise self.annotate(exc, item)
         if action is ErrorAction.EMIT:
@@ -129,7 +134,17 @@ class Policy:
             except Exception:
                 if len(half) > 1:  # a single item that failed alone is left out: once
                     out.extend(await self._isolate(half))
+                elif self.on_final is not None:
+                    self.on_final("skipped")
         return out
+
+
+_OUTCOMES = {
+    ErrorAction.FAIL: "failed",
+    ErrorAction.EMIT: "emitted",
+    ErrorAction.SKIP_ITEM: "skipped",
+    ErrorAction.SKIP_BATCH: "skipped",
+}
 
 
 async def _collect(result: Any) -> list[Any]:

@@ -36,6 +36,7 @@ from ._input import NO_INPUT, close_source, pump
 from ._observe import RunObserver, instrument
 from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sink
 from ._stage import UNLIMITED, SingleStage, Stage
+from ._stats import Collector
 from ._waiting import Completions
 from ._window import Window, sentinel_at_front
 
@@ -63,6 +64,7 @@ class Run:
         "ready",
         "source_done",
         "stages",
+        "stats",
         "tasks",
         "window",
     )
@@ -73,6 +75,7 @@ class Run:
         source: Any,
         context: PipelineContext,
         observer: RunObserver | None = None,
+        stats: Collector | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.ordered = context.execution_mode is ExecutionMode.ORDERED
@@ -97,13 +100,15 @@ class Run:
         self.completions = Completions(self.loop, self.context)
         self.stages: list[Stage] = []
         self._build(specs, context)
-        if observer is not None:
-            instrument(self, observer)
+        self.stats = stats
+        observed = observer is not None or stats is not None
+        if observed:
+            instrument(self, observer, stats)
         entry = self.entry
         # The pump may call an unlimited, unobserved first single stage directly.
         self.direct_entry = (
             entry.start
-            if type(entry) is SingleStage and entry.limit == UNLIMITED and observer is None
+            if type(entry) is SingleStage and entry.limit == UNLIMITED and not observed
             else None
         )
 
@@ -173,6 +178,8 @@ class Run:
         try:
             try:
                 await self._bind(stack)
+                if self.stats is not None:
+                    self.stats.bound()
                 await pump(self, source)
             finally:
                 await close_source(source)
@@ -229,6 +236,11 @@ class Run:
                 stage.flush()
                 return True
         return False
+
+    @property
+    def final_order(self) -> OrderList | None:
+        """The reorder list in front of the consumer (ordered runs; for statistics)."""
+        return self._final_list
 
     def _can_drain(self) -> bool:
         """Whether the consumer has a result to take (and so will make room)."""

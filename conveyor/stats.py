@@ -1,0 +1,224 @@
+"""A run's statistics: ``stream.stats``, a snapshot you can read during or after a run.
+
+Every run collects them unless ``PipelineContext(statistics=False)``. What is exact and
+what is sampled:
+
+* **Exact:** items into and out of each stage (out = what the next stage received, or
+  the results of the last stage), retries, and calls that failed for good (``failed``,
+  ``skipped``, ``emitted`` as a :class:`~conveyor.errors.Failure`); batches, their mean
+  size, and how many ``max_wait`` flushed; results, time to the first, items per second,
+  how long the input was held back by the window (``max_in_flight``).
+* **Now:** calls in flight, items waiting for a concurrency slot.
+* **Sampled** every 10 ms at first (the interval grows to 1/256 of the run so far, at most
+  1 s; each sample counts for its interval): each stage's busy share (a call in flight) and
+  at-limit share (every slot taken, or items waiting for one), the reorder buffer's peak,
+  and call latency (p50, p95, p99 within ±9%; max of the calls timed): the next call
+  after each sample is timed, so a fast stage has hundreds of calls timed per second,
+  a slow one every call.
+* ``peak_rss_bytes``: the process's peak resident memory, as the OS reports it.
+
+**The bottleneck** (:attr:`RunStats.bottleneck`), from the samples, in this order:
+
+1. a stage **at its limit** (all its concurrency slots taken, or items waiting for one)
+   in at least half the samples: the one at its limit most often. Raise its
+   ``concurrency_limit`` or make its calls faster.
+2. **the consumer**, if results were ready and not taken in at least half the samples:
+   the code reading the stream is slower than the pipeline.
+3. **the input**, if no stage had anything to do in at least half the samples: the
+   pipeline waits for items (a slow source).
+4. otherwise the **busiest** stage (a call in flight in the most samples).
+
+Fewer than 5 samples (a run under ~50 ms) name no bottleneck.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+__all__ = ["Bottleneck", "RunStats", "StageStats"]
+
+MIN_SAMPLES = 5
+MOST = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Latency:
+    """Call latency of a stage, in seconds (``None`` until a call was timed)."""
+
+    samples: int = 0
+    mean: float | None = None
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    max: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StageStats:
+    """One stage of a run (see the module's docstring for what is exact or sampled)."""
+
+    name: str
+    batch: bool
+    executor: str
+    limit: int | None
+    items_in: int
+    items_out: int
+    in_flight: int
+    waiting_for_slot: int
+    failures_passed: int
+    retried: int
+    skipped: int
+    emitted: int
+    failed: int
+    latency: Latency
+    busy_seconds: float
+    busy_share: float | None
+    at_limit_share: float | None
+    batches: int | None
+    mean_batch_size: float | None
+    max_wait_flushes: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Bottleneck:
+    """What limits a run's throughput: a stage, ``"consumer"`` or ``"input"``, and why."""
+
+    where: str
+    why: str
+    share: float
+
+    def __str__(self) -> str:
+        return f"bottleneck: {self.where} — {self.why}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStats:
+    """A consistent snapshot of one run's statistics (``stream.stats``)."""
+
+    enabled: bool = True
+    finished: bool = False
+    elapsed: float = 0.0
+    results: int = 0
+    time_to_first_result: float | None = None
+    items_per_second: float | None = None
+    peak_reorder_buffer: int = 0
+    input_held_back_seconds: float = 0.0
+    peak_rss_bytes: int | None = None
+    samples: int = 0
+    window_full_share: float | None = None
+    consumer_slow_share: float | None = None
+    starved_share: float | None = None
+    stages: tuple[StageStats, ...] = ()
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict[str, Any] | None, enabled: bool = True) -> RunStats:
+        if snapshot is None:
+            return cls(enabled=enabled)
+        fields = dict(snapshot)
+        fields["stages"] = tuple(
+            StageStats(**{**stage, "latency": Latency(**stage["latency"])})
+            for stage in snapshot["stages"]
+        )
+        return cls(enabled=enabled, **fields)
+
+    def stage(self, name: str) -> StageStats:
+        """The first stage of that task name."""
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"no stage named {name!r}; stages: {[s.name for s in self.stages]}")
+
+    @property
+    def bottleneck(self) -> Bottleneck | None:
+        """What limits the run (see the rule in the module's docstring)."""
+        if self.samples < MIN_SAMPLES or not self.stages:
+            return None
+        full = max(self.stages, key=lambda s: s.at_limit_share or 0.0)
+        if (full.at_limit_share or 0.0) >= MOST:
+            limit = "its concurrency limit" if full.limit is None else f"{full.limit} at once"
+            return Bottleneck(
+                full.name,
+                f"at its limit ({limit}) {full.at_limit_share:.0%} of the time: raise its "
+                f"concurrency_limit or make its calls faster",
+                full.at_limit_share or 0.0,
+            )
+        if (self.consumer_slow_share or 0.0) >= MOST:
+            return Bottleneck(
+                "consumer",
+                f"results waited to be taken {self.consumer_slow_share:.0%} of the time: "
+                f"the code reading the stream is slower than the pipeline",
+                self.consumer_slow_share or 0.0,
+            )
+        if (self.starved_share or 0.0) >= MOST:
+            return Bottleneck(
+                "input",
+                f"no stage had work {self.starved_share:.0%} of the time: the pipeline "
+                f"waits for its input",
+                self.starved_share or 0.0,
+            )
+        busiest = max(self.stages, key=lambda s: s.busy_share or 0.0)
+        return Bottleneck(
+            busiest.name,
+            f"the busiest stage: a call in flight {busiest.busy_share or 0.0:.0%} of the time",
+            busiest.busy_share or 0.0,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, as JSON-serialisable data (the bottleneck included)."""
+        data = dataclasses.asdict(self)
+        neck = self.bottleneck
+        data["bottleneck"] = None if neck is None else dataclasses.asdict(neck)
+        return data
+
+    def __str__(self) -> str:
+        if not self.enabled:
+            return "statistics are off for this run (PipelineContext(statistics=False))"
+        rows = [("stage", "in", "out", "now", "wait", "retry", "fail", "p50", "p95", "max", "busy")]
+        for s in self.stages:
+            lat = s.latency
+            failed = s.failed + s.skipped + s.emitted
+            rows.append(
+                (
+                    s.name + (" [batch]" if s.batch else ""),
+                    str(s.items_in),
+                    str(s.items_out),
+                    str(s.in_flight),
+                    str(s.waiting_for_slot),
+                    str(s.retried),
+                    str(failed),
+                    _secs(lat.p50),
+                    _secs(lat.p95),
+                    _secs(lat.max),
+                    "-" if s.busy_share is None else f"{s.busy_share:.0%}",
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(_cells(row, widths)) for row in rows]
+        rate = "-" if self.items_per_second is None else f"{self.items_per_second:,.0f}/s"
+        first = _secs(self.time_to_first_result)
+        state = "finished" if self.finished else "running"
+        lines.append(
+            f"{self.results} results in {self.elapsed:.2f} s ({rate}, first after {first}; {state})"
+        )
+        neck = self.bottleneck
+        lines.append(str(neck) if neck is not None else "bottleneck: - (run too short to tell)")
+        return "\n".join(lines)
+
+
+def _cells(row: tuple[str, ...], widths: list[int]) -> list[str]:
+    """The first column to the left, figures to the right."""
+    return [
+        cell.rjust(w) if i else cell.ljust(w)
+        for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+    ]
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 1e-3:
+        return f"{value * 1e6:.0f}µs"
+    if value < 1:
+        return f"{value * 1e3:.1f}ms"
+    return f"{value:.2f}s"

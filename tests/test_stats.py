@@ -1,0 +1,216 @@
+"""Statistics (``stream.stats``): exact counts, sampled figures, the bottleneck rule.
+
+Timings run on looptime's virtual clock, so sampled shares and latencies are exact
+enough to assert on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+
+from conveyor import PipelineContext, batch_task, single_task
+from conveyor._engine._stage import SingleStage
+from conveyor._engine._stats import Histogram
+from conveyor.stats import RunStats
+
+
+@single_task
+def keep_even(x: int) -> int | None:
+    return x if x % 2 == 0 else None
+
+
+@single_task
+def twice(x: int) -> list[int]:
+    return [x, x]
+
+
+@batch_task(max_size=4)
+async def total(batch: list[int]) -> list[int]:
+    return [sum(batch)]
+
+
+@single_task(retry_attempts=2, retry_delay=0, on_error="emit")
+async def picky(x: int) -> int:
+    if x % 3 == 0:
+        raise ValueError(x)
+    return x
+
+
+async def test_counts_are_exact_in_every_stage() -> None:
+    stream = (keep_even | twice | total | picky)(range(20))
+    results = await stream.collect()
+    stats = stream.stats
+    assert stats.finished and stats.results == len(results) == 5
+    rows = {s.name: s for s in stats.stages}
+    assert (rows["keep_even"].items_in, rows["keep_even"].items_out) == (20, 10)
+    assert (rows["twice"].items_in, rows["twice"].items_out) == (10, 20)
+    assert (rows["total"].items_in, rows["total"].items_out) == (20, 5)
+    assert rows["total"].batches == 5 and rows["total"].mean_batch_size == 4
+    # sums of four: 0+0+2+2=4, 20, 36, 52, 68; 36 fails twice (one retry), then emitted
+    assert rows["picky"].retried == 1 and rows["picky"].emitted == 1
+    assert rows["picky"].failed == rows["picky"].skipped == 0
+    assert all(s.in_flight == 0 and s.waiting_for_slot == 0 for s in stats.stages)
+    assert stats.time_to_first_result is not None and stats.items_per_second
+
+
+async def test_failures_are_counted_under_every_policy() -> None:
+    def failing(policy: str) -> object:
+        @single_task(on_error=policy)
+        def boom(x: int) -> int:
+            if x in (2, 5):
+                raise KeyError(x)
+            return x
+
+        return boom
+
+    for policy, field in (("skip_item", "skipped"), ("emit", "emitted")):
+        stream = failing(policy)(range(8))  # type: ignore[operator]
+        await stream.collect()
+        assert getattr(stream.stats.stages[0], field) == 2, policy
+    stream = failing("fail")(range(8))  # type: ignore[operator]
+    with pytest.raises(KeyError):
+        await stream.collect()
+    assert stream.stats.stages[0].failed == 1
+
+
+async def test_a_snapshot_during_the_run_and_after() -> None:
+    @single_task
+    async def step(x: int) -> int:
+        await asyncio.sleep(0)
+        return x
+
+    stream = step(range(100))
+    async with stream:
+        async for x in stream:
+            if x == 9:
+                break
+        middle = stream.stats
+    assert not middle.finished and middle.results >= 10
+    assert middle.stages[0].items_in >= 10
+    assert isinstance(stream.stats, RunStats)
+
+
+@pytest.mark.looptime
+async def test_latency_percentiles_from_timed_calls() -> None:
+    @single_task(concurrency_limit=1)
+    async def wait(x: int) -> int:
+        await asyncio.sleep(1.0 if x % 10 == 9 else 0.1)
+        return x
+
+    stream = wait(range(100))
+    await stream.collect()
+    latency = stream.stats.stages[0].latency
+    assert latency.samples == 100  # one call at a time, a sample every 10 ms: all timed
+    assert latency.p50 is not None and abs(latency.p50 - 0.1) <= 0.1 * 0.1
+    assert latency.p99 is not None and abs(latency.p99 - 1.0) <= 0.1 * 1.0
+    assert latency.max is not None and abs(latency.max - 1.0) < 1e-6
+
+
+@pytest.mark.looptime
+async def test_bottleneck_a_stage_at_its_limit() -> None:
+    @single_task(concurrency_limit=2)
+    async def slow(x: int) -> int:
+        await asyncio.sleep(0.5)
+        return x
+
+    @single_task
+    async def quick(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x
+
+    stream = (quick | slow | quick)(range(40))
+    await stream.collect()
+    neck = stream.stats.bottleneck
+    assert neck is not None and neck.where == "slow" and "at its limit (2 at once)" in neck.why
+
+
+@pytest.mark.looptime
+async def test_bottleneck_the_consumer() -> None:
+    @single_task
+    async def quick(x: int) -> int:
+        await asyncio.sleep(0.001)
+        return x
+
+    stream = quick(range(50))
+    async with stream:
+        async for _ in stream:
+            await asyncio.sleep(0.2)  # the reader is the slow part
+    neck = stream.stats.bottleneck
+    assert neck is not None and neck.where == "consumer"
+
+
+@pytest.mark.looptime
+async def test_bottleneck_the_input() -> None:
+    async def trickle() -> AsyncIterator[int]:
+        for i in range(20):
+            await asyncio.sleep(0.3)
+            yield i
+
+    @single_task
+    async def quick(x: int) -> int:
+        await asyncio.sleep(0.001)
+        return x
+
+    stream = quick(trickle())
+    await stream.collect()
+    neck = stream.stats.bottleneck
+    assert neck is not None and neck.where == "input"
+
+
+@pytest.mark.looptime
+async def test_batches_flushed_by_max_wait_are_counted() -> None:
+    async def bursts() -> AsyncIterator[int]:
+        for i in range(9):
+            if i % 3 == 0:
+                await asyncio.sleep(1.0)  # a pause: the partial batch waits max_wait
+            yield i
+
+    @batch_task(max_size=10, max_wait=0.1)
+    def count(batch: list[int]) -> list[int]:
+        return [len(batch)]
+
+    stream = count(bursts())
+    assert await stream.collect() == [3, 3, 3]
+    row = stream.stats.stages[0]
+    assert row.batches == 3 and row.max_wait_flushes == 2  # the last: the input's end
+
+
+async def test_to_dict_is_json_and_str_is_a_table() -> None:
+    stream = (keep_even | twice)(range(10))
+    await stream.collect()
+    data = json.loads(json.dumps(stream.stats.to_dict()))
+    assert data["results"] == 10 and [s["name"] for s in data["stages"]] == ["keep_even", "twice"]
+    text = str(stream.stats)
+    assert text.splitlines()[0].split()[:3] == ["stage", "in", "out"]
+    assert "keep_even" in text and "10 results" in text and "bottleneck" in text
+
+
+async def test_statistics_can_be_turned_off() -> None:
+    stream = keep_even.with_context(statistics=False)(range(10))
+    async with stream:
+        assert [x async for x in stream] == [0, 2, 4, 6, 8]
+        assert type(stream._run.stages[0]) is SingleStage  # no observer code in its path
+    assert not stream.stats.enabled and stream.stats.stages == ()
+    assert "statistics are off" in str(stream.stats)
+    with pytest.raises(ValueError, match="statistics must be True or False"):
+        PipelineContext(statistics="yes")  # type: ignore[arg-type]
+
+
+def test_the_latency_histogram_is_bounded_and_close() -> None:
+    rng = random.Random(7)
+    hist = Histogram()
+    values = [10 ** rng.uniform(-6, 2) for _ in range(100_000)]
+    for v in values:
+        hist.add(v)
+    assert len(hist.buckets) <= 200
+    values.sort()
+    for q in (0.5, 0.95, 0.99):
+        exact = values[int(q * len(values)) - 1]
+        estimate = hist.quantile(q)
+        assert estimate is not None and abs(estimate / exact - 1) <= 0.1, q
+    assert hist.max == values[-1] and Histogram().quantile(0.5) is None
