@@ -5,7 +5,8 @@ Follow one item, in one direction, from input to consumer:
 1. ``_input``    -- the pump reads the input lazily and admits each item (one window token)
    into the first stage;
 2. ``_stage``    -- a stage makes its call (the one place calls are made) through its
-   executor (``_calls``); an awaitable result runs in a real asyncio task; a failing
+   executor (``_calls``); an awaitable result waits in a real asyncio task, a Future
+   by callback (``_waiting``); a failing
    call goes through the error policy (``_policy``); results go downstream, generator
    results through ``_expand``; ``_batch`` accumulates items for batch tasks;
 3. ``_order``    -- in ordered runs, each segment's reorder list holds results that finish
@@ -15,5 +16,7 @@ Follow one item, in one direction, from input to consumer:
 
 Beside that path: ``_window`` (tokens, waiters, stalls), ``_bind`` (side inputs and
 run-scoped resources, per run), ``_observe`` (the observer seam, inserted only when a run
-is observed).
+is observed) and ``_stats`` (the statistics it collects); the executors: ``_executors``
+(option to executor), ``_threads``, ``_pools``, ``_chunks``, ``_pickling``, ``_dask``
+and ``_auto``.
 """
