@@ -214,3 +214,15 @@ def test_the_latency_histogram_is_bounded_and_close() -> None:
         estimate = hist.quantile(q)
         assert estimate is not None and abs(estimate / exact - 1) <= 0.1, q
     assert hist.max == values[-1] and Histogram().quantile(0.5) is None
+
+
+async def test_statistics_keep_fusion_and_the_pumps_direct_call() -> None:
+    stream = (keep_even | twice)(range(10))
+    async with stream:
+        assert await anext(stream) == 0
+        run = stream._run
+        assert run is not None and run.direct_entry is not None
+        assert run.stages[0].chain is run.stages[1]  # fused, and still counted
+    await asyncio.sleep(0)
+    rows = stream.stats.stages
+    assert rows[0].items_in == 10 and rows[1].items_in == rows[0].items_out == 5

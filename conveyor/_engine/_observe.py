@@ -14,25 +14,28 @@ paths carry no observer code at all:
 * batches: the observed batch twin reports each flush, its size, and why;
 * backpressure: the window reports how long the input (or a generator) waited for room.
 
-The pump never bypasses an observed stage's ``push``. Plain stages stay fused (see
-``_stage``) under statistics, which count the items a fused stage receives through its
-call (``Collector.bound``); a user's observer is told of every item and call, so in a
-run it observes nothing is fused. Progress bars and exporters read the statistics.
+Under statistics alone, plain stages stay fused (see ``_stage``) and the pump may call
+the first stage directly: items are counted where calls are made (``_CountedSingle``).
+A user's observer is told of every item and call, so in a run it observes nothing is
+fused and the pump never bypasses a stage's ``push``. Progress bars and exporters read
+the statistics.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._spec import StageSpec
 from ..errors import Failure
 from ._batch import BatchStage
-from ._calls import AWAIT, Executor, as_awaitable, kind_of
+from ._calls import AWAIT, KINDS_GET, Executor, as_awaitable, kind_of
 from ._order import Sink
-from ._stage import SingleStage
+from ._stage import SingleStage, Stage
 from ._stats import Collector, StageRecord
+from ._waiting import await_future, go_async
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -61,10 +64,13 @@ def instrument(run: Run, observer: RunObserver | None, stats: Collector | None) 
     for index, stage in enumerate(run.stages):
         record = stats.record(stage) if stats is not None else None
         probe = observer.stage(index, stage.spec) if observer is not None else None
-        stage.probe = _Probe(record, probe)
+        # (statistics alone: the record itself, one attribute read fewer per count)
+        stage.probe = _Probe(record, probe) if probe is not None else record
         # Same slots: only push and flush differ. Statistics alone count inline (a
         # method call per item would cost ~5% of the fastest pipeline's throughput).
+        calls_coroutines = getattr(stage.start, "__func__", None) is Stage.call_coroutine
         stage.__class__ = (_OBSERVED if probe is not None else _COUNTED)[type(stage)]
+        stage.start = stage.call_coroutine if calls_coroutines else stage.call
         if probe is not None:  # told of every item and call: nothing is fused
             stage.chain = None
             stage.plain = False
@@ -129,11 +135,7 @@ class _ObservedBatch(BatchStage):
         BatchStage.push(self, item, node)
 
     def flush(self) -> None:
-        record = self.probe.record
-        if record is not None and self.acc:
-            record.batches += 1
-            record.batch_items += len(self.acc)
-            record.timer_flushes += self._expired
+        _count_batch(self.probe.record, self)
         BatchStage.flush(self)
 
 
@@ -141,14 +143,21 @@ _OBSERVED: dict[type, type] = {SingleStage: _ObservedSingle, BatchStage: _Observ
 
 
 class _CountedSingle(SingleStage):
-    """Statistics only: ``SingleStage.push`` with the count inline (once per item)."""
+    """Statistics only: items counted where calls are made, inline.
+
+    Counting in ``push`` would miss plain stages fused behind this one and the pump's
+    direct call of the first stage, and a method call per item costs ~5% of the fastest
+    pipeline's throughput; so :meth:`call` and :meth:`call_coroutine` are
+    ``Stage.call`` and ``Stage.call_coroutine`` with a count added (keep them in step:
+    the model properties run with statistics on and off). Items waiting for a slot are
+    added when the snapshot is taken; ``push`` counts the Failures passing through."""
 
     __slots__ = ()
 
     def push(self, item: Any, node: Any) -> None:
-        record = self.probe.record
-        record.items_in += 1
         if type(item) is Failure:
+            record = self.probe
+            record.items_in += 1
             record.failures_in += 1
             self.downstream.push(item, node)
         elif self.running < self.limit:
@@ -157,11 +166,80 @@ class _CountedSingle(SingleStage):
             self.inflight += 1
             self.pending.append((item, self.place(node)))
 
+    def call(self, item: Any, node: Any) -> None:
+        context = self.context.copy()
+        stage: Stage = self
+        stage.probe.items_in += 1
+        while True:
+            try:
+                result = context.run(stage.call_fn, item)
+            except Exception as exc:
+                stage.failed(exc, item, node, context)
+                return
+            except BaseException as exc:
+                stage.crashed(exc, item)
+                return
+            kind = KINDS_GET(type(result))
+            if kind is None:
+                kind = kind_of(type(result))
+            following = stage.chain
+            if kind or following is None:
+                break
+            stage, item = following, result
+            stage.probe.items_in += 1
+        if kind == AWAIT:
+            if type(result) is not CoroutineType:
+                if stage.futures is not None:
+                    await_future(stage, result, context, item, node)
+                    return
+                result = as_awaitable(result)
+            go_async(stage, result, context, item, node)
+            return
+        if kind:
+            stage.emit_kind(kind, result, node)
+        else:
+            stage.downstream.push(result, node)
+        if stage.is_batch:
+            stage.call_done(item)
 
-class _CountedBatch(_ObservedBatch):
-    """Statistics only: batches are few, items counted as in :class:`_ObservedBatch`."""
+    def call_coroutine(self, item: Any, node: Any) -> None:
+        self.probe.items_in += 1
+        try:
+            coro = self.call_fn(item)
+        except Exception as exc:
+            self.failed(exc, item, node, self.context.copy())
+            return
+        except BaseException as exc:
+            self.crashed(exc, item)
+            return
+        if type(coro) is CoroutineType:
+            go_async(self, coro, self.context.copy(), item, node)
+        else:
+            self.emit_result(coro, item, node)
+
+
+class _CountedBatch(BatchStage):
+    """Statistics only: items counted as they arrive, batches as they are flushed."""
 
     __slots__ = ()
+
+    def push(self, item: Any, node: Any) -> None:
+        record = self.probe
+        record.items_in += 1
+        if type(item) is Failure:
+            record.failures_in += 1
+        BatchStage.push(self, item, node)
+
+    def flush(self) -> None:
+        _count_batch(self.probe, self)
+        BatchStage.flush(self)
+
+
+def _count_batch(record: StageRecord | None, stage: BatchStage) -> None:
+    if record is not None and stage.acc:
+        record.batches += 1
+        record.batch_items += len(stage.acc)
+        record.timer_flushes += stage._expired
 
 
 _COUNTED: dict[type, type] = {SingleStage: _CountedSingle, BatchStage: _CountedBatch}

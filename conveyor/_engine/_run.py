@@ -105,10 +105,11 @@ class Run:
         if observed:
             instrument(self, observer, stats)
         entry = self.entry
-        # The pump may call an unlimited, unobserved first single stage directly.
+        # The pump may call an unlimited first single stage directly (unless a user's
+        # observer is told of every item: statistics count calls, see _observe).
         self.direct_entry = (
             entry.start
-            if type(entry) is SingleStage and entry.limit == UNLIMITED and not observed
+            if isinstance(entry, SingleStage) and entry.limit == UNLIMITED and observer is None
             else None
         )
 

@@ -154,12 +154,8 @@ class Collector:
         self._timer = run.loop.call_later(TICK, self._tick)
 
     def bound(self) -> None:
-        """The stages are bound to this run's inputs: count the items of fused stages
-        (they never see a ``push``), and time each stage's first call."""
-        fused = {id(record.stage.chain) for record in self.records}
+        """The stages are bound to this run's inputs: time each stage's first call."""
         for record in self.records:
-            if id(record.stage) in fused:
-                record.stage.call_fn = _counting(record, record.stage.call_fn)
             self._arm(record)
 
     def room_waited(self, seconds: float) -> None:
@@ -271,9 +267,11 @@ class Collector:
             return min(1.0, seconds / sampled) if sampled > 0 else None
 
         stages = []
+        # (a single stage counts an item when its call is made: add those still waiting)
+        ins = [r.items_in + (0 if r.stage.is_batch else len(r.stage.pending)) for r in self.records]
         for index, record in enumerate(self.records):
             stage = record.stage
-            following = self.records[index + 1].items_in if index + 1 < len(self.records) else None
+            following = ins[index + 1] if index + 1 < len(ins) else None
             latency = record.latency
             stages.append(
                 {
@@ -281,7 +279,7 @@ class Collector:
                     "batch": stage.is_batch,
                     "executor": repr(stage.executor),
                     "limit": None if stage.limit >= 1 << 62 else stage.limit,
-                    "items_in": record.items_in,
+                    "items_in": ins[index],
                     "items_out": self.delivered if following is None else following,
                     "in_flight": stage.running,
                     "waiting_for_slot": len(stage.pending),
@@ -330,14 +328,6 @@ class Collector:
 def _on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
     with contextlib.suppress(RuntimeError):  # the loop is closed: the run is long over
         loop.call_soon_threadsafe(callback)
-
-
-def _counting(record: StageRecord, call: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def counted(item: Any) -> Any:
-        record.items_in += 1
-        return call(item)
-
-    return counted
 
 
 def _over(run: Run) -> bool:
