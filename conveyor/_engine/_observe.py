@@ -258,7 +258,7 @@ class _Delivered(Sink):
         stats = self.stats
         stats.delivered += 1
         if stats.first_result is None:
-            stats.first_result = stats.clock()
+            stats.first_result = stats.now()
         self.inner.push(item, node)
 
 

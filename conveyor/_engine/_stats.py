@@ -125,9 +125,10 @@ class Collector:
         self.run: Run | None = None
         self.records: list[StageRecord] = []
         self.delivered = 0
-        self.started = 0.0
-        self.first_result: float | None = None
-        self.ended: float | None = None
+        # Moments as (perf_counter, loop time): see _span.
+        self.started = (0.0, 0.0)
+        self.first_result: tuple[float, float] | None = None
+        self.ended: tuple[float, float] | None = None
         self.ticks = 0
         self.sampled = 0.0  # seconds the samples stand for
         self.last_tick = 0.0
@@ -137,7 +138,6 @@ class Collector:
         self.waited_for_room = 0.0
         self.peak_reorder = 0
         self._timer: Any = None
-        self.clock: Callable[[], float] = time.monotonic
 
     # -- wiring (``_observe.instrument``) ----------------------------------------------
 
@@ -149,9 +149,13 @@ class Collector:
     def attach(self, run: Run) -> None:
         """Start sampling ``run`` (once its stages have their records)."""
         self.run = run
-        self.clock = run.loop.time
-        self.started = self.last_tick = run.loop.time()
+        self.started = self.now()
+        self.last_tick = run.loop.time()
         self._timer = run.loop.call_later(TICK, self._tick)
+
+    def now(self) -> tuple[float, float]:
+        assert self.run is not None
+        return time.perf_counter(), self.run.loop.time()
 
     def bound(self) -> None:
         """The stages are bound to this run's inputs: time each stage's first call."""
@@ -194,7 +198,7 @@ class Collector:
             self.consumer_slow += dt
         if not self.ticks & 7:  # (a walk of the reorder list: every 8th tick)
             self.peak_reorder = max(self.peak_reorder, _held_for_order(run))
-        interval = min(MAX_TICK, max(TICK, (now - self.started) / SAMPLES_PER_RUN))
+        interval = min(MAX_TICK, max(TICK, (now - self.started[1]) / SAMPLES_PER_RUN))
         self._timer = run.loop.call_later(interval, self._tick)
 
     def _arm(self, record: StageRecord) -> None:
@@ -249,7 +253,7 @@ class Collector:
     def _end(self) -> None:
         run = self.run
         if self.ended is None and run is not None:
-            self.ended = run.loop.time()
+            self.ended = self.now()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -259,8 +263,10 @@ class Collector:
     def snapshot(self) -> dict[str, Any]:
         """Everything collected so far, as plain data (a consistent copy)."""
         run = self.run
-        now = self.ended if self.ended is not None else (run.loop.time() if run else 0.0)
-        elapsed = max(0.0, now - self.started) if run is not None else 0.0
+        if run is None:
+            elapsed = 0.0
+        else:
+            elapsed = _span(self.started, self.ended if self.ended is not None else self.now())
         sampled = self.sampled
 
         def share(seconds: float) -> float | None:
@@ -311,7 +317,7 @@ class Collector:
             "finished": run is not None and _over(run),
             "results": self.delivered,
             "time_to_first_result": (
-                None if self.first_result is None else self.first_result - self.started
+                None if self.first_result is None else _span(self.started, self.first_result)
             ),
             "items_per_second": self.delivered / elapsed if elapsed > 0 else None,
             "peak_reorder_buffer": self.peak_reorder,
@@ -328,6 +334,14 @@ class Collector:
 def _on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
     with contextlib.suppress(RuntimeError):  # the loop is closed: the run is long over
         loop.call_soon_threadsafe(callback)
+
+
+def _span(start: tuple[float, float], end: tuple[float, float]) -> float:
+    """Seconds from ``start`` to ``end``: by perf_counter (uvloop's loop time is cached per
+    loop iteration, in whole milliseconds), unless the loop's time ran clearly ahead (a
+    virtual clock, such as looptime's)."""
+    real, on_loop = end[0] - start[0], end[1] - start[1]
+    return max(0.0, on_loop if on_loop > real + 0.002 else real)
 
 
 def _over(run: Run) -> bool:
