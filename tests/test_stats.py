@@ -226,3 +226,47 @@ async def test_statistics_keep_fusion_and_the_pumps_direct_call() -> None:
     await asyncio.sleep(0)
     rows = stream.stats.stages
     assert rows[0].items_in == 10 and rows[1].items_in == rows[0].items_out == 5
+
+
+@pytest.mark.parametrize("watched", [False, True])
+async def test_items_waiting_for_a_slot_count_once_as_in(watched: bool) -> None:
+    from collections import Counter
+
+    class Watcher:  # a user's observer: its runs count items as they arrive
+        def __init__(self) -> None:
+            self.counts: Counter[str] = Counter()
+
+        def stage(self, index: int, spec: object) -> Watcher:
+            return self
+
+        def items_in(self, n: int) -> None:
+            self.counts["in"] += n
+
+        def items_out(self, n: int) -> None:
+            pass
+
+        def call_started(self) -> None:
+            pass
+
+        def call_ended(self, seconds: float, error: BaseException | None) -> None:
+            pass
+
+        def retried(self, error: BaseException, attempt: int) -> None:
+            pass
+
+        def waited_for_room(self, seconds: float) -> None:
+            pass
+
+    @single_task(concurrency_limit=1)
+    async def one_at_a_time(x: int) -> int:
+        await asyncio.sleep(0.001)
+        return x
+
+    stream = one_at_a_time(range(30))
+    if watched:
+        stream.observe(Watcher())  # type: ignore[arg-type]
+    async with stream:
+        assert await anext(stream) == 0
+        row = stream.stats.stages[0]
+        assert row.waiting_for_slot > 0  # the rest wait for the one slot
+        assert row.items_in == 30  # each admitted item once: waiting or called

@@ -24,6 +24,7 @@ the statistics.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -70,6 +71,8 @@ def instrument(run: Run, observer: RunObserver | None, stats: Collector | None) 
         # method call per item would cost ~5% of the fastest pipeline's throughput).
         calls_coroutines = getattr(stage.start, "__func__", None) is Stage.call_coroutine
         stage.__class__ = (_OBSERVED if probe is not None else _COUNTED)[type(stage)]
+        if record is not None:
+            record.counted_at_call = type(stage) is _CountedSingle
         stage.start = stage.call_coroutine if calls_coroutines else stage.call
         if probe is not None:  # told of every item and call: nothing is fused
             stage.chain = None
@@ -311,7 +314,12 @@ class ObservedExecutor:
                 probe.call_ended(clock() - started, exc)
                 raise
             if kind_of(type(result)) == AWAIT:
-                return finish(result, started)
+                wrapper = finish(result, started)
+                if type(result) is CoroutineType:
+                    # A wrapper closed before it starts (the run ended) never awaits the
+                    # call's coroutine: close that too, or it warns "never awaited".
+                    weakref.finalize(wrapper, result.close)
+                return wrapper
             probe.call_ended(clock() - started, None)
             return result
 

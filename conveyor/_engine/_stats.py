@@ -87,6 +87,7 @@ class StageRecord:
         "batch_items",
         "batches",
         "busy",
+        "counted_at_call",
         "emitted",
         "failed",
         "failures_in",
@@ -103,6 +104,10 @@ class StageRecord:
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
         self.items_in = 0
+        # Whether items are counted when their call is made (``_observe._CountedSingle``):
+        # then those waiting for a slot are added at the snapshot. (Batch stages, and any
+        # stage a user's observer watches, count items as they arrive.)
+        self.counted_at_call = False
         self.failures_in = 0  # Failures from earlier stages, passed through untouched
         self.retried = self.skipped = self.emitted = self.failed = 0
         self.batches = self.batch_items = self.timer_flushes = 0
@@ -273,8 +278,10 @@ class Collector:
             return min(1.0, seconds / sampled) if sampled > 0 else None
 
         stages = []
-        # (a single stage counts an item when its call is made: add those still waiting)
-        ins = [r.items_in + (0 if r.stage.is_batch else len(r.stage.pending)) for r in self.records]
+        # (items counted when their call is made: add those still waiting for a slot)
+        ins = [
+            r.items_in + (len(r.stage.pending) if r.counted_at_call else 0) for r in self.records
+        ]
         for index, record in enumerate(self.records):
             stage = record.stage
             following = ins[index + 1] if index + 1 < len(ins) else None
