@@ -56,7 +56,8 @@ class PipelineContext:
     when set, caps the concurrent calls of every single task that sets no
     ``concurrency_limit`` of its own. ``data`` is copied (shallowly) for every run.
     ``statistics`` collects the run's statistics (``stream.stats``); turning them off
-    saves their cost (a few percent of the fastest pipelines' throughput).
+    saves their cost (a few percent of the fastest pipelines' throughput). ``progress``
+    shows every run's progress as ``stream.progress()`` does, with its defaults.
     """
 
     execution_mode: ExecutionMode | str = ExecutionMode.ORDERED
@@ -65,6 +66,7 @@ class PipelineContext:
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     statistics: bool = True
+    progress: bool = False
 
     def __post_init__(self) -> None:
         self.execution_mode = parse_execution_mode(self.execution_mode)
@@ -72,6 +74,11 @@ class PipelineContext:
             raise ValueError(f"max_in_flight must be an int >= 1, got {self.max_in_flight!r}")
         if not isinstance(self.statistics, bool):
             raise ValueError(f"statistics must be True or False, got {self.statistics!r}")
+        if not isinstance(self.progress, bool):
+            raise ValueError(
+                f"progress must be True or False, got {self.progress!r}; for options "
+                f"(file=, stages=, interval=) call pipeline(items).progress(...)"
+            )
         if self.max_parallelism is not None and (
             not isinstance(self.max_parallelism, int) or self.max_parallelism < 1
         ):

@@ -16,6 +16,8 @@ what is sampled:
   after each sample is timed, so a fast stage has hundreds of calls timed per second,
   a slow one every call.
 * ``peak_rss_bytes``: the process's peak resident memory, as the OS reports it.
+* ``StageStats.offload`` (stages whose calls go to other processes, in chunks): time in
+  the workers' calls against time pickling and unpickling, exact per chunk (:class:`Offload`).
 
 **The bottleneck** (:attr:`RunStats.bottleneck`), from the samples, in this order:
 
@@ -36,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["Bottleneck", "RunStats", "StageStats"]
+__all__ = ["Bottleneck", "Latency", "Offload", "RunStats", "StageStats"]
 
 MIN_SAMPLES = 5
 MOST = 0.5
@@ -52,6 +54,32 @@ class Latency:
     p95: float | None = None
     p99: float | None = None
     max: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Offload:
+    """Calls sent to other processes (``executor="process"``, a process pool, Dask, or
+    ``"auto"`` once it chose processes), in chunks: where their time went.
+
+    ``work_seconds`` is the workers' time in the function; ``transfer_seconds`` pickling
+    and unpickling items, results and the function, on both sides; ``queued_seconds``
+    the rest of the chunks' round trips: pipes, the pool's queue, a worker still busy
+    with the chunk before. All are sums over chunks, so with several workers they add up
+    to more than the run's elapsed time. ``chunk_size`` is the size chosen last.
+    """
+
+    chunks: int
+    items: int
+    work_seconds: float
+    transfer_seconds: float
+    queued_seconds: float
+    chunk_size: int
+
+    @property
+    def transfer_share(self) -> float | None:
+        """Transfer as a share of transfer and work (how much the hand-off costs)."""
+        spent = self.work_seconds + self.transfer_seconds
+        return self.transfer_seconds / spent if spent > 0 else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +106,7 @@ class StageStats:
     batches: int | None
     mean_batch_size: float | None
     max_wait_flushes: int | None
+    offload: Offload | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +146,13 @@ class RunStats:
             return cls(enabled=enabled)
         fields = dict(snapshot)
         fields["stages"] = tuple(
-            StageStats(**{**stage, "latency": Latency(**stage["latency"])})
+            StageStats(
+                **{
+                    **stage,
+                    "latency": Latency(**stage["latency"]),
+                    "offload": None if stage["offload"] is None else Offload(**stage["offload"]),
+                }
+            )
             for stage in snapshot["stages"]
         )
         return cls(enabled=enabled, **fields)
@@ -195,6 +230,16 @@ class RunStats:
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(_cells(row, widths)) for row in rows]
+        for s in self.stages:
+            off = s.offload
+            if off is not None and off.chunks:
+                share = off.transfer_share
+                lines.append(
+                    f"{s.name} on {s.executor}: {off.items} items in {off.chunks} chunks, "
+                    f"work {off.work_seconds:.2f} s, transfer {off.transfer_seconds:.2f} s"
+                    f"{'' if share is None else f' ({share:.0%})'}, queued "
+                    f"{off.queued_seconds:.2f} s"
+                )
         rate = "-" if self.items_per_second is None else f"{self.items_per_second:,.0f}/s"
         first = _secs(self.time_to_first_result)
         state = "finished" if self.finished else "running"

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Generic, NoReturn, TypeVar
+from typing import Any, ClassVar, Generic, NoReturn, TextIO, TypeVar
 
 from ._engine._input import NO_INPUT, close_source
 from ._engine._observe import RunObserver
 from ._engine._run import NOTHING, Run
 from ._engine._stats import Collector
+from ._progress import Progress, ProgressOptions
 from ._spec import StageSpec
 from .context import ExecutionMode, PipelineContext
 from .stats import RunStats
@@ -57,6 +58,7 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         self._started = False
         self._observer: RunObserver | None = None
         self._stats: Collector | None = None
+        self._progress: ProgressOptions | None = None
 
     @classmethod
     def _for_pipeline(
@@ -70,6 +72,7 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         stream._started = False
         stream._observer = None
         stream._stats = None
+        stream._progress = ProgressOptions() if context.progress else None
         return stream
 
     def observe(self, observer: RunObserver) -> AsyncStream[T]:
@@ -83,13 +86,40 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         self._observer = observer
         return self
 
+    def progress(
+        self,
+        *,
+        file: TextIO | None = None,
+        stages: bool = False,
+        interval: float | None = None,
+        desc: str | None = None,
+    ) -> AsyncStream[T]:
+        """Show this run's progress (call before iterating); see :mod:`conveyor._progress`.
+
+        In a terminal or a notebook: a tqdm bar (``pip install 'conveyor[progress]'``)
+        with items/s, and the total and an ETA when the input has a length; one more line
+        per stage with ``stages=True``. Written anywhere else (``file=`` a log, stderr
+        redirected): a plain line every ``interval`` seconds (10 by default) and one at
+        the end. ``file`` is tqdm's: stderr by default. Progress reads the run's
+        statistics, which it turns on for this run if the context turned them off.
+        """
+        if self._started:
+            raise RuntimeError("progress() must be called before iteration starts")
+        options = ProgressOptions(file=file, stages=stages, interval=interval, desc=desc)
+        options.check()
+        self._progress = options
+        return self
+
     @property
     def stats(self) -> RunStats:
         """This run's statistics so far: a consistent snapshot, during or after iteration
         (see :mod:`conveyor.stats`). Before the run starts, or with
         ``PipelineContext(statistics=False)``, every figure is empty."""
-        snapshot = self._stats.snapshot() if self._stats is not None else None
-        return RunStats.from_snapshot(snapshot, enabled=self._context.statistics)
+        collector = self._stats
+        snapshot = collector.snapshot() if collector is not None else None
+        return RunStats.from_snapshot(
+            snapshot, enabled=self._context.statistics or collector is not None
+        )
 
     def as_completed(self) -> AsyncStream[T]:
         """Deliver this run's results in completion order (call before iterating)."""
@@ -136,9 +166,14 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         self._started = True
         context = self._context.copy()
         context.pipeline_id = _new_id()
-        self._stats = Collector() if context.statistics else None
+        progress = self._progress
+        if progress is not None:
+            progress.check()  # (progress=True in the context: checked here, at the start)
+        self._stats = Collector() if context.statistics or progress is not None else None
         run = Run(self._specs, self._source, context, self._observer, self._stats)
         self._run = run
+        if progress is not None and self._stats is not None:
+            Progress(run, self._stats, progress, self._source)
         run.start()
         return run
 

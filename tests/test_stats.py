@@ -270,3 +270,21 @@ async def test_items_waiting_for_a_slot_count_once_as_in(watched: bool) -> None:
         row = stream.stats.stages[0]
         assert row.waiting_for_slot > 0  # the rest wait for the one slot
         assert row.items_in == 30  # each admitted item once: waiting or called
+
+
+async def test_work_sent_to_processes_reports_transfer_against_work() -> None:
+    from workers import spin
+
+    cpu = single_task(spin, executor="process:2")
+    on_threads = single_task(lambda x: x, executor="thread:2")
+    stream = (cpu | on_threads)(range(40))
+    assert await stream.collect() == list(range(40))
+    stats = stream.stats
+    off = stats.stage("spin").offload
+    assert off is not None and off.items == 40 and 1 <= off.chunks <= 40
+    assert 0.04 * 0.5 < off.work_seconds < 5  # 40 calls of ~1 ms of CPU each
+    assert off.transfer_seconds > 0 and off.queued_seconds >= 0
+    assert off.transfer_share is not None and 0 < off.transfer_share < 1
+    assert stats.stage("<lambda>").offload is None  # threads share memory: no transfer
+    assert "spin on 'process:2': 40 items in" in str(stats)
+    assert json.loads(json.dumps(stats.to_dict()))["stages"][0]["offload"]["items"] == 40

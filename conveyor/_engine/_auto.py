@@ -203,5 +203,10 @@ class Auto:
         else:
             self.current = self.invoke
 
+    @property
+    def chunker(self) -> Any:
+        """The process chunks' figures, once ``"process"`` was chosen (for statistics)."""
+        return getattr(self.processes, "chunker", None)
+
     def __repr__(self) -> str:
         return f"auto ({self.choice})"

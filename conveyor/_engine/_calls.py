@@ -158,3 +158,25 @@ if sys.version_info >= (3, 12):
     start_task = functools.partial(asyncio.Task, eager_start=True)
 else:
     start_task = asyncio.Task
+
+
+def run_error(exc: BaseException) -> BaseException:
+    """What a run raises to its consumer for an exception that escaped a call's task.
+
+    ``CancelledError`` (not the run's own cancellation: that closes the run first) would
+    read as the consumer being cancelled, and ``StopIteration`` or ``StopAsyncIteration``
+    raised from ``__anext__`` as the end of the stream: each becomes a RuntimeError
+    caused by it, with its notes."""
+    if isinstance(exc, asyncio.CancelledError):
+        wrapped = RuntimeError(
+            "a call was cancelled from outside the pipeline (a task cancelled "
+            "itself, or CancelledError was raised in it)"
+        )
+    elif isinstance(exc, (StopIteration, StopAsyncIteration)):
+        wrapped = RuntimeError(f"{type(exc).__name__} escaped from a task: {exc!r}")
+    else:
+        return exc
+    wrapped.__cause__ = exc
+    for note in getattr(exc, "__notes__", ()):
+        wrapped.add_note(note)
+    return wrapped

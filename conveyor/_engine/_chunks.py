@@ -91,6 +91,9 @@ class Chunker:
         self.cpu_per_item: float | None = None
         self.latency: float | None = None  # a chunk's round trip above work and pickling
         self.warm = False  # whether a chunk has been answered (the workers are up)
+        # Totals for the run's statistics (per chunk answered, never per item).
+        self.chunks = self.items = 0
+        self.work_total = self.transfer_total = self.round_trip_total = 0.0
 
     # -- sending ---------------------------------------------------------------------
 
@@ -183,9 +186,13 @@ class Chunker:
             unpickling = time.perf_counter()
             results, work, cpu, loaded = pickle.loads(done.result())
             now = time.perf_counter()
-            self.measure(
-                len(chunk), now - started, work, cpu, pickled + now - unpickling + loaded, idle
-            )
+            transfer = pickled + now - unpickling + loaded
+            self.measure(len(chunk), now - started, work, cpu, transfer, idle)
+            self.chunks += 1
+            self.items += len(chunk)
+            self.work_total += work
+            self.transfer_total += transfer
+            self.round_trip_total += now - started
             for (_, future), (status, value) in zip(chunk, results, strict=True):
                 if future.done():  # cancelled meanwhile: a timeout, or the run's end
                     continue

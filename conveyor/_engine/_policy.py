@@ -20,6 +20,7 @@ from typing import Any
 
 from .._spec import StageSpec
 from ..errors import ErrorAction, Failure, short_repr
+from . import _log
 
 
 def annotate(exc: BaseException, task_name: str, item: Any, batch: bool) -> BaseException:
@@ -36,9 +37,21 @@ class Policy:
     timeout); ``on_retry`` and ``on_final`` are the observers' hooks (``None``: not
     observed): a retry, and a call that failed for good (``"failed"``, ``"emitted"`` or
     ``"skipped"``; isolated items of a batch that fail alone count as ``"skipped"``).
+    ``tally`` counts them for the log's end-of-run summary (see ``_log``), observed or
+    not: the failure path only.
     """
 
-    __slots__ = ("action", "attempt", "batch", "handler", "name", "on_final", "on_retry", "retry")
+    __slots__ = (
+        "action",
+        "attempt",
+        "batch",
+        "handler",
+        "name",
+        "on_final",
+        "on_retry",
+        "retry",
+        "tally",
+    )
 
     def __init__(self, spec: StageSpec, attempt: Callable[[Any], Awaitable[Any]]) -> None:
         self.name = spec.name
@@ -49,6 +62,7 @@ class Policy:
         self.attempt = attempt
         self.on_retry: Callable[[BaseException, int], None] | None = None
         self.on_final: Callable[[str], None] | None = None
+        self.tally = dict.fromkeys(_log.OUTCOMES, 0)
 
     def annotate(self, exc: BaseException, item: Any) -> BaseException:
         return annotate(exc, self.name, item, self.batch)
@@ -68,7 +82,10 @@ class Policy:
         while retry.should_retry(exc, attempt):
             if self.on_retry is not None:
                 self.on_retry(exc, attempt)
-            await asyncio.sleep(retry.delay_after(attempt))
+            delay = retry.delay_after(attempt)
+            self.tally["retried"] += 1
+            _log.retrying(self, item, exc, attempt, delay)
+            await asyncio.sleep(delay)
             attempt += 1
             try:
                 return await self.attempt(item)
@@ -86,8 +103,7 @@ class Policy:
     def final(self, exc: Exception, item: Any, attempt: int) -> Any:
         """``on_error`` for a call that failed for good: raise, drop, or a Failure."""
         action = self.action
-        if self.on_final is not None:
-            self.on_final(_OUTCOMES[action])
+        self.gave_up(item, exc, _OUTCOMES[action])
         if action is ErrorAction.FAIL:
             raise self.annotate(exc, item)
         if action is ErrorAction.EMIT:
@@ -103,6 +119,7 @@ class Policy:
             go_on, value = await self._ask_handler(exc, where, 1)
             if go_on:
                 return value
+        self.gave_up(where, exc, _OUTCOMES[self.action])
         if self.action is ErrorAction.FAIL:
             raise annotate(exc, self.name, where, False)
         if self.action is ErrorAction.EMIT:
@@ -131,12 +148,19 @@ class Policy:
         for half in (batch[:middle], batch[middle:]):
             try:
                 out.extend(await _collect(await self.attempt(half)))
-            except Exception:
+            except Exception as exc:
                 if len(half) > 1:  # a single item that failed alone is left out: once
                     out.extend(await self._isolate(half))
-                elif self.on_final is not None:
-                    self.on_final("skipped")
+                else:
+                    self.gave_up(half[0], exc, "skipped", batch=False)
         return out
+
+    def gave_up(self, item: Any, exc: BaseException, outcome: str, batch: bool = True) -> None:
+        """A call failed for good: count it, log it, tell the observers."""
+        self.tally[outcome] += 1
+        _log.gave_up(self, item, exc, outcome, self.batch and batch)
+        if self.on_final is not None:
+            self.on_final(outcome)
 
 
 _OUTCOMES = {

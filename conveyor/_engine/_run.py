@@ -22,17 +22,18 @@ import asyncio
 import contextlib
 import contextvars
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from .._spec import StageSpec
 from ..context import ExecutionMode, PipelineContext, set_current_context
 from ._batch import BatchStage
 from ._bind import bind_stage
-from ._calls import discard
+from ._calls import discard, run_error
 from ._delivery import BatchFeeder, OrderedOutput, Output
 from ._executors import executor_for
 from ._input import NO_INPUT, close_source, pump
+from ._log import end_of_run_logged, executors_logged, logger
 from ._observe import RunObserver, instrument
 from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sink
 from ._stage import UNLIMITED, SingleStage, Stage
@@ -60,6 +61,7 @@ class Run:
         "error",
         "finished",
         "loop",
+        "on_over",
         "ordered",
         "ready",
         "source_done",
@@ -92,6 +94,9 @@ class Run:
         self.finished = False
         self._source = source
         self._ended: asyncio.Future[None] | None = None
+        # Called once when the run is over (abort: finished and drained, failed, closed or
+        # dropped): the statistics' end, progress bars, the log's summary.
+        self.on_over: list[Callable[[Run], None]] = [end_of_run_logged]
 
         self.context = contextvars.copy_context()
         self.context.run(set_current_context, context)
@@ -179,6 +184,7 @@ class Run:
         try:
             try:
                 await self._bind(stack)
+                executors_logged(self)
                 if self.stats is not None:
                     self.stats.bound()
                 await pump(self, source)
@@ -286,24 +292,7 @@ class Run:
 
     def fail(self, exc: BaseException) -> None:
         if self.error is None and not self.closed:
-            if isinstance(exc, asyncio.CancelledError):
-                # Not the run's own cancellation (that closes it first): raised as is, it
-                # would read as the consumer being cancelled.
-                wrapped: BaseException | None = RuntimeError(
-                    "a call was cancelled from outside the pipeline (a task cancelled "
-                    "itself, or CancelledError was raised in it)"
-                )
-            elif isinstance(exc, (StopIteration, StopAsyncIteration)):
-                # Raised from __anext__ these would read as a normal end of the stream.
-                wrapped = RuntimeError(f"{type(exc).__name__} escaped from a task: {exc!r}")
-            else:
-                wrapped = None
-            if wrapped is not None:
-                wrapped.__cause__ = exc
-                for note in getattr(exc, "__notes__", ()):
-                    wrapped.add_note(note)
-                exc = wrapped
-            self.error = exc
+            self.error = run_error(exc)
             self.abort()
             self.wake_consumer()
 
@@ -323,6 +312,12 @@ class Run:
             discard(awaitable)
         self.completions.cancel()
         self._end()
+        over, self.on_over = self.on_over, []
+        for callback in over:
+            try:
+                callback(self)
+            except Exception:  # (a progress bar's closed file must not stop the abort)
+                logger.exception("conveyor: a callback at the end of a run failed")
         if self.error is None:
             # Closed by the consumer (or for it): results not taken yet are dropped, and a
             # consumer waiting in another task ends its iteration.

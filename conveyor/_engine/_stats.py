@@ -157,6 +157,7 @@ class Collector:
         self.started = self.now()
         self.last_tick = run.loop.time()
         self._timer = run.loop.call_later(TICK, self._tick)
+        run.on_over.append(lambda _: self._end())
 
     def now(self) -> tuple[float, float]:
         assert self.run is not None
@@ -317,6 +318,7 @@ class Collector:
                         record.batch_items / record.batches if record.batches else None
                     ),
                     "max_wait_flushes": record.timer_flushes if stage.is_batch else None,
+                    "offload": _offload(stage),
                 }
             )
         return {
@@ -368,6 +370,23 @@ def _held_for_order(run: Run) -> int:
             held += 1
         node = node.next
     return held
+
+
+def _offload(stage: Stage) -> dict[str, Any] | None:
+    """Work sent to other processes in chunks (``_chunks``): where its time went."""
+    chunker = getattr(stage.executor, "chunker", None)
+    if chunker is None:
+        return None
+    return {
+        "chunks": chunker.chunks,
+        "items": chunker.items,
+        "work_seconds": chunker.work_total,
+        "transfer_seconds": chunker.transfer_total,
+        "queued_seconds": max(
+            0.0, chunker.round_trip_total - chunker.work_total - chunker.transfer_total
+        ),
+        "chunk_size": chunker.size,
+    }
 
 
 def _peak_rss() -> int | None:

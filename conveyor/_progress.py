@@ -1,0 +1,253 @@
+"""Progress of a run: a live tqdm bar in a terminal or notebook, plain lines elsewhere.
+
+``stream.progress()`` (or ``PipelineContext(progress=True)``) reads the run's statistics
+on a timer of its own, so the engine does nothing per item for it:
+
+* **Done** counts input items whose work is over: read from the input and no longer
+  holding a place in the window (delivered, dropped, or failed for good). Items a stage
+  expands into hold places of their own, so while expansions are under way the count
+  lags; it never goes back, and it reaches the input's length at the end. A source task
+  (a pipeline called with no input) counts results instead.
+* **Total and ETA** when the input has a length (``len(items)``).
+* **Where it goes.** To a terminal (``file.isatty()``) or a Jupyter notebook: tqdm bars,
+  redrawn every ``interval`` (0.1 s), with one line per stage under ``stages=True``
+  (items out, calls running, items waiting for a slot). Anywhere else (a CI log, a
+  file, a pipe): a plain line every ``interval`` (10 s) and one at the end, with no
+  control characters, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import sys
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+from ._engine._input import NO_INPUT
+
+if TYPE_CHECKING:
+    from ._engine._run import Run
+    from ._engine._stats import Collector
+
+__all__ = ["Progress", "ProgressOptions"]
+
+TERMINAL_INTERVAL = 0.1
+LINES_INTERVAL = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressOptions:
+    """What ``stream.progress()`` was asked for (``None``: chosen from the output)."""
+
+    file: TextIO | None = None
+    stages: bool = False
+    interval: float | None = None
+    desc: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.interval is not None and not (
+            isinstance(self.interval, (int, float)) and self.interval > 0
+        ):
+            raise ValueError(f"interval must be a number of seconds > 0, got {self.interval!r}")
+        if not isinstance(self.stages, bool):
+            raise TypeError(f"stages must be True or False, got {self.stages!r}")
+        if self.file is not None and not callable(getattr(self.file, "write", None)):
+            raise TypeError(f"file must be a text stream with write(), got {self.file!r}")
+
+    def live(self) -> bool:
+        """Whether the output is a terminal or a notebook (tqdm bars), not a log."""
+        file = self.file if self.file is not None else sys.stderr
+        if self.file is None and _in_notebook():
+            return True
+        isatty = getattr(file, "isatty", None)
+        try:
+            return bool(isatty()) if isatty is not None else False
+        except (ValueError, io.UnsupportedOperation):  # a closed or detached stream
+            return False
+
+    def check(self) -> None:
+        """Fail now, naming the fix, if a bar is wanted and tqdm is missing."""
+        if self.live():
+            try:
+                import tqdm  # noqa: F401
+            except ImportError:
+                raise ImportError(
+                    "progress bars need tqdm: pip install 'conveyor[progress]' (or pass "
+                    "progress(file=...) a log file, which gets plain lines)"
+                ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Figures:
+    done: int
+    total: int | None
+    results: int
+    elapsed: float
+    stages: list[dict[str, Any]]
+
+    @property
+    def rate(self) -> float | None:
+        return self.done / self.elapsed if self.elapsed > 0 else None
+
+    @property
+    def eta(self) -> float | None:
+        rate = self.rate
+        if self.total is None or not rate:
+            return None
+        return max(0.0, self.total - self.done) / rate
+
+
+class Renderer(Protocol):
+    def show(self, figures: Figures) -> None: ...
+    def close(self, figures: Figures, how: str) -> None: ...
+
+
+class Progress:
+    """Shows one run's progress until the run is over (owned by the run: ``on_over``)."""
+
+    def __init__(self, run: Run, stats: Collector, options: ProgressOptions, source: Any) -> None:
+        self.run = run
+        self.stats = stats
+        self.by_results = source is NO_INPUT
+        self.total = None if self.by_results else length_of(source)
+        self.done = 0
+        names = [stage.name for stage in run.stages]
+        desc = options.desc if options.desc is not None else " | ".join(names)
+        if options.live():
+            self.interval = options.interval or TERMINAL_INTERVAL
+            self.renderer: Renderer = Bars(options, desc, names, self.total)
+        else:
+            self.interval = options.interval or LINES_INTERVAL
+            self.renderer = Lines(options, desc)
+        self.timer: Any = run.loop.call_later(self.interval, self.tick)
+        run.on_over.append(self.over)
+
+    def figures(self) -> Figures:
+        snapshot = self.stats.snapshot()
+        if self.by_results:
+            done = snapshot["results"]
+        else:
+            read = snapshot["stages"][0]["items_in"] if snapshot["stages"] else 0
+            done = read - self.run.window.tokens
+        self.done = max(self.done, done)  # (expansions hold places: never go back)
+        return Figures(
+            self.done, self.total, snapshot["results"], snapshot["elapsed"], snapshot["stages"]
+        )
+
+    def tick(self) -> None:
+        self.timer = None
+        self.renderer.show(self.figures())
+        self.timer = self.run.loop.call_later(self.interval, self.tick)
+
+    def over(self, run: Run) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        how = "finished" if run.finished else "failed" if run.error is not None else "closed"
+        figures = self.figures()
+        if how == "finished" and self.total is not None and not self.by_results:
+            figures = dataclasses.replace(figures, done=max(figures.done, self.total))
+        self.renderer.close(figures, how)
+
+
+class Bars:
+    """tqdm bars: the run's, and one per stage under ``stages=True``."""
+
+    def __init__(
+        self, options: ProgressOptions, desc: str, names: list[str], total: int | None
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        file = options.file
+        common: dict[str, Any] = {"file": file, "dynamic_ncols": True, "mininterval": 0}
+        self.bar = tqdm(total=total, desc=desc, unit="item", **common)
+        self.lines = [
+            tqdm(
+                desc=f"  {name}",
+                unit="item",
+                bar_format="{desc}: {n_fmt} out{postfix}",
+                position=index + 1,
+                **common,
+            )
+            for index, name in enumerate(names)
+        ]
+        if not options.stages:
+            for line in self.lines:
+                line.close()
+            self.lines = []
+
+    def show(self, figures: Figures) -> None:
+        bar = self.bar
+        bar.n = figures.done
+        bar.set_postfix_str(f"{figures.results:,} results", refresh=False)
+        for line, stage in zip(self.lines, figures.stages, strict=False):
+            line.n = stage["items_out"]
+            line.set_postfix_str(
+                f"{stage['in_flight']} running, {stage['waiting_for_slot']} waiting",
+                refresh=False,
+            )
+            line.refresh()
+        bar.refresh()
+
+    def close(self, figures: Figures, how: str) -> None:
+        self.show(figures)
+        if how != "finished":
+            self.bar.set_postfix_str(f"{figures.results:,} results ({how})")
+        for line in self.lines:
+            line.close()
+        self.bar.close()
+
+
+class Lines:
+    """Plain lines for logs: no carriage returns, no escape codes."""
+
+    def __init__(self, options: ProgressOptions, desc: str) -> None:
+        self.file = options.file if options.file is not None else sys.stderr
+        self.desc = desc
+        self.stages = options.stages
+
+    def show(self, figures: Figures, how: str | None = None) -> None:
+        done = f"{figures.done:,}"
+        if figures.total is not None:
+            share = figures.done / figures.total if figures.total else 1.0
+            done += f"/{figures.total:,} items ({share:.0%})"
+        else:
+            done += " items"
+        rate = figures.rate
+        parts = [f"{done} in {figures.elapsed:.1f} s"]
+        if rate is not None:
+            parts.append(f"{rate:,.1f}/s")
+        if how is None and figures.eta is not None:
+            parts.append(f"ETA {figures.eta:.0f} s")
+        parts.append(f"{figures.results:,} results")
+        if how is not None:
+            parts.append(how)
+        line = f"{self.desc}: {', '.join(parts)}"
+        if self.stages:
+            line += "".join(
+                f"\n  {s['name']}: {s['items_out']:,} out, {s['in_flight']} running, "
+                f"{s['waiting_for_slot']} waiting"
+                for s in figures.stages
+            )
+        self.file.write(line + "\n")
+        self.file.flush()
+
+    def close(self, figures: Figures, how: str) -> None:
+        self.show(figures, how)
+
+
+def length_of(source: Any) -> int | None:
+    """The input's length when it has one (a list, a range, a DataFrame...)."""
+    try:
+        return len(source)
+    except Exception:  # (no __len__, or one that refuses)
+        return None
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (where tqdm.auto draws a widget)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    shell = getattr(ipython, "get_ipython", lambda: None)()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"

@@ -1,0 +1,172 @@
+"""Progress (``stream.progress()``, ``PipelineContext(progress=True)``), through tqdm's own
+``file`` argument: bars for a terminal, plain lines for logs, silence when off.
+
+Runs that print on a timer use looptime's virtual clock, so the lines are predictable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import sys
+import types
+from collections.abc import AsyncIterator
+
+import pytest
+
+from conveyor import PipelineContext, _progress, batch_task, single_task
+
+CONTROL = re.compile(r"[\r\x1b]")
+
+
+class Terminal(io.StringIO):
+    """What tqdm sees as a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@single_task(concurrency_limit=10)
+async def slow(x: int) -> int:
+    await asyncio.sleep(0.1)
+    return x
+
+
+@single_task
+def drop_odd(x: int) -> int | None:
+    return x if x % 2 == 0 else None
+
+
+@batch_task(max_size=5)
+def pairs(batch: list[int]) -> list[int]:
+    return batch
+
+
+@pytest.mark.looptime
+async def test_log_lines_on_a_timer_then_a_final_line() -> None:
+    out = io.StringIO()
+    stream = (slow | drop_odd)(range(100)).progress(file=out, interval=0.25)
+    results = await stream.collect()
+    assert len(results) == 50
+    lines = out.getvalue().splitlines()
+    assert not CONTROL.search(out.getvalue())  # a log stays readable: no \r, no escapes
+    # 100 items at 10 at once, 0.1 s each: 1 s; a line every 0.25 s, then the last one
+    assert 3 <= len(lines) <= 5, lines
+    done = [int(re.search(r": ([\d,]+)/100 items", line)[1]) for line in lines]  # type: ignore[index]
+    assert done == sorted(done) and 0 < done[0] < 100
+    assert "ETA" in lines[0] and "/s" in lines[0]
+    assert lines[-1].startswith("slow | drop_odd: 100/100 items (100%)")
+    assert lines[-1].endswith("50 results, finished")
+
+
+@pytest.mark.looptime
+async def test_one_line_per_stage_under_stages() -> None:
+    out = io.StringIO()
+    await (slow | pairs)(range(20)).progress(file=out, stages=True, desc="job").collect()
+    text = out.getvalue()
+    assert text.splitlines()[-3:] == [
+        text.splitlines()[-3],
+        "  slow: 20 out, 0 running, 0 waiting",
+        "  pairs: 20 out, 0 running, 0 waiting",
+    ]
+    assert text.splitlines()[-3].startswith("job: 20/20 items (100%)")
+
+
+async def test_a_terminal_gets_tqdm_bars() -> None:
+    out = Terminal()
+    await (drop_odd | pairs)(list(range(40))).progress(file=out, stages=True).collect()
+    text = out.getvalue()
+    assert "\r" in text  # redrawn in place
+    assert "40/40" in text and "item/s" in text and "20 results" in text
+    assert "drop_odd: 20 out" in text and "pairs: 20 out" in text
+
+
+async def test_no_length_no_total_and_no_eta() -> None:
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(10):
+            yield i
+
+    out = io.StringIO()
+    await drop_odd(numbers()).progress(file=out).collect()
+    (line,) = out.getvalue().splitlines()
+    assert line.startswith("drop_odd: 10 items in ") and "ETA" not in line and "%" not in line
+
+
+async def test_a_source_task_counts_results() -> None:
+    @single_task
+    async def source() -> AsyncIterator[int]:
+        for i in range(7):
+            yield i
+
+    out = io.StringIO()
+    assert await source().progress(file=out).collect() == list(range(7))
+    assert out.getvalue().startswith("source: 7 items in ")
+
+
+async def test_the_last_line_says_how_the_run_ended() -> None:
+    out = io.StringIO()
+    async with slow(range(100)).progress(file=out) as stream:
+        async for _ in stream:
+            break
+    assert out.getvalue().rstrip().endswith("closed")
+
+    @single_task
+    def boom(x: int) -> int:
+        raise ValueError(x)
+
+    out = io.StringIO()
+    with pytest.raises(ValueError):
+        await boom(range(3)).progress(file=out).collect()
+    assert out.getvalue().rstrip().endswith("failed")
+
+
+async def test_progress_true_in_the_context_writes_to_stderr(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pipeline = (drop_odd | pairs).with_context(progress=True)
+    assert len(await pipeline(range(10)).collect()) == 5
+    err = capsys.readouterr().err
+    assert err.startswith("drop_odd | pairs: 10/10 items (100%)") and not CONTROL.search(err)
+
+
+async def test_silent_when_not_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    await (drop_odd | pairs)(range(10)).collect()
+    assert capsys.readouterr() == ("", "")
+
+
+async def test_progress_turns_statistics_on() -> None:
+    stream = drop_odd.with_context(statistics=False)(range(10)).progress(file=io.StringIO())
+    await stream.collect()
+    assert stream.stats.enabled and stream.stats.results == 5
+
+
+async def test_bad_arguments_name_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="interval must be a number of seconds > 0"):
+        drop_odd(range(3)).progress(interval=0)
+    with pytest.raises(TypeError, match="file must be a text stream"):
+        drop_odd(range(3)).progress(file=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"progress must be True or False.*progress\(\.\.\.\)"):
+        PipelineContext(progress="yes")  # type: ignore[arg-type]
+    stream = drop_odd(range(3))
+    await stream.__anext__()
+    with pytest.raises(RuntimeError, match="before iteration starts"):
+        stream.progress()
+    await stream.aclose()
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    with pytest.raises(ImportError, match=r"pip install 'conveyor\[progress\]'"):
+        drop_odd(range(3)).progress(file=Terminal())
+    drop_odd(range(3)).progress(file=io.StringIO())  # plain lines need no tqdm
+
+
+def test_a_notebook_is_recognised(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not _progress._in_notebook()
+
+    class ZMQInteractiveShell:
+        pass
+
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = ZMQInteractiveShell  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert _progress._in_notebook()
+    assert _progress.ProgressOptions().live()  # (stderr in a notebook: a widget)
