@@ -1,4 +1,5 @@
-"""Developer tasks: nox -s tests | tests_uvloop | lint | typecheck | docs | bench | bench_merge.
+"""Developer tasks: nox -s tests | tests_uvloop | lint | typecheck | docs | doctests | bench |
+bench_merge.
 
 ``tests`` and ``tests_uvloop`` run on every interpreter of PYTHONS that is installed
 (``nox -s tests-3.14`` picks one); a missing interpreter is skipped locally and an error
@@ -64,7 +65,26 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Run every code block of the docs and every example."""
+    """Build the documentation site (mkdocs.yml) into build/site; any warning fails it.
+
+    ``nox -s docs -- --site-dir DIR`` builds elsewhere; ``mkdocs serve`` (with
+    ``pip install -e ".[docs]"``) previews it.
+    """
+    session.install("-e", ".[docs]")
+    session.run(
+        "mkdocs",
+        "build",
+        "--strict",
+        "--site-dir",
+        "build/site",
+        *session.posargs,
+        env={"NO_MKDOCS_2_WARNING": "1"},  # Material's notice on every build
+    )
+
+
+@nox.session
+def doctests(session: nox.Session) -> None:
+    """Run every code block of README.md and docs/ (includes expanded) and every example."""
     session.install("-e", ".[test]")
     session.run("pytest", "tests/test_docs.py", "tests/test_examples.py", *session.posargs)
 

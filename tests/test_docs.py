@@ -5,8 +5,14 @@ in a plain synchronous test, so blocks run their coroutines with ``conveyor.run(
 exactly as a reader would. A block opts out only with a ``<!-- no-test -->`` line right
 before its opening fence.
 
+A line ``--8<-- "path"`` inside a block is a pymdownx.snippets include: the site shows
+the file there (docs/examples.md lists every example this way), so the test runs the
+block with the file's text in its place, resolving the path as mkdocs.yml does (from the
+repository's root, then from docs/; ``"path:START:END"`` takes those lines).
+
 The pages are checked for a few more things a reader relies on: relative links point to
-files that exist, and the README's two commands are the ones CI runs.
+files that exist, every include names a file that exists, every example is on the
+examples page, and the README's two commands are the ones CI runs.
 """
 
 from __future__ import annotations
@@ -21,6 +27,35 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NO_TEST = "<!-- no-test -->"
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*?)\s*$")
+# A pymdownx.snippets include, as mkdocs.yml configures it (base_path: ".", "docs").
+SNIPPET = re.compile(r"""^\s*-{1,}8<-{1,}\s+(?P<quote>["'])(?P<target>[^"']+)(?P=quote)\s*$""")
+SNIPPET_BASES = [ROOT, ROOT / "docs"]
+
+
+def snippet_path(target: str) -> tuple[Path | None, slice]:
+    """The file a snippet target names (None if there is none) and the lines it takes."""
+    name, lines = target, slice(None)
+    if match := re.fullmatch(r"(?P<name>.+?):(?P<start>\d*):?(?P<end>\d*)", target):
+        start, end = match["start"], match["end"]
+        name = match["name"]
+        lines = slice(int(start) - 1 if start else None, int(end) if end else None)
+    found = next((base / name for base in SNIPPET_BASES if (base / name).is_file()), None)
+    return found, lines
+
+
+def expand_snippets(code: str, where: str) -> str:
+    """``code`` with each ``--8<-- "path"`` line replaced by the text it includes."""
+    out = []
+    for line in code.splitlines():
+        match = SNIPPET.match(line)
+        if match is None:
+            out.append(line)
+            continue
+        path, lines = snippet_path(match["target"])
+        if path is None:
+            raise AssertionError(f"{where}: included file {match['target']!r} not found")
+        out.extend(path.read_text(encoding="utf-8").splitlines()[lines])
+    return "\n".join(out)
 
 
 @dataclass(frozen=True)
@@ -66,6 +101,7 @@ def extract_blocks(page: Path) -> list[Block]:
             raise AssertionError(f"{page}:{i + 1}: code block is never closed")
         indent = len(opening["indent"])
         code = "\n".join(line[indent:] if line[:indent].isspace() else line for line in body)
+        code = expand_snippets(code, f"{page}:{i + 1}")
         blocks.append(Block(page, i + 1, language, code + "\n", previous == NO_TEST))
         i = j + 1
     return blocks
@@ -117,6 +153,24 @@ def test_readme_commands() -> None:
     head = (ROOT / "README.md").read_text(encoding="utf-8")[:1500]
     assert "pip install -e . && python examples/quickstart.py" in head
     assert "pip install nox && nox -s tests" in head
+
+
+def test_included_files_exist() -> None:
+    """Every include of the pages, in code blocks or not, names a file (the site needs it)."""
+    missing = [
+        f"{page.relative_to(ROOT)}: {match['target']}"
+        for page in PAGES
+        for line in page.read_text(encoding="utf-8").splitlines()
+        if (match := SNIPPET.match(line)) and snippet_path(match["target"])[0] is None
+    ]
+    assert not missing, f"included files not found: {missing}"
+
+
+def test_every_example_is_on_the_examples_page() -> None:
+    text = (ROOT / "docs" / "examples.md").read_text(encoding="utf-8")
+    examples = sorted(p.name for p in (ROOT / "examples").glob("*.py"))
+    missing = [name for name in examples if f'--8<-- "examples/{name}"' not in text]
+    assert not missing, f"docs/examples.md does not include {missing}"
 
 
 LINK = re.compile(r"\[[^\]]*\]\((?P<target>[^)\s]+)\)")
