@@ -20,7 +20,7 @@ from test_docs import extract_blocks
 
 from conveyor import ErrorHandler, Pipeline, batch_task, single_task
 from conveyor._mermaid import escape
-from conveyor.stats import RunStats
+from conveyor.stats import Latency, RunStats, StageStats
 
 NODE = re.compile(r'^    (\w+)(\(\[|\[\[|\[)"([^"]*)"(\]\)|\]\]|\])$')
 EDGE = re.compile(r'^    (\w+) -->(?:\|"([^"]*)"\|)? (\w+)$')
@@ -233,3 +233,17 @@ def test_the_docs_pictures_are_what_the_code_prints() -> None:
     assert [(k, v[0]) for k, v in shown.items()] == [(k, v[0]) for k, v in run.items()]
     assert edges(pictures[1]) == edges(stats_chart)
     assert "class s1 bottleneck" in pictures[1] and "class s1 bottleneck" in stats_chart
+
+
+def test_a_repeated_name_marks_the_stage_the_bottleneck_measured() -> None:
+    def stage(name: str, busy: float) -> StageStats:
+        return StageStats(
+            name, False, "inline", None, 10, 10, 0, 0, 0, 0, 0, 0, 0, Latency(), 0.0,
+            busy, 0.0, None, None, None,
+        )  # fmt: skip
+
+    stats = RunStats(
+        samples=10, stages=(stage("quick", 0.2), stage("slow", 0.3), stage("quick", 0.4))
+    )
+    assert stats.bottleneck is not None and stats.bottleneck.where == "quick"
+    assert stats.to_mermaid().endswith("    class s2 bottleneck\n")
