@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from . import _sync
+from . import _mermaid, _sync
 from ._spec import StageSpec
 from .context import ExecutionMode, PipelineContext, context_with
 from .errors import Failure
@@ -117,6 +117,21 @@ class Pipeline(Generic[In, Out]):
         """A copy whose context has ``updates``: context fields are set, other keys go in
         ``data``. E.g. ``with_context(max_in_flight=100, user="ann")``."""
         return Pipeline(self.stages, context_with(self.context, **updates))
+
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart (``flowchart LR``) of this pipeline, as text.
+
+        Nodes, in order and joined by edges: ``input``; one per stage, ``s0``, ``s1``, ...
+        (batch stages in the subroutine shape ``[[...]]``), labelled with the task name,
+        ``single`` or ``batch`` and its sizes (``batch 32``, or ``batch 4–32`` when
+        ``min_size`` differs) and ``max_wait``, then only the options not at their
+        default: ``concurrency``, ``executor`` (and ``chunk_size``), ``on_error``,
+        ``retry_attempts``, ``error_handler`` (its class), ``timeout``; ``output``,
+        labelled with the execution mode (``ordered`` / ``as completed``), the window
+        (``max_in_flight``) and ``max_parallelism`` if set. Labels are escaped (see
+        ``conveyor._mermaid.escape``). A run's figures: ``stream.stats.to_mermaid()``.
+        """  # noqa: RUF002 (the en dash is what the chart shows)
+        return _mermaid.pipeline_chart([task.spec for task in self.stages], self.context)
 
     def __len__(self) -> int:
         return len(self.stages)

@@ -38,6 +38,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from . import _mermaid
+
 __all__ = ["Bottleneck", "Latency", "Offload", "RunStats", "StageStats"]
 
 MIN_SAMPLES = 5
@@ -205,6 +207,23 @@ class RunStats:
         neck = self.bottleneck
         data["bottleneck"] = None if neck is None else dataclasses.asdict(neck)
         return data
+
+    def to_mermaid(self) -> str:
+        """This snapshot as a Mermaid flowchart (``flowchart LR``), as text.
+
+        The chart of ``pipeline.to_mermaid()`` with this run's figures: nodes ``input``
+        (with how long the window held the input back, if at all), ``s0``, ``s1``, ...
+        per stage (task name; ``single`` or ``batch`` with the number of batches and
+        their mean size; the executor if not inline; the concurrency limit if any; call
+        latency p50 and p95; busy share; counts of failed, skipped, emitted and retried
+        calls if any) and ``output`` (results, elapsed seconds, items per second;
+        ``running`` if the run is not finished). Each edge is labelled with the exact
+        number of items that crossed it. The :attr:`bottleneck` (a stage, the input, or
+        ``output`` for the consumer) gets a ``bottleneck`` line and ``class ...
+        bottleneck`` (a red border); no bottleneck, no class. With statistics off, a
+        one-node chart that says so.
+        """
+        return _mermaid.stats_chart(self)
 
     def __str__(self) -> str:
         if not self.enabled:

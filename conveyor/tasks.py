@@ -137,6 +137,10 @@ class BaseTask(Generic[In, Out]):
         """A one-stage pipeline of this task with a context (see Pipeline.with_context)."""
         return self._pipeline().with_context(**updates)
 
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart of this task alone (see :meth:`Pipeline.to_mermaid`)."""
+        return self._pipeline().to_mermaid()
+
     def get_context(self) -> Any:
         """The context of the current run (``None`` outside one)."""
         return get_current_context()

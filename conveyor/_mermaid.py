@@ -1,0 +1,199 @@
+"""The text of Mermaid flowcharts: a pipeline's stages and options, or a run's figures.
+
+Both charts are one chain, left to right: an ``input`` node, a node ``s0``, ``s1``, ...
+per stage in pipeline order, an ``output`` node, and an edge from each node to the next.
+Single-task stages are rectangles, batch stages Mermaid's subroutine shape (``[[...]]``),
+input and output stadiums (``([...])``). Every label is a quoted Mermaid string whose
+lines are joined with ``<br/>``; text that Mermaid would read as markup is written as
+Mermaid entity codes (see :func:`escape`).
+
+It only writes text, from stage specs and a context or from a ``RunStats`` snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._spec import AutoChoice, is_dask_client
+
+if TYPE_CHECKING:
+    from ._spec import StageSpec
+    from .context import PipelineContext
+    from .stats import RunStats, StageStats
+
+__all__ = ["chain", "escape", "pipeline_chart", "stats_chart"]
+
+BOTTLENECK_STYLE = "stroke:#d33,stroke-width:3px"
+
+# Mermaid decodes "#name;" and "#123;" in labels as HTML entities, so "#" itself must be
+# written as one; '"' would end the label; "<", ">" and "&" would be HTML; "`" right after
+# the opening quote would make a Markdown label. ":" is written as one too: Mermaid drops
+# the last ";" of any line matching "style.*:\S*#.*;" before it decodes entities (a task
+# named "style:a#b" would show "#35" otherwise).
+_ENTITIES = {char: f"#{ord(char)};" for char in '#"<>&`:'}
+
+_SHAPES = {"box": ("[", "]"), "subroutine": ("[[", "]]"), "stadium": ("([", "])")}
+_OFF = "PipelineContext(statistics=False)"
+_STAGE_SHAPE = {False: "box", True: "subroutine"}  # by StageSpec.batch
+
+
+def escape(text: str) -> str:
+    """``text`` written to stand in a quoted label and show as itself (on one line)."""
+    return "".join(
+        _ENTITIES.get(char, " " if char.isspace() or not char.isprintable() else char)
+        for char in text
+    )
+
+
+def chain(
+    nodes: Sequence[tuple[str, str, Sequence[str]]],
+    edge_labels: Sequence[str | None] = (),
+    marked: str | None = None,
+) -> str:
+    """A ``flowchart LR`` of ``nodes`` joined in order, each to the next.
+
+    Each node is ``(id, shape, lines)``: ``shape`` is ``"box"``, ``"subroutine"`` or
+    ``"stadium"``; ``lines`` are escaped here and joined with ``<br/>``. ``edge_labels[i]``
+    (when given and not ``None``) labels the edge leaving node ``i``. The node whose id is
+    ``marked`` gets a last line ``bottleneck`` and the ``bottleneck`` class (a red border).
+    """
+    out = ["flowchart LR"]
+    for node_id, shape, lines in nodes:
+        opening, closing = _SHAPES[shape]
+        marks = ["bottleneck"] if node_id == marked else []
+        label = "<br/>".join(escape(line) for line in [*lines, *marks])
+        out.append(f'    {node_id}{opening}"{label}"{closing}')
+    for i in range(len(nodes) - 1):
+        text = edge_labels[i] if i < len(edge_labels) else None
+        arrow = "-->" if text is None else f'-->|"{escape(text)}"|'
+        out.append(f"    {nodes[i][0]} {arrow} {nodes[i + 1][0]}")
+    if marked is not None:
+        out.append(f"    classDef bottleneck {BOTTLENECK_STYLE}")
+        out.append(f"    class {marked} bottleneck")
+    return "\n".join(out) + "\n"
+
+
+# -- a pipeline's stages and options ------------------------------------------------------
+
+
+def pipeline_chart(specs: Sequence[StageSpec], context: PipelineContext) -> str:
+    """The chart of ``Pipeline.to_mermaid`` (its docstring says what the labels hold)."""
+    stages = [
+        (f"s{i}", _STAGE_SHAPE[spec.batch], option_lines(spec)) for i, spec in enumerate(specs)
+    ]
+    mode = "ordered" if context.execution_mode == "ordered" else "as completed"
+    output = ["output", mode, f"max_in_flight {context.max_in_flight}"]
+    if context.max_parallelism is not None:
+        output.append(f"max_parallelism {context.max_parallelism}")
+    return chain([("input", "stadium", ["input"]), *stages, ("output", "stadium", output)])
+
+
+def option_lines(spec: StageSpec) -> list[str]:
+    """A stage's label: its name, its kind, then only the options not at their default."""
+    o = spec.options
+    if spec.batch:
+        sizes = f"{o.min_size}\N{EN DASH}{o.max_size}" if o.min_size != o.max_size else o.max_size
+        kind = f"batch {sizes}" + ("" if o.max_wait is None else f", max_wait {o.max_wait:g} s")
+    else:
+        kind = "single"
+    lines = [spec.name, kind]
+    if o.concurrency_limit is not None:
+        lines.append(f"concurrency {o.concurrency_limit}")
+    executor = executor_name(o.executor)
+    if executor is not None:
+        chunks = "" if o.chunk_size is None else f", chunk_size {o.chunk_size}"
+        lines.append(f"executor {executor}{chunks}")
+    errors = [] if o.on_error == "fail" else [f"on_error {o.on_error.value}"]
+    if o.retry_attempts > 1:
+        errors.append(f"retry_attempts {o.retry_attempts}")
+    if o.error_handler is not None:
+        errors.append(f"error_handler {type(o.error_handler).__name__}")
+    if errors:
+        lines.append(", ".join(errors))
+    if o.timeout is not None:
+        lines.append(f"timeout {o.timeout:g} s")
+    return lines
+
+
+def executor_name(executor: Any) -> str | None:
+    """A short name for a task's ``executor`` option; ``None`` for the default (inline)."""
+    if executor is None or executor == "inline":
+        return None
+    if isinstance(executor, AutoChoice):
+        return "auto"  # not its latest choice: the chart describes the pipeline, not a run
+    if isinstance(executor, str):
+        return executor
+    return "dask" if is_dask_client(executor) else type(executor).__name__
+
+
+# -- a run's figures ----------------------------------------------------------------------
+
+
+def stats_chart(stats: RunStats) -> str:
+    """The chart of ``RunStats.to_mermaid`` (its docstring says what the labels hold)."""
+    if not stats.enabled:
+        return chain([("off", "box", ["statistics are off for this run", _OFF])])
+    source = ["input"]
+    if stats.input_held_back_seconds > 0:
+        source.append(f"held back {seconds(stats.input_held_back_seconds)}")
+    rate = "" if stats.items_per_second is None else f", {stats.items_per_second:,.0f}/s"
+    output = ["output", f"{_items(stats.results, 'result')} in {stats.elapsed:.2f} s{rate}"]
+    output += [] if stats.finished else ["running"]
+    nodes = [
+        ("input", "stadium", source),
+        *((f"s{i}", _STAGE_SHAPE[s.batch], figure_lines(s)) for i, s in enumerate(stats.stages)),
+        ("output", "stadium", output),
+    ]
+    # Edges: into the first stage, then out of each stage (out = what the next one got).
+    counts = [s.items_in for s in stats.stages[:1]] + [s.items_out for s in stats.stages]
+    labels = [_items(n, "item") for n in counts or [stats.results]]
+    return chain(nodes, labels, _bottleneck_node(stats))
+
+
+def figure_lines(s: StageStats) -> list[str]:
+    """A stage's label in a run: name, kind, executor and limit, then its figures."""
+    kind = "batch" if s.batch else "single"
+    if s.batches and s.mean_batch_size is not None:
+        kind += f" ({_items(s.batches, 'batch')}, mean size {s.mean_batch_size:.1f})"
+    lines = [s.name, kind]
+    if s.executor != "inline":
+        lines.append(f"executor {s.executor}")
+    if s.limit is not None:
+        lines.append(f"concurrency {s.limit}")
+    if s.latency.p50 is not None and s.latency.p95 is not None:
+        lines.append(f"p50 {seconds(s.latency.p50)}, p95 {seconds(s.latency.p95)}")
+    if s.busy_share is not None:
+        lines.append(f"busy {s.busy_share:.0%}")
+    counts = ((s.failed, "failed"), (s.skipped, "skipped"), (s.emitted, "emitted"))
+    trouble = [f"{n:,} {what}" for n, what in (*counts, (s.retried, "retried")) if n]
+    if trouble:
+        lines.append(", ".join(trouble))
+    return lines
+
+
+def _bottleneck_node(stats: RunStats) -> str | None:
+    neck = stats.bottleneck
+    if neck is None:
+        return None
+    # A name can repeat (quick | slow | quick): the stage whose share is the one named.
+    named = [i for i, s in enumerate(stats.stages) if s.name == neck.where]
+    for i in named:
+        if neck.share in (stats.stages[i].at_limit_share, stats.stages[i].busy_share):
+            return f"s{i}"
+    if neck.where in ("input", "consumer"):
+        return {"input": "input", "consumer": "output"}[neck.where]
+    return f"s{named[0]}" if named else None
+
+
+def _items(count: int, noun: str) -> str:
+    return f"{count:,} {noun if count == 1 else noun + ('es' if noun == 'batch' else 's')}"
+
+
+def seconds(value: float) -> str:
+    """``value`` seconds, with a unit that keeps it short: µs, ms or s."""
+    if value < 1e-3:
+        return f"{value * 1e6:.0f} µs"
+    if value < 1:
+        return f"{value * 1e3:.1f} ms"
+    return f"{value:.2f} s"
