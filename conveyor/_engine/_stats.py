@@ -79,6 +79,15 @@ class Histogram:
                 return min(middle, self.max)
         return self.max
 
+    def bucket_counts(self) -> list[tuple[float, int]]:
+        """Each non-empty bucket as ``(upper bound in seconds, calls)``, by bound, not
+        cumulative: a call counted there took at least 2**-0.25 (0.84) of that bound, and
+        less than it (the first bucket also holds everything shorter)."""
+        return [
+            (2 ** ((index + 1) / self.PER_OCTAVE - self.FLOOR), count)
+            for index, count in sorted(self.buckets.items())
+        ]
+
 
 class StageRecord:
     """One stage's counts (written by the seam) and samples (written by the ticks)."""
@@ -308,6 +317,7 @@ class Collector:
                         "p95": latency.quantile(0.95),
                         "p99": latency.quantile(0.99),
                         "max": latency.max if latency.count else None,
+                        "buckets": latency.bucket_counts(),
                     },
                     "busy_seconds": record.busy,
                     "busy_share": share(record.busy),
