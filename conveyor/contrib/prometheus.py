@@ -1,0 +1,340 @@
+"""Prometheus metrics from runs' statistics (``pip install 'conveyor[prometheus]'``).
+
+:class:`PipelineMetrics` is a prometheus_client collector. The runs it tracks are read at
+scrape time, from the statistics every run collects anyway (``stream.stats``), so a
+tracked run costs nothing more while it runs. Metrics are labelled by ``pipeline`` (the
+name given to :meth:`~PipelineMetrics.track`) and, per stage, ``stage``: the task's name,
+with ``#2``, ``#3`` after a name that repeats in one pipeline.
+
+* **Counters** add up every run tracked under a label: the runs that ended (finished,
+  closed, or their stream garbage-collected), by their final figures, plus the runs in
+  progress, by their figures at the scrape. Each series only goes up: a figure read
+  while the run's thread is changing it is never reported below one reported before.
+* **Gauges** are the runs in progress at the scrape (0 when none is), except
+  ``stage_busy_ratio``: the share of the latest run (the one tracked last), in progress
+  or ended.
+* **The latency histogram** holds the *sampled* calls (see :mod:`conveyor.stats`), put
+  in :data:`LATENCY_BUCKETS`: a call is counted under the first bound at or above the
+  top of its log bucket, so never under a bound it exceeds, and under every bound at
+  least 2**0.25 (1.19) times its latency. The sum is mean x calls timed.
+
+Tracking holds a stream weakly: a run is never kept alive for its metrics. When a
+tracked stream is garbage-collected, its run's figures at that moment are kept.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+try:
+    from prometheus_client import REGISTRY, start_http_server
+    from prometheus_client.metrics_core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
+    from prometheus_client.registry import CollectorRegistry
+except ImportError as exc:  # an optional dependency: say how to get it
+    raise ImportError(
+        "conveyor.contrib.prometheus needs prometheus-client: pip install 'conveyor[prometheus]'"
+    ) from exc
+
+from ..stats import RunStats, StageStats
+from ..stream import AsyncStream
+
+__all__ = ["LATENCY_BUCKETS", "PipelineMetrics", "start_http_server", "track"]
+
+S = TypeVar("S", bound=AsyncStream[Any])
+Labels = tuple[str, ...]
+Series = tuple[str, Labels]  # (metric, label values)
+
+LATENCY_BUCKETS: tuple[float, ...] = (
+    *(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4),
+    *(1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+    *(1.0, 2.5, 5.0, 10.0, 25.0, 60.0),
+)
+"""The default ``le`` bounds of the latency histogram, in seconds (and ``+Inf``)."""
+
+STAGE = ("pipeline", "stage")
+OUTCOMES = ("failed", "skipped", "emitted")
+COUNTERS: dict[str, tuple[str, Labels]] = {
+    "runs": ("Tracked runs that ended (finished, closed, or garbage-collected).", ("pipeline",)),
+    "results": ("Results handed to the code reading the stream.", ("pipeline",)),
+    "stage_items_in": ("Items into the stage.", STAGE),
+    "stage_items_out": (
+        "Items out of the stage: what the next stage received, or the results.",
+        STAGE,
+    ),
+    "stage_retries": ("Calls retried.", STAGE),
+    "stage_failures": (
+        "Calls that failed for good, by outcome: failed (the run failed), skipped, or "
+        "emitted (as a Failure).",
+        (*STAGE, "outcome"),
+    ),
+    "stage_batches": ("Batches the stage was called with (batch stages only).", STAGE),
+    "stage_busy_seconds": ("Seconds with a call of the stage in flight (sampled).", STAGE),
+}
+
+
+class PipelineMetrics:
+    """A prometheus_client collector of the runs :meth:`track` is given (see the module's
+    docstring for what each metric means).
+
+    ``registry`` is where it registers itself (``None``: nowhere, register it yourself);
+    ``namespace`` prefixes the metrics' names; ``buckets`` are the latency histogram's
+    ``le`` bounds in seconds (ascending; ``+Inf`` is added). Thread-safe: runs are
+    tracked on their event loops and scraped from the exporter's thread.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = REGISTRY,
+        namespace: str = "conveyor",
+        buckets: Sequence[float] = LATENCY_BUCKETS,
+    ) -> None:
+        if list(buckets) != sorted(set(buckets)):
+            raise ValueError(f"buckets must ascend, each bound once: {buckets!r}")
+        self._prefix = f"{namespace}_" if namespace else ""
+        self._bounds = tuple(float(b) for b in buckets)
+        self._lock = threading.Lock()
+        self._runs: list[_Tracked] = []
+        self._ended = _Figures(self._bounds)  # the runs that ended, summed
+        self._high: dict[Series, float] = {}  # each series' value at the last scrape
+        self._busy: dict[Labels, tuple[int, float]] = {}  # (run's number, share)
+        self._tracked = 0
+        if registry is not None:
+            registry.register(self)
+
+    def track(self, stream: S, pipeline: str) -> S:
+        """Count ``stream``'s run under the label ``pipeline=pipeline``; return the
+        stream, so ``track(pipeline(items), "crawl")`` can stand where the stream does.
+
+        Raises ``ValueError`` for a stream already tracked here, or one whose statistics
+        are off (``PipelineContext(statistics=False)``): it would report nothing.
+        """
+        if not isinstance(stream, AsyncStream):
+            raise TypeError(f"track() takes a pipeline's stream, got {type(stream).__name__}")
+        if not stream.stats.enabled:
+            raise ValueError("this run's statistics are off; its metrics would all be empty")
+        with self._lock:
+            if any(run.stream() is stream for run in self._runs):
+                raise ValueError("this stream is already tracked")
+            self._tracked += 1
+            self._runs.append(_Tracked(stream, pipeline, self._tracked))
+        return stream
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric families, without samples (for the registry's name checks)."""
+        return iter(self._families(_View(_Figures(self._bounds))))
+
+    def collect(self) -> Iterator[Metric]:
+        """Every metric, read now from the tracked runs (called at each scrape)."""
+        with self._lock:
+            return iter(self._families(self._read()))
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _read(self) -> _View:
+        """Fold the runs that ended into the totals, and add up the rest."""
+        live: list[tuple[_Tracked, RunStats]] = []
+        for run in list(self._runs):
+            stats, ended = run.read()
+            if stats.stages:  # (a run that never started has none)
+                self._note_busy(run, stats)
+            if ended:
+                self._runs.remove(run)
+                run.release()
+                if stats.stages:
+                    self._ended.add(run.pipeline, stats, ended=True)
+            elif stats.stages:
+                live.append((run, stats))
+        view = _View(self._ended.copy())
+        for run, stats in live:
+            view.figures.add(run.pipeline, stats, ended=False)
+            view.active[run.pipeline,] = view.active.get((run.pipeline,), 0) + 1
+            for stage, s in _stages(stats):
+                key = (run.pipeline, stage)
+                view.in_flight[key] = view.in_flight.get(key, 0) + s.in_flight
+                view.waiting[key] = view.waiting.get(key, 0) + s.waiting_for_slot
+        view.busy = {key: share for key, (_, share) in self._busy.items()}
+        return view
+
+    def _note_busy(self, run: _Tracked, stats: RunStats) -> None:
+        for stage, s in _stages(stats):
+            key = (run.pipeline, stage)
+            if s.busy_share is not None and run.number >= self._busy.get(key, (0, 0.0))[0]:
+                self._busy[key] = (run.number, s.busy_share)
+
+    def _rising(self, metric: str, labels: Labels, value: float) -> float:
+        """``value``, or the series' last one if that was higher (see the docstring)."""
+        series = (metric, labels)
+        value = max(value, self._high.get(series, value))
+        self._high[series] = value
+        return value
+
+    def _families(self, view: _View) -> list[Metric]:
+        def name(metric: str) -> str:
+            return self._prefix + metric
+
+        figures = view.figures
+        families: list[Metric] = []
+        for metric, (doc, labels) in COUNTERS.items():
+            counter = CounterMetricFamily(name(metric), doc, labels=labels)
+            for (which, values), value in sorted(figures.counters.items()):
+                if which == metric:
+                    counter.add_metric(values, self._rising(metric, values, value))
+            families.append(counter)
+        stages = sorted(figures.latency)
+        pipelines: list[Labels] = sorted({(pipeline,) for pipeline, _ in stages})
+        gauges: list[tuple[str, str, list[Labels], dict[Labels, Any]]] = [
+            ("stage_in_flight", "Calls in flight now.", stages, view.in_flight),
+            ("stage_waiting_for_slot", "Items waiting for a slot now.", stages, view.waiting),
+            ("runs_active", "Tracked runs started and not ended.", pipelines, view.active),
+            (
+                "stage_busy_ratio",
+                "Share of the latest run's time with a call of the stage in flight (sampled).",
+                sorted(view.busy),
+                view.busy,
+            ),
+        ]
+        for metric, doc, keys, now in gauges:
+            labels = ("pipeline",) if metric == "runs_active" else STAGE
+            gauge = GaugeMetricFamily(name(metric), doc, labels=labels)
+            for key in keys:
+                gauge.add_metric(key, now.get(key, 0))
+            families.append(gauge)
+        histogram = HistogramMetricFamily(
+            name("stage_call_latency_seconds"),
+            "Latency of the stage's calls, sampled: a share of the calls is timed.",
+            labels=STAGE,
+        )
+        metric = "stage_call_latency_seconds"
+        for key in stages:
+            *counts, seconds = figures.latency[key]
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*self._bounds, float("inf")), counts, strict=True):
+                cumulative += count
+                le = "+Inf" if bound == float("inf") else repr(bound)
+                buckets.append((le, self._rising(metric, (*key, le), cumulative)))
+            histogram.add_metric(key, buckets, self._rising(metric, (*key, "sum"), seconds))
+        families.append(histogram)
+        return families
+
+
+class _Figures:
+    """Counters and latency histograms, added up over runs."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counters: dict[Series, float] = {}
+        # (pipeline, stage): calls per bucket (not cumulative; the last is +Inf), then the
+        # seconds they took
+        self.latency: dict[Labels, list[float]] = {}
+
+    def copy(self) -> _Figures:
+        figures = _Figures(self.bounds)
+        figures.counters = dict(self.counters)
+        figures.latency = {key: list(values) for key, values in self.latency.items()}
+        return figures
+
+    def count(self, metric: str, labels: Labels, value: float) -> None:
+        self.counters[metric, labels] = self.counters.get((metric, labels), 0.0) + value
+
+    def add(self, pipeline: str, stats: RunStats, ended: bool) -> None:
+        """Add one run's figures (and count it as a run if it ``ended``)."""
+        count = self.count
+        count("runs", (pipeline,), 1 if ended else 0)
+        count("results", (pipeline,), stats.results)
+        for stage, s in _stages(stats):
+            key = (pipeline, stage)
+            count("stage_items_in", key, s.items_in)
+            count("stage_items_out", key, s.items_out)
+            count("stage_retries", key, s.retried)
+            for outcome in OUTCOMES:
+                count("stage_failures", (*key, outcome), getattr(s, outcome))
+            if s.batches is not None:
+                count("stage_batches", key, s.batches)
+            count("stage_busy_seconds", key, s.busy_seconds)
+            histogram = self.latency.setdefault(key, [0.0] * (len(self.bounds) + 2))
+            for top, calls in s.latency.buckets:
+                # the first bound at or above the log bucket's top (+Inf past the last)
+                histogram[bisect.bisect_left(self.bounds, top)] += calls
+            histogram[-1] += (s.latency.mean or 0.0) * s.latency.samples
+
+
+class _View:
+    """What one scrape reports: the counters, and the gauges of the runs in progress."""
+
+    def __init__(self, figures: _Figures) -> None:
+        self.figures = figures
+        self.in_flight: dict[Labels, int] = {}
+        self.waiting: dict[Labels, int] = {}
+        self.active: dict[Labels, int] = {}
+        self.busy: dict[Labels, float] = {}
+
+
+class _Tracked:
+    """One tracked run: its stream, weakly, and the run's figures once the stream is gone.
+
+    A weakref's callback cannot reach the stream it watched, but it can reach the
+    stream's attributes: the finalizer holds them (not the stream), and reads the run's
+    statistics from them as ``stream.stats`` does, when the stream is collected.
+    """
+
+    def __init__(self, stream: AsyncStream[Any], pipeline: str, number: int) -> None:
+        self.pipeline = pipeline
+        self.number = number  # the order of tracking: the latest run has the highest
+        self.stream = weakref.ref(stream)
+        self.final: RunStats | None = None
+        self.seen = RunStats()  # figures at the last scrape
+        self._finalizer = weakref.finalize(stream, self._gone, vars(stream))
+        self._finalizer.atexit = False  # (nothing to keep at exit)
+
+    def _gone(self, state: dict[str, Any]) -> None:
+        # (In whichever thread drops the stream: no lock taken, one attribute set.)
+        collector = state.get("_stats")
+        self.final = RunStats.from_snapshot(None if collector is None else collector.snapshot())
+
+    def read(self) -> tuple[RunStats, bool]:
+        """The run's figures now, and whether it has ended."""
+        stream = self.stream()
+        if stream is not None:
+            self.seen = stream.stats
+            return self.seen, self.seen.finished
+        if self.final is not None:
+            return self.final, True
+        return self.seen, False  # collected, its figures being read in another thread
+
+    def release(self) -> None:
+        """Stop watching the stream (its run has been counted)."""
+        self._finalizer.detach()
+
+
+def _stages(stats: RunStats) -> Iterator[tuple[str, StageStats]]:
+    """Each stage with its label: its name, then ``name#2``... if the name repeats."""
+    seen: dict[str, int] = {}
+    for stage in stats.stages:
+        n = seen[stage.name] = seen.get(stage.name, 0) + 1
+        yield (stage.name if n == 1 else f"{stage.name}#{n}"), stage
+
+
+_DEFAULTS: weakref.WeakKeyDictionary[CollectorRegistry, PipelineMetrics] = (
+    weakref.WeakKeyDictionary()
+)
+_DEFAULTS_LOCK = threading.Lock()
+
+
+def track(stream: S, pipeline: str, registry: CollectorRegistry = REGISTRY) -> S:
+    """``PipelineMetrics(registry).track(stream, pipeline)``, with one
+    :class:`PipelineMetrics` per registry (namespace ``conveyor``), made at first use.
+    Returns the stream."""
+    with _DEFAULTS_LOCK:
+        metrics = _DEFAULTS.get(registry)
+        if metrics is None:
+            metrics = _DEFAULTS[registry] = PipelineMetrics(registry)
+    return metrics.track(stream, pipeline)
