@@ -80,6 +80,16 @@ COUNTERS: dict[str, tuple[str, Labels]] = {
     "stage_busy_seconds": ("Seconds with a call of the stage in flight (sampled).", STAGE),
 }
 
+GAUGES: dict[str, tuple[str, Labels]] = {
+    "runs_active": ("Tracked runs started and not ended.", ("pipeline",)),
+    "stage_in_flight": ("Calls in flight now.", STAGE),
+    "stage_waiting_for_slot": ("Items waiting for a concurrency slot now.", STAGE),
+    "stage_busy_ratio": (
+        "Share of the latest run's time with a call of the stage in flight (sampled).",
+        STAGE,
+    ),
+}
+
 
 class PipelineMetrics:
     """A prometheus_client collector of the runs :meth:`track` is given (see the module's
@@ -156,12 +166,18 @@ class PipelineMetrics:
         view = _View(self._ended.copy())
         for run, stats in live:
             view.figures.add(run.pipeline, stats, ended=False)
-            view.active[run.pipeline,] = view.active.get((run.pipeline,), 0) + 1
+        # (0 for every label known, rather than no sample, while nothing runs)
+        gauges = view.gauges
+        active, in_flight = gauges["runs_active"], gauges["stage_in_flight"]
+        waiting, busy = gauges["stage_waiting_for_slot"], gauges["stage_busy_ratio"]
+        for key in view.figures.latency:
+            in_flight[key] = waiting[key] = active[key[:1]] = 0
+        for run, stats in live:
+            active[run.pipeline,] += 1
             for stage, s in _stages(stats):
-                key = (run.pipeline, stage)
-                view.in_flight[key] = view.in_flight.get(key, 0) + s.in_flight
-                view.waiting[key] = view.waiting.get(key, 0) + s.waiting_for_slot
-        view.busy = {key: share for key, (_, share) in self._busy.items()}
+                in_flight[run.pipeline, stage] += s.in_flight
+                waiting[run.pipeline, stage] += s.waiting_for_slot
+        busy.update((key, share) for key, (_, share) in self._busy.items())
         return view
 
     def _note_busy(self, run: _Tracked, stats: RunStats) -> None:
@@ -189,24 +205,10 @@ class PipelineMetrics:
                 if which == metric:
                     counter.add_metric(values, self._rising(metric, values, value))
             families.append(counter)
-        stages = sorted(figures.latency)
-        pipelines: list[Labels] = sorted({(pipeline,) for pipeline, _ in stages})
-        gauges: list[tuple[str, str, list[Labels], dict[Labels, Any]]] = [
-            ("stage_in_flight", "Calls in flight now.", stages, view.in_flight),
-            ("stage_waiting_for_slot", "Items waiting for a slot now.", stages, view.waiting),
-            ("runs_active", "Tracked runs started and not ended.", pipelines, view.active),
-            (
-                "stage_busy_ratio",
-                "Share of the latest run's time with a call of the stage in flight (sampled).",
-                sorted(view.busy),
-                view.busy,
-            ),
-        ]
-        for metric, doc, keys, now in gauges:
-            labels = ("pipeline",) if metric == "runs_active" else STAGE
+        for metric, (doc, labels) in GAUGES.items():
             gauge = GaugeMetricFamily(name(metric), doc, labels=labels)
-            for key in keys:
-                gauge.add_metric(key, now.get(key, 0))
+            for key, value in sorted(view.gauges[metric].items()):
+                gauge.add_metric(key, value)
             families.append(gauge)
         histogram = HistogramMetricFamily(
             name("stage_call_latency_seconds"),
@@ -214,8 +216,7 @@ class PipelineMetrics:
             labels=STAGE,
         )
         metric = "stage_call_latency_seconds"
-        for key in stages:
-            *counts, seconds = figures.latency[key]
+        for key, (*counts, seconds) in sorted(figures.latency.items()):
             cumulative, buckets = 0.0, []
             for bound, count in zip((*self._bounds, float("inf")), counts, strict=True):
                 cumulative += count
@@ -268,14 +269,11 @@ class _Figures:
 
 
 class _View:
-    """What one scrape reports: the counters, and the gauges of the runs in progress."""
+    """What one scrape reports: the counters, and the gauges (by metric, then labels)."""
 
     def __init__(self, figures: _Figures) -> None:
         self.figures = figures
-        self.in_flight: dict[Labels, int] = {}
-        self.waiting: dict[Labels, int] = {}
-        self.active: dict[Labels, int] = {}
-        self.busy: dict[Labels, float] = {}
+        self.gauges: dict[str, dict[Labels, float]] = {metric: {} for metric in GAUGES}
 
 
 class _Tracked:
