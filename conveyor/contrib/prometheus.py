@@ -132,7 +132,7 @@ class PipelineMetrics:
         if not stream.stats.enabled:
             raise ValueError("this run's statistics are off; its metrics would all be empty")
         with self._lock:
-            if any(run.stream() is stream for run in self._runs):
+            if any(run.state is vars(stream) for run in self._runs):
                 raise ValueError("this stream is already tracked")
             self._tracked += 1
             self._runs.append(_Tracked(stream, pipeline, self._tracked))
@@ -277,40 +277,52 @@ class _View:
 
 
 class _Tracked:
-    """One tracked run: its stream, weakly, and the run's figures once the stream is gone.
+    """One tracked run: its stream's attributes (not the stream), until it is counted.
 
-    A weakref's callback cannot reach the stream it watched, but it can reach the
-    stream's attributes: the finalizer holds them (not the stream), and reads the run's
-    statistics from them as ``stream.stats`` does, when the stream is collected.
+    The figures are read from the stream's attributes as ``stream.stats`` reads them,
+    never through the stream: a scrape's thread that held the stream, even for a moment,
+    could be the one to drop it last, and a stream dropped mid-run cancels its run from
+    the thread that drops it. When the stream is collected (a weakref's callback cannot
+    reach it, but its attributes remain), its run's figures are read once more and the
+    attributes let go, so tracking never keeps a run alive.
     """
 
     def __init__(self, stream: AsyncStream[Any], pipeline: str, number: int) -> None:
         self.pipeline = pipeline
         self.number = number  # the order of tracking: the latest run has the highest
-        self.stream = weakref.ref(stream)
-        self.final: RunStats | None = None
-        self.seen = RunStats()  # figures at the last scrape
-        self._finalizer = weakref.finalize(stream, self._gone, vars(stream))
+        self.state: dict[str, Any] | None = vars(stream)
+        self.final: RunStats | None = None  # the figures when the stream was collected
+        self._finalizer = weakref.finalize(stream, self._gone)
         self._finalizer.atexit = False  # (nothing to keep at exit)
 
-    def _gone(self, state: dict[str, Any]) -> None:
-        # (In whichever thread drops the stream: no lock taken, one attribute set.)
-        collector = state.get("_stats")
-        self.final = RunStats.from_snapshot(None if collector is None else collector.snapshot())
+    def _gone(self) -> None:
+        # (In whichever thread drops the stream, so no lock: ``final`` is set before the
+        # attributes are let go, and ``read`` looks in that order.)
+        state = self.state
+        if state is not None:
+            self.final = _stats_of(state)
+            self.state = None
 
     def read(self) -> tuple[RunStats, bool]:
         """The run's figures now, and whether it has ended."""
-        stream = self.stream()
-        if stream is not None:
-            self.seen = stream.stats
-            return self.seen, self.seen.finished
+        state = self.state
         if self.final is not None:
             return self.final, True
-        return self.seen, False  # collected, its figures being read in another thread
+        assert state is not None  # (let go only once counted, or after ``final``)
+        stats = _stats_of(state)
+        return stats, stats.finished
 
     def release(self) -> None:
         """Stop watching the stream (its run has been counted)."""
         self._finalizer.detach()
+        self.state = None
+
+
+def _stats_of(state: dict[str, Any]) -> RunStats:
+    """A stream's ``stats``, from its attributes (``AsyncStream.stats``: the collector is
+    made when the run starts)."""
+    collector = state.get("_stats")
+    return RunStats.from_snapshot(None if collector is None else collector.snapshot())
 
 
 def _stages(stats: RunStats) -> Iterator[tuple[str, StageStats]]:
