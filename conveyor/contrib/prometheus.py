@@ -18,8 +18,10 @@ with ``#2``, ``#3`` after a name that repeats in one pipeline.
   top of its log bucket, so never under a bound it exceeds, and under every bound at
   least 2**0.25 (1.19) times its latency. The sum is mean x calls timed.
 
-Tracking holds a stream weakly: a run is never kept alive for its metrics. When a
-tracked stream is garbage-collected, its run's figures at that moment are kept.
+Tracking never holds a stream, only its attributes while it lives (a weakref finalizer
+lets them go when it is collected; an input that itself refers to the stream would
+keep it alive). When a tracked stream is garbage-collected, its run's figures at that
+moment are kept.
 """
 
 from __future__ import annotations
