@@ -56,6 +56,10 @@ class Latency:
     p95: float | None = None
     p99: float | None = None
     max: float | None = None
+    buckets: tuple[tuple[float, int], ...] = ()
+    """The latency histogram: ``(upper bound in seconds, calls)`` per non-empty log bucket
+    (4 to a doubling), by bound, not cumulative; a call counted there took at least 0.84
+    of that bound (2**-0.25), and less than it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +155,7 @@ class RunStats:
             StageStats(
                 **{
                     **stage,
-                    "latency": Latency(**stage["latency"]),
+                    "latency": _latency(stage["latency"]),
                     "offload": None if stage["offload"] is None else Offload(**stage["offload"]),
                 }
             )
@@ -268,6 +272,12 @@ class RunStats:
         neck = self.bottleneck
         lines.append(str(neck) if neck is not None else "bottleneck: - (run too short to tell)")
         return "\n".join(lines)
+
+
+def _latency(data: dict[str, Any]) -> Latency:
+    """A stage's latency; its buckets as tuples (a snapshot has lists, as JSON would)."""
+    buckets = tuple((float(bound), int(count)) for bound, count in data.get("buckets", ()))
+    return Latency(**{**data, "buckets": buckets})
 
 
 def _cells(row: tuple[str, ...], widths: list[int]) -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 
 from conveyor import PipelineContext, batch_task, single_task
 from conveyor._engine._stage import SingleStage
-from conveyor._engine._stats import Histogram
+from conveyor._engine._histogram import Histogram
 from conveyor.stats import RunStats
 
 

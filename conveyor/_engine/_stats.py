@@ -21,13 +21,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import math
 import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._calls import INLINE, settle
+from ._histogram import Histogram
 from ._order import EMPTY, OPEN, PENDING
 
 if TYPE_CHECKING:
@@ -41,43 +41,6 @@ SAMPLES_PER_RUN = 256
 virtual clock, is not sampled a hundred times a second), up to :data:`MAX_TICK`. Each
 sample counts for the time since the one before."""
 MAX_TICK = 1.0
-
-
-class Histogram:
-    """Latencies in log-spaced buckets, :data:`PER_OCTAVE` to a doubling: quantiles within
-    ±9%, in at most ~200 buckets whatever the number of samples; max and mean exact."""
-
-    PER_OCTAVE = 4
-    FLOOR = 24  # 2**-24 s (60 ns): the first bucket
-
-    __slots__ = ("buckets", "count", "max", "total")
-
-    def __init__(self) -> None:
-        self.buckets: dict[int, int] = {}
-        self.count = 0
-        self.total = 0.0
-        self.max = 0.0
-
-    def add(self, seconds: float) -> None:
-        self.count += 1
-        self.total += seconds
-        if seconds > self.max:
-            self.max = seconds
-        index = 0 if seconds <= 0 else max(0, int((math.log2(seconds) + self.FLOOR) * 4))
-        self.buckets[index] = self.buckets.get(index, 0) + 1
-
-    def quantile(self, q: float) -> float | None:
-        """The ``q`` quantile (0-1): the middle of its bucket, never above the max."""
-        if not self.count:
-            return None
-        rank = q * self.count
-        seen = 0
-        for index in sorted(self.buckets):
-            seen += self.buckets[index]
-            if seen >= rank:
-                middle = 2 ** ((index + 0.5) / self.PER_OCTAVE - self.FLOOR)
-                return min(middle, self.max)
-        return self.max
 
 
 class StageRecord:
@@ -309,6 +272,7 @@ class Collector:
                         "p95": latency.quantile(0.95),
                         "p99": latency.quantile(0.99),
                         "max": latency.max if latency.count else None,
+                        "buckets": latency.bucket_counts(),
                     },
                     "busy_seconds": record.busy,
                     "busy_share": share(record.busy),
