@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from conveyor import PipelineContext, batch_task, single_task
-from conveyor._engine._stage import SingleStage
 from conveyor._engine._histogram import Histogram
+from conveyor._engine._stage import SingleStage
 from conveyor.stats import RunStats
 
 
