@@ -113,6 +113,7 @@ class StageStats:
     mean_batch_size: float | None
     max_wait_flushes: int | None
     offload: Offload | None = None
+    items_per_second: float | None = None  # items out / the run's elapsed time
 
 
 @dataclasses.dataclass(frozen=True)

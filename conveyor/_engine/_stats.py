@@ -274,6 +274,11 @@ class Collector:
                         "max": latency.max if latency.count else None,
                         "buckets": latency.bucket_counts(),
                     },
+                    "items_per_second": (
+                        (self.delivered if following is None else following) / elapsed
+                        if elapsed > 0
+                        else None
+                    ),
                     "busy_seconds": record.busy,
                     "busy_share": share(record.busy),
                     "at_limit_share": share(record.full),
