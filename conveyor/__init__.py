@@ -19,6 +19,7 @@ from .context import (
 from .decorators import batch_task, single_task
 from .errors import ErrorAction, ErrorHandler, Failure, LoggingErrorHandler, RetryConfig
 from .pipeline import Pipeline
+from .rate import RateLimit
 from .runner import run
 from .stream import AsyncStream
 from .tasks import BaseTask, BatchTask, SingleTask
@@ -35,6 +36,7 @@ __all__ = [
     "LoggingErrorHandler",
     "Pipeline",
     "PipelineContext",
+    "RateLimit",
     "RetryConfig",
     "SingleTask",
     "batch_task",

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
 from .errors import ErrorAction, ErrorHandler, RetryConfig
+from .rate import RateLimit, as_rate_limit
 
 __all__ = [
     "AutoChoice",
@@ -51,6 +52,7 @@ class TaskOptions:
     timeout: float | None = None
     executor: Any = None
     chunk_size: int | None = None
+    rate_limit: RateLimit | None = None
     # Batch tasks only:
     min_size: int = 1
     max_size: int = 1
@@ -86,6 +88,7 @@ class CommonOptions(TypedDict, total=False):
     timeout: float | None
     executor: Any
     chunk_size: int | None
+    rate_limit: RateLimit | tuple[int, float] | None
 
 
 class BatchOnlyOptions(CommonOptions, total=False):
@@ -270,6 +273,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "concurrency_limit": _int(1, optional=True),
     "timeout": _seconds(optional=True, positive=True),
     "chunk_size": _int(1, optional=True),
+    "rate_limit": as_rate_limit,
     "min_size": _int(1),
     "max_size": _int(1, optional=True),
     "max_wait": _seconds(optional=True),

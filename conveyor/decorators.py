@@ -33,6 +33,11 @@ function, and take the same error options:
 ``chunk_size``
     Items per chunk sent to another process (``"process"``, a process pool, Dask,
     ``"auto"``); default: sized from measurements, 100-250 ms of work per chunk.
+``rate_limit``
+    ``(calls, per_seconds)``: at most ``calls`` calls of this task start in any
+    ``per_seconds``, across its concurrent calls; a :class:`~conveyor.RateLimit` given to
+    several tasks is one quota for all of them. Waiting for a turn is not part of the
+    call: the ``timeout`` does not count it. See ``conveyor.rate``.
 
 Every option is declared once, in ``conveyor._spec.TaskOptions``.
 """

@@ -114,6 +114,7 @@ class StageStats:
     max_wait_flushes: int | None
     offload: Offload | None = None
     items_per_second: float | None = None  # items out / the run's elapsed time
+    rate_limit: str | None = None  # e.g. "10 calls per 1 s"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +178,13 @@ class RunStats:
         if self.samples < MIN_SAMPLES or not self.stages:
             return None
         full = max(self.stages, key=lambda s: s.at_limit_share or 0.0)
+        if (full.at_limit_share or 0.0) >= MOST and full.rate_limit is not None:
+            return Bottleneck(
+                full.name,
+                f"waiting for its rate limit ({full.rate_limit}) or a slot "
+                f"{full.at_limit_share:.0%} of the time: raise the limit if the service allows",
+                full.at_limit_share or 0.0,
+            )
         if (full.at_limit_share or 0.0) >= MOST:
             limit = "its concurrency limit" if full.limit is None else f"{full.limit} at once"
             return Bottleneck(

@@ -32,6 +32,7 @@ from ._bind import bind_stage
 from ._calls import discard, run_error
 from ._delivery import BatchFeeder, OrderedOutput, Output
 from ._executors import executor_for
+from ._gate import gate_rate_limits
 from ._input import NO_INPUT, close_source, pump
 from ._log import end_of_run_logged, executors_logged, logger
 from ._observe import RunObserver, instrument
@@ -109,6 +110,7 @@ class Run:
         observed = observer is not None or stats is not None
         if observed:
             instrument(self, observer, stats)
+        gate_rate_limits(self)
         entry = self.entry
         # The pump may call an unlimited first single stage directly (unless a user's
         # observer is told of every item: statistics count calls, see _observe).

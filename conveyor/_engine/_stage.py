@@ -53,6 +53,7 @@ from ._waiting import Completions, Recovery, await_future, go_async
 if TYPE_CHECKING:
     import contextvars
 
+    from ._gate import Gate
     from ._run import Run
 
 UNLIMITED = 1 << 62
@@ -69,6 +70,7 @@ class Stage(Sink):
         "draining",
         "executor",
         "futures",
+        "gate",
         "inflight",
         "invoke",
         "is_batch",
@@ -101,8 +103,10 @@ class Stage(Sink):
         self.invoke: Callable[[Any], Any] = spec.func  # bound to side inputs per run
         self.call_fn: Callable[[Any], Any] = spec.func  # the executor's call of invoke
         self.policy = Policy(spec, self.attempt)
-        # A plain function on the loop may be fused with the next one (see above).
-        self.plain = executor is INLINE and not spec.is_async
+        # A plain function on the loop may be fused with the next one (see above); not
+        # under a rate limit, whose calls wait for their turn (``_gate``).
+        self.plain = executor is INLINE and not spec.is_async and spec.options.rate_limit is None
+        self.gate: Gate | None = None
         # How an item's call starts: an async def on the loop skips the generic result
         # handling (its call always returns a coroutine).
         self.start: Callable[[Any, Any], None] = (
@@ -219,6 +223,8 @@ class Stage(Sink):
 
     async def attempt(self, item: Any) -> Any:
         """One complete call again, inside the call's task (retries, batch isolation)."""
+        if self.gate is not None:
+            await self.gate.window.acquire()  # (before the timeout: the wait is no call)
         result = self.call_fn(item)
         if self.timeout is None:
             return (await settle(result, None))[0]

@@ -150,10 +150,10 @@ class Collector:
         working = False
         for record in self.records:
             stage = record.stage
-            if stage.running:
+            if stage.running > _gated(stage):
                 record.busy += dt
                 working = True
-            if stage.pending or stage.running >= stage.limit:
+            if stage.pending or stage.running >= stage.limit or _gated(stage):
                 record.full += dt
                 working = True
             if record.timed is None or stage.call_fn is not record.timed:
@@ -243,9 +243,7 @@ class Collector:
 
         stages = []
         # (items counted when their call is made: add those still waiting for a slot)
-        ins = [
-            r.items_in + (len(r.stage.pending) if r.counted_at_call else 0) for r in self.records
-        ]
+        ins = [r.items_in + (_waiting(r.stage) if r.counted_at_call else 0) for r in self.records]
         for index, record in enumerate(self.records):
             stage = record.stage
             following = ins[index + 1] if index + 1 < len(ins) else None
@@ -256,10 +254,11 @@ class Collector:
                     "batch": stage.is_batch,
                     "executor": repr(stage.executor),
                     "limit": None if stage.limit >= 1 << 62 else stage.limit,
+                    "rate_limit": _rate(stage),
                     "items_in": ins[index],
                     "items_out": self.delivered if following is None else following,
-                    "in_flight": stage.running,
-                    "waiting_for_slot": len(stage.pending),
+                    "in_flight": stage.running - _gated(stage),
+                    "waiting_for_slot": _waiting(stage),
                     "failures_passed": record.failures_in,
                     "retried": record.retried,
                     "skipped": record.skipped,
@@ -339,6 +338,21 @@ def _held_for_order(run: Run) -> int:
             held += 1
         node = node.next
     return held
+
+
+def _rate(stage: Stage) -> str | None:
+    limit = stage.spec.options.rate_limit
+    return None if limit is None else f"{limit.calls} calls per {limit.per_seconds:g} s"
+
+
+def _gated(stage: Stage) -> int:
+    """Items waiting for their turn under a rate limit (each holds a slot)."""
+    return len(stage.gate.queue) if stage.gate is not None else 0
+
+
+def _waiting(stage: Stage) -> int:
+    """Items waiting for a concurrency slot, or for their turn under a rate limit."""
+    return len(stage.pending) + _gated(stage)
 
 
 def _offload(stage: Stage) -> dict[str, Any] | None:
