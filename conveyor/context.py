@@ -11,7 +11,7 @@ import contextvars
 import dataclasses
 import difflib
 import enum
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ __all__ = [
 T = TypeVar("T")
 
 DEFAULT_MAX_IN_FLIGHT = 1000
+DEFAULT_MAX_IN_FLIGHT_BYTES = 64 << 20  # 64 MiB: a few large chunks (see _engine/_weight)
 
 
 class ExecutionMode(enum.StrEnum):
@@ -58,6 +59,12 @@ class PipelineContext:
     ``statistics`` collects the run's statistics (``stream.stats``); turning them off
     saves their cost (a few percent of the fastest pipelines' throughput). ``progress``
     shows every run's progress as ``stream.progress()`` does, with its defaults.
+
+    ``max_in_flight_bytes`` bounds the memory the input holds in the run: the input is
+    read on only while the window holds fewer than ``max_in_flight_bytes`` divided by the
+    items' mean weight (64 MiB by default; ``None``: items are only counted). Bytes,
+    buffers, arrays and pandas objects weigh their size; ``item_weight(item)`` weighs
+    others (bytes, or ``None`` for no weight).
     """
 
     execution_mode: ExecutionMode | str = ExecutionMode.ORDERED
@@ -67,6 +74,8 @@ class PipelineContext:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     statistics: bool = True
     progress: bool = False
+    max_in_flight_bytes: int | None = DEFAULT_MAX_IN_FLIGHT_BYTES
+    item_weight: Callable[[Any], int | None] | None = None
 
     def __post_init__(self) -> None:
         self.execution_mode = parse_execution_mode(self.execution_mode)
@@ -74,6 +83,20 @@ class PipelineContext:
             raise ValueError(f"max_in_flight must be an int >= 1, got {self.max_in_flight!r}")
         if not isinstance(self.statistics, bool):
             raise ValueError(f"statistics must be True or False, got {self.statistics!r}")
+        if self.max_in_flight_bytes is not None and (
+            isinstance(self.max_in_flight_bytes, bool)
+            or not isinstance(self.max_in_flight_bytes, int)
+            or self.max_in_flight_bytes < 1
+        ):
+            raise ValueError(
+                f"max_in_flight_bytes must be an int >= 1 (bytes) or None (no byte "
+                f"bound), got {self.max_in_flight_bytes!r}"
+            )
+        if self.item_weight is not None and not callable(self.item_weight):
+            raise TypeError(
+                f"item_weight must be a function of an item returning its size in bytes "
+                f"(or None), got {self.item_weight!r}"
+            )
         if not isinstance(self.progress, bool):
             raise ValueError(
                 f"progress must be True or False, got {self.progress!r}; for options "

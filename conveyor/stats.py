@@ -7,7 +7,9 @@ what is sampled:
   the results of the last stage), retries, and calls that failed for good (``failed``,
   ``skipped``, ``emitted`` as a :class:`~conveyor.errors.Failure`); batches, their mean
   size, and how many ``max_wait`` flushed; results, time to the first, items per second,
-  how long the input was held back by the window (``max_in_flight``).
+  how long the input was held back by the window (``max_in_flight``), and how many
+  input items the window admits at once (``input_admitted_at_once``: ``max_in_flight``,
+  or fewer when ``max_in_flight_bytes`` bounds large items of ``input_item_bytes`` each).
 * **Now:** calls in flight, items waiting for a concurrency slot.
 * **Sampled** every 10 ms at first (the interval grows to 1/256 of the run so far, at most
   1 s; each sample counts for its interval): each stage's busy share (a call in flight) and
@@ -141,6 +143,8 @@ class RunStats:
     items_per_second: float | None = None
     peak_reorder_buffer: int = 0
     input_held_back_seconds: float = 0.0
+    input_item_bytes: float | None = None  # the input items' mean weight, when weighed
+    input_admitted_at_once: int | None = None  # the window's bound on the input's items
     peak_rss_bytes: int | None = None
     samples: int = 0
     window_full_share: float | None = None

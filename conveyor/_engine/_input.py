@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Failure
 
 if TYPE_CHECKING:
     from ._run import Run
+    from ._weight import Weigher
 
 NO_INPUT: Any = object()
 """Input of a run that calls its first task once, with no item (a source task)."""
@@ -52,6 +53,46 @@ async def pump(run: Run, source: Any) -> None:
 
 
 async def _pump_sync(run: Run, source: Iterable[Any]) -> None:
+    try:
+        items = iter(source)
+    except Exception as exc:
+        exc.add_note(_NOTE)
+        raise
+    weigher = run.weigher
+    if weigher is not None and not await _pump_weighed(run, items, weigher):
+        return  # (the input ended, or the run closed, while its items were weighed)
+    await _pump_plain(run, items)
+
+
+async def _pump_weighed(run: Run, items: Iterator[Any], weigher: Weigher) -> bool:
+    """Admit items while they are weighed (see ``_weight``): an item at a time, as the
+    async pump does. True when the input goes on and its items have no weight."""
+    window = run.window
+    loop_time = run.loop.time
+    deadline = loop_time() + PUMP_SLICE
+    while weigher.active:
+        if window.full():
+            await window.wait_for_room()
+            deadline = loop_time() + PUMP_SLICE
+        elif loop_time() >= deadline:
+            await asyncio.sleep(0)
+            deadline = loop_time() + PUMP_SLICE
+        if run.closed:
+            return False
+        try:
+            item = next(items)
+        except StopIteration:
+            return False
+        except Exception as exc:
+            exc.add_note(_NOTE)
+            raise
+        weigher.weigh(item)
+        window.take(1)
+        run.entry.push(item, None)
+    return not run.closed
+
+
+async def _pump_plain(run: Run, source: Iterator[Any]) -> None:
     entry = run.entry
     window = run.window
     push = entry.push
@@ -73,7 +114,7 @@ async def _pump_sync(run: Run, source: Iterable[Any]) -> None:
             if run.closed:  # a task failed the run while the item went through
                 return
             # Wait before reading on: the input is not read ahead of the window.
-            if window.tokens >= window.limit:
+            if window.tokens >= window.admit:
                 await window.wait_for_room()
                 deadline = loop_time() + PUMP_SLICE
             count += 1
@@ -103,6 +144,7 @@ async def _pump_async(run: Run, source: AsyncIterable[Any]) -> None:
 async def _pump_iterator(run: Run, iterator: AsyncIterator[Any]) -> None:
     window = run.window
     push = run.entry.push
+    weigher = run.weigher
     loop_time = run.loop.time
     deadline = loop_time() + PUMP_SLICE
     count = 0
@@ -118,6 +160,11 @@ async def _pump_iterator(run: Run, iterator: AsyncIterator[Any]) -> None:
         except Exception as exc:
             exc.add_note(_NOTE)
             raise
+        if weigher is not None:
+            if weigher.active:
+                weigher.weigh(item)
+            else:
+                weigher = None
         window.take(1)
         push(item, None)
         count += 1

@@ -40,6 +40,7 @@ from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sink
 from ._stage import UNLIMITED, SingleStage, Stage
 from ._stats import Collector
 from ._waiting import Completions
+from ._weight import Weigher
 from ._window import Window, sentinel_at_front
 
 NOTHING: Any = object()
@@ -69,6 +70,7 @@ class Run:
         "stages",
         "stats",
         "tasks",
+        "weigher",
         "window",
     )
 
@@ -83,6 +85,8 @@ class Run:
         self.loop = asyncio.get_running_loop()
         self.ordered = context.execution_mode is ExecutionMode.ORDERED
         self.window = Window(self.loop, context.max_in_flight)
+        budget = context.max_in_flight_bytes
+        self.weigher = None if budget is None else Weigher(self.window, budget, context.item_weight)
         self.window.can_drain = self._can_drain
         self.window.flush_batch = self._flush_a_batch
         self.consumer: asyncio.Future[None] | None = None
@@ -208,11 +212,18 @@ class Run:
 
     async def _bind(self, stack: contextlib.AsyncExitStack) -> None:
         opened: dict[Any, Any] = {}
-        for index, stage in enumerate(self.stages):
-            with_item = index > 0 or self._source is not NO_INPUT
+        invokes = [
+            await bind_stage(
+                stage.spec, stack, opened, with_item=index > 0 or self._source is not NO_INPUT
+            )
+            for index, stage in enumerate(self.stages)
+        ]
+        # Pools after resources: the stack closes them first, so every call on a thread
+        # has ended before a resource it uses is closed.
+        for stage, invoke in zip(self.stages, invokes, strict=True):
             if hasattr(stage.executor, "open"):  # a pool that conveyor owns, per run
                 stage.executor = await stage.executor.open(stack, opened)
-            stage.bind(await bind_stage(stage.spec, stack, opened, with_item=with_item))
+            stage.bind(invoke)
 
     async def _close_resources(self, stack: contextlib.AsyncExitStack) -> None:
         """Close the resources once every other task of the run has ended.
@@ -228,6 +239,10 @@ class Run:
                 task for task in self.tasks if task is not supervisor and not task.done()
             ]:
                 await asyncio.wait(others)
+            # Calls already running on a user's thread pool cannot be cancelled: they
+            # end before the resources they use are closed.
+            if running := self.completions.running:
+                await asyncio.wait([asyncio.wrap_future(f) for f in running])
             await stack.aclose()
 
         closing = self.loop.create_task(close())

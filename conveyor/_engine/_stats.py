@@ -161,7 +161,7 @@ class Collector:
         if not working:
             self.starved += dt
         window = run.window
-        if window.tokens >= window.limit:
+        if window.tokens >= window.admit:
             self.window_full += dt
         if run.window.can_drain():
             self.consumer_slow += dt
@@ -299,6 +299,8 @@ class Collector:
             "items_per_second": self.delivered / elapsed if elapsed > 0 else None,
             "peak_reorder_buffer": self.peak_reorder,
             "input_held_back_seconds": self.waited_for_room,
+            "input_item_bytes": None if run is None or run.weigher is None else run.weigher.mean,
+            "input_admitted_at_once": None if run is None else run.window.admit,
             "peak_rss_bytes": _peak_rss(),
             "samples": self.ticks,
             "window_full_share": share(self.window_full),

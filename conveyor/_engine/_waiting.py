@@ -153,7 +153,7 @@ class Recovery:
 class Completions:
     """The Futures a run's calls wait on, and their completions, brought to the loop."""
 
-    __slots__ = ("context", "done", "loop", "scheduled", "waiting")
+    __slots__ = ("context", "done", "loop", "running", "scheduled", "waiting")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, context: contextvars.Context) -> None:
         self.loop = loop
@@ -161,6 +161,8 @@ class Completions:
         self.waiting: dict[Any, tuple[Stage, Any, Any, contextvars.Context]] = {}
         self.done: deque[Any] = deque()  # completed in threads, not yet settled
         self.scheduled = False  # whether a drain is on its way to the loop
+        # Futures of calls that were running in a thread when the run ended (see cancel)
+        self.running: list[concurrent.futures.Future[Any]] = []
 
     def add(
         self, stage: Stage, future: AnyFuture, context: contextvars.Context, item: Any, node: Any
@@ -200,8 +202,8 @@ class Completions:
         for future in waiting:
             if isinstance(future, asyncio.Future):
                 discard(future)
-            else:
-                future.cancel()  # (a call already running in a thread runs to its end)
+            elif not future.cancel():  # running in a thread: it runs to its end
+                self.running.append(future)
 
 
 def finish(

@@ -34,6 +34,7 @@ past the window (see ``check_stall``)."""
 
 class Window:
     __slots__ = (
+        "admit",
         "busy",
         "can_drain",
         "closed",
@@ -50,8 +51,11 @@ class Window:
     def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
         self.loop = loop
         self.limit = limit
-        # The pump waits until an eighth of the window is free (a cheap hand-over per
-        # batch of items, not per item), unless nothing else is left working.
+        # How many the input may have in the run: the limit, unless items are weighed
+        # (``max_in_flight_bytes``, see ``_weight``). The pump waits until an eighth of
+        # it is free (a cheap hand-over per batch of items, not per item), unless nothing
+        # else is left working.
+        self.admit = limit
         self.low_water = limit - max(1, limit // 8)
         self.tokens = 0
         self.busy = 0
@@ -76,7 +80,14 @@ class Window:
             self.room_made()
 
     def full(self) -> bool:
-        return self.tokens >= self.limit
+        """Whether the input must wait for room before adding an item."""
+        return self.tokens >= self.admit
+
+    def admit_at_most(self, items: int) -> None:
+        """Let the input have at most ``items`` in the run (never fewer than 1, never
+        more than the window's limit)."""
+        admit = self.admit = max(1, min(self.limit, items))
+        self.low_water = admit - max(1, admit // 8)
 
     def room_made(self) -> None:
         """Tokens came back: wake who waits for room, once there is enough of it.
@@ -93,7 +104,7 @@ class Window:
 
     def may_proceed(self, sentinel: Sentinel | None, expansion: bool) -> bool:
         if not expansion:
-            return self.tokens < self.limit
+            return self.tokens < self.admit
         # A generator's children are bounded by the window without counting the
         # generators' own items, so expansions cannot starve each other.
         if self.tokens - self.expanding < self.limit:
