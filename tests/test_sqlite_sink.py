@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import settle
+from conftest import leftover_tasks, settle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -127,6 +127,16 @@ def store(sink: Sink, writer: Writer, *, on_error: str = "fail", max_size: int =
     return task.with_resources(db=sink)
 
 
+async def unwound(sink: Sink | None = None) -> None:
+    """Wait (up to 10 s) for a run that its consumer left to end on its own: a bare
+    ``break`` or a cancelled consumer does not wait for the run's clean-up, which closes
+    the connection and then waits for the pool's threads to exit."""
+    for _ in range(1000):
+        if not leftover_tasks() and (sink is None or sink.all_closed()):
+            return
+        await asyncio.sleep(0.01)
+
+
 def is_open(conn: sqlite3.Connection) -> bool:
     try:
         conn.execute("SELECT 1")
@@ -173,10 +183,10 @@ def test_fail_leaves_no_partial_rows_and_closes_the_connection(tmp_path: Path) -
     with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed") as caught:
         store(sink, writer, on_error="fail").run(values)
     assert "conveyor: raised by task" in caught.value.__notes__[0]
-    # The first batch was committed before the second ran (one batch at a time); the
-    # failing one left nothing, and the run ended before the third.
-    assert sink.values() == Counter([0, 1, 2, 3])
-    assert 4 not in sink.values() and 5 not in sink.values()
+    # The first batch was committed before the second ran (one batch at a time) and
+    # the failing one left nothing. Whether the third started before the run stopped is
+    # a race; if it did, it was written whole.
+    assert sink.values() in (Counter([0, 1, 2, 3]), Counter([0, 1, 2, 3, 8, 9]))
     assert sink.all_closed()
 
 
@@ -239,10 +249,7 @@ async def test_the_connection_is_closed_on_every_kind_of_exit(
         async for value in (writes | slow_after)(range(100)):
             if value == 3:
                 break
-        for _ in range(100):
-            if sink.all_closed():
-                break
-            await asyncio.sleep(0.01)
+        await unwound(sink)
     elif exit_how == "aclose":
         stream = (writes | slow_after)(range(100))
         assert await anext(stream) == 0
@@ -258,10 +265,7 @@ async def test_the_connection_is_closed_on_every_kind_of_exit(
         else:  # wait_for cancels what it waits for when the time is up
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(consumer, timeout=0.05)
-        for _ in range(100):  # a cancelled consumer leaves the run to unwind on its own
-            if sink.all_closed():
-                break
-            await asyncio.sleep(0.01)
+        await unwound(sink)  # a cancelled consumer leaves the run to unwind on its own
     await settle()
     assert len(sink.opened) == 1 and sink.all_closed(), exit_how
     assert not is_open(sink.opened[0])
@@ -278,6 +282,37 @@ def test_the_connection_is_closed_by_the_sync_front_door(tmp_path: Path) -> None
         (store(sink, writer) | explode_at_five).run(range(10))
     assert len(sink.opened) == 2 and sink.all_closed()  # one connection per run
     assert not any(map(is_open, sink.opened))
+
+
+async def test_a_run_cancelled_mid_transaction_commits_the_batch_whole_then_closes(
+    tmp_path: Path,
+) -> None:
+    """The case the lock is for: the run ends while a batch is inside its transaction
+    on a thread. That batch is written whole, and only then is the connection closed."""
+    sink = Sink(tmp_path / "db.sqlite")
+    in_transaction, cancelled = threading.Event(), threading.Event()
+
+    @batch_task(max_size=3, executor="thread")
+    def write(values: list[int], *, db: tuple[sqlite3.Connection, threading.Lock]) -> list[int]:
+        conn, lock = db
+        with lock, conn:
+            conn.execute(INSERT, (values[0], 1))
+            in_transaction.set()
+            cancelled.wait(timeout=10)  # the run ends while this transaction is open
+            conn.executemany(INSERT, [(value, 1) for value in values[1:]])
+        return values
+
+    consumer = asyncio.create_task(write.with_resources(db=sink)(range(9)).collect())
+    while not in_transaction.is_set():
+        await asyncio.sleep(0.01)
+    consumer.cancel()
+    cancelled.set()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    await unwound(sink)
+    [conn] = sink.opened
+    assert conn.closed and conn.transactions() == {"BEGIN": 1, "COMMIT": 1}
+    assert sink.rows() == [(0, 1), (1, 1), (2, 1)]  # the first batch, whole; no other
 
 
 # -- a known problem: resources close before the run's threads have finished ------------
@@ -323,16 +358,14 @@ async def test_a_call_on_a_thread_ends_before_its_resource_closes(tmp_path: Path
     consumer.cancel()
     with pytest.raises(asyncio.CancelledError):
         await consumer
-    for _ in range(300):
-        if seen:
-            break
-        await asyncio.sleep(0.01)
+    await unwound()
     assert seen == [True], "the call saw its connection closed while it was running"
 
 
 # -- the property ------------------------------------------------------------------------
 
-records = st.lists(st.integers(min_value=-3, max_value=50), max_size=30)
+# Values below zero are poison (about one in six).
+records = st.lists(st.integers(min_value=-10, max_value=50), max_size=30)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
