@@ -63,20 +63,16 @@ def open_database(path: Path) -> Iterator[Database]:
     (batches then queue for the connection; open one connection per thread if they
     should write in parallel -- SQLite allows one writer at a time anyway).
 
-    The lock is taken to close the connection too. A call on a thread cannot be
-    interrupted, and when a run ends early (an error elsewhere, ``break``, cancellation)
-    a batch may still be in its transaction on a pool thread: closing the connection
-    under it would crash the interpreter (sqlite3 does not survive a close from another
-    thread in the middle of a statement). With the lock, closing waits for that batch's
-    transaction to end.
+    When a run ends early (an error elsewhere, ``break``, cancellation), conveyor closes
+    the connection only after every call on the run's threads has ended, so a batch in
+    its transaction commits or rolls back whole first.
     """
     conn = sqlite3.connect(path, check_same_thread=False)
     database = Database(conn, threading.Lock())
     try:
         yield database
     finally:
-        with database.lock:
-            conn.close()
+        conn.close()
 
 
 @single_task

@@ -318,16 +318,6 @@ async def test_a_run_cancelled_mid_transaction_commits_the_batch_whole_then_clos
 # -- a known problem: resources close before the run's threads have finished ------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "conveyor closes a run's resources before the thread pool that runs its calls "
-        "(the pool is pushed on the run's exit stack first, so it is exited last): a "
-        "call still running on a thread when the run ends early sees its resource "
-        "closed. With sqlite3 this crashes the interpreter (a connection closed by "
-        "another thread in the middle of a statement): the example's lock works around it."
-    ),
-)
 async def test_a_call_on_a_thread_ends_before_its_resource_closes(tmp_path: Path) -> None:
     closing = threading.Event()
     seen: list[bool] = []
