@@ -176,9 +176,10 @@ class ParquetChunks(ChunkReader):
     """A Parquet file read by ``pyarrow.parquet.ParquetFile.iter_batches`` on a thread,
     each batch turned into a DataFrame there.
 
-    A chunk has at most ``rows`` rows; it may have fewer at the end of a row group (a
-    batch does not span row groups). Chunks with pandas' default index get a running
-    RangeIndex, as ``read_csv_chunks`` gives. ``rows_total`` is known once the file is
+    A chunk has at most ``rows`` rows: all but the last have exactly ``rows`` with recent
+    pyarrow versions, while older ones also end a chunk at the end of each row group.
+    Chunks with pandas' default index get a running RangeIndex, as ``read_csv_chunks``
+    gives. ``rows_total`` is known once the file is
     open (from its metadata); ``bytes_read`` stays ``None``.
     """
 

@@ -54,7 +54,8 @@ class ChunkReader(AsyncIterator[Any]):
         self._worker: ThreadPoolExecutor | None = None
         self._pending: asyncio.Future[Any] | None = None
         self._opened = False
-        self._closed = False
+        self._stopped = False  # no more reads (aclose() called or the end reached)
+        self._closed = False  # ... and the file closed, the thread ended
 
     # -- what a subclass provides (each runs on the worker thread) ----------------------
 
@@ -96,7 +97,7 @@ class ChunkReader(AsyncIterator[Any]):
 
     async def __anext__(self) -> Any:
         """Read the next chunk on the worker thread (the loop runs on meanwhile)."""
-        if self._closed:
+        if self._stopped:
             raise StopAsyncIteration
         pending = self._pending  # a read whose wait was cancelled: its chunk is next
         if pending is None:
@@ -129,11 +130,12 @@ class ChunkReader(AsyncIterator[Any]):
     async def aclose(self) -> None:
         """Stop reading: wait for a read in progress, close the file on the worker
         thread, and end the thread. Safe to call more than once."""
-        if self._closed:
+        if self._stopped:
             return
-        self._closed = True
+        self._stopped = True
         worker = self._worker
         if worker is None:  # never read: nothing opened, no thread
+            self._closed = True
             return
         loop = asyncio.get_running_loop()
         closing = loop.run_in_executor(worker, self._close_if_open)  # after any read
@@ -142,10 +144,12 @@ class ChunkReader(AsyncIterator[Any]):
         self._pending = None
         # The thread has nothing left to do: joining it takes a moment, not a read.
         worker.shutdown(wait=True)
+        self._closed = True
 
     @property
     def closed(self) -> bool:
-        """Whether the reader was closed (at the end of the file, or by ``aclose()``)."""
+        """Whether the reader is closed: its file closed and its thread ended (at the end
+        of the file, or once ``aclose()`` has returned)."""
         return self._closed
 
     def figures(self) -> dict[str, Any]:
@@ -160,5 +164,5 @@ class ChunkReader(AsyncIterator[Any]):
         }
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open" if self._opened else "not started"
+        state = "closed" if self._stopped else "open" if self._opened else "not started"
         return f"<{type(self).__name__} {self.description} {state}, {self.rows_read} rows read>"
