@@ -48,7 +48,10 @@ class Group:
     baselines: tuple[str, ...]
 
 
-GROUPS = {"executors": Group("Executors", ("mpire", "joblib", "dask", "distributed"))}
+GROUPS = {
+    "executors": Group("Executors", ("mpire", "joblib", "dask", "distributed")),
+    "csv": Group("CSV files", ("pandas", "numpy")),
+}
 GROUP_PREFIX = "### "
 
 

@@ -30,6 +30,7 @@ from .common import (
     run_on,
 )
 from .executors import executors
+from .frames import csv
 
 # -- stage functions -----------------------------------------------------------------------
 
@@ -642,4 +643,5 @@ SCENARIOS: dict[str, Callable[[str, Config], list[Row]]] = {
     "latency": latency,
     "scaling": scaling,
     "executors": executors,  # a table of its own (report.GROUPS)
+    "csv": csv,  # a table of its own: conveyor against pandas loops (benchmarks/frames.py)
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Generic, NoReturn, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, TextIO, TypeVar
 
 from ._engine._input import NO_INPUT, close_source
 from ._engine._observe import RunObserver
@@ -21,6 +21,9 @@ from ._progress import Progress, ProgressOptions
 from ._spec import StageSpec
 from .context import ExecutionMode, PipelineContext
 from .stats import RunStats
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["AsyncStream"]
 
@@ -204,6 +207,17 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         """Run to the end and return all results."""
         async with self:
             return [item async for item in self]
+
+    async def collect_dataframe(self) -> pd.DataFrame:
+        """Run to the end and return all results, in the stream's order, as one pandas
+        DataFrame: DataFrames concatenated (their indexes kept), Series joined into one
+        column, numpy arrays stacked, dicts as rows, scalars as a column ``value``; an
+        empty stream gives an empty DataFrame. Results of mixed kinds raise
+        ``TypeError``. See :mod:`conveyor._frames_collect` and ``docs/dataframes.md``.
+        """
+        from ._frames_collect import to_dataframe  # imports pandas: not with conveyor
+
+        return to_dataframe(await self.collect())
 
     # -- clean-up --------------------------------------------------------------------
 

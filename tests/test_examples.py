@@ -6,6 +6,7 @@ New examples are picked up automatically.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +26,13 @@ def test_examples_exist() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_runs(path: Path) -> None:
+    # The checkout's conveyor, as ``python examples/x.py`` from it would import an installed
+    # one (sys.path[0] is examples/): the same thing under nox's ``pip install -e .``.
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, str(path)],
         cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=pythonpath),
         capture_output=True,
         text=True,
         timeout=60,

@@ -13,10 +13,12 @@ Each reaches the function as the keyword argument it was declared under.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import inspect
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Collection
 from typing import Any
 
 from .._spec import StageSpec
@@ -114,3 +116,33 @@ async def resolve_side_input(value: Any) -> Any:
     if isinstance(value, Awaitable):
         return await value
     return value
+
+
+async def close_resources(
+    stack: contextlib.AsyncExitStack,
+    tasks: Collection[asyncio.Task[Any]],
+    running: list[concurrent.futures.Future[Any]],
+) -> None:
+    """Close a run's resources (its ``stack``) once every other task of the run (in
+    ``tasks``) has ended, and every call still ``running`` on a user's thread pool (such
+    a call cannot be cancelled: it must not see its resource closed).
+
+    The caller (the run's supervisor) may be cancelled at any point, even before this
+    starts (a call that fails at once cancels the run from inside the supervisor's own
+    step), so the closing runs in a task of its own that is always awaited to its end.
+    """
+    supervisor = asyncio.current_task()
+
+    async def close() -> None:
+        while others := [task for task in tasks if task is not supervisor and not task.done()]:
+            await asyncio.wait(others)
+        if running:
+            await asyncio.wait([asyncio.wrap_future(future) for future in running])
+        await stack.aclose()
+
+    closing = asyncio.get_running_loop().create_task(close())
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        await closing
+        raise

@@ -28,7 +28,7 @@ from typing import Any
 from .._spec import StageSpec
 from ..context import ExecutionMode, PipelineContext, set_current_context
 from ._batch import BatchStage
-from ._bind import bind_stage
+from ._bind import bind_stage, close_resources
 from ._calls import discard, run_error
 from ._delivery import BatchFeeder, OrderedOutput, Output
 from ._executors import executor_for
@@ -208,7 +208,7 @@ class Run:
                     self.window.busy += 1
         finally:
             if holds_resources:
-                await self._close_resources(stack)
+                await close_resources(stack, self.tasks, self.completions.running)
 
     async def _bind(self, stack: contextlib.AsyncExitStack) -> None:
         opened: dict[Any, Any] = {}
@@ -224,33 +224,6 @@ class Run:
             if hasattr(stage.executor, "open"):  # a pool that conveyor owns, per run
                 stage.executor = await stage.executor.open(stack, opened)
             stage.bind(invoke)
-
-    async def _close_resources(self, stack: contextlib.AsyncExitStack) -> None:
-        """Close the resources once every other task of the run has ended.
-
-        The supervisor may be cancelled at any point, even before this starts (a call
-        that fails at once cancels the run from inside the supervisor's own step), so
-        the closing runs in a task of its own that is always awaited to its end.
-        """
-        supervisor = asyncio.current_task()
-
-        async def close() -> None:
-            while others := [
-                task for task in self.tasks if task is not supervisor and not task.done()
-            ]:
-                await asyncio.wait(others)
-            # Calls already running on a user's thread pool cannot be cancelled: they
-            # end before the resources they use are closed.
-            if running := self.completions.running:
-                await asyncio.wait([asyncio.wrap_future(f) for f in running])
-            await stack.aclose()
-
-        closing = self.loop.create_task(close())
-        try:
-            await asyncio.shield(closing)
-        except asyncio.CancelledError:
-            await closing
-            raise
 
     def _flush_a_batch(self) -> bool:
         """Flush a partial batch, if there is one (see ``_window``): the run is stalled

@@ -1,12 +1,39 @@
 """Sources: inputs for pipelines that read files and tables without blocking the loop.
 
 Each source is an async iterable to pass as a pipeline's input: ``pipeline(source)``.
-Reading happens off the event loop, on a thread, one chunk at a time, so the run's
-window (``max_in_flight``, ``max_in_flight_bytes``) paces the reading: a slow consumer
-holds the source back instead of letting it read the whole input ahead. Closing the run
-(``break``, an error, ``aclose()``) closes the source and the file it reads.
+Files are read off the event loop, on a thread the source owns, one chunk per request,
+so the run's window (``max_in_flight``) paces the reading: a slow consumer holds the
+source back instead of letting it read the whole input ahead. Closing the run
+(``break``, an error, ``aclose()``) waits for a read in progress, then closes the file
+and ends the thread. A frame already in memory is sliced on the loop (``dataframe_chunks``:
+a slice costs microseconds). See ``docs/dataframes.md``.
+
+- :func:`dataframe_chunks` -- row slices of an in-memory DataFrame or Series;
+- :func:`read_csv_chunks` -- a CSV file through ``pandas.read_csv(chunksize=...)``;
+- :func:`read_parquet_chunks` -- a Parquet file through pyarrow (``conveyor[parquet]``).
+
+Each source counts what it read (``rows_read``, ``chunks_read``, ...; ``figures()``).
+pandas and pyarrow are imported only when a source is made.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._frames import (
+    CsvChunks,
+    DataFrameChunks,
+    ParquetChunks,
+    dataframe_chunks,
+    read_csv_chunks,
+    read_parquet_chunks,
+)
+from ._reader import ChunkReader
+
+__all__ = [
+    "ChunkReader",
+    "CsvChunks",
+    "DataFrameChunks",
+    "ParquetChunks",
+    "dataframe_chunks",
+    "read_csv_chunks",
+    "read_parquet_chunks",
+]

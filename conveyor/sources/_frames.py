@@ -1,0 +1,240 @@
+"""Chunks of tables as a pipeline's input: a DataFrame in memory, a CSV or Parquet file.
+
+``dataframe_chunks`` slices a frame that is already in memory, on the event loop (a
+slice is a view made in microseconds: no thread is worth it). ``read_csv_chunks`` and
+``read_parquet_chunks`` read a file one chunk at a time on a thread of their own (see
+:mod:`conveyor.sources._reader`), only as fast as the run takes the chunks.
+
+pandas (and pyarrow, for Parquet) are imported when a source is made, not with conveyor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._reader import ChunkReader
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "CsvChunks",
+    "DataFrameChunks",
+    "ParquetChunks",
+    "dataframe_chunks",
+    "read_csv_chunks",
+    "read_parquet_chunks",
+]
+
+
+def _import_pandas() -> Any:
+    try:
+        import pandas
+    except ImportError as exc:
+        raise ImportError("conveyor's DataFrame sources need pandas: pip install pandas") from exc
+    return pandas
+
+
+def _check_rows(rows: object) -> int:
+    if isinstance(rows, bool) or not isinstance(rows, int):
+        raise TypeError(
+            f"rows must be an int (the rows per chunk), got {rows!r}; e.g. rows=100_000"
+        )
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1 (the rows per chunk), got {rows}; e.g. rows=100_000")
+    return rows
+
+
+def _check_path(path: object, what: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"path must be a str or a path-like object naming a {what} file, "
+            f"got {type(path).__name__}"
+        )
+    found = Path(path)
+    if not found.is_file():
+        problem = "is a directory, not" if found.is_dir() else "does not exist: no"
+        raise FileNotFoundError(f"{what} file {str(found)!r} {problem} a file to read")
+    return found
+
+
+# -- a frame in memory ---------------------------------------------------------------------
+
+
+class DataFrameChunks:
+    """Consecutive row slices of a DataFrame (or Series): ``df.iloc[i : i + rows]``.
+
+    Each chunk keeps the frame's own index and is a slice of it, made when it is taken
+    (lazily, on the event loop: slicing is cheap). ``len()`` is the number of chunks.
+    Iterable with ``for`` and ``async for``, as often as you like; the figures count
+    every iteration.
+    """
+
+    def __init__(self, frame: Any, rows: int) -> None:
+        self.frame = frame
+        self.rows = rows
+        self.chunks_read = 0
+        self.rows_read = 0
+        self.rows_total = len(frame)
+
+    def __len__(self) -> int:
+        return -(-self.rows_total // self.rows)
+
+    def __iter__(self) -> Iterator[Any]:
+        for start in range(0, self.rows_total, self.rows):
+            chunk = self.frame.iloc[start : start + self.rows]
+            self.chunks_read += 1
+            self.rows_read += len(chunk)
+            yield chunk
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        for chunk in self:
+            yield chunk
+
+    def figures(self) -> dict[str, Any]:
+        """``chunks_read``, ``rows_read`` and ``rows_total`` as a dict (no file: no bytes,
+        and no time spent reading worth counting)."""
+        return {
+            "chunks_read": self.chunks_read,
+            "rows_read": self.rows_read,
+            "rows_total": self.rows_total,
+        }
+
+    def __repr__(self) -> str:
+        return f"<DataFrameChunks {self.rows_total} rows in {len(self)} chunks of {self.rows}>"
+
+
+def dataframe_chunks(frame: pd.DataFrame | pd.Series, rows: int) -> DataFrameChunks:
+    """The rows of ``frame`` in chunks of ``rows`` (the last one may be shorter).
+
+    Slices are taken lazily, on the event loop, and keep ``frame``'s index.
+    """
+    if not (hasattr(frame, "iloc") and hasattr(frame, "__len__")):
+        raise TypeError(
+            f"frame must be a pandas DataFrame or Series, got {type(frame).__name__}; "
+            "for a file use read_csv_chunks() or read_parquet_chunks()"
+        )
+    return DataFrameChunks(frame, _check_rows(rows))
+
+
+# -- CSV -------------------------------------------------------------------------------------
+
+
+class CsvChunks(ChunkReader):
+    """A CSV file read by ``pandas.read_csv(path, chunksize=rows, **kwargs)`` on a thread.
+
+    Chunks carry a running RangeIndex (0 to rows-1, then rows to 2*rows-1, ...), as
+    pandas gives them, unless ``index_col`` says otherwise. ``bytes_read`` is the
+    parser's position in the file (in decompressed bytes for a compressed file).
+    """
+
+    def __init__(self, path: Path, rows: int, kwargs: dict[str, Any]) -> None:
+        super().__init__(f"CSV file {str(path)!r}", bytes_total=path.stat().st_size)
+        self.path = path
+        self.rows = rows
+        self._kwargs = kwargs
+        self._pandas = _import_pandas()
+        self._reader: Any = None
+
+    def _open(self) -> None:
+        self._reader = self._pandas.read_csv(self.path, chunksize=self.rows, **self._kwargs)
+
+    def _next_chunk(self) -> Any | None:
+        return next(self._reader, None)
+
+    def _position(self) -> int | None:
+        try:
+            return int(self._reader.handles.handle.tell())
+        except (AttributeError, OSError, ValueError):  # (no handle that can tell)
+            return None
+
+    def _close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+
+def read_csv_chunks(path: str | os.PathLike[str], rows: int = 100_000, **kwargs: Any) -> CsvChunks:
+    """Read the CSV file ``path`` in chunks of ``rows`` rows, on a thread.
+
+    ``kwargs`` go to ``pandas.read_csv`` (``sep``, ``usecols``, ``dtype``, ``parse_dates``,
+    ``nrows``...), except ``chunksize`` and ``iterator``: ``rows`` is the chunk size.
+    The file is opened on the first read, not here; here the arguments are checked.
+    """
+    for name in ("chunksize", "iterator"):
+        if name in kwargs:
+            raise TypeError(f"read_csv_chunks() sets {name} itself: give rows=N instead")
+    return CsvChunks(_check_path(path, "CSV"), _check_rows(rows), kwargs)
+
+
+# -- Parquet ---------------------------------------------------------------------------------
+
+
+class ParquetChunks(ChunkReader):
+    """A Parquet file read by ``pyarrow.parquet.ParquetFile.iter_batches`` on a thread,
+    each batch turned into a DataFrame there.
+
+    A chunk has at most ``rows`` rows: all but the last have exactly ``rows`` with recent
+    pyarrow versions, while older ones also end a chunk at the end of each row group.
+    Chunks with pandas' default index get a running RangeIndex, as ``read_csv_chunks``
+    gives. ``rows_total`` is known once the file is
+    open (from its metadata); ``bytes_read`` stays ``None``.
+    """
+
+    def __init__(self, path: Path, rows: int, columns: Sequence[str] | None) -> None:
+        super().__init__(f"Parquet file {str(path)!r}", bytes_total=path.stat().st_size)
+        self.path = path
+        self.rows = rows
+        self.columns = None if columns is None else list(columns)
+        self._pandas = _import_pandas()
+        self._parquet = _import_parquet()
+        self._file: Any = None
+        self._batches: Iterator[Any] | None = None
+        self._next_row = 0  # the worker's count (rows_read is the loop's)
+
+    def _open(self) -> None:
+        self._file = self._parquet.ParquetFile(self.path)
+        self.rows_total = int(self._file.metadata.num_rows)
+        self._batches = self._file.iter_batches(batch_size=self.rows, columns=self.columns)
+
+    def _next_chunk(self) -> Any | None:
+        assert self._batches is not None
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        frame = batch.to_pandas()
+        index = frame.index
+        if isinstance(index, self._pandas.RangeIndex) and index.start == 0 and index.step == 1:
+            start = self._next_row
+            frame.index = self._pandas.RangeIndex(start, start + len(frame))
+        self._next_row += len(frame)
+        return frame
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _import_parquet() -> Any:
+    try:
+        import pyarrow.parquet
+    except ImportError as exc:
+        raise ImportError(
+            "read_parquet_chunks() needs pyarrow: pip install 'conveyor[parquet]'"
+        ) from exc
+    return pyarrow.parquet
+
+
+def read_parquet_chunks(
+    path: str | os.PathLike[str], rows: int = 100_000, columns: Sequence[str] | None = None
+) -> ParquetChunks:
+    """Read the Parquet file ``path`` in chunks of at most ``rows`` rows, on a thread.
+
+    ``columns`` reads only those columns. Needs pyarrow (``pip install
+    'conveyor[parquet]'``). The file is opened on the first read, not here.
+    """
+    if columns is not None and (isinstance(columns, str) or not isinstance(columns, Sequence)):
+        raise TypeError(f"columns must be a list of column names or None, got {columns!r}")
+    return ParquetChunks(_check_path(path, "Parquet"), _check_rows(rows), columns)
