@@ -9,4 +9,14 @@ holds the source back instead of letting it read the whole input ahead. Closing 
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._files import FileChunks, FileLines, file_chunks, file_lines
+from ._paths import Files, files
+
+__all__: list[str] = [
+    "FileChunks",
+    "FileLines",
+    "Files",
+    "file_chunks",
+    "file_lines",
+    "files",
+]
