@@ -214,7 +214,8 @@ def file_lines(
     source's own, which also decodes and splits each block, so the event loop only hands
     out lines; a character split across two blocks is decoded whole. A decoding error
     (with ``errors="strict"``) closes the file and raises ``UnicodeDecodeError`` to the
-    consumer. Opening and closing are as for :func:`file_chunks`.
+    consumer, in place of the lines of the block it is in. Opening and closing are as for
+    :func:`file_chunks`.
 
     Raises at once: ``LookupError`` for an unknown ``encoding`` or ``errors`` handler,
     ``TypeError``/``ValueError`` for a bad ``block``, ``FileNotFoundError`` /

@@ -87,15 +87,26 @@ class Files(ThreadSource[Path]):
         self._description = what
         self._make_listing = listing  # called on the thread: even the first listing is there
         self._listing: Iterator[Path] | None = None
+        self._error: Exception | None = None
 
     @property
     def _what(self) -> str:
         return f"the files of {self._description}"
 
     def _step(self) -> list[Path]:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
         if self._listing is None:
             self._listing = self._make_listing()
-        return list(itertools.islice(self._listing, BATCH))
+        batch: list[Path] = []
+        try:
+            batch.extend(itertools.islice(self._listing, BATCH))
+        except Exception as exc:
+            if not batch:
+                raise
+            self._error = exc  # raised after the paths listed before it are handed out
+        return batch
 
     def _release(self) -> None:
         self._listing = None  # (holds no open directory: see _entries)
