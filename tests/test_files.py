@@ -418,3 +418,15 @@ async def test_checksum_tree_on_processes(tree: Path) -> None:
     assert done == expected
     assert source.figures()["files_read"] == len(expected) + 1
     assert multiprocessing.active_children() == []
+
+
+async def test_a_source_dropped_without_closing_closes_its_file(data: tuple[Path, bytes]) -> None:
+    import gc
+
+    chunks = file_chunks(data[0], size=10)
+    await anext(chunks)  # open, with its thread
+    file = chunks._file
+    del chunks  # abandoned by hand, never closed: no ResourceWarning, no thread left
+    gc.collect()
+    assert file is not None and file.closed
+    await until(lambda: source_threads() == [])
