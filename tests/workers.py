@@ -8,6 +8,7 @@ another process.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import time
@@ -88,6 +89,17 @@ class Unpicklable(Exception):
 
 def raises_unpicklable(x: int) -> int:
     raise Unpicklable(x, x)
+
+
+def sha256_file(path: Path) -> tuple[Path, str, int]:
+    """The file's SHA-256 and size, read a block at a time (tests/test_files.py)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as file:
+        while block := file.read(1 << 16):
+            digest.update(block)
+            size += len(block)
+    return path, digest.hexdigest(), size
 
 
 from conveyor import single_task  # noqa: E402  (below: a task decorated in place)

@@ -10,7 +10,9 @@ a slice costs microseconds). See ``docs/dataframes.md``.
 
 - :func:`dataframe_chunks` -- row slices of an in-memory DataFrame or Series;
 - :func:`read_csv_chunks` -- a CSV file through ``pandas.read_csv(chunksize=...)``;
-- :func:`read_parquet_chunks` -- a Parquet file through pyarrow (``conveyor[parquet]``).
+- :func:`read_parquet_chunks` -- a Parquet file through pyarrow (``conveyor[parquet]``);
+- :func:`file_chunks`, :func:`file_lines` -- a file's bytes in chunks, or its lines;
+- :func:`files` -- the files below a directory, of a glob, or of a list of paths.
 
 Each source counts what it read (``rows_read``, ``chunks_read``, ...; ``figures()``).
 pandas and pyarrow are imported only when a source is made.
@@ -18,6 +20,7 @@ pandas and pyarrow are imported only when a source is made.
 
 from __future__ import annotations
 
+from ._files import FileChunks, FileLines, file_chunks, file_lines
 from ._frames import (
     CsvChunks,
     DataFrameChunks,
@@ -26,14 +29,21 @@ from ._frames import (
     read_csv_chunks,
     read_parquet_chunks,
 )
+from ._paths import Files, files
 from ._reader import ChunkReader
 
 __all__ = [
     "ChunkReader",
     "CsvChunks",
     "DataFrameChunks",
+    "FileChunks",
+    "FileLines",
+    "Files",
     "ParquetChunks",
     "dataframe_chunks",
+    "file_chunks",
+    "file_lines",
+    "files",
     "read_csv_chunks",
     "read_parquet_chunks",
 ]

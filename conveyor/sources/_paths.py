@@ -1,0 +1,172 @@
+"""``files``: the paths of many files -- a glob, a directory tree, or a list -- listed on a thread.
+
+The listing runs on the source's own thread (see ``_reading``), a batch of paths at a
+time, so walking a big tree never blocks the event loop, and it is never much ahead of
+the consumer: the next batch is listed when the last one has been taken.
+
+Which entries are files: regular files, and symbolic links to them; and dangling links,
+whose target is gone, so that whatever reads them reports the missing file instead of it
+being skipped without a word. Directories are walked into (links to directories are not
+followed, which also keeps a link cycle from walking forever); special files (FIFOs,
+sockets, devices) are skipped, since reading one may block forever.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ._files import StrPath, check_path
+from ._reading import ThreadSource
+
+BATCH = 256
+"""Paths listed per call on the thread."""
+
+_MAGIC = re.compile(r"[*?[]")
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    if entry.is_file():  # (follows links)
+        return True
+    return entry.is_symlink() and not os.path.exists(entry.path)  # dangling
+
+
+def _walk(root: str, recursive: bool) -> Iterator[Path]:
+    """Depth first: each directory's entries sorted by name, a subdirectory in its place."""
+    stack = [iter(_entries(root))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+        elif entry.is_dir(follow_symlinks=False):
+            if recursive:
+                stack.append(iter(_entries(entry.path)))
+        elif _is_file(entry):
+            yield Path(entry.path)
+
+
+def _entries(directory: str) -> list[os.DirEntry[str]]:
+    with os.scandir(directory) as entries:  # (read in full: no directory is left open)
+        return sorted(entries, key=lambda entry: entry.name)
+
+
+def _glob(pattern: str, recursive: bool) -> Iterator[Path]:
+    # glob's order is the file system's; sorting the parts gives _walk's order.
+    found = [
+        Path(name)
+        for name in glob.glob(pattern, recursive=recursive)
+        if os.path.isfile(name) or (os.path.islink(name) and not os.path.exists(name))
+    ]
+    return iter(sorted(found, key=lambda path: path.parts))
+
+
+def _each(paths: Iterable[Any], recursive: bool) -> Iterator[Path]:
+    for item in paths:
+        path = check_path("files", item)
+        if path.is_dir():
+            yield from _walk(str(path), recursive)
+        elif path.exists() or path.is_symlink():
+            yield path
+        else:
+            raise FileNotFoundError(f"files(): no such file or directory: {str(path)!r}")
+
+
+class Files(ThreadSource[Path]):
+    """The paths of many files, listed on a thread; made by :func:`files`."""
+
+    _thread_name = "conveyor-files"
+    _reads_bytes = False
+
+    def __init__(self, what: str, listing: Any) -> None:
+        super().__init__()
+        self._description = what
+        self._make_listing = listing  # called on the thread: even the first listing is there
+        self._listing: Iterator[Path] | None = None
+        self._error: Exception | None = None
+
+    @property
+    def _what(self) -> str:
+        return f"the files of {self._description}"
+
+    def _step(self) -> list[Path]:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        if self._listing is None:
+            self._listing = self._make_listing()
+        batch: list[Path] = []
+        try:
+            batch.extend(itertools.islice(self._listing, BATCH))
+        except Exception as exc:
+            if not batch:
+                raise
+            self._error = exc  # raised after the paths listed before it are handed out
+        return batch
+
+    def _release(self) -> None:
+        self._listing = None  # (holds no open directory: see _entries)
+
+    async def __anext__(self) -> Path:
+        path = await super().__anext__()
+        self.files_read += 1
+        return path
+
+    def __repr__(self) -> str:
+        return f"<Files of {self._description}, {self.files_read} yielded>"
+
+
+def files(paths_or_glob: StrPath | Iterable[StrPath], *, recursive: bool = True) -> Files:
+    """The paths of many files, as :class:`pathlib.Path` objects, listed lazily on a thread.
+
+    ``paths_or_glob`` is one of:
+
+    - a **directory** (``str`` or ``Path``): every file below it; with
+      ``recursive=False``, only the files directly in it;
+    - a **glob pattern**, a ``str`` holding ``*``, ``?`` or ``[``: the files it matches
+      (``"data/**/*.csv"``; ``**`` spans directories unless ``recursive=False``). A
+      pattern that matches nothing yields nothing, as :func:`glob.glob` does; a
+      ``Path`` is never taken as a pattern;
+    - a **file**: that file;
+    - an **iterable** of ``str`` / ``Path``: each one in turn, a directory as above
+      (consumed on the source's thread, as it is listed).
+
+    Order: each directory's entries sorted by name, depth first (a subdirectory's files
+    come at the subdirectory's place), which is also the order of a glob's matches: the
+    same tree always gives the same order. Paths start with the argument as given (a
+    relative path stays relative). See the module's docstring for which entries are
+    files.
+
+    A directory is walked a batch of paths at a time, as the consumer takes them; a glob
+    is matched in full, then handed out. ``figures()`` counts the paths yielded
+    (``files_read``) and the time spent listing.
+
+    Raises at once: ``FileNotFoundError`` for a path (not a pattern) that does not
+    exist, ``TypeError`` for an argument of another type. A path of an iterable that
+    does not exist raises ``FileNotFoundError`` when it is reached.
+    """
+    if not isinstance(recursive, bool):
+        raise TypeError(f"files(recursive=...) must be True or False, got {recursive!r}")
+    if isinstance(paths_or_glob, str) and _MAGIC.search(paths_or_glob):
+        pattern = paths_or_glob
+        return Files(f"{pattern!r}", lambda: _glob(pattern, recursive))
+    if isinstance(paths_or_glob, (str, os.PathLike)):
+        path = check_path("files", paths_or_glob)
+        if not path.exists() and not path.is_symlink():
+            raise FileNotFoundError(
+                f"files(paths_or_glob): no such file or directory: {str(path)!r} (relative "
+                f"paths start in the current directory, {os.getcwd()!r}); check the path, "
+                "or pass a glob pattern such as 'data/**/*.csv', which may match nothing"
+            )
+        return Files(f"{str(path)!r}", lambda: _each([path], recursive))
+    if isinstance(paths_or_glob, bytes) or not isinstance(paths_or_glob, Iterable):
+        raise TypeError(
+            "files(paths_or_glob) takes a directory, a file, a glob pattern (str) or an "
+            f"iterable of paths, got {type(paths_or_glob).__name__}: {paths_or_glob!r}"
+        )
+    paths = paths_or_glob
+    return Files("a list of paths", lambda: _each(paths, recursive))
