@@ -145,6 +145,7 @@ class RunStats:
     input_held_back_seconds: float = 0.0
     input_item_bytes: float | None = None  # the input items' mean weight, when weighed
     input_admitted_at_once: int | None = None  # the window's bound on the input's items
+    input: dict[str, Any] | None = None  # the input's own figures(), e.g. a file source's
     peak_rss_bytes: int | None = None
     samples: int = 0
     window_full_share: float | None = None
@@ -282,6 +283,14 @@ class RunStats:
         lines.append(
             f"{self.results} results in {self.elapsed:.2f} s ({rate}, first after {first}; {state})"
         )
+        read = self.input or {}
+        if read.get("bytes_read") is not None:
+            speed = read.get("mb_per_second")
+            lines.append(
+                f"input: {read['bytes_read'] / 1e6:,.1f} MB read"
+                + ("" if speed is None else f" at {speed:,.1f} MB/s")
+                + ("" if read.get("progress") is None else f" ({read['progress']:.0%})")
+            )
         neck = self.bottleneck
         lines.append(str(neck) if neck is not None else "bottleneck: - (run too short to tell)")
         return "\n".join(lines)

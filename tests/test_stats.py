@@ -288,3 +288,28 @@ async def test_work_sent_to_processes_reports_transfer_against_work() -> None:
     assert stats.stage("<lambda>").offload is None  # threads share memory: no transfer
     assert "spin on 'process:2': 40 items in" in str(stats)
     assert json.loads(json.dumps(stats.to_dict()))["stages"][0]["offload"]["items"] == 40
+
+
+async def test_the_inputs_own_figures_are_in_the_statistics() -> None:
+    class Source:
+        """Any input with figures() (the file sources have one)."""
+
+        def __init__(self) -> None:
+            self.read = 0
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for i in range(4):
+                self.read += 1_000_000
+                yield i
+
+        def figures(self) -> dict[str, object]:
+            return {"bytes_read": self.read, "mb_per_second": 2.0, "progress": self.read / 4e6}
+
+    stream = keep_even(Source())
+    await stream.collect()
+    assert stream.stats.input == {"bytes_read": 4_000_000, "mb_per_second": 2.0, "progress": 1.0}
+    assert "input: 4.0 MB read at 2.0 MB/s (100%)" in str(stream.stats)
+    assert json.loads(json.dumps(stream.stats.to_dict()))["input"]["bytes_read"] == 4_000_000
+    plain = keep_even(range(3))
+    await plain.collect()
+    assert plain.stats.input is None

@@ -235,6 +235,11 @@ class Run:
         return False
 
     @property
+    def source(self) -> Any:
+        """The run's input, as given (for its reading figures, in the statistics)."""
+        return self._source
+
+    @property
     def final_order(self) -> OrderList | None:
         """The reorder list in front of the consumer (ordered runs; for statistics)."""
         return self._final_list

@@ -300,6 +300,7 @@ class Collector:
             "peak_reorder_buffer": self.peak_reorder,
             "input_held_back_seconds": self.waited_for_room,
             "input_item_bytes": None if run is None or run.weigher is None else run.weigher.mean,
+            "input": _input_figures(run),
             "input_admitted_at_once": None if run is None else run.window.admit,
             "peak_rss_bytes": _peak_rss(),
             "samples": self.ticks,
@@ -340,6 +341,18 @@ def _held_for_order(run: Run) -> int:
             held += 1
         node = node.next
     return held
+
+
+def _input_figures(run: Run | None) -> dict[str, Any] | None:
+    """What the input says of its reading (a source's ``figures()``: bytes read, MB/s,
+    progress; see ``conveyor.sources``), or ``None``."""
+    figures = getattr(run.source, "figures", None) if run is not None else None
+    if not callable(figures):
+        return None
+    try:
+        return dict(figures())
+    except Exception:  # (an object's own figures() that fails: no figures, no crash)
+        return None
 
 
 def _rate(stage: Stage) -> str | None:
