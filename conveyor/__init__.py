@@ -18,6 +18,7 @@ from .context import (
 )
 from .decorators import batch_task, single_task
 from .errors import ErrorAction, ErrorHandler, Failure, LoggingErrorHandler, RetryConfig
+from .feedback import Feedback
 from .pipeline import Pipeline
 from .rate import RateLimit
 from .runner import run
@@ -33,6 +34,7 @@ __all__ = [
     "ErrorHandler",
     "ExecutionMode",
     "Failure",
+    "Feedback",
     "LoggingErrorHandler",
     "Pipeline",
     "PipelineContext",

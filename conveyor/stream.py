@@ -20,6 +20,7 @@ from ._engine._stats import Collector
 from ._progress import Progress, ProgressOptions
 from ._spec import StageSpec
 from .context import ExecutionMode, PipelineContext
+from .feedback import Feedback
 from .stats import RunStats
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ def check_input(items: Any) -> Any:
     """Reject inputs that are not a stream of items, with a hint."""
     if items is ...:
         return NO_INPUT
+    if isinstance(items, Feedback):
+        return items  # (read by the pump: see conveyor.feedback)
     if isinstance(items, (str, bytes, bytearray)):
         return (items,)  # one item (as in conveyor-streaming), never split into characters
     if not isinstance(items, (Iterable, AsyncIterable)):

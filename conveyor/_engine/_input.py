@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Failure
+from ..feedback import Feedback
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -46,6 +48,8 @@ async def pump(run: Run, source: Any) -> None:
     if source is NO_INPUT:
         run.window.take(1)
         run.entry.push(NO_ITEM, None)
+    elif isinstance(source, Feedback):
+        await _pump_feedback(run, source)
     elif isinstance(source, AsyncIterable):
         await _pump_async(run, source)
     else:
@@ -171,6 +175,66 @@ async def _pump_iterator(run: Run, iterator: AsyncIterator[Any]) -> None:
         if not count & 63 and loop_time() >= deadline:
             await asyncio.sleep(0)
             deadline = loop_time() + PUMP_SLICE
+
+
+async def _pump_feedback(run: Run, feed: Feedback[Any]) -> None:
+    """Feed a :class:`~conveyor.feedback.Feedback` until no work is left.
+
+    The pump waits for items when the feed is empty. It ends when the feed is empty, no
+    item is left in the run (no token) and the consumer waits for a result: then no task
+    and no consumer can put more. Whoever may make that true wakes it: ``put``, the
+    window when nothing is working (``on_idle``), the consumer when it starts waiting.
+    Only partial batches left, with nothing else to do: flushed, as at an input's end.
+    """
+    if feed.loop is not None or feed.ended:
+        raise RuntimeError("a Feedback serves one run: make a new one for each run")
+    window = run.window
+    push = run.entry.push
+    waiter: asyncio.Future[None] | None = None
+
+    def wake() -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def idle() -> None:
+        """Nothing works, or the consumer started waiting: is the run over?"""
+        if waiter is None or feed.queue or run.consumer is None or window.busy:
+            return
+        if not window.tokens:
+            wake()  # (the pump sees it and ends)
+        else:
+            window.flush_batch()
+
+    feed.loop, feed.thread, feed.wake = run.loop, threading.get_ident(), wake
+    window.on_idle = run.on_consumer_wait = idle
+    try:
+        count = 0
+        while not run.closed:
+            if feed.queue:
+                if window.full():
+                    await window.wait_for_room()
+                    continue
+                window.take(1)
+                push(feed.queue.popleft(), None)
+                count += 1
+                if not count & 63:
+                    await asyncio.sleep(0)
+            elif not window.tokens and run.consumer is not None:
+                return
+            else:
+                waiter = run.loop.create_future()
+                window.busy -= 1  # waiting is not working (see _window)
+                try:
+                    if not window.busy:
+                        window.check_stall()
+                    await waiter
+                finally:
+                    window.busy += 1
+                    waiter = None
+    finally:
+        feed.ended = True
+        feed.wake = None
+        window.on_idle = run.on_consumer_wait = None
 
 
 async def close_source(source: Any) -> None:

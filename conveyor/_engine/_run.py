@@ -63,6 +63,7 @@ class Run:
         "error",
         "finished",
         "loop",
+        "on_consumer_wait",
         "on_over",
         "ordered",
         "ready",
@@ -102,6 +103,7 @@ class Run:
         # Called once when the run is over (abort: finished and drained, failed, closed or
         # dropped): the statistics' end, progress bars, the log's summary.
         self.on_over: list[Callable[[Run], None]] = [end_of_run_logged]
+        self.on_consumer_wait: Callable[[], None] | None = None  # (a Feedback's pump)
 
         self.context = contextvars.copy_context()
         self.context.run(set_current_context, context)
@@ -382,6 +384,9 @@ class Run:
         if self.finished or self.closed:
             await self.shutdown()
             raise StopAsyncIteration
-        if self.consumer is None:
-            self.consumer = self.loop.create_future()
-        await self.consumer
+        waiter = self.consumer
+        if waiter is None:
+            waiter = self.consumer = self.loop.create_future()
+            if self.on_consumer_wait is not None:
+                self.on_consumer_wait()  # (may deliver a result at once: waiter is done)
+        await waiter

@@ -43,6 +43,7 @@ class Window:
         "limit",
         "loop",
         "low_water",
+        "on_idle",
         "on_wait",
         "tokens",
         "waiting",
@@ -68,6 +69,8 @@ class Window:
         self.flush_batch: Callable[[], bool] = lambda: False
         # Observer hook for time spent waiting for room (None: not observed).
         self.on_wait: Callable[[float], None] | None = None
+        # Told when nothing is working (a Feedback input's pump: is the run over?).
+        self.on_idle: Callable[[], None] | None = None
 
     # -- tokens ------------------------------------------------------------------------
 
@@ -163,6 +166,8 @@ class Window:
 
     def check_stall(self) -> None:
         """If nothing is working and someone waits for room, make sure something moves."""
+        if self.on_idle is not None:
+            self.on_idle()
         # A flush may complete synchronously and only fill the next batch stage's
         # accumulator, so keep going until something works or a waiter can go on.
         while not self.busy and self.waiting and not self.closed:

@@ -1,0 +1,110 @@
+"""``Feedback``: an input that the run's own results can extend (recursive work).
+
+A crawler finds links on the pages it fetches; a tree walker finds children; a solver
+finds sub-problems. Each found item must go back into the same pipeline, and the run
+must end when no work is left: nothing queued, nothing in flight, and nothing the
+consumer is about to add. ``Feedback`` is that input::
+
+    feed = Feedback(seeds, unique=True)
+    async for page in (fetch | parse)(feed):
+        feed.extend(page.links)  # more work for the same run
+
+**When the run ends.** The pipeline reads the feed like any input, in the order items
+were put. It ends once the feed is empty, no item is left anywhere in the run (calls,
+batches, expansions, results not yet taken) and the consumer is waiting for the next
+result: then nobody can put more. A consumer that puts items in its loop body (or a task
+that puts them during its call) is always in time. Partial batches are flushed when
+only they are left, as at the end of any input.
+
+**Bounds.** The run's window paces the feed as any input (``max_in_flight``). The queue
+of items put and not yet read is not bounded by the window: ``max_items`` caps how many
+items the feed takes in all (a crawl's page budget), and ``unique=True`` (or ``key=``)
+drops items seen before; the set of seen keys grows with the distinct items.
+
+A feed serves one run. ``put`` may be called from the event loop's thread (the consumer,
+an ``async def`` task) or from a task on a thread (it is handed to the loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Generic, TypeVar
+
+__all__ = ["Feedback"]
+
+T = TypeVar("T")
+
+
+class Feedback(Generic[T]):
+    """An input that grows while its run goes on (see the module's docstring)."""
+
+    def __init__(
+        self,
+        items: Iterable[T] = (),
+        *,
+        unique: bool = False,
+        key: Callable[[T], Hashable] | None = None,
+        max_items: int | None = None,
+    ) -> None:
+        if key is not None and not callable(key):
+            raise TypeError(f"key must be a function of an item, got {key!r}")
+        if max_items is not None and (
+            isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 0
+        ):
+            raise ValueError(f"max_items must be an int >= 0 or None, got {max_items!r}")
+        self.key = key if key is not None else (_identity if unique else None)
+        self.max_items = max_items
+        self.seen: set[Hashable] = set()
+        self.queue: deque[T] = deque()
+        self.accepted = 0  # items taken in (put and not dropped)
+        self.dropped = 0  # items refused: seen before, or over max_items
+        self.ended = False
+        # Set while a run reads the feed (by the engine's pump): its loop, its thread, and
+        # the callback that wakes the pump when items arrive or the run may be over.
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: int | None = None
+        self.wake: Callable[[], None] | None = None
+        self.extend(items)
+
+    def put(self, item: T) -> bool:
+        """Add ``item`` to the work; False if it was dropped (seen, or over ``max_items``)."""
+        if self.thread is not None and threading.get_ident() != self.thread:
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self.put, item)  # (in order, before its result)
+            return True
+        if self.ended:
+            raise RuntimeError(
+                "this Feedback's run has ended: a feed serves one run; make a new "
+                "Feedback for the next one"
+            )
+        if self.max_items is not None and self.accepted >= self.max_items:
+            self.dropped += 1
+            return False
+        if self.key is not None:
+            key = self.key(item)
+            if key in self.seen:
+                self.dropped += 1
+                return False
+            self.seen.add(key)
+        self.accepted += 1
+        self.queue.append(item)
+        if self.wake is not None:
+            self.wake()
+        return True
+
+    def extend(self, items: Iterable[T]) -> int:
+        """:meth:`put` each item; the number taken in."""
+        return sum(self.put(item) for item in items)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Feedback queued={len(self.queue)} accepted={self.accepted} "
+            f"dropped={self.dropped}{' ended' if self.ended else ''}>"
+        )
+
+
+def _identity(item: Any) -> Any:
+    return item
