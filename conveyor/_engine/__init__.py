@@ -17,8 +17,9 @@ Follow one item, in one direction, from input to consumer:
 Beside that path: ``_window`` (tokens, waiters, stalls), ``_weight`` (the input bounded
 in bytes), ``_gate`` (rate limits: calls wait for their turn), ``_bind`` (side inputs and
 run-scoped resources, per run), ``_observe`` (the observer seam, inserted only when a run
-is observed), ``_stats`` and ``_histogram`` (the statistics it collects) and ``_log`` (what the ``conveyor``
-logger is told, on the failure path and at a run's edges); the executors: ``_executors``
+is observed), ``_stats`` and ``_histogram`` (the statistics it collects) and ``_log``
+(what the ``conveyor`` logger is told, on the failure path and at a run's edges); the
+executors: ``_executors``
 (option to executor), ``_threads``, ``_pools``, ``_chunks``, ``_pickling``, ``_dask``
 and ``_auto``.
 """
