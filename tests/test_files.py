@@ -154,7 +154,7 @@ async def test_a_decoding_error_closes_the_file_and_names_it(tmp_path: Path) -> 
 
 def slow_reads(monkeypatch: pytest.MonkeyPatch, seconds: float, log: list[Any]) -> None:
     """Make every read of a file source take ``seconds`` more, and log where it ran."""
-    original = FileChunks._step
+    original = FileChunks._fetch
 
     def step(self: FileChunks) -> list[bytes]:
         log.append(("read", threading.get_ident()))
@@ -169,7 +169,7 @@ def slow_reads(monkeypatch: pytest.MonkeyPatch, seconds: float, log: list[Any]) 
         log.append(("close", threading.get_ident()))
         release(self)
 
-    monkeypatch.setattr(FileChunks, "_step", step)
+    monkeypatch.setattr(FileChunks, "_fetch", step)
     monkeypatch.setattr(FileChunks, "_release", close)
 
 

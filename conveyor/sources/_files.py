@@ -106,7 +106,7 @@ class FileChunks(FileSource[bytes]):
         super().__init__(path)
         self.size = size
 
-    def _step(self) -> list[bytes]:
+    def _fetch(self) -> list[bytes]:
         chunk = self._read(self.size)
         return [chunk] if chunk else []
 
@@ -127,7 +127,7 @@ class FileLines(FileSource[AnyStr], Generic[AnyStr]):
         self._pending: list[Any] = []  # the start of a line that continues in a later block
         self._at_end = False
 
-    def _step(self) -> list[AnyStr]:
+    def _fetch(self) -> list[AnyStr]:
         while not self._at_end:
             data = self._read(self.block)
             self._at_end = not data

@@ -131,7 +131,7 @@ def dataframe_chunks(frame: pd.DataFrame | pd.Series, rows: int) -> DataFrameChu
 
 
 class TableFile(ThreadSource[Any]):
-    """A table file read one chunk (a DataFrame) per ``_step`` on the source's thread.
+    """A table file read one chunk (a DataFrame) per ``_fetch`` on the source's thread.
 
     Adds to the figures of every source ``rows_read`` (rows in the chunks handed out)
     and ``rows_total`` (None unless the format says so cheaply). ``chunks_read`` is
@@ -192,7 +192,7 @@ class CsvChunks(TableFile):
         self._kwargs = kwargs
         self._reader: Any = None
 
-    def _step(self) -> list[Any]:
+    def _fetch(self) -> list[Any]:
         reader = self._reader
         if reader is None:
             self.bytes_total = os.stat(self.path).st_size
@@ -258,7 +258,7 @@ class ParquetChunks(TableFile):
         self._batches: Iterator[Any] | None = None
         self._next_row = 0  # the thread's count (rows_read is the loop's)
 
-    def _step(self) -> list[Any]:
+    def _fetch(self) -> list[Any]:
         if self._batches is None:
             self.bytes_total = os.stat(self.path).st_size
             self.bytes_read = None

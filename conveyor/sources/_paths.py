@@ -93,7 +93,7 @@ class Files(ThreadSource[Path]):
     def _what(self) -> str:
         return f"the files of {self._description}"
 
-    def _step(self) -> list[Path]:
+    def _fetch(self) -> list[Path]:
         error, self._error = self._error, None
         if error is not None:
             raise error

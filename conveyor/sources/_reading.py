@@ -77,11 +77,11 @@ def reading_figures(
 class ThreadSource(AsyncIterator[T], Generic[T]):
     """An async iterator, consumed once, whose blocking calls run on a thread it owns.
 
-    Subclasses implement ``_step()`` (on the thread: the next items as a list; an empty
-    list at the end), ``_release()`` (close what ``_step`` opened) and ``_what`` (what is
+    Subclasses implement ``_fetch()`` (on the thread: the next items as a list; an empty
+    list at the end), ``_release()`` (close what ``_fetch`` opened) and ``_what`` (what is
     read, for error notes), and update ``bytes_read`` and ``bytes_total`` on the thread.
     ``anext()`` raises ``StopAsyncIteration`` once the source is exhausted or closed. An
-    error raised by ``_step`` closes the source and reaches the caller of ``anext()``
+    error raised by ``_fetch`` closes the source and reaches the caller of ``anext()``
     with a note naming what was being read. A cancelled ``anext()`` loses nothing: the
     call goes on, and the next ``anext()`` takes its items.
 
@@ -109,17 +109,17 @@ class ThreadSource(AsyncIterator[T], Generic[T]):
     def _what(self) -> str:
         raise NotImplementedError
 
-    def _step(self) -> list[T]:
+    def _fetch(self) -> list[T]:
         """On the thread: the next items, or ``[]`` at the end."""
         raise NotImplementedError
 
     def _release(self) -> None:
         """On the thread (or in ``__del__``, when no call can be in progress): close it."""
 
-    def _timed_step(self) -> list[T]:
+    def _timed_fetch(self) -> list[T]:
         started = time.perf_counter()
         try:
-            return self._step()
+            return self._fetch()
         finally:
             self.seconds_reading += time.perf_counter() - started
 
@@ -144,7 +144,7 @@ class ThreadSource(AsyncIterator[T], Generic[T]):
             pool = self._pool
             if pool is None:
                 pool = self._pool = ThreadPoolExecutor(1, thread_name_prefix=self._thread_name)
-            job = self._job = asyncio.get_running_loop().run_in_executor(pool, self._timed_step)
+            job = self._job = asyncio.get_running_loop().run_in_executor(pool, self._timed_fetch)
             job.add_done_callback(_retrieve)
         try:
             # Shielded: a cancelled caller leaves the call to finish, and the next anext()
