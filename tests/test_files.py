@@ -85,8 +85,8 @@ async def test_an_empty_file_yields_nothing(tmp_path: Path) -> None:
     assert [chunk async for chunk in chunks] == []
     assert [line async for line in file_lines(path)] == []
     figures = chunks.figures()
-    assert figures["bytes_read"] == 0 and figures["total_bytes"] == 0
-    assert figures["progress"] == 1.0 and figures["files_read"] == 1
+    assert figures["bytes_read"] == 0 and figures["bytes_total"] == 0
+    assert figures["progress"] == 1.0 and figures["items_read"] == 0
 
 
 async def test_a_pipeline_reads_the_chunks_in_order(data: tuple[Path, bytes]) -> None:
@@ -154,7 +154,7 @@ async def test_a_decoding_error_closes_the_file_and_names_it(tmp_path: Path) -> 
 
 def slow_reads(monkeypatch: pytest.MonkeyPatch, seconds: float, log: list[Any]) -> None:
     """Make every read of a file source take ``seconds`` more, and log where it ran."""
-    original = FileChunks._step
+    original = FileChunks._fetch
 
     def step(self: FileChunks) -> list[bytes]:
         log.append(("read", threading.get_ident()))
@@ -169,7 +169,7 @@ def slow_reads(monkeypatch: pytest.MonkeyPatch, seconds: float, log: list[Any]) 
         log.append(("close", threading.get_ident()))
         release(self)
 
-    monkeypatch.setattr(FileChunks, "_step", step)
+    monkeypatch.setattr(FileChunks, "_fetch", step)
     monkeypatch.setattr(FileChunks, "_release", close)
 
 
@@ -371,21 +371,21 @@ async def test_figures_before_during_and_after(data: tuple[Path, bytes]) -> None
     path, content = data
     chunks = file_chunks(path, size=4000)
     assert chunks.figures() == {
+        "items_read": 0,
         "bytes_read": 0,
-        "files_read": 0,
+        "bytes_total": None,
         "seconds_reading": 0.0,
-        "total_bytes": None,
         "mb_per_second": None,
         "progress": None,
     }
     await anext(chunks)
     during = chunks.figures()
-    assert during["bytes_read"] == 4000 and during["total_bytes"] == len(content)
-    assert during["progress"] == pytest.approx(0.4) and during["files_read"] == 0
+    assert during["bytes_read"] == 4000 and during["bytes_total"] == len(content)
+    assert during["progress"] == pytest.approx(0.4) and during["items_read"] == 1
     await same(chunks).collect()
     after = chunks.figures()
     assert after["bytes_read"] == len(content) and after["progress"] == 1.0
-    assert after["files_read"] == 1 and after["mb_per_second"] > 0
+    assert after["items_read"] == 3 and after["mb_per_second"] > 0
     assert after["seconds_reading"] > 0
     lines = file_lines(path, binary=True)
     await same(lines).collect()

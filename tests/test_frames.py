@@ -21,9 +21,13 @@ np = pytest.importorskip("numpy")
 from conveyor import batch_task, single_task  # noqa: E402
 from conveyor.sources import (  # noqa: E402
     dataframe_chunks,
+    file_chunks,
+    file_lines,
+    files,
     read_csv_chunks,
     read_parquet_chunks,
 )
+from conveyor.sources._reading import READING_FIGURES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,7 +54,17 @@ async def test_dataframe_chunks_slices_with_a_short_last_chunk() -> None:
     assert [len(c) for c in chunks] == [4, 4, 2]
     assert list(chunks[2].index) == ["i", "j"]  # the frame's own index
     assert [len(c) async for c in source] == [4, 4, 2]  # async for too, again
-    assert source.figures() == {"chunks_read": 6, "rows_read": 20, "rows_total": 10}
+    assert source.figures() == {
+        "items_read": 6,
+        "bytes_read": None,  # in memory: no file read
+        "bytes_total": None,
+        "seconds_reading": 0.0,
+        "mb_per_second": None,
+        "progress": None,
+        "rows_read": 20,
+        "rows_total": 10,
+    }
+    assert source.chunks_read == 6
     assert len(dataframe_chunks(frame, rows=10)) == 1
     assert len(dataframe_chunks(frame.iloc[:0], rows=3)) == 0
 
@@ -66,9 +80,9 @@ async def test_csv_chunks_have_the_asked_size_and_a_running_index(csv_file: Path
     pd.testing.assert_frame_equal(pd.concat(chunks), numbers_frame(25))
     assert source.closed
     figures = source.figures()
-    assert figures["chunks_read"] == 3 and figures["rows_read"] == 25
+    assert figures["items_read"] == 3 and figures["rows_read"] == 25
     assert figures["bytes_read"] == figures["bytes_total"] == csv_file.stat().st_size
-    assert figures["seconds_reading"] > 0
+    assert figures["seconds_reading"] > 0 and figures["progress"] == 1.0
     assert figures["rows_total"] is None
 
 
@@ -249,6 +263,78 @@ async def test_collect_dataframe_refuses_mixes_and_other_types() -> None:
         await single_task(lambda x: {"x": x} if x == 0 else x)(range(2)).collect_dataframe()
     with pytest.raises(TypeError, match="cannot make rows of a tuple"):
         await single_task(lambda x: (x, x))(range(2)).collect_dataframe()
+
+
+# -- the figures every source has -------------------------------------------------------------
+
+COMMON = list(READING_FIGURES)
+
+
+def made(kind: str, path: Path) -> Any:
+    if kind == "file_chunks":
+        return file_chunks(path, size=100)
+    if kind == "file_lines":
+        return file_lines(path, block=64)
+    if kind == "read_csv_chunks":
+        return read_csv_chunks(path, rows=7)
+    if kind == "read_parquet_chunks":
+        pytest.importorskip("pyarrow")
+        numbers_frame(25).to_parquet(path.with_suffix(".parquet"), index=False)
+        return read_parquet_chunks(path.with_suffix(".parquet"), rows=7)
+    if kind == "files":
+        return files(path.parent)
+    return dataframe_chunks(numbers_frame(25), rows=7)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "file_chunks",
+        "file_lines",
+        "read_csv_chunks",
+        "read_parquet_chunks",
+        "files",
+        "dataframe_chunks",
+    ],
+)
+async def test_every_source_has_the_common_figures_at_the_end(csv_file: Path, kind: str) -> None:
+    source = made(kind, csv_file)
+    items = [item async for item in source]
+    figures = source.figures()
+    assert list(figures)[: len(COMMON)] == COMMON
+    json.dumps(figures)  # plain values only
+    assert figures["items_read"] == len(items) > 0
+    assert figures["seconds_reading"] >= 0.0
+    if kind in ("files", "dataframe_chunks"):  # no file read: no bytes, no progress
+        assert figures["bytes_read"] is figures["bytes_total"] is None
+        assert figures["mb_per_second"] is figures["progress"] is None
+    else:  # a file read to its end
+        size = source.path.stat().st_size
+        assert figures["bytes_read"] == figures["bytes_total"] == size
+        assert figures["progress"] == 1.0
+        assert figures["seconds_reading"] > 0
+        speed = size / figures["seconds_reading"] / 1e6
+        assert figures["mb_per_second"] == pytest.approx(speed)
+        assert source.closed
+    if kind in ("read_csv_chunks", "read_parquet_chunks", "dataframe_chunks"):
+        assert figures["rows_read"] == 25 and figures["items_read"] == 4
+        assert figures["rows_total"] == (None if kind == "read_csv_chunks" else 25)
+    if kind == "files":
+        assert figures["files_read"] == len(items)
+
+
+async def test_a_compressed_csv_tells_its_bytes_only_at_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "numbers.csv.gz"
+    numbers_frame(25).to_csv(path, index=False)
+    source = read_csv_chunks(path, rows=10)
+    await anext(source)
+    during = source.figures()
+    assert during["bytes_read"] is None and during["progress"] is None
+    assert during["bytes_total"] == path.stat().st_size
+    assert len([c async for c in source]) == 2
+    after = source.figures()
+    assert after["bytes_read"] == after["bytes_total"] and after["progress"] == 1.0
+    await source.aclose()
 
 
 # -- arguments -------------------------------------------------------------------------------

@@ -14,7 +14,11 @@ a slice costs microseconds). See ``docs/dataframes.md``.
 - :func:`file_chunks`, :func:`file_lines` -- a file's bytes in chunks, or its lines;
 - :func:`files` -- the files below a directory, of a glob, or of a list of paths.
 
-Each source counts what it read (``rows_read``, ``chunks_read``, ...; ``figures()``).
+Each source counts what it read; ``figures()`` returns it as a plain dict with the same
+keys for every source (``items_read``, ``bytes_read``, ``bytes_total``,
+``seconds_reading``, ``mb_per_second``, ``progress``: see ``_reading.READING_FIGURES``
+and ``docs/files.md``), then its own (``rows_read``, ``rows_total``; ``files_read``).
+
 pandas and pyarrow are imported only when a source is made.
 """
 
@@ -30,10 +34,8 @@ from ._frames import (
     read_parquet_chunks,
 )
 from ._paths import Files, files
-from ._reader import ChunkReader
 
 __all__ = [
-    "ChunkReader",
     "CsvChunks",
     "DataFrameChunks",
     "FileChunks",

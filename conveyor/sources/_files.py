@@ -1,10 +1,10 @@
 """``file_chunks`` and ``file_lines``: one file's bytes or lines, read on a thread.
 
-Both return a source (a one-shot async iterator, see ``_reading``): the file is opened
-at the first ``anext()``, on the source's own thread, read there a block at a time as
-the consumer asks for more, and closed on that thread when the file is exhausted, when a
-read fails, or when the source is closed (``aclose()``; a pipeline run closes its input
-however it ends). The event loop never waits on the disk.
+Both return a source (a one-shot async iterator, a ``ThreadSource``: see ``_reading``):
+the file is opened at the first ``anext()``, on the source's own thread, read there a
+block at a time as the consumer asks for more, and closed on that thread when the file
+is exhausted, when a read fails, or when the source is closed (``aclose()``; a pipeline
+run closes its input however it ends). The event loop never waits on the disk.
 
 Arguments are checked when the source is made, so a wrong path or size fails at the line
 that names it, not somewhere inside a run.
@@ -83,11 +83,9 @@ class FileSource(ThreadSource[AnyStr], Generic[AnyStr]):
         file = self._file
         if file is None:
             file = self._file = open(self.path, "rb")  # noqa: SIM115  (closed by _release)
-            self.total_bytes = os.fstat(file.fileno()).st_size
+            self.bytes_total = os.fstat(file.fileno()).st_size
         data = file.read(size)  # buffered: reads until `size` bytes or the end
-        self.bytes_read += len(data)
-        if not data:
-            self.files_read = 1
+        self.bytes_read = (self.bytes_read or 0) + len(data)
         return data
 
     def _release(self) -> None:
@@ -108,7 +106,7 @@ class FileChunks(FileSource[bytes]):
         super().__init__(path)
         self.size = size
 
-    def _step(self) -> list[bytes]:
+    def _fetch(self) -> list[bytes]:
         chunk = self._read(self.size)
         return [chunk] if chunk else []
 
@@ -129,7 +127,7 @@ class FileLines(FileSource[AnyStr], Generic[AnyStr]):
         self._pending: list[Any] = []  # the start of a line that continues in a later block
         self._at_end = False
 
-    def _step(self) -> list[AnyStr]:
+    def _fetch(self) -> list[AnyStr]:
         while not self._at_end:
             data = self._read(self.block)
             self._at_end = not data
@@ -177,13 +175,14 @@ def file_chunks(path: StrPath, size: int = CHUNK) -> FileChunks:
 
     Every chunk holds exactly ``size`` bytes but the last, which may be shorter; the
     chunks joined are the file. An empty file yields nothing. The file is opened in
-    binary mode at the first ``anext()`` (its size then is ``total_bytes``), read one
+    binary mode at the first ``anext()`` (its size then is ``bytes_total``), read one
     chunk per ``anext()``, never ahead, on a thread of the source's own, and closed when
     it is exhausted, when a read fails, or on ``aclose()``, after any read in progress.
 
     The result is an async iterator, consumed once: pass it to a pipeline,
     ``pipeline(file_chunks(path))``, or iterate it with ``async for``. ``figures()``
-    reports the bytes read, the time spent reading, and the progress.
+    reports the chunks and bytes read, the time spent reading, and the progress (the
+    keys every source has: ``conveyor.sources._reading.READING_FIGURES``).
 
     Raises at once: ``TypeError``/``ValueError`` for a ``size`` that is not an int >= 1,
     ``FileNotFoundError`` if ``path`` does not exist, ``IsADirectoryError`` if it is a

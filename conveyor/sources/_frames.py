@@ -2,8 +2,10 @@
 
 ``dataframe_chunks`` slices a frame that is already in memory, on the event loop (a
 slice is a view made in microseconds: no thread is worth it). ``read_csv_chunks`` and
-``read_parquet_chunks`` read a file one chunk at a time on a thread of their own (see
-:mod:`conveyor.sources._reader`), only as fast as the run takes the chunks.
+``read_parquet_chunks`` read a file one chunk at a time on a thread of their own (a
+``ThreadSource``: see :mod:`conveyor.sources._reading`), only as fast as the run takes
+the chunks. Every one has ``figures()`` with the keys every source has
+(``_reading.READING_FIGURES``) and ``rows_read``, ``rows_total``.
 
 pandas (and pyarrow, for Parquet) are imported when a source is made, not with conveyor.
 """
@@ -15,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._reader import ChunkReader
+from ._reading import ThreadSource, reading_figures
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,9 +78,14 @@ class DataFrameChunks:
     def __init__(self, frame: Any, rows: int) -> None:
         self.frame = frame
         self.rows = rows
-        self.chunks_read = 0
+        self.items_read = 0
         self.rows_read = 0
         self.rows_total = len(frame)
+
+    @property
+    def chunks_read(self) -> int:
+        """The chunks handed out so far: ``items_read``, by its name for tables."""
+        return self.items_read
 
     def __len__(self) -> int:
         return -(-self.rows_total // self.rows)
@@ -86,7 +93,7 @@ class DataFrameChunks:
     def __iter__(self) -> Iterator[Any]:
         for start in range(0, self.rows_total, self.rows):
             chunk = self.frame.iloc[start : start + self.rows]
-            self.chunks_read += 1
+            self.items_read += 1
             self.rows_read += len(chunk)
             yield chunk
 
@@ -95,13 +102,13 @@ class DataFrameChunks:
             yield chunk
 
     def figures(self) -> dict[str, Any]:
-        """``chunks_read``, ``rows_read`` and ``rows_total`` as a dict (no file: no bytes,
-        and no time spent reading worth counting)."""
-        return {
-            "chunks_read": self.chunks_read,
-            "rows_read": self.rows_read,
-            "rows_total": self.rows_total,
-        }
+        """The keys every source has (``_reading.READING_FIGURES``), then ``rows_read`` and
+        ``rows_total``. Nothing is read from a file -- the frame is in memory, and a chunk
+        is a view of it -- so ``bytes_read``, ``bytes_total``, ``mb_per_second`` and
+        ``progress`` are None, and ``seconds_reading`` is 0.0; ``rows_read / rows_total``
+        is the progress of one iteration."""
+        common = reading_figures(self.items_read, None, None, 0.0, ended=False)
+        return {**common, "rows_read": self.rows_read, "rows_total": self.rows_total}
 
     def __repr__(self) -> str:
         return f"<DataFrameChunks {self.rows_total} rows in {len(self)} chunks of {self.rows}>"
@@ -120,38 +127,95 @@ def dataframe_chunks(frame: pd.DataFrame | pd.Series, rows: int) -> DataFrameChu
     return DataFrameChunks(frame, _check_rows(rows))
 
 
+# -- a table file, read on a thread ------------------------------------------------------------
+
+
+class TableFile(ThreadSource[Any]):
+    """A table file read one chunk (a DataFrame) per ``_fetch`` on the source's thread.
+
+    Adds to the figures of every source ``rows_read`` (rows in the chunks handed out)
+    and ``rows_total`` (None unless the format says so cheaply). ``chunks_read`` is
+    ``items_read`` by its name for tables.
+    """
+
+    _kind = "table"
+
+    def __init__(self, path: Path, rows: int) -> None:
+        super().__init__()
+        self.path = path
+        self.rows = rows
+        self.rows_read = 0
+        self.rows_total: int | None = None
+        self._pandas = _import_pandas()
+
+    @property
+    def _what(self) -> str:
+        return f"the {self._kind} file {str(self.path)!r}"
+
+    @property
+    def chunks_read(self) -> int:
+        """The chunks handed out so far (``items_read``)."""
+        return self.items_read
+
+    async def __anext__(self) -> Any:
+        chunk = await super().__anext__()
+        self.rows_read += len(chunk)
+        return chunk
+
+    def figures(self) -> dict[str, Any]:
+        """The keys every source has (``_reading.READING_FIGURES``), then ``rows_read`` and
+        ``rows_total``."""
+        return {**super().figures(), "rows_read": self.rows_read, "rows_total": self.rows_total}
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._pool is not None else "not started"
+        return f"<{type(self).__name__} {str(self.path)!r} {state}, {self.rows_read} rows read>"
+
+
 # -- CSV -------------------------------------------------------------------------------------
 
 
-class CsvChunks(ChunkReader):
+class CsvChunks(TableFile):
     """A CSV file read by ``pandas.read_csv(path, chunksize=rows, **kwargs)`` on a thread.
 
     Chunks carry a running RangeIndex (0 to rows-1, then rows to 2*rows-1, ...), as
     pandas gives them, unless ``index_col`` says otherwise. ``bytes_read`` is the
-    parser's position in the file (in decompressed bytes for a compressed file).
+    parser's position in the file; for a compressed file, whose position pandas does not
+    tell in the file's own bytes, it is None until the end, then ``bytes_total``.
+    ``rows_total`` stays None (it is not known without reading the file).
     """
 
+    _kind = "CSV"
+
     def __init__(self, path: Path, rows: int, kwargs: dict[str, Any]) -> None:
-        super().__init__(f"CSV file {str(path)!r}", bytes_total=path.stat().st_size)
-        self.path = path
-        self.rows = rows
+        super().__init__(path, rows)
         self._kwargs = kwargs
-        self._pandas = _import_pandas()
         self._reader: Any = None
 
-    def _open(self) -> None:
-        self._reader = self._pandas.read_csv(self.path, chunksize=self.rows, **self._kwargs)
-
-    def _next_chunk(self) -> Any | None:
-        return next(self._reader, None)
+    def _fetch(self) -> list[Any]:
+        reader = self._reader
+        if reader is None:
+            self.bytes_total = os.stat(self.path).st_size
+            reader = self._reader = self._pandas.read_csv(
+                self.path, chunksize=self.rows, **self._kwargs
+            )
+        chunk = next(reader, None)
+        self.bytes_read = self._position()
+        if chunk is None:
+            if self.bytes_read is None:  # read to its end: all of it consumed
+                self.bytes_read = self.bytes_total
+            return []
+        return [chunk]
 
     def _position(self) -> int | None:
+        if self._reader.handles.compression.get("method") is not None:
+            return None  # (tell() counts decompressed bytes, not the file's)
         try:
             return int(self._reader.handles.handle.tell())
         except (AttributeError, OSError, ValueError):  # (no handle that can tell)
             return None
 
-    def _close(self) -> None:
+    def _release(self) -> None:
         if self._reader is not None:
             self._reader.close()
 
@@ -172,47 +236,48 @@ def read_csv_chunks(path: str | os.PathLike[str], rows: int = 100_000, **kwargs:
 # -- Parquet ---------------------------------------------------------------------------------
 
 
-class ParquetChunks(ChunkReader):
+class ParquetChunks(TableFile):
     """A Parquet file read by ``pyarrow.parquet.ParquetFile.iter_batches`` on a thread,
     each batch turned into a DataFrame there.
 
     A chunk has at most ``rows`` rows: all but the last have exactly ``rows`` with recent
     pyarrow versions, while older ones also end a chunk at the end of each row group.
     Chunks with pandas' default index get a running RangeIndex, as ``read_csv_chunks``
-    gives. ``rows_total`` is known once the file is
-    open (from its metadata); ``bytes_read`` stays ``None``.
+    gives. ``rows_total`` is known once the file is open (from its metadata).
+    ``bytes_read`` is None until the end (pyarrow does not tell how far it has read),
+    then ``bytes_total``.
     """
 
+    _kind = "Parquet"
+
     def __init__(self, path: Path, rows: int, columns: Sequence[str] | None) -> None:
-        super().__init__(f"Parquet file {str(path)!r}", bytes_total=path.stat().st_size)
-        self.path = path
-        self.rows = rows
+        super().__init__(path, rows)
         self.columns = None if columns is None else list(columns)
-        self._pandas = _import_pandas()
         self._parquet = _import_parquet()
         self._file: Any = None
         self._batches: Iterator[Any] | None = None
-        self._next_row = 0  # the worker's count (rows_read is the loop's)
+        self._next_row = 0  # the thread's count (rows_read is the loop's)
 
-    def _open(self) -> None:
-        self._file = self._parquet.ParquetFile(self.path)
-        self.rows_total = int(self._file.metadata.num_rows)
-        self._batches = self._file.iter_batches(batch_size=self.rows, columns=self.columns)
-
-    def _next_chunk(self) -> Any | None:
-        assert self._batches is not None
+    def _fetch(self) -> list[Any]:
+        if self._batches is None:
+            self.bytes_total = os.stat(self.path).st_size
+            self.bytes_read = None
+            self._file = self._parquet.ParquetFile(self.path)
+            self.rows_total = int(self._file.metadata.num_rows)
+            self._batches = self._file.iter_batches(batch_size=self.rows, columns=self.columns)
         batch = next(self._batches, None)
         if batch is None:
-            return None
+            self.bytes_read = self.bytes_total  # read to its end: all of it consumed
+            return []
         frame = batch.to_pandas()
         index = frame.index
         if isinstance(index, self._pandas.RangeIndex) and index.start == 0 and index.step == 1:
             start = self._next_row
             frame.index = self._pandas.RangeIndex(start, start + len(frame))
         self._next_row += len(frame)
-        return frame
+        return [frame]
 
-    def _close(self) -> None:
+    def _release(self) -> None:
         if self._file is not None:
             self._file.close()
 

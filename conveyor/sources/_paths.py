@@ -80,10 +80,10 @@ class Files(ThreadSource[Path]):
     """The paths of many files, listed on a thread; made by :func:`files`."""
 
     _thread_name = "conveyor-files"
-    _reads_bytes = False
 
     def __init__(self, what: str, listing: Any) -> None:
         super().__init__()
+        self.bytes_read = None  # a listing reads no file: no bytes, no speed, no progress
         self._description = what
         self._make_listing = listing  # called on the thread: even the first listing is there
         self._listing: Iterator[Path] | None = None
@@ -93,7 +93,7 @@ class Files(ThreadSource[Path]):
     def _what(self) -> str:
         return f"the files of {self._description}"
 
-    def _step(self) -> list[Path]:
+    def _fetch(self) -> list[Path]:
         error, self._error = self._error, None
         if error is not None:
             raise error
@@ -111,10 +111,15 @@ class Files(ThreadSource[Path]):
     def _release(self) -> None:
         self._listing = None  # (holds no open directory: see _entries)
 
-    async def __anext__(self) -> Path:
-        path = await super().__anext__()
-        self.files_read += 1
-        return path
+    @property
+    def files_read(self) -> int:
+        """The paths yielded so far (``items_read``)."""
+        return self.items_read
+
+    def figures(self) -> dict[str, Any]:
+        """The common reading figures (see ``_reading``; the ``bytes_*``, ``mb_per_second``
+        and ``progress`` are None: no file is read), and ``files_read``: the paths yielded."""
+        return {**super().figures(), "files_read": self.files_read}
 
     def __repr__(self) -> str:
         return f"<Files of {self._description}, {self.files_read} yielded>"
@@ -143,7 +148,8 @@ def files(paths_or_glob: StrPath | Iterable[StrPath], *, recursive: bool = True)
 
     A directory is walked a batch of paths at a time, as the consumer takes them; a glob
     is matched in full, then handed out. ``figures()`` counts the paths yielded
-    (``files_read``) and the time spent listing.
+    (``items_read``, and ``files_read``, the same) and the time spent listing; its
+    ``bytes_*``, ``mb_per_second`` and ``progress`` are None.
 
     Raises at once: ``FileNotFoundError`` for a path (not a pattern) that does not
     exist, ``TypeError`` for an argument of another type. A path of an iterable that
