@@ -44,15 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--update",
         action="store_true",
-        help="with --only and a group that has a table of its own (executors): replace"
-        " only that table in this interpreter's section of --output, keeping the rest",
+        help="with --only: replace only that scenario's rows (or, for a group with a table"
+        " of its own, that table) in this interpreter's section of --output, keeping the"
+        " rest",
     )
     args = parser.parse_args(argv)
-    if args.update:
-        from .report import GROUPS
-
-        if args.only not in GROUPS:
-            parser.error(f"--update needs --only with one of: {', '.join(sorted(GROUPS))}")
+    if args.update and not args.only:
+        parser.error("--update needs --only SCENARIO")
     return args
 
 
@@ -66,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         split_groups,
         text_table,
         update_groups,
+        update_rows,
         write_markdown,
     )
     from .scenarios import SCENARIOS
@@ -112,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             for g, group_rows in groups.items()
         }
         old = args.output.read_text(encoding="utf-8") if args.output.exists() else None
-        text = update_groups(old, blocks, loops)
+        text = update_groups(old, blocks, loops) if blocks else old
+        if main_rows:
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            note = f"Rows of `{args.only}` re-run on {when} ({', '.join(loops)}): {summary}"
+            text = update_rows(text, main_rows, loops, note)
     else:
         text = markdown(rows, loops, cfg.quick, summary, group_summaries)
     write_markdown(args.output, text)

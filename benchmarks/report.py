@@ -235,6 +235,37 @@ def group_block(
     return "\n".join(lines) + "\n"
 
 
+def update_rows(text: str | None, rows: Sequence[Row], loops: Sequence[str], note: str) -> str:
+    """The results file ``text`` with the main-table rows of this interpreter's section
+    that have the same scenario and loop as one of ``rows`` replaced by it (others are
+    added at the table's end), and ``note`` added to the section's facts; everything
+    else is kept, so a scenario can be re-run on its own."""
+    sections = sections_of(text) if text else []
+    heading = f"{SECTION_PREFIX}{python_line()} "
+    index = next((i for i, s in enumerate(sections) if s.startswith(heading)), None)
+    if index is None:  # nothing to update: a section of these rows alone
+        sections.append(section(rows, loops, quick=False))
+        return document(sections)
+    lines = sections[index].rstrip("\n").split("\n")
+    table = [i for i, line in enumerate(lines) if line.startswith("| ")]
+    fresh = {(row.scenario, row.loop): _md_table(HEADERS, [row])[2] for row in rows}
+    if not table:
+        raise ValueError("no main table to update in this interpreter's section")
+    end = table[0]
+    while end + 1 < len(lines) and lines[end + 1].startswith("|"):
+        end += 1
+    for i in range(table[0] + 2, end + 1):
+        cells = [c.strip() for c in lines[i].strip("|").split("|")]
+        key = (cells[0], cells[1])
+        if key in fresh:
+            lines[i] = fresh.pop(key)
+    lines[end + 1 : end + 1] = list(fresh.values())
+    facts = max((i for i in range(table[0]) if lines[i].startswith("- ")), default=table[0] - 2)
+    lines.insert(facts + 1, f"- {note}")
+    sections[index] = "\n".join(lines) + "\n"
+    return document(sections)
+
+
 def update_groups(text: str | None, blocks: dict[str, str], loops: Sequence[str]) -> str:
     """The results file ``text`` with the group blocks of this interpreter's section
     replaced by ``blocks`` (or added); everything else is kept. Without a section for
