@@ -8,7 +8,9 @@ on a timer of its own, so the engine does nothing per item for it:
   expands into hold places of their own, so while expansions are under way the count
   lags; it never goes back, and it reaches the input's length at the end. A source task
   (a pipeline called with no input) counts results instead.
-* **Total and ETA** when the input has a length (``len(items)``).
+* **Total and ETA** when the input has a length (``len(items)``); for an input that
+  reports its reading (a file source's ``figures()``), the bytes read and the share of
+  the file.
 * **Where it goes.** To a terminal (``file.isatty()``) or a Jupyter notebook: tqdm bars,
   redrawn every ``interval`` (0.1 s), with one line per stage under ``stages=True``
   (items out, calls running, items waiting for a slot). Anywhere else (a CI log, a
@@ -84,10 +86,21 @@ class Figures:
     results: int
     elapsed: float
     stages: list[dict[str, Any]]
+    read: dict[str, Any] | None = None  # the input's own figures (a file source's)
 
     @property
     def rate(self) -> float | None:
         return self.done / self.elapsed if self.elapsed > 0 else None
+
+    @property
+    def bytes_read(self) -> str | None:
+        """``"12.3 MB read (45%)"`` for an input that reports its reading (a file)."""
+        read = self.read or {}
+        if read.get("bytes_read") is None:
+            return None
+        progress = read.get("progress")
+        share = "" if progress is None else f" ({progress:.0%})"
+        return f"{read['bytes_read'] / 1e6:,.1f} MB read{share}"
 
     @property
     def eta(self) -> float | None:
@@ -131,7 +144,12 @@ class Progress:
             done = read - self.run.window.tokens
         self.done = max(self.done, done)  # (expansions hold places: never go back)
         return Figures(
-            self.done, self.total, snapshot["results"], snapshot["elapsed"], snapshot["stages"]
+            self.done,
+            self.total,
+            snapshot["results"],
+            snapshot["elapsed"],
+            snapshot["stages"],
+            snapshot.get("input"),
         )
 
     def tick(self) -> None:
@@ -179,7 +197,11 @@ class Bars:
     def show(self, figures: Figures) -> None:
         bar = self.bar
         bar.n = figures.done
-        bar.set_postfix_str(f"{figures.results:,} results", refresh=False)
+        extra = figures.bytes_read
+        bar.set_postfix_str(
+            f"{figures.results:,} results" + ("" if extra is None else f", {extra}"),
+            refresh=False,
+        )
         for line, stage in zip(self.lines, figures.stages, strict=False):
             line.n = stage["items_out"]
             line.set_postfix_str(
@@ -220,6 +242,8 @@ class Lines:
         if how is None and figures.eta is not None:
             parts.append(f"ETA {figures.eta:.0f} s")
         parts.append(f"{figures.results:,} results")
+        if figures.bytes_read is not None:
+            parts.append(figures.bytes_read)
         if how is not None:
             parts.append(how)
         line = f"{self.desc}: {', '.join(parts)}"

@@ -12,6 +12,7 @@ import re
 import sys
 import types
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -170,3 +171,13 @@ def test_a_notebook_is_recognised(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "IPython", fake)
     assert _progress._in_notebook()
     assert _progress.ProgressOptions().live()  # (stderr in a notebook: a widget)
+
+
+async def test_a_file_input_shows_the_bytes_read(tmp_path: Any) -> None:
+    from conveyor.sources import file_chunks
+
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"x" * 3_000_000)
+    out = io.StringIO()
+    await single_task(len)(file_chunks(path, size=1_000_000)).progress(file=out).collect()
+    assert out.getvalue().rstrip().endswith("3 results, 3.0 MB read (100%), finished")
