@@ -51,6 +51,7 @@ class Group:
 GROUPS = {
     "executors": Group("Executors", ("mpire", "joblib", "dask", "distributed")),
     "csv": Group("CSV files", ("pandas", "numpy")),
+    "http": Group("HTTP", ("aiohttp",)),
 }
 GROUP_PREFIX = "### "
 

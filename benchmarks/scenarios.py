@@ -31,6 +31,7 @@ from .common import (
 )
 from .executors import executors
 from .frames import csv
+from .http import http
 
 # -- stage functions -----------------------------------------------------------------------
 
@@ -644,4 +645,5 @@ SCENARIOS: dict[str, Callable[[str, Config], list[Row]]] = {
     "scaling": scaling,
     "executors": executors,  # a table of its own (report.GROUPS)
     "csv": csv,  # a table of its own: conveyor against pandas loops (benchmarks/frames.py)
+    "http": http,  # a table of its own: real requests to a local server (benchmarks/http.py)
 }
