@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
+import time
 import typing
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -214,3 +216,47 @@ def test_direct_construction_takes_the_decorators_defaults() -> None:
         single_task(max_inflight=3)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="option of @batch_task"):
         SingleTask(f, max_size=3)
+
+
+async def test_a_call_still_running_on_a_users_pool_ends_before_its_resource_closes() -> None:
+    """The run fails while a call runs on the user's ThreadPoolExecutor (which cannot be
+    cancelled): the resource closes only after that call ended, and the call's late
+    error is dropped quietly (the loop reports nothing)."""
+    import concurrent.futures
+    import threading
+
+    events: list[str] = []
+    running = threading.Event()
+
+    @contextlib.contextmanager
+    def resource() -> Iterator[str]:
+        yield "r"
+        events.append("closed")
+
+    def slow(x: int, *, res: str) -> int:
+        if x == 0:
+            running.set()
+            time.sleep(0.2)
+            events.append("call ended")
+            raise ValueError("too late to matter")
+        return x
+
+    @single_task
+    async def fails(x: int) -> int:
+        await asyncio.to_thread(running.wait, 5)
+        raise KeyError(x)
+
+    reported: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = single_task(slow, executor=pool).with_resources(res=resource)
+            with pytest.raises(KeyError):
+                await (first | fails)([0, 1]).collect()
+        gc.collect()  # ("never retrieved" is reported when a Future is collected)
+    finally:
+        loop.set_exception_handler(previous)
+    assert events == ["call ended", "closed"]
+    assert reported == []

@@ -137,7 +137,11 @@ async def close_resources(
         while others := [task for task in tasks if task is not supervisor and not task.done()]:
             await asyncio.wait(others)
         if running:
-            await asyncio.wait([asyncio.wrap_future(future) for future in running])
+            calls = [asyncio.wrap_future(future) for future in running]
+            await asyncio.wait(calls)
+            for call in calls:  # (their outcome is the run's no more: retrieved, dropped)
+                if not call.cancelled():
+                    call.exception()
         await stack.aclose()
 
     closing = asyncio.get_running_loop().create_task(close())
