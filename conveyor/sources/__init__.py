@@ -1,9 +1,10 @@
 """Sources: inputs for pipelines that read files and tables without blocking the loop.
 
 Each source is an async iterable to pass as a pipeline's input: ``pipeline(source)``.
-Files are read off the event loop, on a thread the source owns, one chunk per request,
-so the run's window (``max_in_flight``) paces the reading: a slow consumer holds the
-source back instead of letting it read the whole input ahead. Closing the run
+Files are read off the event loop, on a thread the source owns, one step ahead of what
+the run has taken (the next read overlaps the work on this one) and no more, so the
+run's window paces the reading: a slow consumer holds the source back instead of letting
+it read the whole input ahead. Closing the run
 (``break``, an error, ``aclose()``) waits for a read in progress, then closes the file
 and ends the thread. A frame already in memory is sliced on the loop (``dataframe_chunks``:
 a slice costs microseconds). See ``docs/dataframes.md``.
