@@ -208,8 +208,9 @@ class ThreadSource(AsyncIterator[T], Generic[T]):
         return self._finished
 
     def __del__(self) -> None:
-        # Dropped without aclose() (e.g. iterated by hand and abandoned): a queued call
-        # holds a reference to the source, so none can be in progress here.
+        # Dropped without aclose() (e.g. iterated by hand and abandoned): a queued call,
+        # the read ahead too, holds a reference to the source, so none can be in
+        # progress here (a dropped source is collected once its read ahead has ended).
         if not self._closed and self._pool is not None:
             self._closed = True
             self._release()
