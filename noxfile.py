@@ -59,7 +59,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[fast]", "mypy")  # with uvloop: conveyor.run imports it
+    # The optional features' packages too: their types are checked against the real ones
+    # (uvloop: conveyor.run imports it; prometheus-client ships types; numpy's are used).
+    session.install("-e", ".[fast,progress,prometheus,parquet]", "mypy")
     session.run("mypy", "--strict", "conveyor")
 
 
