@@ -22,7 +22,9 @@ items the feed takes in all (a crawl's page budget), and ``unique=True`` (or ``k
 drops items seen before; the set of seen keys grows with the distinct items.
 
 A feed serves one run. ``put`` may be called from the event loop's thread (the consumer,
-an ``async def`` task) or from a task on a thread (it is handed to the loop).
+an ``async def`` task) or from a task on a thread (it is handed to the loop). With the
+synchronous front door (``pipeline.iter(feed)``) the consumer's loop body runs in another
+thread than the run, which cannot tell when that body is done: put from the tasks there.
 """
 
 from __future__ import annotations
