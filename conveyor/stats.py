@@ -6,7 +6,9 @@ what is sampled:
 * **Exact:** items into and out of each stage (out = what the next stage received, or
   the results of the last stage), retries, and calls that failed for good (``failed``,
   ``skipped``, ``emitted`` as a :class:`~conveyor.errors.Failure`); batches, their mean
-  size, and how many ``max_wait`` flushed; results, time to the first, items per second,
+  size, how many ``max_wait`` flushed, and the items the remainder rule dropped
+  (``remainder_dropped``); the run's window (``max_in_flight``, raised to fit batches);
+  results, time to the first, items per second,
   how long the input was held back by the window (``max_in_flight``), and how many
   input items the window admits at once (``input_admitted_at_once``: ``max_in_flight``,
   or fewer when ``max_in_flight_bytes`` bounds large items of ``input_item_bytes`` each).
@@ -117,6 +119,9 @@ class StageStats:
     offload: Offload | None = None
     items_per_second: float | None = None  # items out / the run's elapsed time
     rate_limit: str | None = None  # e.g. "10 calls per 1 s"
+    remainder_dropped: int | None = None
+    """Batch stages: items the remainder rule dropped at the end of the input (fewer than
+    ``min_size`` left over); ``None`` for single stages."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +151,9 @@ class RunStats:
     input_item_bytes: float | None = None  # the input items' mean weight, when weighed
     input_admitted_at_once: int | None = None  # the window's bound on the input's items
     input: dict[str, Any] | None = None  # the input's own figures(), e.g. a file source's
+    max_in_flight: int | None = None
+    """The run's window: ``max_in_flight``, or more when raised to hold a full batch of
+    every batch stage at once (the sum of their ``max_size``; the run logs it)."""
     peak_rss_bytes: int | None = None
     samples: int = 0
     window_full_share: float | None = None
@@ -291,6 +299,12 @@ class RunStats:
                 + ("" if speed is None else f" at {speed:,.1f} MB/s")
                 + ("" if read.get("progress") is None else f" ({read['progress']:.0%})")
             )
+        for s in self.stages:
+            if s.remainder_dropped:
+                lines.append(
+                    f"{s.name}: {s.remainder_dropped} dropped as the remainder "
+                    f"(fewer than min_size left at the end of the input)"
+                )
         neck = self.bottleneck
         lines.append(str(neck) if neck is not None else "bottleneck: - (run too short to tell)")
         return "\n".join(lines)

@@ -12,6 +12,7 @@ Timing tests run on looptime's virtual clock.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -202,7 +203,11 @@ async def test_concurrency_limit_bounds_concurrent_batch_calls(
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("is_async", [False, True])
 @pytest.mark.parametrize("before", [False, True])
-async def test_window_smaller_than_max_size(mode: str, is_async: bool, before: bool) -> None:
+async def test_window_smaller_than_max_size_is_raised_to_fit_the_batch(
+    mode: str, is_async: bool, before: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A window of 2 under batches of 5: the run's window is raised to 5 (logged, and in
+    the statistics), so batches are whole and only the input's remainder is short."""
     batches: list[list[int]] = []
 
     @single_task
@@ -221,13 +226,70 @@ async def test_window_smaller_than_max_size(mode: str, is_async: bool, before: b
     task = batch_task(max_size=5)(record_async if is_async else record)
     pipeline = (passing | task) if before else Pipeline([task])
     stream = pipeline.with_context(max_in_flight=2, execution_mode=mode)(range(12))
-    async with asyncio.timeout(10):  # a deadlock fails instead of hanging
-        out = await stream.collect()
+    with caplog.at_level(logging.INFO, logger="conveyor"):
+        async with asyncio.timeout(10):  # a deadlock fails instead of hanging
+            out = await stream.collect()
     assert sorted(out) == list(range(12))
-    assert all(0 < len(b) <= 2 for b in batches)  # partial batches were flushed
+    assert [len(b) for b in batches] == [5, 5, 2]
+    assert stream.stats.max_in_flight == 5
+    assert "max_in_flight=2) is raised to 5" in caplog.text
     if mode == "ordered":
         assert out == list(range(12))
         assert [x for b in batches for x in b] == list(range(12))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("window", [5, 9, 10, 11, 19, 20, 1000])
+async def test_windows_around_the_batch_size_lose_nothing(mode: str, window: int) -> None:
+    """The issue's case: min_size = max_size = 10 gave batches of 9 (window 10), or of 8
+    and then a remainder dropped (window 9): items lost silently. Now every batch is whole,
+    whatever the window."""
+
+    @batch_task(min_size=10, max_size=10)
+    def ten(batch: list[int]) -> list[int]:
+        return [len(batch)]
+
+    stream = ten.with_context(max_in_flight=window, execution_mode=mode)(range(100))
+    assert await stream.collect() == [10] * 10
+    stage = stream.stats.stages[0]
+    assert (stage.items_in, stage.batches, stage.remainder_dropped) == (100, 10, 0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_two_batch_stages_get_room_for_both(mode: str) -> None:
+    """A window of a batch's size is not room for two batch stages: the run's window is
+    their sum, so both compose whole batches (the first's sums, in batches of 3)."""
+    sizes: list[int] = []
+
+    @batch_task(min_size=4, max_size=4)
+    def four(batch: list[int]) -> int:
+        return sum(batch)
+
+    @batch_task(min_size=3, max_size=3)
+    def three(batch: list[int]) -> int:
+        sizes.append(len(batch))
+        return sum(batch)
+
+    stream = (four | three).with_context(max_in_flight=4, execution_mode=mode)(range(48))
+    out = await stream.collect()
+    assert sum(out) == sum(range(48)) and sizes == [3, 3, 3, 3]
+    assert stream.stats.max_in_flight == 7
+    if mode == "ordered":
+        expected = [sum(range(12 * i, 12 * i + 12)) for i in range(4)]
+        assert out == expected
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_remainder_rule_drops_only_the_true_remainder_and_counts_it(mode: str) -> None:
+    @batch_task(min_size=1000, max_size=1000)
+    def big(batch: list[int]) -> int:
+        return len(batch)
+
+    stream = big.with_context(execution_mode=mode)(range(100_500))
+    assert await stream.collect() == [1000] * 100
+    stage = stream.stats.stages[0]
+    assert (stage.items_in, stage.batches, stage.remainder_dropped) == (100_500, 100, 500)
+    assert "500 dropped as the remainder" in str(stream.stats)
 
 
 # -- what a batch call returns ------------------------------------------------------------

@@ -32,7 +32,16 @@ if TYPE_CHECKING:
 
 
 class BatchStage(Stage):
-    __slots__ = ("_expired", "_timer", "acc", "acc_node", "max_size", "max_wait", "min_size")
+    __slots__ = (
+        "_expired",
+        "_timer",
+        "acc",
+        "acc_node",
+        "max_size",
+        "max_wait",
+        "min_size",
+        "remainder_dropped",
+    )
 
     def __init__(self, run: Run, spec: StageSpec, limit: int, executor: Executor) -> None:
         super().__init__(run, spec, limit, executor)
@@ -40,12 +49,16 @@ class BatchStage(Stage):
         self.max_size = spec.options.max_size
         self.max_wait = spec.options.max_wait
         self.acc: list[Any] = []
-        # In an ordered run, the place of the accumulating batch's result, reserved (with
-        # its token) when the batch opens: a Failure that arrives meanwhile goes after
-        # it, where its item's result would be.
+        # In an ordered run, the place of the accumulating batch's result, reserved when
+        # the batch opens: a Failure that arrives meanwhile goes after it, where its
+        # item's result would be. The place takes its window token only when the batch
+        # is sent off: a token taken at the opening would make a window of exactly
+        # max_size items hold only max_size - 1 of them (batches cut short, and items
+        # then lost to the remainder rule).
         self.acc_node: Any = None
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
+        self.remainder_dropped = 0  # items the remainder rule dropped (for statistics)
 
     def push(self, item: Any, node: Any) -> None:
         if type(item) is Failure:
@@ -56,7 +69,6 @@ class BatchStage(Stage):
         self.inflight += 1
         n = len(acc)
         if n == 1 and self.list is not None:
-            self.window.take(1)
             self.acc_node = self.list.append()
         if n >= self.max_size or (self._expired and n >= self.min_size):
             self.flush()
@@ -76,11 +88,8 @@ class BatchStage(Stage):
         self.cancel_timer()
         if not batch:
             return
-        if self.list is None:
-            self.window.take(1)  # the batch's result; the items' tokens go when it is done
-            node = None
-        else:
-            node, self.acc_node = self.acc_node, None
+        self.window.take(1)  # the batch's result; the items' tokens go when it is done
+        node, self.acc_node = self.acc_node, None
         if self.running < self.limit:
             self.start(batch, node)
         else:
@@ -104,9 +113,11 @@ class BatchStage(Stage):
             self.flush()
         elif self.acc:
             dropped = len(self.acc)
+            self.remainder_dropped += dropped
             self.acc = []
             self.inflight -= dropped
             self.window.release(dropped)
-            if self.acc_node is not None:  # its reader releases the reserved token
+            if self.acc_node is not None:  # its reader releases a token for the place
+                self.window.take(1)
                 self.list.resolve(self.acc_node, EMPTY)  # type: ignore[union-attr]
                 self.acc_node = None

@@ -184,12 +184,15 @@ async def _pump_feedback(run: Run, feed: Feedback[Any]) -> None:
     item is left in the run (no token) and the consumer waits for a result: then no task
     and no consumer can put more. Whoever may make that true wakes it: ``put``, the
     window when nothing is working (``on_idle``), the consumer when it starts waiting.
-    Only partial batches left, with nothing else to do: flushed, as at an input's end.
+    Only partial batches left, with nothing else to do: the input has ended for them, and
+    the remainder rule applies as at any input's end (``Run.input_ended``). Items are
+    weighed as the other pumps weigh theirs (``max_in_flight_bytes``).
     """
     if feed.loop is not None or feed.ended:
         raise RuntimeError("a Feedback serves one run: make a new one for each run")
     window = run.window
     push = run.entry.push
+    weigher = run.weigher
     waiter: asyncio.Future[None] | None = None
 
     def wake() -> None:
@@ -203,7 +206,7 @@ async def _pump_feedback(run: Run, feed: Feedback[Any]) -> None:
         if not window.tokens:
             wake()  # (the pump sees it and ends)
         else:
-            window.flush_batch()
+            run.input_ended()  # (partial batches: flushed, or dropped below min_size)
 
     feed.loop, feed.thread, feed.wake = run.loop, threading.get_ident(), wake
     window.on_idle = run.on_consumer_wait = idle
@@ -214,8 +217,11 @@ async def _pump_feedback(run: Run, feed: Feedback[Any]) -> None:
                 if window.full():
                     await window.wait_for_room()
                     continue
+                item = feed.queue.popleft()
+                if weigher is not None and weigher.active:
+                    weigher.weigh(item)
                 window.take(1)
-                push(feed.queue.popleft(), None)
+                push(item, None)
                 count += 1
                 if not count & 63:
                     await asyncio.sleep(0)

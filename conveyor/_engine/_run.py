@@ -41,7 +41,7 @@ from ._stage import UNLIMITED, SingleStage, Stage
 from ._stats import Collector
 from ._waiting import Completions
 from ._weight import Weigher
-from ._window import Window, sentinel_at_front
+from ._window import Window, sentinel_at_front, window_size
 
 NOTHING: Any = object()
 """What ``Run.take`` returns when no result is ready."""
@@ -85,7 +85,16 @@ class Run:
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.ordered = context.execution_mode is ExecutionMode.ORDERED
-        self.window = Window(self.loop, context.max_in_flight)
+        batch_sizes = [spec.options.max_size or 1 for spec in specs if spec.batch]
+        self.window = Window(self.loop, window_size(context.max_in_flight, batch_sizes))
+        if self.window.limit > context.max_in_flight:
+            logger.info(
+                "conveyor: the window (max_in_flight=%d) is raised to %d for this run, "
+                "to hold a full batch of each batch stage at once (max_size %s)",
+                context.max_in_flight,
+                self.window.limit,
+                " + ".join(map(str, batch_sizes)),
+            )
         budget = context.max_in_flight_bytes
         self.weigher = None if budget is None else Weigher(self.window, budget, context.item_weight)
         self.window.can_drain = self._can_drain
@@ -264,16 +273,25 @@ class Run:
         """A stage ran out of work: if the input is done, close what can be closed."""
         if not self.source_done or self.closed or self.finished:
             return
-        for stage in self.stages:
-            if isinstance(stage, BatchStage) and stage.acc:
-                if stage.inflight > len(stage.acc):
-                    return  # batches still running: the remainder waits for them
-                stage.close_input()
-            if stage.inflight:
-                return
+        if not self.input_ended():
+            return
         self.finished = True
         self.wake_consumer()
         self._end()
+
+    def input_ended(self) -> bool:
+        """No more items will come: the remainder rule, stage by stage (each batch stage's
+        remainder is flushed, or dropped below ``min_size``, once every stage before it is
+        empty). True when no stage holds anything. The one rule for every input: a
+        ``Feedback`` calls it when its feed is empty and nothing else is left."""
+        for stage in self.stages:
+            if isinstance(stage, BatchStage) and stage.acc:
+                if stage.inflight > len(stage.acc):
+                    return False  # batches still running: the remainder waits for them
+                stage.close_input()
+            if stage.inflight:
+                return False
+        return True
 
     def _end(self) -> None:
         ended = self._ended

@@ -286,6 +286,7 @@ class Collector:
                         record.batch_items / record.batches if record.batches else None
                     ),
                     "max_wait_flushes": record.timer_flushes if stage.is_batch else None,
+                    "remainder_dropped": getattr(stage, "remainder_dropped", None),
                     "offload": _offload(stage),
                 }
             )
@@ -302,6 +303,7 @@ class Collector:
             "input_item_bytes": None if run is None or run.weigher is None else run.weigher.mean,
             "input": _input_figures(run),
             "input_admitted_at_once": None if run is None else run.window.admit,
+            "max_in_flight": None if run is None else run.window.limit,
             "peak_rss_bytes": _peak_rss(),
             "samples": self.ticks,
             "window_full_share": share(self.window_full),

@@ -15,6 +15,13 @@ whatever the input's length. Two rules keep the bound deadlock-free:
   one waiting generator may produce one item past the window (its item may be holding
   the slot that items queued behind a ``concurrency_limit`` wait for).
 
+**Room for batches.** Items accumulating in a batch stage hold their tokens, so a window
+smaller than the batches would cut them short (and, below ``min_size``, hand items to the
+remainder rule that a correct batching never leaves over). The run's window is therefore
+at least the sum of its batch stages' ``max_size`` (:func:`window_size`): every batch
+stage can fill a whole batch at once, whatever the others hold, and batches are composed
+exactly as by a plain loop. The run logs it, and the statistics show both sizes.
+
 ``busy`` counts the run's tasks that are doing work (calls, expansions, the pump while it
 reads); a task waiting here for room does not count.
 """
@@ -22,7 +29,7 @@ reads); a task waiting here for room does not count.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._order import Sentinel
@@ -30,6 +37,12 @@ from ._order import Sentinel
 Waiter = tuple["asyncio.Future[bool]", "Sentinel | None", bool]
 """``(future, sentinel, expansion)``: the future's result is True for a waiter let through
 past the window (see ``check_stall``)."""
+
+
+def window_size(max_in_flight: int, batch_sizes: Iterable[int]) -> int:
+    """The run's window: ``max_in_flight``, raised to hold every batch stage's full batch
+    (the sum of their ``max_size``) at once (see "Room for batches" above)."""
+    return max(max_in_flight, sum(batch_sizes))
 
 
 class Window:
