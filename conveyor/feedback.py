@@ -13,8 +13,9 @@ consumer is about to add. ``Feedback`` is that input::
 were put. It ends once the feed is empty, no item is left anywhere in the run (calls,
 batches, expansions, results not yet taken) and the consumer is waiting for the next
 result: then nobody can put more. A consumer that puts items in its loop body (or a task
-that puts them during its call) is always in time. Partial batches are flushed when
-only they are left, as at the end of any input.
+that puts them during its call) is always in time. When only partial batches are left,
+the input has ended for them: the remainder rule applies as at any input's end (sent off
+if at least ``min_size``, else dropped and counted), one rule for every input.
 
 **Bounds.** The run's window paces the feed as any input (``max_in_flight``). The queue
 of items put and not yet read is not bounded by the window: ``max_items`` caps how many

@@ -218,10 +218,11 @@ class BatchTask(BaseTask[In, Out]):
 
     Batches are flushed when they reach ``max_size``; when ``max_wait`` seconds have
     passed since their first item (if they hold at least ``min_size``); when the input
-    ends (a remainder smaller than ``min_size`` is dropped); and when the run's window is
-    full of items waiting for this batch (so a window smaller than ``max_size`` cannot
-    deadlock). Ordered runs compose batches in input order, as-completed runs in arrival
-    order. ``concurrency_limit`` (default 1) bounds how many batches run at once.
+    ends (a remainder smaller than ``min_size`` is dropped, and counted in the
+    statistics); and when ``max_in_flight_bytes`` admits fewer large items than a batch
+    holds. A run's window (``max_in_flight``) is raised to hold a whole batch of every
+    batch stage at once, so it never cuts a batch short. Ordered runs compose batches in
+    input order, as-completed runs in arrival order. ``concurrency_limit`` (default 1) bounds how many batches run at once.
     """
 
     _batch = True

@@ -37,6 +37,7 @@ class BatchStage(Stage):
         "_timer",
         "acc",
         "acc_node",
+        "held",
         "max_size",
         "max_wait",
         "min_size",
@@ -56,12 +57,25 @@ class BatchStage(Stage):
         # max_size items hold only max_size - 1 of them (batches cut short, and items
         # then lost to the remainder rule).
         self.acc_node: Any = None
+        # Failures waiting behind that place. They lend their tokens back while they
+        # wait (taken again when the batch is sent off or dropped, for their reader to
+        # give back): otherwise Failures piling up behind a batch would fill the window
+        # and cut the batch short, by timing. At most the window's limit of them wait:
+        # one more sends the batch off early (a rule of the input alone, as the model
+        # tests check), so what they hold stays bounded.
+        self.held = 0
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
         self.remainder_dropped = 0  # items the remainder rule dropped (for statistics)
 
     def push(self, item: Any, node: Any) -> None:
         if type(item) is Failure:
+            if self.acc_node is not None:  # (an ordered run, with a batch open)
+                if self.held < self.window.limit:
+                    self.held += 1
+                    self.window.release(1)  # (lent: see above)
+                else:
+                    self.flush()  # too many wait: the batch goes, this one after it
             self.downstream.push(item, None if self.list is None else self.list.append())
             return
         acc = self.acc
@@ -88,7 +102,10 @@ class BatchStage(Stage):
         self.cancel_timer()
         if not batch:
             return
-        self.window.take(1)  # the batch's result; the items' tokens go when it is done
+        # The batch's result (the items' tokens go when it is done), and the Failures'
+        # that waited behind its place (their reader gives them back).
+        self.window.take(1 + self.held)
+        self.held = 0
         node, self.acc_node = self.acc_node, None
         if self.running < self.limit:
             self.start(batch, node)
@@ -118,6 +135,7 @@ class BatchStage(Stage):
             self.inflight -= dropped
             self.window.release(dropped)
             if self.acc_node is not None:  # its reader releases a token for the place
-                self.window.take(1)
+                self.window.take(1 + self.held)  # (and for the Failures behind it)
+                self.held = 0
                 self.list.resolve(self.acc_node, EMPTY)  # type: ignore[union-attr]
                 self.acc_node = None

@@ -198,6 +198,7 @@ async def _pump_feedback(run: Run, feed: Feedback[Any]) -> None:
     def wake() -> None:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+            window.busy += 1  # busy from now (see Window._wake)
 
     def idle() -> None:
         """Nothing works, or the consumer started waiting: is the run over?"""
@@ -235,7 +236,8 @@ async def _pump_feedback(run: Run, feed: Feedback[Any]) -> None:
                         window.check_stall()
                     await waiter
                 finally:
-                    window.busy += 1
+                    if waiter.cancelled() or not waiter.done():
+                        window.busy += 1  # (not woken by wake(), which counted it)
                     waiter = None
     finally:
         feed.ended = True

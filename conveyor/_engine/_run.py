@@ -260,11 +260,13 @@ class Run:
         return bool(self.ready) or self._front_settled()
 
     def _front_settled(self) -> bool:
-        """Whether the consumer's next read of an ordered run's list finds a result."""
+        """Whether the consumer's next read of an ordered run's list makes room: it finds
+        a result, or a dropped item whose token it gives back (a stall check that counted
+        only results flushed batches short while dropped items waited to be read)."""
         order = self._final_list
         node = None if order is None else order.head.next
-        while node is not None and (node.value is EMPTY or node.value is CLOSED):
-            node = node.next  # (dropped items and ended generators: take() skips them)
+        while node is not None and node.value is CLOSED:
+            node = node.next  # (ended generators: take() skips them, no token)
         return node is not None and node.value is not PENDING and node.value is not OPEN
 
     # -- progress and the end --------------------------------------------------------

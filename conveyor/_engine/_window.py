@@ -10,10 +10,11 @@ whatever the input's length. Two rules keep the bound deadlock-free:
   the whole window while it waits for room).
 * When nothing is working (no call, no expansion, no pump progress) and someone waits for
   room, the run may be *stalled* (:meth:`Window.check_stall`). If the consumer has
-  results to take, it is not: taking them makes room. Otherwise a partial batch is
-  flushed (``flush_batch``: the window is smaller than the batch), or, as a last resort,
-  one waiting generator may produce one item past the window (its item may be holding
-  the slot that items queued behind a ``concurrency_limit`` wait for).
+  results to take, it is not: taking them makes room. Otherwise one waiting generator
+  may produce one item past the window (its item may be holding the slot that items
+  queued behind a ``concurrency_limit`` wait for), or, as a last resort, a partial batch
+  is flushed (``flush_batch``: only when the input is bounded in bytes below a batch's
+  size, since the window itself has room for every batch: see below).
 
 **Room for batches.** Items accumulating in a batch stage hold their tokens, so a window
 smaller than the batches would cut them short (and, below ``min_size``, hand items to the
@@ -23,7 +24,8 @@ stage can fill a whole batch at once, whatever the others hold, and batches are 
 exactly as by a plain loop. The run logs it, and the statistics show both sizes.
 
 ``busy`` counts the run's tasks that are doing work (calls, expansions, the pump while it
-reads); a task waiting here for room does not count.
+reads); a task waiting here for room does not count, from the moment it waits until the
+moment it is woken.
 """
 
 from __future__ import annotations
@@ -138,10 +140,17 @@ class Window:
             if future.done():
                 continue
             if self.may_proceed(sentinel, expansion):
-                future.set_result(False)
+                self._wake(future, False)
             else:
                 still.append(waiter)
         self.waiting = still  # the woken are off the list: no more scans for them
+
+    def _wake(self, future: asyncio.Future[bool], past_the_window: bool) -> None:
+        """Let a waiter go on. It counts as busy from now, not from when its task resumes:
+        in between, a stall check must not think nothing works (it flushed partial
+        batches while a woken generator was about to produce)."""
+        future.set_result(past_the_window)
+        self.busy += 1
 
     async def wait_for_room(
         self, sentinel: Sentinel | None = None, expansion: bool = False
@@ -166,7 +175,8 @@ class Window:
             finally:
                 if waiter in self.waiting:
                     self.waiting.remove(waiter)
-                self.busy += 1
+                if waiter[0].cancelled() or not waiter[0].done():
+                    self.busy += 1  # (not woken by _wake, which counted it)
                 if sentinel is not None:
                     sentinel.on_front = None
         if self.on_wait is not None:
@@ -189,13 +199,16 @@ class Window:
                 return
             if self.can_drain():
                 return  # the consumer will make room (and wake the waiters)
-            if self.flush_batch():
-                continue
+            # A generator first: its own item may hold the slot that items queued behind
+            # a concurrency_limit wait for, and one item past the window changes no
+            # result, where a batch sent off short would change its composition.
             for index, (future, _, expansion) in enumerate(self.waiting):
                 if expansion and not future.done():
                     del self.waiting[index]
-                    future.set_result(True)
+                    self._wake(future, True)
                     return
+            if self.flush_batch():
+                continue
             return
 
     def close(self) -> None:
