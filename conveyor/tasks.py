@@ -222,7 +222,8 @@ class BatchTask(BaseTask[In, Out]):
     statistics); and when ``max_in_flight_bytes`` admits fewer large items than a batch
     holds. A run's window (``max_in_flight``) is raised to hold a whole batch of every
     batch stage at once, so it never cuts a batch short. Ordered runs compose batches in
-    input order, as-completed runs in arrival order. ``concurrency_limit`` (default 1) bounds how many batches run at once.
+    input order, as-completed runs in arrival order. ``concurrency_limit`` (default 1)
+    bounds how many batches run at once.
     """
 
     _batch = True
