@@ -85,6 +85,60 @@ async def test_partial_batches_are_flushed_when_only_they_are_left() -> None:
     assert sorted(out) == list(range(50))
 
 
+@pytest.mark.parametrize("mode", ["ordered", "as_completed"])
+async def test_the_remainder_rule_is_the_same_as_for_a_list(mode: str) -> None:
+    """One rule: a Feedback's last partial batch below min_size is dropped and counted,
+    as a list's is (it used to be sent off: [(1, 2, 3), (4,)])."""
+
+    @batch_task(min_size=3)
+    def group(ns: list[int]) -> tuple[int, ...]:
+        return tuple(ns)
+
+    for source in ([1, 2, 3, 4], Feedback([1, 2, 3, 4])):
+        stream = group.with_execution_mode(mode)(source)
+        assert await stream.collect() == [(1, 2, 3)]
+        assert stream.stats.stages[0].remainder_dropped == 1
+
+
+async def test_a_remainder_of_min_size_goes_and_its_results_feed_on() -> None:
+    """At the feed's end a remainder of at least min_size is sent off; what its results
+    put keeps the run going."""
+
+    @batch_task(min_size=2, max_size=4)
+    def group(ns: list[int]) -> tuple[int, ...]:
+        return tuple(ns)
+
+    feed = Feedback([1, 2, 3, 4, 5, 6])
+    out = []
+    async for batch in group(feed):
+        out.append(batch)
+        if batch == (5, 6):
+            feed.extend([7, 8, 9])
+    assert out == [(1, 2, 3, 4), (5, 6), (7, 8, 9)]
+
+
+async def test_a_feedback_input_is_weighed() -> None:
+    """40 items of 1 MiB under a 4 MiB byte bound: a few at a time, as a generator of the
+    same items is (a Feedback's items used to be all admitted at once)."""
+    most = 0
+    now = 0
+
+    @single_task
+    async def hold(block: bytes) -> int:
+        nonlocal most, now
+        now += 1
+        most = max(most, now)
+        await asyncio.sleep(0.001)
+        now -= 1
+        return len(block)
+
+    blocks = [bytes(1 << 20) for _ in range(40)]
+    stream = hold.with_context(max_in_flight_bytes=4 << 20)(Feedback(blocks))
+    assert await stream.collect() == [1 << 20] * 40
+    assert most <= 4
+    assert stream.stats.input_admitted_at_once == 4
+
+
 async def test_a_consumer_busy_elsewhere_is_waited_for() -> None:
     feed = Feedback([0])
     seen = []

@@ -204,10 +204,10 @@ async def _pump_feedback(run: Run, feed: Feedback[Any]) -> None:
         """Nothing works, or the consumer started waiting: is the run over?"""
         if waiter is None or feed.queue or run.consumer is None or window.busy:
             return
+        if window.tokens:
+            run.input_ended()  # (partial batches: flushed, or dropped below min_size)
         if not window.tokens:
             wake()  # (the pump sees it and ends)
-        else:
-            run.input_ended()  # (partial batches: flushed, or dropped below min_size)
 
     feed.loop, feed.thread, feed.wake = run.loop, threading.get_ident(), wake
     window.on_idle = run.on_consumer_wait = idle
