@@ -5,7 +5,8 @@ what is sampled:
 
 * **Exact:** items into and out of each stage (out = what the next stage received, or
   the results of the last stage), retries, and calls that failed for good (``failed``,
-  ``skipped``, ``emitted`` as a :class:`~conveyor.errors.Failure`); batches, their mean
+  ``skipped``, ``emitted`` as a :class:`~conveyor.errors.Failure`), calls whose function
+  passed nothing on (``dropped``: ``None``, ``[]``, an empty generator); batches, their mean
   size, how many ``max_wait`` flushed, and the items the remainder rule dropped
   (``remainder_dropped``); the run's window (``max_in_flight``, raised to fit batches);
   results, time to the first, items per second,
@@ -119,6 +120,9 @@ class StageStats:
     offload: Offload | None = None
     items_per_second: float | None = None  # items out / the run's elapsed time
     rate_limit: str | None = None  # e.g. "10 calls per 1 s"
+    dropped: int = 0
+    """Calls whose function passed nothing on: it returned ``None`` or an empty list, or its
+    generator yielded nothing (items skipped by the error policy are ``skipped``)."""
     remainder_dropped: int | None = None
     """Batch stages: items the remainder rule dropped at the end of the input (fewer than
     ``min_size`` left over); ``None`` for single stages."""

@@ -179,6 +179,7 @@ class Counts:
 
     items_in: int = 0
     items_out: int = 0
+    dropped: int = 0
     skipped: int = 0
     emitted: int = 0
     failed: int = 0
@@ -236,7 +237,9 @@ def reference(
                     out.append(x)
                     continue
                 if not s.fails(x):
-                    out += _single_outputs(s, x)
+                    values = _single_outputs(s, x)
+                    out += values
+                    c.dropped += not values
                     continue
                 if s.op in ("gen", "agen"):  # values before the error stay; no retries
                     done = _gen_failure(s, x)

@@ -128,6 +128,7 @@ def check_stats(outcome: Outcome, counts: list[Counts], *, exact_batches: bool =
         got = Counts(
             items_in=stage.items_in,
             items_out=stage.items_out,
+            dropped=stage.dropped,
             skipped=stage.skipped,
             emitted=stage.emitted,
             failed=stage.failed,

@@ -10,10 +10,11 @@ import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from conveyor import PipelineContext, batch_task, single_task
+from conveyor import Failure, PipelineContext, batch_task, single_task
 from conveyor._engine._histogram import Histogram
 from conveyor._engine._stage import SingleStage
 from conveyor.stats import RunStats
@@ -313,3 +314,33 @@ async def test_the_inputs_own_figures_are_in_the_statistics() -> None:
     plain = keep_even(range(3))
     await plain.collect()
     assert plain.stats.input is None
+
+
+async def test_every_item_is_accounted_for_in_the_counts() -> None:
+    """Each item that reaches a stage is passed on, dropped by the function (None, [], an
+    empty generator), or handled by the policy (skipped, emitted, failed), counted apart."""
+
+    @single_task(on_error="skip_item")
+    def keep_even(x: int) -> int | None:
+        if x == 7:
+            raise ValueError(x)
+        return x if x % 2 == 0 else None
+
+    @single_task
+    def copies(x: int) -> Any:
+        yield from [x] * (x % 3)  # no copies of multiples of 3: an empty generator
+
+    @batch_task(max_size=4, min_size=2, on_error="emit")
+    def total(xs: list[int]) -> int:
+        if 4 in xs:
+            raise ValueError(xs)
+        return sum(xs)
+
+    stream = (keep_even | copies | total)(range(10))
+    out = await stream.collect()
+    first, second, third = stream.stats.stages
+    assert (first.items_in, first.items_out, first.dropped, first.skipped) == (10, 5, 4, 1)
+    assert (second.items_in, second.items_out, second.dropped) == (5, 5, 2)  # 0 and 6
+    # [2, 2, 4, 8] fails: four Failures; [8] is the remainder, below min_size
+    assert (third.items_in, third.batches, third.emitted, third.remainder_dropped) == (5, 1, 1, 1)
+    assert len(out) == 4 and all(isinstance(f, Failure) for f in out)

@@ -54,6 +54,7 @@ async def _expand(
     loop_time = run.loop.time
     deadline = loop_time() + PUMP_SLICE
     count = 0
+    produced = 0  # children passed on
     try:
         while not run.closed:
             if window.tokens - window.expanding >= window.limit:
@@ -71,6 +72,7 @@ async def _expand(
                 break
             count += 1
             if child is not None:
+                produced += 1
                 _produce(stage, sentinel, child)
             if not count & 63 and loop_time() >= deadline:
                 await asyncio.sleep(0)  # let the consumer (and everyone else) run
@@ -84,7 +86,11 @@ async def _expand(
         except BaseException as final:
             run.fail(final)
             return
-        for child in _as_items(result):
+        stand_ins = _as_items(result)
+        if not stand_ins and not produced:
+            stage.policy.passed_nothing += 1  # (skipped: not the function's drop)
+        for child in stand_ins:
+            produced += 1
             _produce(stage, sentinel, child)
     finally:
         if is_async:
@@ -93,6 +99,8 @@ async def _expand(
             gen.close()  # type: ignore[union-attr]
     if sentinel is not None:
         stage.list.resolve(sentinel, CLOSED)  # type: ignore[union-attr]
+    if not produced:  # (statistics: a generator that passed nothing on dropped its item)
+        stage.dropped += 1
     window.expanding -= 1
     window.release(1)
     stage.running -= 1

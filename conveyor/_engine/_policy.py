@@ -49,6 +49,7 @@ class Policy:
         "name",
         "on_final",
         "on_retry",
+        "passed_nothing",
         "retry",
         "tally",
     )
@@ -63,6 +64,9 @@ class Policy:
         self.on_retry: Callable[[BaseException, int], None] | None = None
         self.on_final: Callable[[str], None] | None = None
         self.tally = dict.fromkeys(_log.OUTCOMES, 0)
+        # Calls whose stand-in passes nothing on (skipped, or a batch whose every item was
+        # left out): the stage's drops less these are the items its function dropped.
+        self.passed_nothing = 0
 
     def annotate(self, exc: BaseException, item: Any) -> BaseException:
         return annotate(exc, self.name, item, self.batch)
@@ -97,7 +101,10 @@ class Policy:
             if go_on:
                 return value
         if self.batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1:
-            return await self._isolate(item)
+            kept = await self._isolate(item)
+            if not kept:
+                self.passed_nothing += 1
+            return kept
         return self.final(exc, item, attempt)
 
     def final(self, exc: Exception, item: Any, attempt: int) -> Any:
@@ -110,6 +117,7 @@ class Policy:
             if self.batch:
                 return [Failure(one, exc, self.name, attempt) for one in item]
             return Failure(item, exc, self.name, attempt)
+        self.passed_nothing += 1
         return None  # skip_item / skip_batch
 
     async def generator_failed(self, exc: Exception, count: int) -> Any:

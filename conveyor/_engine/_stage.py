@@ -68,6 +68,7 @@ class Stage(Sink):
         "context",
         "downstream",
         "draining",
+        "dropped",
         "executor",
         "futures",
         "gate",
@@ -117,6 +118,7 @@ class Stage(Sink):
         self.list: OrderList | None = None  # the reorder list this stage emits into
         self.running = 0
         self.inflight = 0
+        self.dropped = 0  # calls that passed nothing on (function or policy: see _policy)
         self.pending: deque[tuple[Any, Any]] = deque()
         self.draining = False
         self.is_batch = spec.batch
@@ -273,6 +275,7 @@ class Stage(Sink):
             self.downstream.push(result, node)
 
     def drop(self, node: Any) -> None:
+        self.dropped += 1
         if node is None:
             self.window.release(1)
         else:

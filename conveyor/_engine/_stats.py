@@ -287,6 +287,7 @@ class Collector:
                     ),
                     "max_wait_flushes": record.timer_flushes if stage.is_batch else None,
                     "remainder_dropped": getattr(stage, "remainder_dropped", None),
+                    "dropped": stage.dropped - stage.policy.passed_nothing,
                     "offload": _offload(stage),
                 }
             )
