@@ -218,3 +218,13 @@ def test_pipeline_run_closes_its_source_on_an_error(kind: str, tmp_path: Path) -
     with pytest.raises(Bad):
         fails_at_the_third.run(source)
     assert is_closed(source)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_leaving_pipeline_iter_closes_its_source(kind: str, tmp_path: Path) -> None:
+    source = make_source(kind, tmp_path)
+    results = slow.iter(source)
+    for _ in results:
+        break
+    results.close()  # (what dropping the iterator does, now)
+    assert is_closed(source)
