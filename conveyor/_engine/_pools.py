@@ -60,7 +60,8 @@ class PoolExecutor:
         return calls
 
     def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        raise RuntimeError("a run-scoped executor is used once the run has opened it")
+        """The calls on the pool, outside a run (a run binds what :meth:`open` gives)."""
+        return PoolCalls(self.pool).bind(invoke)
 
     def __repr__(self) -> str:
         return f"{type(self.pool).__name__}"
@@ -77,11 +78,19 @@ class PoolCalls:
 
     def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
         submit = self.pool.submit
-        copy_context = contextvars.copy_context
         futures = self.futures
+        if isinstance(self.pool, concurrent.futures.ThreadPoolExecutor):
+            copy_context = contextvars.copy_context
+
+            def call(item: Any) -> concurrent.futures.Future[Any]:
+                return submit(copy_context().run, invoke, item)
+        else:  # (another pool: the call as is; a run sends those to Processes)
+
+            def call(item: Any) -> concurrent.futures.Future[Any]:
+                return submit(invoke, item)
 
         def in_thread(item: Any) -> concurrent.futures.Future[Any]:
-            future = submit(copy_context().run, invoke, item)
+            future = call(item)
             futures.append(future)
             if len(futures) > 2 * self.pruned + 64:  # amortised: O(1) per call
                 futures[:] = [kept for kept in futures if not kept.done()]
