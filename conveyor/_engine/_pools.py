@@ -1,7 +1,8 @@
 """Executors on pools: a user's thread pool, and the process pools of a run.
 
 * :class:`PoolExecutor`: a ``concurrent.futures`` thread pool the user passes; one item
-  per call, in a copy of the run's context. Never shut down by conveyor.
+  per call, in a copy of the run's context. Never shut down by conveyor; per run
+  (:class:`PoolCalls`) the run's end waits for its own calls still running there.
 * :class:`Processes`: ``executor="process"`` / ``"process:N"``, or a process pool the user
   passes (``ProcessPoolExecutor``, loky, any ``concurrent.futures.Executor`` that is not
   a thread pool): calls travel in measured chunks (``_chunks``).
