@@ -348,6 +348,20 @@ class StageSpec:
 
     def __post_init__(self) -> None:
         executor = self.options.executor
+        if self.resources and sends_work_away(executor):
+            # Pickling a resource would give every worker a copy of its own: the calls
+            # would use the copies and the run's resource would see none of them.
+            names = ", ".join(repr(key) for key, _ in self.resources)
+            where = repr(executor) if isinstance(executor, str) else type(executor).__name__
+            raise TypeError(
+                f"task {self.name!r} has resources ({names}) and executor={where}: "
+                f"its resource {self.resources[0][0]!r} lives in this process and cannot "
+                f"be sent to a worker process (each worker would get a copy, and the "
+                f"run's resource would see none of the calls). A task with resources "
+                f"runs on the loop or on threads: use executor='thread' (or the default), "
+                f"or give the CPU-bound part a task of its own, without resources, on "
+                f"executor={where}."
+            )
         if sends_work_away(executor) and (
             inspect.iscoroutinefunction(self.func) or inspect.isasyncgenfunction(self.func)
         ):

@@ -76,6 +76,8 @@ class Feedback(Generic[T]):
         """Add ``item`` to the work; False if it was dropped (seen, or over ``max_items``)."""
         if self.thread is not None and threading.get_ident() != self.thread:
             assert self.loop is not None
+            if self.key is not None:  # (an unhashable item fails here, in the caller)
+                _key_of(self, item)
             self.loop.call_soon_threadsafe(self.put, item)  # (in order, before its result)
             return True
         if self.ended:
@@ -87,7 +89,7 @@ class Feedback(Generic[T]):
             self.dropped += 1
             return False
         if self.key is not None:
-            key = self.key(item)
+            key = _key_of(self, item)
             if key in self.seen:
                 self.dropped += 1
                 return False
@@ -111,3 +113,30 @@ class Feedback(Generic[T]):
 
 def _identity(item: Any) -> Any:
     return item
+
+
+def _key_of(feed: Feedback[Any], item: Any) -> Hashable:
+    """The key ``feed`` remembers ``item`` by, or a TypeError naming ``key=`` and the item."""
+    assert feed.key is not None
+    key = feed.key(item)
+    try:
+        hash(key)
+    except TypeError as exc:
+        shown = repr(item)
+        shown = shown if len(shown) <= 80 else f"{shown[:77]}..."
+        if feed.key is _identity:
+            why = (
+                f"Feedback(unique=True) remembers the items it has seen by their hash, and "
+                f"the item {shown} ({type(item).__name__}) is unhashable ({exc})"
+            )
+        else:
+            why = (
+                f"Feedback's key= function returned {type(key).__name__} {key!r:.80} for the "
+                f"item {shown}, which is unhashable ({exc})"
+            )
+        raise TypeError(
+            f"{why}: give key= a function of an item returning a hashable value, e.g. "
+            f"Feedback(items, key=tuple) for lists, key=lambda item: item['url'] for "
+            f"dicts, or key=repr"
+        ) from exc
+    return key

@@ -6,6 +6,7 @@ real calls whose nature is unmistakable (a sleep waits, a busy loop computes).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -111,3 +112,24 @@ async def test_async_and_generator_functions_stay_inline() -> None:
 
     assert await (fetch | expand)(range(3)).collect() == [0, 1, 2]
     assert "chose inline" in repr(fetch) and "chose inline" in repr(expand)
+
+
+async def test_a_task_with_a_resource_never_goes_to_processes() -> None:
+    """A computing function would go to processes, but its resource belongs to the run:
+    a worker would get a copy (the run's resource saw 8 of 300 calls). It goes to threads
+    instead (off the loop), and the resource sees every call."""
+    box: list[int] = []
+    task = single_task(executor="auto")(workers.spin_into).with_inputs(0.002)
+    task = task.with_resources(box=lambda: contextlib.nullcontext(box))
+    assert await task(range(300)).collect() == list(range(300))
+    assert sorted(box) == list(range(300))
+    assert "chose process" not in repr(task)
+    if "it waits" not in repr(task):  # (a loaded machine may see it wait: threads too)
+        assert "chose thread" in repr(task) and "resources" in repr(task)
+    assert multiprocessing.active_children() == []
+
+
+def test_the_rule_keeps_a_task_that_stays_in_this_process() -> None:
+    choice, reason = choose(5 * MS, 5 * MS, 0.01 * MS, multicore=True, stays="it has resources")
+    assert choice == "thread" and "it has resources" in reason
+    assert choose(0.5 * MS, 0.5 * MS, 0.01 * MS, multicore=True, stays="x")[0] == "inline"

@@ -222,3 +222,34 @@ def test_every_reachable_node_exactly_once(
     run_on_virtual_clock(main(), errors)
     assert not errors
     assert sorted(seen) == sorted(reachable)
+
+
+async def test_unhashable_items_of_a_unique_feed_name_key_and_the_item() -> None:
+    """A bare ``TypeError: unhashable type`` said neither what needs hashing nor how to
+    fix it: the constructor, ``put`` (on the loop and from a task's thread) name ``key=``
+    and the item."""
+    with pytest.raises(TypeError, match=r"unique=True.*item \[1, 2\] \(list\).*key="):
+        Feedback([[1, 2]], unique=True)
+    feed: Feedback[Any] = Feedback(unique=True)
+    with pytest.raises(TypeError, match=r"item \{'url': 'a'\} \(dict\).*key=lambda item"):
+        feed.put({"url": "a"})
+    by_key: Feedback[Any] = Feedback(key=lambda item: item)
+    with pytest.raises(TypeError, match=r"key= function returned dict.*for the item"):
+        by_key.put({"url": "a"})
+    assert Feedback([[1, 2], [1, 2]], key=tuple).accepted == 1  # the fix it names
+
+    errors: list[BaseException] = []
+
+    @single_task(executor="thread:1")
+    def grows(n: int) -> int:
+        if n == 0:
+            try:
+                feed.put([n])
+            except TypeError as exc:
+                errors.append(exc)
+        return n
+
+    feed = Feedback([0], unique=True)
+    assert await grows(feed).collect() == [0]
+    [error] = errors  # raised in the thread that put it, not lost on the loop
+    assert "key=" in str(error) and "[0]" in str(error)

@@ -14,6 +14,9 @@ import hashlib
 import itertools
 import multiprocessing
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -329,6 +332,48 @@ async def test_files_yields_dangling_links_and_skips_links_to_directories(tree: 
     (tree / "a" / "loop").symlink_to(tree)  # not followed: no endless walk
     names = [path.name async for path in files(tree)]
     assert "link-to-gone" in names and "loop" not in names and len(names) == 7
+
+
+async def test_a_glob_does_not_follow_links_to_directories(tree: Path) -> None:
+    """``**`` went through a link back up: 41 paths ``a/up/a/up/...`` for one file."""
+    (tree / "a" / "up").symlink_to("..")
+    (tree / "c" / "elsewhere").symlink_to(tree / "a" / "b")
+    (tree / "c" / "e.csv").symlink_to(tree / "a" / "z.csv")  # a link to a file: a file
+    assert await listed(files(f"{tree}/**/*.csv")) == [
+        f"{tree.as_posix()}/{name}" for name in ["a/z.csv", "c/d.csv", "c/e.csv"]
+    ]
+    assert await listed(files(f"{tree}/**/*")) == await listed(files(tree))
+    # A link the pattern names is followed, as a directory given to files() is.
+    assert await listed(files(f"{tree}/c/elsewhere/*.txt")) == [
+        f"{tree.as_posix()}/c/elsewhere/c.txt"
+    ]
+
+
+def test_a_glob_through_two_links_up_ends(tree: Path) -> None:
+    """Two links back up made glob's ``**`` run forever: the listing never yielded, and
+    its thread kept the process from exiting. In a process of its own, with a timeout."""
+    (tree / "a" / "up").symlink_to("..")
+    (tree / "c" / "up").symlink_to("..")
+    program = textwrap.dedent(
+        f"""
+        import asyncio
+        from conveyor.sources import files
+
+        async def main():
+            return [p.name async for p in files({f"{tree}/**/*.csv"!r})]
+
+        print(sorted(asyncio.run(main())))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['d.csv', 'z.csv']"
 
 
 async def test_a_missing_path_in_a_list_is_reported_when_reached(tree: Path) -> None:

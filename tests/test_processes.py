@@ -171,9 +171,8 @@ async def test_a_resource_cannot_go_to_a_process() -> None:
             pass
 
     task = single_task(executor="process:1")(workers.square)
-    task = task.with_resources(session=Session)
     with pytest.raises(TypeError, match=r"resource 'session'.*cannot be sent to a worker"):
-        await task([1]).collect()
+        task.with_resources(session=Session)  # (refused when the task is made)
 
 
 async def test_an_item_or_result_that_cannot_be_pickled_fails_alone() -> None:

@@ -260,3 +260,75 @@ async def test_a_call_still_running_on_a_users_pool_ends_before_its_resource_clo
         loop.set_exception_handler(previous)
     assert events == ["call ended", "closed"]
     assert reported == []
+
+
+def _record(x: int, *, box: list[int]) -> int:
+    box.append(x)
+    return x
+
+
+@pytest.mark.parametrize("kind", ["process", "process:2", "ProcessPoolExecutor", "dask"])
+def test_a_resource_on_a_task_sent_to_other_processes_is_refused_when_the_task_is_made(
+    kind: str,
+) -> None:
+    """A resource pickled into worker processes would be a copy per worker: the calls
+    would use the copies, and the run's resource would see none of them (it returned
+    results while the resource saw []). Refused at once, naming the task and the fix,
+    whichever way round the task is made."""
+    import concurrent.futures
+
+    collector: list[int] = []
+    with contextlib.ExitStack() as stack:
+        executor: Any = kind
+        if kind == "ProcessPoolExecutor":
+            executor = stack.enter_context(concurrent.futures.ProcessPoolExecutor(1))
+        elif kind == "dask":
+            distributed = pytest.importorskip("distributed")
+            executor = stack.enter_context(
+                distributed.Client(
+                    processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
+                )
+            )
+        task = single_task(executor=executor)(_record)
+        with pytest.raises(TypeError) as caught:
+            task.with_resources(box=lambda: contextlib.nullcontext(collector))
+        message = str(caught.value)
+        assert "task '_record'" in message and "resource 'box'" in message
+        assert "cannot be sent to a worker process" in message
+        assert "executor='thread'" in message  # the fix
+        with pytest.raises(TypeError, match="resource 'box'"):  # the other way round
+            SingleTask(_record, executor=executor).with_resources(box=list).with_inputs()
+    assert collector == []
+
+
+async def test_a_timed_out_call_on_a_users_pool_ends_before_its_resource_closes() -> None:
+    """A call that timed out on the user's ThreadPoolExecutor runs on (a thread cannot be
+    stopped): the resource closes only after it ended, as with ``executor="thread:4"``
+    (it was closed under the call: 'call 1 ends, db open=False')."""
+    import concurrent.futures
+
+    events: list[str] = []
+
+    class Db:
+        open = False
+
+    @contextlib.contextmanager
+    def db() -> Iterator[Db]:
+        connection = Db()
+        connection.open = True
+        yield connection
+        events.append("close")
+        connection.open = False
+
+    def call(x: int, *, db: Db) -> int:
+        time.sleep(0.3)
+        events.append(f"call {x} ends, db open={db.open}")
+        return x
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for executor in (pool, "thread:4"):
+            events.clear()
+            task = single_task(executor=executor, timeout=0.05, on_error="skip_item")(call)
+            assert await task.with_resources(db=db)(range(2)).collect() == []
+            assert sorted(events[:2]) == ["call 0 ends, db open=True", "call 1 ends, db open=True"]
+            assert events[2:] == ["close"], (executor, events)

@@ -375,3 +375,18 @@ def test_run_propagates_exceptions() -> None:
 
     with pytest.raises(KeyError):
         conveyor.run(main())
+
+
+async def test_a_failed_stream_raises_its_error_once_then_yields_nothing() -> None:
+    """As docs/api.md says: a stream that has ended -- here by failing -- yields nothing
+    when iterated again (no RuntimeError)."""
+
+    @single_task
+    def fails(x: int) -> int:
+        raise ValueError(x)
+
+    stream = fails([1, 2])
+    with pytest.raises(ValueError):
+        await stream.collect()
+    assert await stream.collect() == []
+    assert [x async for x in stream] == []

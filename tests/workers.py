@@ -109,3 +109,10 @@ from conveyor import single_task  # noqa: E402  (below: a task decorated in plac
 def decorated_cube(x: int) -> int:
     """The name ``decorated_cube`` holds the task: workers still find its function."""
     return x**3
+
+
+def spin_into(x: int, seconds: float, *, box: list[int]) -> int:
+    """``spin``, then record the item in the run's resource ``box`` (tests/test_auto.py)."""
+    spin(x, seconds)
+    box.append(x)
+    return x

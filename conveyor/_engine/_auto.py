@@ -10,7 +10,9 @@ of the calling thread (``thread_time``), and what pickling the item and the resu
   library releasing the GIL);
 * **process** if it computes (CPU at least half of the wall time), one call is worth at
   least :data:`PAYOFF` x its measured transfer and hand-off cost, the function pickles,
-  and there is more than one core;
+  there is more than one core, and nothing keeps it in this process: a task with
+  resources (``with_resources``) never goes to a process, since the calls there would
+  use copies of the run's resources;
 * otherwise **thread** for a call slower than :data:`LOOP_BUDGET` (it would hold the
   event loop too long) and **inline** below it.
 
@@ -61,18 +63,28 @@ LOOP_BUDGET = 1e-3
 """A CPU-bound call that cannot go to a process runs on a thread above 1 ms."""
 
 
-def choose(wall: float, cpu: float, transfer: float | None, multicore: bool) -> tuple[str, str]:
+def choose(
+    wall: float, cpu: float, transfer: float | None, multicore: bool, stays: str | None = None
+) -> tuple[str, str]:
     """The rule (see the module doc): ``(choice, reason)`` for a call's mean wall and CPU
-    seconds and its transfer seconds (``None``: the function cannot be pickled)."""
+    seconds and its transfer seconds (``None``: the function cannot be pickled).
+    ``stays`` says why the calls must stay in this process (``None``: nothing does)."""
     timing = f"{wall * 1e3:.3g} ms wall, {cpu * 1e3:.3g} ms CPU per call"
     if wall < CHEAP:
         return "inline", f"{timing}: cheaper than a hand-off"
     if cpu < 0.5 * wall:
         return "thread", f"{timing}: it waits"
-    if transfer is not None and multicore and wall >= PAYOFF * (transfer + HAND_OFF):
+    if (
+        stays is None
+        and transfer is not None
+        and multicore
+        and wall >= PAYOFF * (transfer + HAND_OFF)
+    ):
         return "process", f"{timing}, {transfer * 1e3:.2g} ms transfer: it computes"
     why = (
-        "cannot be pickled"
+        stays
+        if stays is not None
+        else "cannot be pickled"
         if transfer is None
         else "one core"
         if not multicore
@@ -103,6 +115,8 @@ class Auto:
         self.pickles = True
         self.routes: dict[str, Callable[[Any], Any]] = {}
         self.processes: Any = None
+        # Resources belong to the run, in this process: a worker would get a copy.
+        self.stays = "it has resources, which stay in this process" if spec.resources else None
 
     async def open(self, stack: contextlib.AsyncExitStack, shared: dict[Any, Any]) -> Auto:
         self.stack, self.shared = stack, shared
@@ -134,7 +148,12 @@ class Auto:
         wall, cpu = time.perf_counter(), time.thread_time()
         result = self.invoke(item)
         self.sample(time.perf_counter() - wall, time.thread_time() - cpu)
-        if self.transfer is None and self.pickles and kind_of(type(result)) != AWAIT:
+        if (
+            self.transfer is None
+            and self.pickles
+            and self.stays is None
+            and kind_of(type(result)) != AWAIT
+        ):
             self.measure_transfer(item, result)
         if self.calls == FIRST:
             self.recheck()
@@ -181,7 +200,7 @@ class Auto:
         wall = statistics.median(wall for wall, _ in samples)
         cpu = statistics.median(cpu for _, cpu in samples)
         transfer = self.transfer if self.pickles else None
-        choice, reason = choose(wall, cpu, transfer, cores() > 1)
+        choice, reason = choose(wall, cpu, transfer, cores() > 1, self.stays)
         if choice != self.choice or not self.announced:
             self.announced = True
             self.decided(choice, reason)

@@ -129,7 +129,7 @@ async def close_resources(
 
     The caller (the run's supervisor) may be cancelled at any point, even before this
     starts (a call that fails at once cancels the run from inside the supervisor's own
-    step), so the closing runs in a task of its own that is always awaited to its end.
+    step), so the closing runs to its end (see :func:`complete`).
     """
     supervisor = asyncio.current_task()
 
@@ -144,9 +144,36 @@ async def close_resources(
                     call.exception()
         await stack.aclose()
 
-    closing = asyncio.get_running_loop().create_task(close())
-    try:
-        await asyncio.shield(closing)
-    except asyncio.CancelledError:
-        await closing
-        raise
+    await complete(close())
+
+
+async def complete(closing: Awaitable[Any]) -> None:
+    """Await ``closing`` (a clean-up) to its end, even if the caller is cancelled meanwhile.
+
+    A run's clean-up happens while the run is being cancelled: its supervisor may hold a
+    cancellation not yet delivered (the run failed from inside the supervisor's own step)
+    or receive one while it waits. Awaited directly, the clean-up would be cancelled at
+    its first ``await``, half-way (a source's thread left reading, its file open). So it
+    runs in a task of its own, awaited to its end however often the caller is cancelled;
+    then the caller's cancellation goes on. (Only the clean-up's own cancellation, as at
+    the event loop's shutdown, stops it.)
+    """
+    if not inspect.iscoroutine(closing):  # (an async generator's aclose() is not one)
+        closing = _awaited(closing)
+    task = asyncio.get_running_loop().create_task(closing)
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done():  # the clean-up itself was cancelled (or ended meanwhile)
+                raise
+            cancelled = exc  # the caller's: delivered once the clean-up has ended
+            continue
+        break
+    if cancelled is not None:
+        raise cancelled
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable

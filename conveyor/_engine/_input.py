@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import Failure
 from ..feedback import Feedback
+from ._bind import complete
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -246,9 +247,15 @@ async def _pump_feedback(run: Run, feed: Feedback[Any]) -> None:
 
 
 async def close_source(source: Any) -> None:
-    """Close an input the run was given: async generators/streams and generators."""
+    """Close an input the run was given: async generators/streams and generators.
+
+    The closing runs to its end even if the caller (the run's supervisor, being
+    cancelled with the run) is cancelled meanwhile (see ``_bind.complete``): a source
+    that reads on a thread is closed and its thread has ended when this returns or
+    raises, on every exit of the run, errors included.
+    """
     aclose = getattr(source, "aclose", None)
     if aclose is not None and (inspect.isasyncgen(source) or hasattr(source, "__anext__")):
-        await aclose()
+        await complete(aclose())
     elif inspect.isgenerator(source):
         source.close()

@@ -1,7 +1,8 @@
 """Executors on pools: a user's thread pool, and the process pools of a run.
 
 * :class:`PoolExecutor`: a ``concurrent.futures`` thread pool the user passes; one item
-  per call, in a copy of the run's context. Never shut down by conveyor.
+  per call, in a copy of the run's context. Never shut down by conveyor; per run
+  (:class:`PoolCalls`) the run's end waits for its own calls still running there.
 * :class:`Processes`: ``executor="process"`` / ``"process:N"``, or a process pool the user
   passes (``ProcessPoolExecutor``, loky, any ``concurrent.futures.Executor`` that is not
   a thread pool): calls travel in measured chunks (``_chunks``).
@@ -32,7 +33,7 @@ from ._calls import Executor
 from ._chunks import Chunker, run_chunk
 from ._pickling import dump_function
 
-__all__ = ["PoolExecutor", "Processes", "cores"]
+__all__ = ["PoolCalls", "PoolExecutor", "Processes", "cores"]
 
 
 def cores() -> int:
@@ -44,22 +45,71 @@ def cores() -> int:
 class PoolExecutor:
     """A ``concurrent.futures`` thread pool the user passes (never shut down by conveyor).
 
-    Each call runs in its own copy of the run's context, as it would on the loop.
+    Each call runs in its own copy of the run's context, as it would on the loop. Per
+    run (:meth:`open`), the run's calls are :class:`PoolCalls`: conveyor cannot shut the
+    pool down, but the run waits for its own calls before it ends.
     """
 
     def __init__(self, pool: concurrent.futures.Executor) -> None:
         self.pool = pool
 
+    async def open(self, stack: contextlib.AsyncExitStack, shared: dict[Any, Any]) -> PoolCalls:
+        # Opened after the run's resources, so waited for before they close: a call that
+        # timed out or was left running by the run's end never sees a closed resource.
+        calls = PoolCalls(self.pool)
+        stack.push_async_callback(calls.wait)
+        return calls
+
+    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """The calls on the pool, outside a run (a run binds what :meth:`open` gives)."""
+        return PoolCalls(self.pool).bind(invoke)
+
+    def __repr__(self) -> str:
+        return f"{type(self.pool).__name__}"
+
+
+class PoolCalls:
+    """The calls of one run on a user's thread pool: their Futures are kept (on the loop)
+    until they are done, so that the run's end can wait for those still running."""
+
+    def __init__(self, pool: concurrent.futures.Executor) -> None:
+        self.pool = pool
+        self.futures: list[concurrent.futures.Future[Any]] = []
+        self.pruned = 0  # the length of ``futures`` after the last pruning
+
     def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
         submit = self.pool.submit
+        futures = self.futures
         if isinstance(self.pool, concurrent.futures.ThreadPoolExecutor):
             copy_context = contextvars.copy_context
 
-            def in_thread(item: Any) -> concurrent.futures.Future[Any]:
+            def call(item: Any) -> concurrent.futures.Future[Any]:
                 return submit(copy_context().run, invoke, item)
+        else:  # (another pool: the call as is; a run sends those to Processes)
 
-            return in_thread
-        return lambda item: submit(invoke, item)
+            def call(item: Any) -> concurrent.futures.Future[Any]:
+                return submit(invoke, item)
+
+        def in_thread(item: Any) -> concurrent.futures.Future[Any]:
+            future = call(item)
+            futures.append(future)
+            if len(futures) > 2 * self.pruned + 64:  # amortised: O(1) per call
+                futures[:] = [kept for kept in futures if not kept.done()]
+                self.pruned = len(futures)
+            return future
+
+        return in_thread
+
+    async def wait(self) -> None:
+        """Wait until every call of the run on the pool has ended (a call not started is
+        cancelled by the run's end, and one running cannot be: it runs to its end)."""
+        running = [asyncio.wrap_future(future) for future in self.futures if not future.done()]
+        self.futures.clear()
+        if running:
+            await asyncio.wait(running)
+        for call in running:  # (their outcome is the run's no more: retrieved, dropped)
+            if not call.cancelled():
+                call.exception()
 
     def __repr__(self) -> str:
         return f"{type(self.pool).__name__}"

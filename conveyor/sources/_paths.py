@@ -7,13 +7,14 @@ the consumer: the next batch is listed when the last one has been taken.
 Which entries are files: regular files, and symbolic links to them; and dangling links,
 whose target is gone, so that whatever reads them reports the missing file instead of it
 being skipped without a word. Directories are walked into (links to directories are not
-followed, which also keeps a link cycle from walking forever); special files (FIFOs,
-sockets, devices) are skipped, since reading one may block forever.
+followed, whether walking a directory or matching a glob pattern, which also keeps a link
+cycle from walking forever); special files (FIFOs, sockets, devices) are skipped, since
+reading one may block forever.
 """
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import itertools
 import os
 import re
@@ -56,13 +57,64 @@ def _entries(directory: str) -> list[os.DirEntry[str]]:
 
 
 def _glob(pattern: str, recursive: bool) -> Iterator[Path]:
-    # glob's order is the file system's; sorting the parts gives _walk's order.
-    found = [
-        Path(name)
-        for name in glob.glob(pattern, recursive=recursive)
-        if os.path.isfile(name) or (os.path.islink(name) and not os.path.exists(name))
-    ]
+    """The files ``pattern`` matches, as :func:`glob.glob` finds them (``**`` spans
+    directories when ``recursive``; ``*``, ``?`` and ``[...]`` do not match a leading dot
+    unless the pattern's part starts with one), but never through a link to a directory:
+    ``glob.glob`` follows them, so a link back up repeats paths (``a/up/a/up/...``) and
+    two such links make the matching never end."""
+    drive, rest = os.path.splitdrive(pattern)
+    if rest.endswith((os.sep, os.altsep or os.sep)):
+        return iter(())  # (it matches directories only: no file)
+    parts = rest.split(os.sep) if os.altsep is None else re.split(r"[\\/]", rest)
+    base = drive
+    if parts and parts[0] == "":  # an absolute pattern: its root is the first directory
+        base += os.sep
+        parts = parts[1:]
+    while len(parts) > 1 and not _MAGIC.search(parts[0]):  # literal directories
+        base = os.path.join(base, parts[0]) if base else parts[0]
+        parts = parts[1:]
+    if base and not os.path.isdir(base):
+        return iter(())
+    # glob's order is the file system's; sorting the parts gives _walk's order. (A set:
+    # "**/**" reaches a file by several paths, and glob.glob lists it once.)
+    found = set(_matches(base, [part for part in parts if part], recursive))
     return iter(sorted(found, key=lambda path: path.parts))
+
+
+def _matches(directory: str, parts: list[str], recursive: bool) -> Iterator[Path]:
+    """The files below ``directory`` whose path from it matches ``parts``."""
+    if not parts:
+        return
+    part, last = parts[0], len(parts) == 1
+    if part == "**" and recursive:
+        if not last:  # "**" as no directory at all
+            yield from _matches(directory, parts[1:], recursive)
+        for entry in _entries(directory or os.curdir):
+            if entry.name.startswith("."):
+                continue  # (glob's "**" does not enter hidden directories either)
+            if last and _is_file(entry):
+                yield Path(directory, entry.name)
+            elif entry.is_dir(follow_symlinks=False):  # not into a link: no cycle
+                yield from _matches(os.path.join(directory, entry.name), parts, recursive)
+        return
+    literal = not _MAGIC.search(part)
+    if literal:  # (a name the pattern spells out: a link there is followed, as a base's is)
+        entries = [entry for entry in _entries(directory or os.curdir) if entry.name == part]
+    else:
+        matcher = re.compile(fnmatch.translate(os.path.normcase(part)))
+        hidden = part.startswith(".")
+        entries = [
+            entry
+            for entry in _entries(directory or os.curdir)
+            if (hidden or not entry.name.startswith("."))
+            and matcher.match(os.path.normcase(entry.name))
+        ]
+    for entry in entries:
+        if last:
+            if _is_file(entry):
+                yield Path(directory, entry.name)
+        elif entry.is_dir(follow_symlinks=literal):
+            yield from _matches(os.path.join(directory, entry.name), parts[1:], recursive)
 
 
 def _each(paths: Iterable[Any], recursive: bool) -> Iterator[Path]:

@@ -20,6 +20,7 @@ and their meaning are :data:`READING_FIGURES`, the one statement of that contrac
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -178,9 +179,11 @@ class ThreadSource(AsyncIterator[T], Generic[T]):
         """Close the source: after any call in progress on its thread, which then ends.
 
         Waits until the file (or listing) is closed and the thread has ended; cancelling
-        the wait does not stop either. Items read but not yet taken are dropped; later
-        ``anext()`` calls raise ``StopAsyncIteration``. Closing twice, or closing a
-        source never iterated, is harmless.
+        the wait does not stop either (``closed`` becomes True once they are done). Items
+        read but not yet taken are dropped; later ``anext()`` calls raise
+        ``StopAsyncIteration``. Closing twice, or closing a source never iterated, is
+        harmless. (A pipeline run closes its input to the end on every exit, its own
+        cancellation included.)
         """
         if self._closed:
             return
@@ -194,9 +197,13 @@ class ThreadSource(AsyncIterator[T], Generic[T]):
         # One worker: the release runs after any call in progress. Shutting down now lets
         # the thread end after it, even if this coroutine is cancelled while waiting.
         released = asyncio.get_running_loop().run_in_executor(pool, self._release)
-        released.add_done_callback(_retrieve)
         pool.shutdown(wait=False)
+        # Finished when the release is done, whether or not this coroutine still waits.
+        released.add_done_callback(functools.partial(self._released, pool))
         await asyncio.shield(released)
+
+    def _released(self, pool: ThreadPoolExecutor, released: asyncio.Future[None]) -> None:
+        _retrieve(released)
         # The thread has nothing left to do: joining it is immediate, and leaves no thread.
         pool.shutdown(wait=True)
         self._finished = True
