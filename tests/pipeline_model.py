@@ -186,6 +186,8 @@ class Counts:
     retried: int = 0
     batches: int = 0
     remainder_dropped: int = 0
+    # The size of each batch (not a statistic: checked against the recorded calls)
+    sizes: list[int] = dataclasses.field(default_factory=list, compare=False)
 
 
 def _gen_failure(s: StageSpec, x: int) -> int:
@@ -196,6 +198,7 @@ def _gen_failure(s: StageSpec, x: int) -> int:
 def _flush(s: StageSpec, batch: list[int], name: str, per_item: bool, c: Counts) -> list[Any]:
     """A batch's outputs, counted."""
     c.batches += 1
+    c.sizes.append(len(batch))
     if any(map(s.fails, batch)):
         c.retried += s.retries - 1
         if s.policy == "skip_item":

@@ -10,11 +10,13 @@ ordered-run rule for a sentinel at the front), stall handling (``check_stall``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
 import pytest
 
+from conveyor import batch_task, single_task
 from conveyor._engine._order import OrderList
 from conveyor._engine._window import Window, sentinel_at_front
 
@@ -385,3 +387,45 @@ async def test_a_generator_let_through_produces_without_room() -> None:
     w.expanding = 1  # tokens - expanding == limit: no room for a child
     await asyncio.wait_for(w.wait_for_room(expansion=True), 1)  # stalled: let through
     assert w.busy == 1 and w.waiting == []
+
+
+@pytest.mark.parametrize("mode", ["ordered", "as_completed"])
+@pytest.mark.parametrize("sync", [False, True])
+async def test_a_generator_feeding_a_batch_stage_keeps_to_the_window(mode: str, sync: bool) -> None:
+    """In an ordered run a generator whose children a batch stage had taken counted them
+    as gone: with a window of 4 the run held 7,500 items (a bug hunt's find)."""
+
+    async def agen(x: int) -> Any:
+        for i in range(5000):
+            yield i
+
+    def gen(x: int) -> Any:
+        yield from range(5000)
+
+    @batch_task(max_size=2)
+    async def slow_save(batch: list[int]) -> int:
+        await asyncio.sleep(0)
+        return len(batch)
+
+    children = single_task(gen if sync else agen)
+    stream = (children | slow_save).with_context(max_in_flight=4, execution_mode=mode)([0])
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            assert stream._run is not None
+            peak = max(peak, stream._run.window.tokens)
+            await asyncio.sleep(0)
+
+    stream_started = stream.__aiter__()
+    watcher = asyncio.create_task(watch())
+    try:
+        async with asyncio.timeout(30):
+            out = [r async for r in stream_started]
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    assert out == [2] * 2500
+    assert peak <= 5  # the window, and one generator item past it

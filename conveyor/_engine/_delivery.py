@@ -67,7 +67,7 @@ class BatchFeeder:
         self.run = run
         self.batch = batch
         self.release: Callable[[int], None] = run.window.release
-        self.list = OrderList(self.walk)
+        self.list = OrderList(self.walk, reader_keeps_tokens=True)
         self.walking = False
 
     def sink(self) -> SegmentEnd:

@@ -24,6 +24,7 @@ from typing import Any
 __all__ = [
     "CLOSED",
     "EMPTY",
+    "KEPT",
     "OPEN",
     "PENDING",
     "Node",
@@ -52,6 +53,9 @@ OPEN: Any = _Marker("OPEN")
 """A sentinel whose generator may still add children before it."""
 CLOSED: Any = _Marker("CLOSED")
 """A sentinel whose generator has finished."""
+KEPT: Any = _Marker("KEPT")
+"""The value of the dummy head of a list whose reader keeps the tokens of the items it
+takes (a batch stage's feeder): taken from the list is not out of the window."""
 
 
 class Node:
@@ -79,8 +83,11 @@ class Sentinel(Node):
 class OrderList:
     __slots__ = ("head", "on_front", "tail")
 
-    def __init__(self, on_front: Callable[[], None]) -> None:
-        self.head = Node(EMPTY, None, None)  # dummy: head.next is the front
+    def __init__(self, on_front: Callable[[], None], *, reader_keeps_tokens: bool = False) -> None:
+        # The dummy (head.next is the front); its value says whether the list's reader
+        # gives an item's token back when it takes it (the consumer) or keeps it (a batch
+        # stage): the window's rule for a generator at the front needs to know.
+        self.head = Node(KEPT if reader_keeps_tokens else EMPTY, None, None)
         self.tail = self.head
         self.on_front = on_front
 

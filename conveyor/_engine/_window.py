@@ -5,9 +5,10 @@ waiting in a batch accumulator, or waiting to be delivered. The input pump and g
 expansions wait while ``tokens >= limit`` (``max_in_flight``), so memory is bounded
 whatever the input's length. Two rules keep the bound deadlock-free:
 
-* In an ordered run, a generator whose children have all been passed on by the reader of
-  its segment may always produce one more (otherwise items queued *behind* it could hold
-  the whole window while it waits for room).
+* In an ordered run, a generator whose children have all been taken by the consumer may
+  always produce one more (otherwise items queued *behind* it could hold the whole
+  window while it waits for room). Children a batch stage took still hold their tokens:
+  there the generator waits, and the stall rule below lets it on if it must.
 * When nothing is working (no call, no expansion, no pump progress) and someone waits for
   room, the run may be *stalled* (:meth:`Window.check_stall`). If the consumer has
   results to take, it is not: taking them makes room. Otherwise one waiting generator
@@ -34,7 +35,7 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._order import Sentinel
+from ._order import KEPT, Sentinel
 
 Waiter = tuple["asyncio.Future[bool]", "Sentinel | None", bool]
 """``(future, sentinel, expansion)``: the future's result is True for a waiter let through
@@ -127,10 +128,13 @@ class Window:
         # generators' own items, so expansions cannot starve each other.
         if self.tokens - self.expanding < self.limit:
             return True
-        # In an ordered run, a generator whose children have all been passed on may
-        # always go on: items behind it could otherwise hold the window forever.
+        # In an ordered run, a generator whose children have all been taken by the
+        # consumer may always go on: items behind it could otherwise hold the window
+        # forever. Not when a batch stage took them: they still hold their tokens there
+        # (a generator feeding a batch held 7,500 items in a window of 4); if items
+        # behind it do hold the window, the stall's last resort lets it go on.
         prev = None if sentinel is None else sentinel.prev
-        return prev is not None and prev.prev is None  # prev is the list's dummy head
+        return prev is not None and prev.prev is None and prev.value is not KEPT
 
     def wake_waiters(self) -> None:
         """Wake every waiter whose condition now holds (and only those)."""
