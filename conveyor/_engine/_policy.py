@@ -101,9 +101,10 @@ class Policy:
             if go_on:
                 return value
         if self.batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1:
+            skipped = self.tally["skipped"]
             kept = await self._isolate(item)
-            if not kept:
-                self.passed_nothing += 1
+            if not kept and self.tally["skipped"] - skipped == len(item):
+                self.passed_nothing += 1  # every item left out (not a part's None)
             return kept
         return self.final(exc, item, attempt)
 
