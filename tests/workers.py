@@ -109,3 +109,30 @@ from conveyor import single_task  # noqa: E402  (below: a task decorated in plac
 def decorated_cube(x: int) -> int:
     """The name ``decorated_cube`` holds the task: workers still find its function."""
     return x**3
+
+
+def die_at(x: int, at: int, how: str = "exit", once_file: str | None = None) -> int:
+    """Kills its own worker process on item ``at`` (``how``: "exit" is ``os._exit(1)``,
+    "sigkill" is SIGKILL); with ``once_file``, only the first time (a marker file), so a
+    retry of the item succeeds. ``at=-1`` kills on every item."""
+    if (x == at or at == -1) and (once_file is None or not Path(once_file).exists()):
+        if once_file is not None:
+            Path(once_file).touch()
+        if how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(1)
+    return x
+
+
+def count_then_fail(n: int) -> Any:
+    """Yields 0, 1, ... and raises ValueError after ``n`` values."""
+    yield from range(n)
+    raise ValueError(f"gave out after {n}")
+
+
+async def _double(x: int) -> int:
+    return 2 * x
+
+
+def returns_a_coroutine(x: int) -> Any:
+    return _double(x)

@@ -11,6 +11,33 @@ them, shared by the run's tasks that ask for the same kind and size, and closed 
 run ends, however it ends, once every process has exited. ``"process"`` means one
 process per core the process may use (``N`` is never capped). (Threads that conveyor
 owns are ``_threads``'.)
+
+**A worker that dies.** When one worker of a ``ProcessPoolExecutor`` dies, the pool
+fails *every* chunk it holds with ``BrokenProcessPool`` and terminates its other
+workers: the items of those chunks are innocent but for one. To tell which, each worker
+of a pool conveyor owns writes, in a shared array, the chunk and item it is starting
+(``_chunks.start_worker``), and conveyor keeps hold of the pool's worker processes
+(``multiprocessing.active_children()`` after a submit, until it has them all). The
+pool's manager thread fails the chunks *before* it terminates the other workers, so at
+the first failed chunk (:meth:`Generation.examine`, in that thread) the workers already
+dead are exactly those that died on their own; the item in a dead worker's slot killed
+it, and ``Process.exitcode`` says how (exit code or signal). Then:
+
+* that item fails with :class:`WorkerDied` ("the worker process running item 1000 died
+  (killed by SIGKILL)"), under its task's policy: retried (on the fresh pool), skipped,
+  emitted, or failing the run; counted once, like any failed call;
+* every other item of the broken chunks is sent again, first in line, on a fresh pool:
+  not a retry (the policy never sees it), not counted, answered once;
+* a pool that breaks :data:`RESTARTS` times in a row with no chunk completing in between
+  is not replaced again: every item waiting on it fails with :class:`PoolGaveUp`, which no
+  policy handles (``_policy.Unrecoverable``): the run fails, naming the task, the item
+  that killed the last worker and the bound. A function that kills every worker stops
+  there, not after one restart per item.
+
+A worker that died between items (killed from outside while idle) blames no item: its
+chunks are sent again, and the bound applies. A pool the user passes cannot be replaced
+(a broken ``ProcessPoolExecutor`` stays broken): when it breaks, the run fails with
+:class:`PoolGaveUp`, which names the fix (``executor="process:N"``).
 """
 
 from __future__ import annotations
@@ -20,19 +47,37 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
+import itertools
 import multiprocessing
 import os
+import pickle
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .._spec import StageSpec
+from ..errors import short_repr
 from ._calls import Executor
-from ._chunks import Chunker, run_chunk
+from ._chunks import Chunker, run_chunk, start_worker
 from ._pickling import dump_function
+from ._policy import Unrecoverable
 
-__all__ = ["PoolExecutor", "Processes", "cores"]
+__all__ = ["RESTARTS", "PoolExecutor", "PoolGaveUp", "Processes", "WorkerDied", "cores"]
+
+RESTARTS = 5
+"""How many times in a row a run's pool is replaced with no chunk completing in between."""
+
+
+class WorkerDied(BrokenProcessPool):
+    """The worker process running this item died: the item's own failure, under its
+    task's policy (the other items that were out were sent again)."""
+
+
+class PoolGaveUp(BrokenProcessPool, Unrecoverable):
+    """A process pool that cannot go on (it kept breaking, or it is the user's and
+    broke): no policy handles it, the run fails with it."""
 
 
 def cores() -> int:
@@ -73,9 +118,7 @@ class Processes:
 
     The pool conveyor creates uses the ``forkserver`` start method where there is one
     (Linux; the default from Python 3.14), else ``spawn``: never ``fork``, which is unsafe
-    in a process with threads. A worker that dies breaks a ``ProcessPoolExecutor``: the
-    items of its chunks fail with ``BrokenProcessPool`` under the task's policy, and a
-    pool that conveyor owns is replaced for the chunks that follow.
+    in a process with threads. A worker that dies: see the module doc.
     """
 
     def __init__(
@@ -119,7 +162,7 @@ class ChunkedCalls:
         self.chunker = Chunker(
             asyncio.get_running_loop(),
             function,
-            self.pool.submit,
+            functools.partial(self.pool.submit, task=self.spec.name),
             self.pool.lost,
             self.pool.workers,
             self.spec.options.chunk_size,
@@ -131,66 +174,214 @@ class ChunkedCalls:
         return self.name
 
 
+class Generation:
+    """One ``ProcessPoolExecutor`` of a run's pool, its workers' record, and who died.
+
+    ``sent`` maps a chunk's number to ``(task, items payload)`` while it is out;
+    ``deaths`` (filled by :meth:`examine`) maps a chunk's number to ``(index, exit code)``
+    of the item that killed its worker."""
+
+    def __init__(self, workers: int, context: Any) -> None:
+        self.workers = workers
+        self.record = context.RawArray("q", 3 * workers)  # pid, chunk, item, per worker
+        taken = context.Value("i", 0)
+        self.executor = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=start_worker, initargs=(self.record, taken)
+        )
+        self.known: dict[int, Any] = {}  # pid: its multiprocessing.Process
+        self.complete = False  # whether every worker's process is known
+        self.sent: dict[int, tuple[str, bytes]] = {}
+        self.deaths: dict[int, tuple[int, int]] = {}
+        self.dead: list[int] = []  # exit codes of workers that died between items
+        self.examined = False
+        self.lock = threading.Lock()  # (a worker's exit status is read once, under it)
+
+    def pids(self) -> list[int]:
+        return [self.record[at] for at in range(0, 3 * self.workers, 3)]
+
+    def learn(self) -> None:
+        """(After a submit.) Keep hold of this pool's worker processes, the public way:
+        a worker is started by ``submit`` itself, so it is among the active children now
+        (its pid, which it writes in its slot, tells it from other children later)."""
+        if self.complete:
+            return
+        with self.lock:
+            for process in multiprocessing.active_children():
+                self.known.setdefault(process.pid, process)  # type: ignore[arg-type]
+            pids = self.pids()
+            if all(pid in self.known for pid in pids):
+                self.known = {pid: self.known[pid] for pid in pids}
+                self.complete = True
+
+    def examine(self) -> None:
+        """Which workers died on their own, and on which item (see the module doc).
+
+        Called at the first chunk the pool fails, in its manager thread, before it
+        terminates the other workers (or on the loop, if ``submit`` found the pool broken
+        first: then too the others are still alive, or being terminated, and the dead
+        were found dead before that). Once per pool."""
+        with self.lock:
+            if self.examined:
+                return
+            self.examined = True
+            for at in range(0, 3 * self.workers, 3):
+                pid, chunk, index = self.record[at : at + 3]
+                process = self.known.get(pid)
+                code = None if process is None else process.exitcode
+                if code is None:  # alive (terminated next, by the pool), or unknown
+                    continue
+                if index >= 0:
+                    self.deaths[chunk] = (index, code)
+                else:
+                    self.dead.append(code)
+
+    def culprit(self, chunk: int) -> tuple[str, Any, int] | None:
+        """``(task, item, exit code)`` of the item that killed the worker running
+        ``chunk``, if one did."""
+        death, sent = self.deaths.get(chunk), self.sent.get(chunk)
+        if death is None or sent is None:
+            return None
+        index, code = death
+        return sent[0], pickle.loads(sent[1])[index], code
+
+    def last_words(self) -> tuple[str, str]:
+        """The task, and what is known of how this pool broke, for :class:`PoolGaveUp`."""
+        task = next(iter(self.sent.values()), ("?", b""))[0]
+        for chunk in self.deaths:
+            found = self.culprit(chunk)
+            if found is not None:
+                task, item, code = found
+                return task, f"the worker running item {short_repr(item)} died ({how(code)})"
+        if self.dead:
+            return task, f"a worker died between items ({how(self.dead[0])})"
+        return task, "a worker died with no item to blame"
+
+
 class ProcessPool:
-    """One run's process pool (or the user's), shared by the run's tasks that use it."""
+    """One run's process pool (or the user's), shared by the run's tasks that use it.
+
+    A pool that conveyor owns is a succession of :class:`Generation` after another: each break
+    (see the module doc) retires one and starts the next."""
 
     def __init__(self, workers: int, user_pool: concurrent.futures.Executor | None) -> None:
         self.owned = user_pool is None
         self.workers = workers or cores()  # (a user's pool: its size is not public)
-        self.pool = user_pool or self._new()
-        self.retired: list[concurrent.futures.Executor] = []
+        self.user_pool = user_pool
+        self.context: Any = None
+        self.current: Generation | None = None
+        if user_pool is None:
+            self.context = _context()
+            self.current = Generation(self.workers, self.context)
+        self.retired: list[Generation] = []
         self.chunkers: list[Chunker] = []
         self.loop = asyncio.get_running_loop()
+        self.numbers = itertools.count()
+        self.broken: dict[concurrent.futures.Future[Any], tuple[Generation, int]] = {}
+        self.breaks = 0  # in a row, with no chunk completing in between
+        self.stopped: PoolGaveUp | None = None
 
-    def _new(self) -> concurrent.futures.ProcessPoolExecutor:
-        methods = multiprocessing.get_all_start_methods()
-        method = "forkserver" if "forkserver" in methods else "spawn"
-        context = multiprocessing.get_context(method)
-        if method == "forkserver":
-            _preload(context)
-        return concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
-
-    def submit(self, function: bytes, items: bytes) -> concurrent.futures.Future[bytes]:
-        pool = self.pool
+    def submit(self, function: bytes, items: bytes, task: str) -> concurrent.futures.Future[bytes]:
+        if self.user_pool is not None:
+            return self.user_pool.submit(run_chunk, function, items)
+        if self.stopped is not None:
+            raise self.stopped
+        generation = self.current
+        assert generation is not None
+        number = next(self.numbers)
         try:
-            future = pool.submit(run_chunk, function, items)
-        except BrokenProcessPool:
-            if not self.owned:
-                raise
-            self.replace(pool)
-            pool = self.pool
-            future = pool.submit(run_chunk, function, items)
-        if self.owned:
-            future.add_done_callback(functools.partial(self._check, pool))
+            future = generation.executor.submit(run_chunk, function, items, number)
+        except BrokenProcessPool:  # (before its manager thread told the loop)
+            generation.examine()
+            self.replace(generation)
+            if self.stopped is not None or self.current is None:
+                raise self.stopped or BrokenProcessPool("closed") from None
+            generation = self.current
+            future = generation.executor.submit(run_chunk, function, items, number)
+        generation.sent[number] = (task, items)
+        generation.learn()
+        future.add_done_callback(functools.partial(self._check, generation, number))
         return future
 
     def _check(
-        self, pool: concurrent.futures.Executor, future: concurrent.futures.Future[Any]
+        self, generation: Generation, number: int, future: concurrent.futures.Future[Any]
     ) -> None:
-        """(In the pool's thread.) Replace the pool, on the loop, if this chunk broke it.
+        """(In the pool's manager thread.) A chunk is done: if it broke the pool, examine
+        the dead and replace the pool, on the loop.
 
-        Registered before the chunker's own callback: the pool is replaced before the
-        chunk's items fail, so their retries go to the new pool."""
-        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
+        Registered before the chunker's own callback: the loop replaces the pool before
+        the chunk's items are answered, and sent again."""
+        if future.cancelled():
+            generation.sent.pop(number, None)
+        elif isinstance(future.exception(), BrokenProcessPool):
+            generation.examine()
+            self.broken[future] = (generation, number)
             with contextlib.suppress(RuntimeError):  # the loop is closed
-                self.loop.call_soon_threadsafe(self.replace, pool)
+                self.loop.call_soon_threadsafe(self.replace, generation)
+        else:
+            generation.sent.pop(number, None)
+            self.breaks = 0  # the workers got through a chunk: the pool makes progress
 
-    def replace(self, pool: concurrent.futures.Executor) -> None:
-        if pool is self.pool:
-            pool.shutdown(wait=False, cancel_futures=True)
-            self.retired.append(pool)
-            self.pool = self._new()
+    def replace(self, generation: Generation) -> None:
+        """Retire a broken pool and start a fresh one, unless it broke too often."""
+        if generation is not self.current:
+            return
+        generation.executor.shutdown(wait=False, cancel_futures=True)
+        self.retired.append(generation)
+        self.breaks += 1
+        if self.breaks <= RESTARTS:
+            self.current = Generation(self.workers, self.context)
+            return
+        task, words = generation.last_words()
+        self.current = None
+        self.stopped = PoolGaveUp(
+            f"task {task!r}: its worker processes died {self.breaks} times in a row, with "
+            f"no chunk of work completing in between (the last time, {words}); conveyor "
+            f"replaces a broken pool at most {RESTARTS} times in a row, so the run stops. "
+            f"Find out why the workers die (a crash in native code, memory: SIGKILL is what "
+            f"the out-of-memory killer sends); with on_error='skip_item' or 'emit', a few "
+            f"such items fail alone."
+        )
 
-    def lost(self, error: BaseException, count: int) -> BaseException:
-        """The exception each item of a chunk lost with ``error`` fails with."""
-        if isinstance(error, BrokenProcessPool):
-            replaced = " conveyor replaced the pool." if self.owned else ""
-            return BrokenProcessPool(
-                f"a worker process died (killed, crashed, or out of memory) while this "
-                f"item's chunk of {count} was out, so its result is lost.{replaced} Set "
-                f"retry_attempts to run such items again."
+    def lost(
+        self, error: BaseException, sent: concurrent.futures.Future[Any] | None, count: int
+    ) -> list[BaseException | None]:
+        """How each item of a chunk that failed is answered (see ``Chunker``): a broken
+        pool's innocent items are sent again (None), its culprit fails alone."""
+        if not isinstance(error, BrokenProcessPool):
+            return [error] * count
+        if self.user_pool is not None:
+            return [self._users_pool_broke(count)] * count
+        found = self.broken.pop(sent, None) if sent is not None else None
+        if found is None:  # refused by submit: the pool gave up
+            return [error] * count
+        generation, number = found
+        if self.stopped is not None:
+            generation.sent.pop(number, None)
+            return [self.stopped] * count
+        answers: list[BaseException | None] = [None] * count
+        culprit = generation.culprit(number)
+        generation.sent.pop(number, None)
+        if culprit is not None:
+            _, item, code = culprit
+            index = generation.deaths[number][0]
+            answers[index] = WorkerDied(
+                f"the worker process running item {short_repr(item)} died ({how(code)}): "
+                f"it crashed, was killed, or ran out of memory. The other items that were "
+                f"out on the pool were sent again, to a fresh pool; retry_attempts would "
+                f"try this one again there."
             )
-        return error
+        return answers
+
+    def _users_pool_broke(self, count: int) -> PoolGaveUp:
+        return PoolGaveUp(
+            f"the process pool given as executor= ({type(self.user_pool).__name__}) is "
+            f"broken: one of its worker processes died (crashed, killed, or out of memory) "
+            f"while this item's chunk of {count} was out. conveyor cannot replace a pool it "
+            f"does not own (a broken ProcessPoolExecutor stays broken), so the run stops. "
+            f"Use executor='process' or 'process:N' instead: conveyor then replaces a "
+            f"broken pool, sends the other items again and fails only the item that "
+            f"killed the worker."
+        )
 
     async def close(self) -> None:
         """Close the pools conveyor created, once their processes have exited.
@@ -203,13 +394,34 @@ class ProcessPool:
                 future.cancel()  # (a chunk not yet started)
         if not self.owned:
             return
-        pools = [*self.retired, self.pool]
+        pools = [generation.executor for generation in self.retired]
+        if self.current is not None:
+            pools.append(self.current.executor)
 
         def shut_down() -> None:
             for pool in pools:
                 pool.shutdown(wait=True, cancel_futures=True)
 
         await _in_thread(shut_down)
+
+
+def how(code: int) -> str:
+    """How a process with this exit code ended: "killed by SIGKILL", "exit code 1"."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _context() -> Any:
+    methods = multiprocessing.get_all_start_methods()
+    method = "forkserver" if "forkserver" in methods else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        _preload(context)
+    return context
 
 
 _preloaded = False
