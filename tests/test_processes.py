@@ -218,9 +218,7 @@ async def test_a_killed_worker_without_retries_fails_only_its_item(tmp_path: Pat
     [failed] = [r for r in out if isinstance(r, Failure)]  # the culprit alone
     assert failed.item == 30
     assert isinstance(failed.exception, concurrent.futures.process.BrokenProcessPool)
-    assert "the worker process running item 30 died (killed by SIGKILL)" in str(
-        failed.exception
-    )
+    assert "the worker process running item 30 died (killed by SIGKILL)" in str(failed.exception)
 
 
 # -- ownership ------------------------------------------------------------------------------

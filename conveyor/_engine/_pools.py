@@ -279,6 +279,9 @@ class ProcessPool:
         self.broken: dict[concurrent.futures.Future[Any], tuple[Generation, int]] = {}
         self.breaks = 0  # in a row, with no chunk completing in between
         self.stopped: PoolGaveUp | None = None
+        # Whether a pool broke: on 3.11 a broken pool's thread raises InvalidStateError if
+        # a future it is failing was cancelled meanwhile, so close() leaves them to it.
+        self.broke = False
 
     def submit(self, function: bytes, items: bytes, task: str) -> concurrent.futures.Future[bytes]:
         if self.user_pool is not None:
@@ -313,6 +316,7 @@ class ProcessPool:
         if future.cancelled():
             generation.sent.pop(number, None)
         elif isinstance(future.exception(), BrokenProcessPool):
+            self.broke = True
             generation.examine()
             self.broken[future] = (generation, number)
             with contextlib.suppress(RuntimeError):  # the loop is closed
@@ -350,6 +354,7 @@ class ProcessPool:
         if not isinstance(error, BrokenProcessPool):
             return [error] * count
         if self.user_pool is not None:
+            self.broke = True
             return [self._users_pool_broke(count)] * count
         found = self.broken.pop(sent, None) if sent is not None else None
         if found is None:  # refused by submit: the pool gave up
@@ -389,9 +394,10 @@ class ProcessPool:
         Chunks not started are cancelled; a chunk still running (the run ended early)
         runs to its end first: a worker process is never killed mid-call (a chunk is
         sized to 100-250 ms of work unless ``chunk_size`` says otherwise)."""
-        for chunker in self.chunkers:
-            for future in chunker.out:
-                future.cancel()  # (a chunk not yet started)
+        if not self.broke:  # (else the pool's own thread fails them: see _check)
+            for chunker in self.chunkers:
+                for future in chunker.out:
+                    future.cancel()  # (a chunk not yet started)
         if not self.owned:
             return
         pools = [generation.executor for generation in self.retired]
