@@ -177,9 +177,9 @@ class ChunkedCalls:
 class Generation:
     """One ``ProcessPoolExecutor`` of a run's pool, its workers' record, and who died.
 
-    ``sent`` maps a chunk's number to ``(task, items payload)`` while it is out;
+    ``sent`` maps a chunk's number to ``(task, items payload, future)`` while it is out;
     ``deaths`` (filled by :meth:`examine`) maps a chunk's number to ``(index, exit code)``
-    of the item that killed its worker."""
+    of the item that killed its worker; ``processes`` are the pool's worker processes."""
 
     def __init__(self, workers: int, context: Any) -> None:
         self.workers = workers
@@ -188,30 +188,43 @@ class Generation:
         self.executor = concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=context, initializer=start_worker, initargs=(self.record, taken)
         )
-        self.known: dict[int, Any] = {}  # pid: its multiprocessing.Process
-        self.complete = False  # whether every worker's process is known
-        self.sent: dict[int, tuple[str, bytes]] = {}
+        self.processes: dict[int, Any] = {}  # pid: its multiprocessing.Process
+        self.sent: dict[int, tuple[str, bytes, concurrent.futures.Future[bytes]]] = {}
         self.deaths: dict[int, tuple[int, int]] = {}
         self.dead: list[int] = []  # exit codes of workers that died between items
         self.examined = False
         self.lock = threading.Lock()  # (a worker's exit status is read once, under it)
 
-    def pids(self) -> list[int]:
-        return [self.record[at] for at in range(0, 3 * self.workers, 3)]
-
-    def learn(self) -> None:
-        """(After a submit.) Keep hold of this pool's worker processes, the public way:
-        a worker is started by ``submit`` itself, so it is among the active children now
-        (its pid, which it writes in its slot, tells it from other children later)."""
-        if self.complete:
-            return
+    def submit(self, *args: Any) -> concurrent.futures.Future[bytes]:
+        """``executor.submit``, keeping hold of the worker processes it starts, the public
+        way: ``submit`` starts a worker itself (never from another thread: conveyor's pools
+        set no ``max_tasks_per_child``), so a new worker is a child that was not active just
+        before (until the pool has all its workers)."""
+        if len(self.processes) >= self.workers:
+            return self.executor.submit(*args)
+        with self.lock:
+            before = {process.pid for process in multiprocessing.active_children()}
+        future = self.executor.submit(*args)
         with self.lock:
             for process in multiprocessing.active_children():
-                self.known.setdefault(process.pid, process)  # type: ignore[arg-type]
-            pids = self.pids()
-            if all(pid in self.known for pid in pids):
-                self.known = {pid: self.known[pid] for pid in pids}
-                self.complete = True
+                if process.pid not in before:
+                    self.processes[process.pid] = process  # type: ignore[index]
+        return future
+
+    def bury(self) -> None:
+        """(In a thread of its own, once the pool broke.) Wait for the pool's thread to end,
+        then finish what it may have left: on 3.11 a ``submit`` racing the break can add
+        a chunk after the pool failed its chunks, and start a worker after it terminated
+        its workers; such a chunk is failed here (its items are sent again) and such a
+        worker, which never got a call, is terminated. Every worker is joined."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        for _, _, future in list(self.sent.values()):
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(BrokenProcessPool("left pending by a broken pool"))
+        for process in self.processes.values():
+            if process.exitcode is None:
+                process.terminate()
+            process.join()
 
     def examine(self) -> None:
         """Which workers died on their own, and on which item (see the module doc).
@@ -226,7 +239,7 @@ class Generation:
             self.examined = True
             for at in range(0, 3 * self.workers, 3):
                 pid, chunk, index = self.record[at : at + 3]
-                process = self.known.get(pid)
+                process = self.processes.get(pid)
                 code = None if process is None else process.exitcode
                 if code is None:  # alive (terminated next, by the pool), or unknown
                     continue
@@ -246,7 +259,7 @@ class Generation:
 
     def last_words(self) -> tuple[str, str]:
         """The task, and what is known of how this pool broke, for :class:`PoolGaveUp`."""
-        task = next(iter(self.sent.values()), ("?", b""))[0]
+        task = next(iter(self.sent.values()), ("?",))[0]
         for chunk in self.deaths:
             found = self.culprit(chunk)
             if found is not None:
@@ -272,7 +285,7 @@ class ProcessPool:
         if user_pool is None:
             self.context = _context()
             self.current = Generation(self.workers, self.context)
-        self.retired: list[Generation] = []
+        self.retired: list[tuple[Generation, threading.Thread]] = []  # and its burial
         self.chunkers: list[Chunker] = []
         self.loop = asyncio.get_running_loop()
         self.numbers = itertools.count()
@@ -287,21 +300,20 @@ class ProcessPool:
         if self.user_pool is not None:
             return self.user_pool.submit(run_chunk, function, items)
         if self.stopped is not None:
-            raise self.stopped
+            raise PoolGaveUp(*self.stopped.args)  # (a fresh one: tracebacks of its own)
         generation = self.current
         assert generation is not None
         number = next(self.numbers)
         try:
-            future = generation.executor.submit(run_chunk, function, items, number)
+            future = generation.submit(run_chunk, function, items, number)
         except BrokenProcessPool:  # (before its manager thread told the loop)
             generation.examine()
             self.replace(generation)
             if self.stopped is not None or self.current is None:
-                raise self.stopped or BrokenProcessPool("closed") from None
+                raise PoolGaveUp(*(self.stopped or BrokenProcessPool("closed")).args) from None
             generation = self.current
-            future = generation.executor.submit(run_chunk, function, items, number)
-        generation.sent[number] = (task, items)
-        generation.learn()
+            future = generation.submit(run_chunk, function, items, number)
+        generation.sent[number] = (task, items, future)
         future.add_done_callback(functools.partial(self._check, generation, number))
         return future
 
@@ -329,8 +341,9 @@ class ProcessPool:
         """Retire a broken pool and start a fresh one, unless it broke too often."""
         if generation is not self.current:
             return
-        generation.executor.shutdown(wait=False, cancel_futures=True)
-        self.retired.append(generation)
+        burial = threading.Thread(target=generation.bury, name="conveyor-broken-pool")
+        burial.start()
+        self.retired.append((generation, burial))
         self.breaks += 1
         if self.breaks <= RESTARTS:
             self.current = Generation(self.workers, self.context)
@@ -400,13 +413,13 @@ class ProcessPool:
                     future.cancel()  # (a chunk not yet started)
         if not self.owned:
             return
-        pools = [generation.executor for generation in self.retired]
-        if self.current is not None:
-            pools.append(self.current.executor)
+        retired, current = list(self.retired), self.current
 
         def shut_down() -> None:
-            for pool in pools:
-                pool.shutdown(wait=True, cancel_futures=True)
+            for _, burial in retired:
+                burial.join()
+            if current is not None:
+                current.executor.shutdown(wait=True, cancel_futures=True)
 
         await _in_thread(shut_down)
 
