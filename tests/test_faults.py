@@ -13,7 +13,6 @@ a worker is closed there.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import multiprocessing
 import os
 import subprocess
@@ -39,11 +38,14 @@ def no_children() -> Any:
     assert multiprocessing.active_children() == []  # (joins the exited ones)
 
 
-def killer(how: str, policy: str, attempts: int, **more: Any) -> Any:
-    function = functools.partial(workers.die_at, at=CULPRIT, how=how, **more)
+def killer(how: str, policy: str, attempts: int, once_file: str | None = None) -> Any:
     return single_task(
-        executor="process:2", on_error=policy, retry_attempts=attempts, retry_delay=0
-    )(function)
+        executor="process:2",
+        on_error=policy,
+        retry_attempts=attempts,
+        retry_delay=0,
+        task_name="killer",
+    )(workers.die_at(CULPRIT, how, once_file))
 
 
 @pytest.mark.parametrize("attempts", [1, 3])
@@ -53,7 +55,7 @@ async def test_fail_names_the_culprit_and_how_its_worker_died(how: str, attempts
     with pytest.raises(WorkerDied) as caught:
         await stream.collect()
     assert f"the worker process running item {CULPRIT} {DIED[how]}" in str(caught.value)
-    assert any(note.endswith(f" on {CULPRIT}") for note in caught.value.__notes__)
+    assert f"conveyor: raised by task 'killer' on {CULPRIT}" in caught.value.__notes__
     [stage] = stream.stats.stages
     assert (stage.failed, stage.retried) == (1, attempts - 1)  # the culprit's alone
 
@@ -99,7 +101,7 @@ async def test_innocents_on_a_broken_pool_are_not_retries(tmp_path: Path) -> Non
     """Slow items: both workers are mid-chunk when one dies, so the other worker's items
     are lost with the pool; they are sent again, never counted as retried or failed."""
     task = single_task(executor="process:2", on_error="emit", chunk_size=4)(
-        functools.partial(workers.die_at, at=9, how="sigkill")
+        workers.die_at(9, "sigkill")
     )
     slow = single_task(executor="process:2", chunk_size=4)(workers.nap).with_inputs(0.01)
     stream = (slow | task)(range(40))
@@ -110,13 +112,13 @@ async def test_innocents_on_a_broken_pool_are_not_retries(tmp_path: Path) -> Non
 
 
 async def test_a_function_that_kills_every_worker_stops_at_the_bound() -> None:
-    task = single_task(executor="process:2", on_error="skip_item")(
-        functools.partial(workers.die_at, at=-1, how="sigkill")
+    task = single_task(executor="process:2", on_error="skip_item", task_name="killer")(
+        workers.die_at(-1, "sigkill")
     )
     with pytest.raises(PoolGaveUp) as caught:
         await task(range(200)).collect()
     message = str(caught.value)
-    assert 'task "functools.partial(<function die_at' in message
+    assert message.startswith("task 'killer': its worker processes died")
     assert f"died {RESTARTS + 1} times in a row" in message
     assert f"at most {RESTARTS} times in a row" in message
     assert "the worker running item " in message and "(killed by SIGKILL)" in message
@@ -124,9 +126,7 @@ async def test_a_function_that_kills_every_worker_stops_at_the_bound() -> None:
 
 async def test_a_users_pool_that_breaks_stops_the_run_with_the_fix() -> None:
     with concurrent.futures.ProcessPoolExecutor(2) as pool:
-        task = single_task(executor=pool, on_error="skip_item")(
-            functools.partial(workers.die_at, at=CULPRIT, how="sigkill")
-        )
+        task = single_task(executor=pool, on_error="skip_item")(workers.die_at(CULPRIT, "sigkill"))
         with pytest.raises(PoolGaveUp) as caught:
             await task(range(N)).collect()
     message = str(caught.value)

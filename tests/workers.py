@@ -111,10 +111,18 @@ def decorated_cube(x: int) -> int:
     return x**3
 
 
-def die_at(x: int, at: int, how: str = "exit", once_file: str | None = None) -> int:
-    """Kills its own worker process on item ``at`` (``how``: "exit" is ``os._exit(1)``,
-    "sigkill" is SIGKILL); with ``once_file``, only the first time (a marker file), so a
-    retry of the item succeeds. ``at=-1`` kills on every item."""
+def die_at(at: int, how: str = "exit", once_file: str | None = None) -> Any:
+    """A function of one item that kills its own worker process on item ``at`` and
+    returns any other item: ``how`` is "exit" (``os._exit(1)``) or "sigkill"; with
+    ``once_file``, only the first time (a marker file), so that a retry of the item
+    succeeds; ``at=-1`` kills on every item. Picklable (a partial of ``kill_at``)."""
+    import functools
+
+    return functools.partial(kill_at, at=at, how=how, once_file=once_file)
+
+
+def kill_at(x: int, at: int, how: str = "exit", once_file: str | None = None) -> int:
+    """See :func:`die_at`."""
     if (x == at or at == -1) and (once_file is None or not Path(once_file).exists()):
         if once_file is not None:
             Path(once_file).touch()
