@@ -25,7 +25,7 @@ import pytest
 import workers
 
 from conveyor import Failure, single_task
-from conveyor._engine._pools import RESTARTS, PoolGaveUp, WorkerDied
+from conveyor._engine._deaths import RESTARTS, PoolGaveUp, WorkerDied
 
 N, CULPRIT = 600, 300
 TESTS = Path(__file__).parent
