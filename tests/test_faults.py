@@ -29,7 +29,11 @@ from conveyor._engine._deaths import RESTARTS, PoolGaveUp, WorkerDied
 
 N, CULPRIT = 600, 300
 TESTS = Path(__file__).parent
-DIED = {"exit": "died (exit code 1)", "sigkill": "died (killed by SIGKILL)"}
+DIED = {
+    "exit": "died (exit code 1)",
+    "sigkill": "died (killed by SIGKILL)",
+    "segfault": "died (killed by SIGSEGV)",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -72,8 +76,9 @@ async def test_skip_item_loses_the_culprit_alone(how: str, attempts: int, mode: 
     assert (stage.skipped, stage.retried, stage.failed) == (1, attempts - 1, 0)
 
 
-@pytest.mark.parametrize("attempts", [1, 3])
-@pytest.mark.parametrize("how", ["exit", "sigkill"])
+@pytest.mark.parametrize(
+    ("how", "attempts"), [("exit", 1), ("exit", 3), ("sigkill", 1), ("sigkill", 3), ("segfault", 1)]
+)
 async def test_emit_gives_one_failure_for_the_culprit(how: str, attempts: int) -> None:
     stream = killer(how, "emit", attempts)(range(N))
     out = await stream.collect()

@@ -113,7 +113,8 @@ def decorated_cube(x: int) -> int:
 
 def die_at(at: int, how: str = "exit", once_file: str | None = None) -> Any:
     """A function of one item that kills its own worker process on item ``at`` and
-    returns any other item: ``how`` is "exit" (``os._exit(1)``) or "sigkill"; with
+    returns any other item: ``how`` is "exit" (``os._exit(1)``), "sigkill" or "segfault"
+    (reading address 0); with
     ``once_file``, only the first time (a marker file), so that a retry of the item
     succeeds; ``at=-1`` kills on every item. Picklable (a partial of ``kill_at``)."""
     import functools
@@ -128,6 +129,12 @@ def kill_at(x: int, at: int, how: str = "exit", once_file: str | None = None) ->
             Path(once_file).touch()
         if how == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if how == "segfault":
+            import ctypes
+            import faulthandler
+
+            faulthandler.disable()  # (no traceback on stderr: the test reads the exit)
+            ctypes.string_at(0)
         os._exit(1)
     return x
 
