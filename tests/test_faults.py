@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import workers
 
-from conveyor import Failure, single_task
+from conveyor import Failure, batch_task, single_task
 from conveyor._engine._deaths import RESTARTS, PoolGaveUp, WorkerDied
 
 N, CULPRIT = 600, 300
@@ -116,6 +116,14 @@ async def test_innocents_on_a_broken_pool_are_not_retries(tmp_path: Path) -> Non
     assert [(s.retried, s.emitted) for s in stream.stats.stages] == [(0, 0), (0, 1)]
 
 
+async def test_a_batch_that_kills_its_worker_is_split_until_the_culprit_is_alone() -> None:
+    task = batch_task(max_size=8, executor="process:2", on_error="skip_item")(workers.kill_in_batch)
+    stream = task(range(64))
+    assert await stream.collect() == [x for x in range(64) if x != 13]
+    [stage] = stream.stats.stages
+    assert (stage.skipped, stage.retried) == (1, 0)
+
+
 async def test_a_function_that_kills_every_worker_stops_at_the_bound() -> None:
     task = single_task(executor="process:2", on_error="skip_item", task_name="killer")(
         workers.die_at(-1, "sigkill")
@@ -183,7 +191,7 @@ async def test_a_generator_failing_midway_fails_the_run_as_inline() -> None:
 
 COROUTINE = """
 import workers
-from conveyor import Failure, single_task
+from conveyor import Failure, batch_task, single_task
 
 if __name__ == "__main__":
     task = single_task(executor="process:1", on_error="emit")(workers.returns_a_coroutine)

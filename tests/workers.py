@@ -151,3 +151,10 @@ async def _double(x: int) -> int:
 
 def returns_a_coroutine(x: int) -> Any:
     return _double(x)
+
+
+def kill_in_batch(batch: list[int]) -> list[int]:
+    """A batch function whose worker dies on any batch holding 13 (``die_at`` for batches)."""
+    if 13 in batch:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return batch
