@@ -1,10 +1,11 @@
 """Fault injection on process pools: workers that die, and what happens to every item.
 
-A worker killed at one culprit item (``os._exit(1)`` or SIGKILL: ``workers.die_at``) in
-a run of 600 items on ``process:2``: only the culprit fails, under its task's policy,
-with an error naming it and how its worker died; every other item is delivered exactly
-once and counted as no retry; no worker process outlives the run. Also: a function
-that dies once recovers with retries, one that kills every worker stops after a bounded
+A worker killed at one culprit item (``os._exit(1)``, SIGKILL or a segfault:
+``workers.die_at``) in a run of 600 items on ``process:2``: only the culprit fails, under
+its task's policy, with an error naming it and how its worker died; every other item is
+delivered exactly once and counted as no retry; no worker process outlives the run.
+Also: a batch that kills its worker is split until the culprit is alone, a function that
+dies once recovers with retries, one that kills every worker stops after a bounded
 number of pool restarts, a user's pool that breaks stops the run with the fix, a
 generator on processes that fails midway behaves as inline, and a coroutine returned in
 a worker is closed there.
