@@ -25,18 +25,17 @@ a message that says what to do (see ``_pickling``). A lost worker fails the item
 chunks with the backend's error (``KilledWorker``, a user's broken pool), or is answered
 by the backend item by item (``lost``): a pool that conveyor owns sends the innocent
 items of its broken chunks again and fails only the item that killed a worker (see
-``_pools``). Either way an item is answered once, never twice.
+``_deaths``). Either way an item is answered once, never twice.
 
-**Generators** cannot travel: the worker runs a generator to its end (or its error) and
-sends its values back with the chunk; here they become a generator again, which the
-stage expands as it would inline (paced by the window from there; the values before an
-error kept, and the same ``<output n of a generator>`` failure). A **coroutine**
-returned in a worker is closed there (nothing could await it) and fails its item.
+**Generators** cannot travel: the worker runs one to its end (or error) and sends its
+values back; here they become a generator again, expanded as inline (the values before
+an error kept, the same ``<output n of a generator>`` failure, handed on as the window
+allows; the generator itself is not paced: its whole output is held at once). A
+**coroutine** returned in a worker is closed there and fails its item.
 
-**Worker records.** A worker of a pool conveyor owns is given a slot in a shared array
-(``start_worker``); it writes its pid there once, then the chunk and the index of the item
-it is starting before each call, and -1 between calls (a store to shared memory, ~0.1 µs
-per item). A worker that dies leaves the item that killed it in its slot.
+**Worker records.** A worker of a pool conveyor owns writes its pid in its slot of a
+shared array (``start_worker``), then the chunk and index of each item before calling on
+it (-1 between calls): a worker that dies leaves the item that killed it there.
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ from collections.abc import Callable, Generator
 from types import CoroutineType, GeneratorType
 from typing import Any
 
-from ._pickling import unpicklable_item, unpicklable_result
+from ._pickling import coroutine_returned, unpicklable_item, unpicklable_result
 
 __all__ = ["Chunker", "run_chunk", "start_worker"]
 
@@ -341,7 +340,7 @@ def run_chunk(function: bytes, items: bytes, chunk: int = 0) -> bytes:
                 continue
             if type(result) is CoroutineType:
                 result.close()  # (else "never awaited" in the worker)
-                raise _coroutine_error(result)
+                raise coroutine_returned(result)
             answers.append((_OK, result))
         except Exception as exc:
             answers.append((_ERROR, _portable(exc)))
@@ -370,15 +369,6 @@ def _drain(gen: Generator[Any, Any, Any]) -> tuple[list[Any], Exception | None]:
     except Exception as exc:
         return values, _portable(exc)
     return values, None
-
-
-def _coroutine_error(coroutine: Any) -> TypeError:
-    return TypeError(
-        f"the function returned a coroutine ({coroutine.__qualname__}) in a worker process, "
-        f"where nothing can await it: a process executor runs plain functions. Keep async "
-        f"code on the loop (the default executor) and give the CPU-bound part a task of "
-        f"its own with a plain def."
-    )
 
 
 def _portable(exc: Exception) -> Exception:
