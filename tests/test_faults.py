@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -123,6 +124,37 @@ async def test_a_batch_that_kills_its_worker_is_split_until_the_culprit_is_alone
     assert await stream.collect() == [x for x in range(64) if x != 13]
     [stage] = stream.stats.stages
     assert (stage.skipped, stage.retried) == (1, 0)
+
+
+async def test_the_bound_is_on_breaks_in_a_row_not_in_all() -> None:
+    """Eight culprits spread over a run: eight breaks, each followed by chunks that
+    complete, so the run goes on: each culprit skipped alone, nothing else lost."""
+    culprits = tuple(range(100, 1700, 200))
+    task = single_task(executor="process:2", on_error="skip_item")(
+        workers.die_at(culprits, "sigkill")
+    )
+    stream = task(range(1600))
+    assert await stream.collect() == [x for x in range(1600) if x not in culprits]
+    assert stream.stats.stages[0].skipped == len(culprits) > RESTARTS
+
+
+async def test_a_worker_killed_from_outside_fails_at_most_the_item_it_was_running() -> None:
+    """As the out-of-memory killer would: the item the worker was running (if any) is
+    blamed; every other item is delivered once."""
+    task = single_task(executor="process:2", on_error="emit", chunk_size=1)(workers.nap)
+    stream = task.with_inputs(0.01).with_execution_mode("as_completed")(range(100))
+    out: list[Any] = []
+    async with stream:
+        async for result in stream:
+            out.append(result)
+            if len(out) == 20:
+                victim = multiprocessing.active_children()[0]
+                os.kill(victim.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    assert Counter(r.item if isinstance(r, Failure) else r for r in out) == Counter(range(100))
+    failures = [r for r in out if isinstance(r, Failure)]
+    assert len(failures) <= 1
+    for failure in failures:
+        assert f"running item {failure.item} died (killed by SIGKILL)" in str(failure.exception)
 
 
 async def test_a_function_that_kills_every_worker_stops_at_the_bound() -> None:

@@ -111,20 +111,24 @@ def decorated_cube(x: int) -> int:
     return x**3
 
 
-def die_at(at: int, how: str = "exit", once_file: str | None = None) -> Any:
+def die_at(at: int | tuple[int, ...], how: str = "exit", once_file: str | None = None) -> Any:
     """A function of one item that kills its own worker process on item ``at`` and
     returns any other item: ``how`` is "exit" (``os._exit(1)``), "sigkill" or "segfault"
     (reading address 0); with
     ``once_file``, only the first time (a marker file), so that a retry of the item
-    succeeds; ``at=-1`` kills on every item. Picklable (a partial of ``kill_at``)."""
+    succeeds; ``at=-1`` kills on every item, a tuple on each of its items. Picklable (a
+    partial of ``kill_at``)."""
     import functools
 
     return functools.partial(kill_at, at=at, how=how, once_file=once_file)
 
 
-def kill_at(x: int, at: int, how: str = "exit", once_file: str | None = None) -> int:
+def kill_at(
+    x: int, at: int | tuple[int, ...], how: str = "exit", once_file: str | None = None
+) -> int:
     """See :func:`die_at`."""
-    if (x == at or at == -1) and (once_file is None or not Path(once_file).exists()):
+    culprit = x in at if isinstance(at, tuple) else x == at or at == -1
+    if culprit and (once_file is None or not Path(once_file).exists()):
         if once_file is not None:
             Path(once_file).touch()
         if how == "sigkill":
