@@ -116,3 +116,56 @@ def spin_into(x: int, seconds: float, *, box: list[int]) -> int:
     spin(x, seconds)
     box.append(x)
     return x
+
+
+def die_at(at: int | tuple[int, ...], how: str = "exit", once_file: str | None = None) -> Any:
+    """A function of one item that kills its own worker process on item ``at`` and
+    returns any other item: ``how`` is "exit" (``os._exit(1)``), "sigkill" or "segfault"
+    (reading address 0); with
+    ``once_file``, only the first time (a marker file), so that a retry of the item
+    succeeds; ``at=-1`` kills on every item, a tuple on each of its items. Picklable (a
+    partial of ``kill_at``)."""
+    import functools
+
+    return functools.partial(kill_at, at=at, how=how, once_file=once_file)
+
+
+def kill_at(
+    x: int, at: int | tuple[int, ...], how: str = "exit", once_file: str | None = None
+) -> int:
+    """See :func:`die_at`."""
+    culprit = x in at if isinstance(at, tuple) else x == at or at == -1
+    if culprit and (once_file is None or not Path(once_file).exists()):
+        if once_file is not None:
+            Path(once_file).touch()
+        if how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if how == "segfault":
+            import ctypes
+            import faulthandler
+
+            faulthandler.disable()  # (no traceback on stderr: the test reads the exit)
+            ctypes.string_at(0)
+        os._exit(1)
+    return x
+
+
+def count_then_fail(n: int) -> Any:
+    """Yields 0, 1, ... and raises ValueError after ``n`` values."""
+    yield from range(n)
+    raise ValueError(f"gave out after {n}")
+
+
+async def _double(x: int) -> int:
+    return 2 * x
+
+
+def returns_a_coroutine(x: int) -> Any:
+    return _double(x)
+
+
+def kill_in_batch(batch: list[int]) -> list[int]:
+    """A batch function whose worker dies on any batch holding 13 (``die_at`` for batches)."""
+    if 13 in batch:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return batch

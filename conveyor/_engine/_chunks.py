@@ -22,8 +22,20 @@ task like any other. Items wait in ``pending`` until a chunk takes them:
 Items and results are pickled here, on the loop, not in the backend's threads: the cost
 is measured, not guessed, and an item or result that cannot be pickled fails alone, with
 a message that says what to do (see ``_pickling``). A lost worker fails the items of its
-chunks with the backend's error (``BrokenProcessPool``, ``KilledWorker``); they are
-retried or handled under the task's policy, never answered twice.
+chunks with the backend's error (``KilledWorker``, a user's broken pool), or is answered
+by the backend item by item (``lost``): a pool that conveyor owns sends the innocent
+items of its broken chunks again and fails only the item that killed a worker (see
+``_deaths``). Either way an item is answered once, never twice.
+
+**Generators** cannot travel: the worker runs one to its end (or error) and sends its
+values back; here they become a generator again, expanded as inline (the values before
+an error kept, the same ``<output n of a generator>`` failure, handed on as the window
+allows; the generator itself is not paced: its whole output is held at once). A
+**coroutine** returned in a worker is closed there and fails its item.
+
+**Worker records.** A worker of a pool conveyor owns writes its pid in its slot of a
+shared array (``start_worker``), then the chunk and index of each item before calling on
+it (-1 between calls): a worker that dies leaves the item that killed it there.
 """
 
 from __future__ import annotations
@@ -34,16 +46,17 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import pickle
 import time
 import traceback
-from collections.abc import Callable
-from types import GeneratorType
+from collections.abc import Callable, Generator
+from types import CoroutineType, GeneratorType
 from typing import Any
 
-from ._pickling import unpicklable_item, unpicklable_result
+from ._pickling import coroutine_returned, unpicklable_item, unpicklable_result
 
-__all__ = ["Chunker", "run_chunk"]
+__all__ = ["Chunker", "run_chunk", "start_worker"]
 
 logger = logging.getLogger("conveyor")
 
@@ -56,16 +69,17 @@ items), chunks of ~20 ms of work ran at 0.79-0.80x the best hand-tuned
 and 1.8-2.1x (every round trip also costs the main process CPU that the workers share)."""
 MAX_CHUNK = 10_000
 PROTOCOL = pickle.HIGHEST_PROTOCOL
-_OK, _ERROR = 0, 1
+_OK, _ERROR, _GENERATOR = 0, 1, 2
 
 
 class Chunker:
     """One stage's calls on an out-of-process backend, for one run (see the module doc).
 
     ``submit(function_payload, items_payload)`` sends a chunk and returns a
-    ``concurrent.futures.Future`` of :func:`run_chunk`'s answer; ``lost(exc, count)`` is
-    told when a chunk's future fails and returns the exception that stands for it (the
-    backend may reword it); each of the chunk's items fails with a copy of its own.
+    ``concurrent.futures.Future`` of :func:`run_chunk`'s answer. ``lost(exc, sent, count)``
+    is told when a chunk fails (``sent``: its future, or None if ``submit`` refused it) and
+    answers for each of its ``count`` items: the exception it fails with (each item gets a
+    copy of its own), or ``None``: send it again (only for a chunk that was sent).
     """
 
     def __init__(
@@ -73,7 +87,10 @@ class Chunker:
         loop: asyncio.AbstractEventLoop,
         function: bytes,
         submit: Callable[[bytes, bytes], concurrent.futures.Future[bytes]],
-        lost: Callable[[BaseException, int], BaseException],
+        lost: Callable[
+            [BaseException, concurrent.futures.Future[bytes] | None, int],
+            list[BaseException | None],
+        ],
         workers: int,
         chunk_size: int | None,
     ) -> None:
@@ -181,7 +198,7 @@ class Chunker:
             for _, future in chunk:
                 future.cancel()
         elif (error := done.exception()) is not None:
-            self._fail(chunk, error)
+            self._fail(chunk, error, done)
         else:
             unpickling = time.perf_counter()
             results, work, cpu, loaded = pickle.loads(done.result())
@@ -198,16 +215,31 @@ class Chunker:
                     continue
                 if status == _OK:
                     future.set_result(value)
+                elif status == _GENERATOR:
+                    future.set_result(_replay(*value))
                 else:
                     future.set_exception(value)
         if self.pending:
             self.flush()
 
-    def _fail(self, chunk: list[tuple[Any, asyncio.Future[Any]]], error: BaseException) -> None:
-        error = self.lost(error, len(chunk))
-        for _, future in chunk:
-            if not future.done():
-                future.set_exception(_own_copy(error))
+    def _fail(
+        self,
+        chunk: list[tuple[Any, asyncio.Future[Any]]],
+        error: BaseException,
+        sent: concurrent.futures.Future[bytes] | None = None,
+    ) -> None:
+        """Answer the items of a chunk that failed as a whole, as ``lost`` says: fail an
+        item, or put it back first in line (it was sent before what waits now)."""
+        answers = self.lost(error, sent, len(chunk))
+        again = []
+        for (item, future), answer in zip(chunk, answers, strict=True):
+            if future.done():  # cancelled meanwhile: a timeout, or the run's end
+                continue
+            if answer is None and sent is not None:
+                again.append((item, future))
+            else:
+                future.set_exception(_own_copy(answer or error))
+        self.pending[:0] = again
 
     # -- sizing ----------------------------------------------------------------------
 
@@ -243,20 +275,50 @@ def _own_copy(error: BaseException) -> BaseException:
     return own.with_traceback(error.__traceback__)
 
 
+def _replay(values: list[Any], error: BaseException | None) -> Generator[Any, None, None]:
+    """A generator's values as they came back from a worker, then its error, if any: the
+    stage expands it as it expands a generator inline."""
+    yield from values
+    if error is not None:
+        raise error
+
+
 # -- the worker's side ---------------------------------------------------------------------
 
 _functions: dict[bytes, Callable[[Any], Any]] = {}
 """Functions a worker has unpickled, by payload (a few per worker: the tasks it serves)."""
 
+_record: Any = None
+"""This worker's slot in its pool's shared record, ``(array, offset)`` (see the module
+doc), once :func:`start_worker` has run; None in other workers (Dask's)."""
 
-def run_chunk(function: bytes, items: bytes) -> bytes:
+
+def start_worker(array: Any, taken: Any) -> None:
+    """(The initializer of a pool's workers.) Take the next free slot of ``array`` (three
+    integers per worker: pid, chunk, item index) and write this worker's pid there."""
+    global _record
+    with taken.get_lock():
+        slot = taken.value
+        taken.value += 1
+    if 3 * slot + 2 < len(array):
+        array[3 * slot] = os.getpid()
+        array[3 * slot + 2] = -1
+        _record = (array, 3 * slot)
+
+
+def run_chunk(function: bytes, items: bytes, chunk: int = 0) -> bytes:
     """Call the function on every item; an item's exception is its answer, not the chunk's.
 
     Returns the pickled ``(answers, work seconds, CPU seconds, unpickling seconds)``,
-    where each answer is ``(_OK, result)`` or ``(_ERROR, exception)``. A generator's
-    items are listed here (a generator cannot travel). A result or exception that cannot
-    be pickled is replaced, alone, by an exception that says so.
+    where each answer is ``(_OK, result)``, ``(_ERROR, exception)`` or, for a generator
+    (which cannot travel), ``(_GENERATOR, (values, exception or None))``: its values up to
+    its end or its error. A result or exception that cannot be pickled is replaced, alone,
+    by an exception that says so. ``chunk`` is the chunk's number in the worker record.
     """
+    record = _record
+    if record is not None:
+        array, at = record
+        array[at + 1] = chunk
     loading = time.perf_counter()
     call = _functions.get(function)
     if call is None:
@@ -268,14 +330,22 @@ def run_chunk(function: bytes, items: bytes) -> bytes:
     started = time.perf_counter()
     cpu = time.process_time()
     answers: list[tuple[int, Any]] = []
-    for item in batch:
+    for index, item in enumerate(batch):
+        if record is not None:
+            array[at + 2] = index
         try:
             result = call(item)
             if type(result) is GeneratorType:
-                result = list(result)
+                answers.append((_GENERATOR, _drain(result)))
+                continue
+            if type(result) is CoroutineType:
+                result.close()  # (else "never awaited" in the worker)
+                raise coroutine_returned(result)
             answers.append((_OK, result))
         except Exception as exc:
             answers.append((_ERROR, _portable(exc)))
+    if record is not None:
+        array[at + 2] = -1
     work = time.perf_counter() - started
     cpu = time.process_time() - cpu
     loaded = started - loading
@@ -288,6 +358,17 @@ def run_chunk(function: bytes, items: bytes) -> bytes:
             except Exception as exc:
                 answers[index] = (_ERROR, unpicklable_result(value, exc))
         return pickle.dumps((answers, work, cpu, loaded), PROTOCOL)
+
+
+def _drain(gen: Generator[Any, Any, Any]) -> tuple[list[Any], Exception | None]:
+    """A generator's values, to its end or its error (then the values before it stay)."""
+    values: list[Any] = []
+    try:
+        for value in gen:
+            values.append(value)
+    except Exception as exc:
+        return values, _portable(exc)
+    return values, None
 
 
 def _portable(exc: Exception) -> Exception:

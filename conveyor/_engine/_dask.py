@@ -109,10 +109,10 @@ class DaskCalls:
         finally:
             answer.task = None  # (the cluster may forget the chunk's result now)
 
-    def lost(self, error: BaseException, count: int) -> BaseException:
+    def lost(self, error: BaseException, sent: Any, count: int) -> list[BaseException | None]:
         """A failed chunk's error, as is: ``KilledWorker`` after Dask's own retries,
         ``FutureCancelledError``, or what ``run_chunk`` itself raised."""
-        return error
+        return [error] * count
 
     async def _cancel(self) -> None:
         """The run is over: cancel its chunks still out (the cluster keeps running), and

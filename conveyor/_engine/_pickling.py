@@ -22,7 +22,13 @@ from typing import Any
 
 from ..errors import short_repr
 
-__all__ = ["dump_function", "dumps", "unpicklable_item", "unpicklable_result"]
+__all__ = [
+    "coroutine_returned",
+    "dump_function",
+    "dumps",
+    "unpicklable_item",
+    "unpicklable_result",
+]
 
 FIX = (
     "Define the function with def at the top level of an importable module, pass only "
@@ -150,4 +156,14 @@ def unpicklable_result(value: Any, exc: Exception) -> TypeError:
         f"from the worker process ({type(exc).__name__}: {exc}). Return plain data "
         f"(numbers, str, bytes, lists, dicts, DataFrames, or classes defined at the top "
         f"level of a module), or use executor='thread'."
+    )
+
+
+def coroutine_returned(coroutine: Any) -> TypeError:
+    """(In a worker.) A coroutine cannot travel back, and nothing there could await it."""
+    return TypeError(
+        f"the function returned a coroutine ({coroutine.__qualname__}) in a worker process, "
+        f"where nothing can await it: a process executor runs plain functions. Keep async "
+        f"code on the loop (the default executor) and give the CPU-bound part a task of "
+        f"its own with a plain def."
     )

@@ -9,6 +9,10 @@ left out.
 
 Recovery always runs inside the call's own task (it sleeps between attempts); only a
 call that fails for good with nothing to await is settled synchronously (:meth:`final`).
+
+An :class:`Unrecoverable` error is not the item's: no retry, handler or ``on_error``
+applies, and the run fails with it (an executor that cannot go on, e.g. a process pool
+that kept breaking: see ``_pools``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ from typing import Any
 from .._spec import StageSpec
 from ..errors import ErrorAction, Failure, short_repr
 from . import _log
+
+
+class Unrecoverable(Exception):
+    """An error that no policy handles: the call fails the run (see the module doc)."""
 
 
 def annotate(exc: BaseException, task_name: str, item: Any, batch: bool) -> BaseException:
@@ -73,7 +81,7 @@ class Policy:
 
     def settles_at_once(self, exc: Exception, item: Any) -> bool:
         """Whether a failed first attempt is settled without awaiting anything."""
-        return not (
+        return isinstance(exc, Unrecoverable) or not (
             self.handler is not None
             or self.retry.should_retry(exc, 1)
             or (self.batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1)
@@ -83,7 +91,7 @@ class Policy:
         """Retries, then the handler, then ``on_error``: the call's result, or raise."""
         retry = self.retry
         attempt = 1
-        while retry.should_retry(exc, attempt):
+        while not isinstance(exc, Unrecoverable) and retry.should_retry(exc, attempt):
             if self.on_retry is not None:
                 self.on_retry(exc, attempt)
             delay = retry.delay_after(attempt)
@@ -95,6 +103,8 @@ class Policy:
                 return await self.attempt(item)
             except Exception as again:
                 exc = again
+        if isinstance(exc, Unrecoverable):
+            return self.final(exc, item, attempt)
         if self.handler is not None:
             seen = list(item) if self.batch else item  # the handler may keep it
             go_on, value = await self._ask_handler(exc, seen, attempt)
@@ -110,7 +120,7 @@ class Policy:
 
     def final(self, exc: Exception, item: Any, attempt: int) -> Any:
         """``on_error`` for a call that failed for good: raise, drop, or a Failure."""
-        action = self.action
+        action = ErrorAction.FAIL if isinstance(exc, Unrecoverable) else self.action
         self.gave_up(item, exc, _OUTCOMES[action])
         if action is ErrorAction.FAIL:
             raise self.annotate(exc, item)
@@ -158,6 +168,8 @@ class Policy:
             try:
                 out.extend(await _collect(await self.attempt(half)))
             except Exception as exc:
+                if isinstance(exc, Unrecoverable):
+                    raise self.annotate(exc, half) from None
                 if len(half) > 1:  # a single item that failed alone is left out: once
                     out.extend(await self._isolate(half))
                 else:

@@ -12,6 +12,10 @@ them, shared by the run's tasks that ask for the same kind and size, and closed 
 run ends, however it ends, once every process has exited. ``"process"`` means one
 process per core the process may use (``N`` is never capped). (Threads that conveyor
 owns are ``_threads``'.)
+
+**A worker that dies** breaks a ``ProcessPoolExecutor``: see ``_deaths`` for how the
+item that killed it is found, and :meth:`ProcessPool.lost` for what becomes of the items
+that were out (the culprit fails alone, the others are sent again to a fresh pool).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
+import itertools
 import multiprocessing
 import os
 import threading
@@ -31,6 +36,7 @@ from typing import Any
 from .._spec import StageSpec
 from ._calls import Executor
 from ._chunks import Chunker, run_chunk
+from ._deaths import RESTARTS, Generation, PoolGaveUp, gave_up, users_pool_broke, worker_died
 from ._pickling import dump_function
 
 __all__ = ["PoolCalls", "PoolExecutor", "Processes", "cores"]
@@ -123,9 +129,7 @@ class Processes:
 
     The pool conveyor creates uses the ``forkserver`` start method where there is one
     (Linux; the default from Python 3.14), else ``spawn``: never ``fork``, which is unsafe
-    in a process with threads. A worker that dies breaks a ``ProcessPoolExecutor``: the
-    items of its chunks fail with ``BrokenProcessPool`` under the task's policy, and a
-    pool that conveyor owns is replaced for the chunks that follow.
+    in a process with threads. A worker that dies: see the module doc.
     """
 
     def __init__(
@@ -169,7 +173,7 @@ class ChunkedCalls:
         self.chunker = Chunker(
             asyncio.get_running_loop(),
             function,
-            self.pool.submit,
+            functools.partial(self.pool.submit, task=self.spec.name),
             self.pool.lost,
             self.pool.workers,
             self.spec.options.chunk_size,
@@ -182,65 +186,111 @@ class ChunkedCalls:
 
 
 class ProcessPool:
-    """One run's process pool (or the user's), shared by the run's tasks that use it."""
+    """One run's process pool (or the user's), shared by the run's tasks that use it.
+
+    A pool that conveyor owns is one ``_deaths.Generation`` (a ``ProcessPoolExecutor``)
+    after another: each break retires one, buried in a thread of its own, and starts the
+    next (see ``_deaths``)."""
 
     def __init__(self, workers: int, user_pool: concurrent.futures.Executor | None) -> None:
         self.owned = user_pool is None
         self.workers = workers or cores()  # (a user's pool: its size is not public)
-        self.pool = user_pool or self._new()
-        self.retired: list[concurrent.futures.Executor] = []
+        self.user_pool = user_pool
+        self.context: Any = None
+        self.current: Generation | None = None
+        if user_pool is None:
+            self.context = _context()
+            self.current = Generation(self.workers, self.context)
+        self.retired: list[tuple[Generation, threading.Thread]] = []  # and its burial
         self.chunkers: list[Chunker] = []
         self.loop = asyncio.get_running_loop()
+        self.numbers = itertools.count()
+        self.broken: dict[concurrent.futures.Future[Any], tuple[Generation, int]] = {}
+        self.breaks = 0  # in a row, with no chunk completing in between
+        self.stopped: PoolGaveUp | None = None
+        # Whether a pool broke: on 3.11 a broken pool's thread raises InvalidStateError if
+        # a future it is failing was cancelled meanwhile, so close() leaves them to it.
+        self.broke = False
 
-    def _new(self) -> concurrent.futures.ProcessPoolExecutor:
-        methods = multiprocessing.get_all_start_methods()
-        method = "forkserver" if "forkserver" in methods else "spawn"
-        context = multiprocessing.get_context(method)
-        if method == "forkserver":
-            _preload(context)
-        return concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
-
-    def submit(self, function: bytes, items: bytes) -> concurrent.futures.Future[bytes]:
-        pool = self.pool
+    def submit(self, function: bytes, items: bytes, task: str) -> concurrent.futures.Future[bytes]:
+        if self.user_pool is not None:
+            return self.user_pool.submit(run_chunk, function, items)
+        if self.stopped is not None:
+            raise PoolGaveUp(*self.stopped.args)  # (a fresh one: tracebacks of its own)
+        generation = self.current
+        assert generation is not None
+        number = next(self.numbers)
         try:
-            future = pool.submit(run_chunk, function, items)
-        except BrokenProcessPool:
-            if not self.owned:
-                raise
-            self.replace(pool)
-            pool = self.pool
-            future = pool.submit(run_chunk, function, items)
-        if self.owned:
-            future.add_done_callback(functools.partial(self._check, pool))
+            future = generation.submit(run_chunk, function, items, number)
+        except BrokenProcessPool:  # (before its manager thread told the loop)
+            generation.examine()
+            self.replace(generation)
+            if self.stopped is not None or self.current is None:
+                raise PoolGaveUp(*(self.stopped or BrokenProcessPool("closed")).args) from None
+            generation = self.current
+            future = generation.submit(run_chunk, function, items, number)
+        generation.sent[number] = (task, items, future)
+        future.add_done_callback(functools.partial(self._check, generation, number))
         return future
 
     def _check(
-        self, pool: concurrent.futures.Executor, future: concurrent.futures.Future[Any]
+        self, generation: Generation, number: int, future: concurrent.futures.Future[Any]
     ) -> None:
-        """(In the pool's thread.) Replace the pool, on the loop, if this chunk broke it.
+        """(In the pool's manager thread.) A chunk is done: if it broke the pool, examine
+        the dead and replace the pool, on the loop.
 
-        Registered before the chunker's own callback: the pool is replaced before the
-        chunk's items fail, so their retries go to the new pool."""
-        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
+        Registered before the chunker's own callback: the loop replaces the pool before
+        the chunk's items are answered, and sent again."""
+        if future.cancelled():
+            generation.sent.pop(number, None)
+        elif isinstance(future.exception(), BrokenProcessPool):
+            self.broke = True
+            generation.examine()
+            self.broken[future] = (generation, number)
             with contextlib.suppress(RuntimeError):  # the loop is closed
-                self.loop.call_soon_threadsafe(self.replace, pool)
+                self.loop.call_soon_threadsafe(self.replace, generation)
+        else:
+            generation.sent.pop(number, None)
+            self.breaks = 0  # the workers got through a chunk: the pool makes progress
 
-    def replace(self, pool: concurrent.futures.Executor) -> None:
-        if pool is self.pool:
-            pool.shutdown(wait=False, cancel_futures=True)
-            self.retired.append(pool)
-            self.pool = self._new()
+    def replace(self, generation: Generation) -> None:
+        """Retire a broken pool and start a fresh one, unless it broke too often."""
+        if generation is not self.current:
+            return
+        burial = threading.Thread(target=generation.bury, name="conveyor-broken-pool")
+        burial.start()
+        self.retired.append((generation, burial))
+        self.breaks += 1
+        if self.breaks <= RESTARTS:
+            self.current = Generation(self.workers, self.context)
+            return
+        self.current = None
+        self.stopped = gave_up(generation, self.breaks)
 
-    def lost(self, error: BaseException, count: int) -> BaseException:
-        """The exception each item of a chunk lost with ``error`` fails with."""
-        if isinstance(error, BrokenProcessPool):
-            replaced = " conveyor replaced the pool." if self.owned else ""
-            return BrokenProcessPool(
-                f"a worker process died (killed, crashed, or out of memory) while this "
-                f"item's chunk of {count} was out, so its result is lost.{replaced} Set "
-                f"retry_attempts to run such items again."
-            )
-        return error
+    def lost(
+        self, error: BaseException, sent: concurrent.futures.Future[Any] | None, count: int
+    ) -> list[BaseException | None]:
+        """How each item of a chunk that failed is answered (see ``Chunker``): a broken
+        pool's innocent items are sent again (None), its culprit fails alone."""
+        if not isinstance(error, BrokenProcessPool):
+            return [error] * count
+        if self.user_pool is not None:
+            self.broke = True
+            return [users_pool_broke(self.user_pool, count)] * count
+        found = self.broken.pop(sent, None) if sent is not None else None
+        if found is None:  # refused by submit: the pool gave up
+            return [error] * count
+        generation, number = found
+        if self.stopped is not None:
+            generation.sent.pop(number, None)
+            return [self.stopped] * count
+        answers: list[BaseException | None] = [None] * count
+        culprit = generation.culprit(number)
+        generation.sent.pop(number, None)
+        if culprit is not None:
+            _, item, code = culprit
+            answers[generation.deaths[number][0]] = worker_died(item, code)
+        return answers
 
     async def close(self) -> None:
         """Close the pools conveyor created, once their processes have exited.
@@ -248,18 +298,30 @@ class ProcessPool:
         Chunks not started are cancelled; a chunk still running (the run ended early)
         runs to its end first: a worker process is never killed mid-call (a chunk is
         sized to 100-250 ms of work unless ``chunk_size`` says otherwise)."""
-        for chunker in self.chunkers:
-            for future in chunker.out:
-                future.cancel()  # (a chunk not yet started)
+        if not self.broke:  # (else the pool's own thread fails them: see _check)
+            for chunker in self.chunkers:
+                for future in chunker.out:
+                    future.cancel()  # (a chunk not yet started)
         if not self.owned:
             return
-        pools = [*self.retired, self.pool]
+        retired, current = list(self.retired), self.current
 
         def shut_down() -> None:
-            for pool in pools:
-                pool.shutdown(wait=True, cancel_futures=True)
+            for _, burial in retired:
+                burial.join()
+            if current is not None:
+                current.executor.shutdown(wait=True, cancel_futures=True)
 
         await _in_thread(shut_down)
+
+
+def _context() -> Any:
+    methods = multiprocessing.get_all_start_methods()
+    method = "forkserver" if "forkserver" in methods else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        _preload(context)
+    return context
 
 
 _preloaded = False
