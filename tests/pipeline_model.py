@@ -106,13 +106,7 @@ def stage_specs(draw: st.DrawFn, *, failures: bool = True, elementwise: bool = F
         op=op,
         k=draw(k),
         sync=(sync := draw(st.booleans())),
-        executor=(
-            draw(EXECUTORS.filter(lambda e: e != "process"))  # TEMP until fix-procs merges
-            if sync and op == "gen"
-            else draw(EXECUTORS)
-            if sync and op != "agen"
-            else "inline"
-        ),
+        executor=draw(EXECUTORS) if sync and op != "agen" else "inline",
         delay=delay,
         # A generator fails midway: after its first value (if it has one).
         fail_mod=fail_mod,

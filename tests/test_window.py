@@ -429,3 +429,27 @@ async def test_a_generator_feeding_a_batch_stage_keeps_to_the_window(mode: str, 
             await watcher
     assert out == [2] * 2500
     assert peak <= 5  # the window, and one generator item past it
+
+
+async def test_a_run_holding_resources_looks_for_a_stall_when_its_input_ends() -> None:
+    """The supervisor of a run with resources waits for the run's end when its input is
+    done: if it was the last to work, a generator waiting for room must still be let on
+    (it was not: a model property's deadlock, flaky with processes)."""
+
+    async def source() -> Any:
+        for i in range(3):
+            yield i
+        await asyncio.sleep(0.01)  # the generator is waiting for room by now
+
+    @single_task(concurrency_limit=1)
+    def five(x: int) -> Any:
+        yield from [x] * 5
+
+    @batch_task(max_size=4)
+    def group(batch: list[int], *, box: list[int]) -> int:
+        return len(batch)
+
+    group = group.with_resources(box=lambda: contextlib.nullcontext([]))
+    async with asyncio.timeout(5):
+        out = await (five | group).with_context(max_in_flight=1)(source()).collect()
+    assert out == [4, 4, 4, 3]

@@ -213,6 +213,7 @@ class Run:
                 # Resources stay open until every call has ended.
                 self._ended = self.loop.create_future()
                 self.window.busy -= 1  # waiting is not working (see _window)
+                self.window.idle()  # (it may have been the last to work: a stall?)
                 try:
                     await self._ended
                 finally:
