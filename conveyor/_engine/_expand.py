@@ -57,8 +57,9 @@ async def _expand(
     try:
         while not run.closed:
             if window.tokens - window.expanding >= window.limit:
+                # (The slice's deadline stands: the wait may return at once, let through
+                # by a stall's last resort, and the consumer must still get its turn.)
                 await window.wait_for_room(sentinel, expansion=True)
-                deadline = loop_time() + PUMP_SLICE
             try:
                 if not is_async:
                     child = next(gen)  # type: ignore[arg-type]

@@ -251,11 +251,17 @@ class Run:
         return bool(self.ready) or self._front_settled()
 
     def _front_settled(self) -> bool:
-        """Whether the consumer's next read of an ordered run's list finds a result."""
+        """Whether the consumer's next read of an ordered run's list makes room: it finds
+        a result, or a dropped item whose token it gives back.
+
+        Only ended generators' nodes (CLOSED, no token) are skipped, so the look is short:
+        stopping at a dropped item, not scanning past it, keeps a generator whose children
+        are mostly dropped linear (the consumer, not the stall's last resort, makes room).
+        """
         order = self._final_list
         node = None if order is None else order.head.next
-        while node is not None and (node.value is EMPTY or node.value is CLOSED):
-            node = node.next  # (dropped items and ended generators: take() skips them)
+        while node is not None and node.value is CLOSED:
+            node = node.next
         return node is not None and node.value is not PENDING and node.value is not OPEN
 
     # -- progress and the end --------------------------------------------------------
