@@ -100,6 +100,8 @@ async def _expand(
     stage.inflight -= 1
     if stage.pending and not stage.draining:
         stage.start_pending()  # the slot it held is free
+    if stage.gate is not None:
+        stage.gate.call_ended()  # (a rate-limited pool's worker too)
     run.stage_idle()  # (a batch's remainder may have waited for this expansion)
 
 

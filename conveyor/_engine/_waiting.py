@@ -141,6 +141,8 @@ async def drive(stage: Stage, awaitable: Any, item: Any, place: list[Any]) -> No
             else:
                 stage.emit(result, place[0])
         stage.call_done(item)
+        if stage.gate is not None:
+            stage.gate.call_ended()
     finally:
         window = stage.window
         window.busy -= 1
@@ -250,6 +252,8 @@ def finish(
                 return
             stage.emit(result, node)
         stage.call_done(item)
+        if stage.gate is not None:
+            stage.gate.call_ended()
     finally:
         window.busy -= 1
         if not window.busy:
