@@ -53,6 +53,7 @@ class Run:
     __slots__ = (
         "_ended",
         "_final_list",
+        "_pruning",
         "_source",
         "closed",
         "completions",
@@ -100,6 +101,7 @@ class Run:
         self.finished = False
         self._source = source
         self._ended: asyncio.Future[None] | None = None
+        self._pruning = False  # (see _front_changed)
         # Called once when the run is over (abort: finished and drained, failed, closed or
         # dropped): the statistics' end, progress bars, the log's summary.
         self.on_over: list[Callable[[Run], None]] = [end_of_run_logged]
@@ -129,7 +131,7 @@ class Run:
     # -- wiring ----------------------------------------------------------------------
 
     def _build(self, specs: Sequence[StageSpec], context: PipelineContext) -> None:
-        order = OrderList(self.wake_consumer) if self.ordered else None
+        order = OrderList(self._front_changed) if self.ordered else None
         self._final_list = order
         sink: Sink = OrderedOutput(self, order) if order is not None else Output(self)
         for spec in reversed(specs):
@@ -245,6 +247,35 @@ class Run:
     def final_order(self) -> OrderList | None:
         """The reorder list in front of the consumer (ordered runs; for statistics)."""
         return self._final_list
+
+    def _front_changed(self) -> None:
+        """The front of the final reorder list was settled: nodes with nothing for the
+        consumer (dropped items, ended generators) leave now, their tokens back, rather
+        than when the consumer next reads; then the consumer is woken.
+
+        (A generator whose children are mostly dropped would otherwise go one child per
+        turn of the loop, handing over to the consumer each time, once items behind it
+        have filled the window.)"""
+        order = self._final_list
+        if order is None or self._pruning:
+            return
+        self._pruning = True  # (a release may flush a batch that settles the front again)
+        try:
+            head = order.head
+            while (node := head.next) is not None:
+                value = node.value
+                if value is EMPTY:
+                    order.unlink_front()
+                    self.window.release(1)
+                elif value is CLOSED:
+                    order.unlink_front()
+                else:
+                    if value is OPEN:
+                        sentinel_at_front(node)
+                    break
+        finally:
+            self._pruning = False
+        self.wake_consumer()
 
     def _can_drain(self) -> bool:
         """Whether the consumer has a result to take (and so will make room)."""
