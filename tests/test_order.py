@@ -398,3 +398,56 @@ async def test_dropped_children_leave_the_front_without_the_consumer() -> None:
         done = True
         await counter
     assert turns < 10_000, turns  # ~100 (slices of the expansion), not one per child
+
+
+def test_drop_settled_front_unlinks_what_holds_nothing_and_gives_tokens_back() -> None:
+    order = OrderList(Recorder())
+    a, b, c, d = (order.append() for _ in range(4))
+    order.resolve(a, EMPTY)
+    order.resolve(b, CLOSED)
+    order.resolve(c, EMPTY)
+    released: list[int] = []
+    assert order.drop_settled_front(released.append) is d
+    assert released == [1, 1]  # the two dropped items' tokens; CLOSED holds none
+    assert values(order) == [PENDING]
+    order.resolve(d, EMPTY)
+    assert order.drop_settled_front(released.append) is None
+    assert order.is_empty() and order.tail is order.head and released == [1, 1, 1]
+
+
+def test_drop_settled_front_stops_at_a_value_or_a_sentinel() -> None:
+    order = OrderList(Recorder())
+    a = order.append()
+    sentinel = order.open_sentinel(a)
+    assert order.drop_settled_front(lambda n: None) is sentinel
+    b = order.append()
+    b.value = "x"
+    order.resolve(sentinel, CLOSED)
+    assert order.drop_settled_front(lambda n: None) is b
+
+
+def test_drop_settled_front_re_entered_from_release_leaves_it_to_the_outer_call() -> None:
+    order = OrderList(Recorder())
+    a, b = order.append(), order.append()
+    order.resolve(a, EMPTY)
+    order.resolve(b, EMPTY)
+    inner: list[Node | None] = []
+
+    def release(n: int) -> None:  # a release that settles the front again (a flush)
+        inner.append(order.drop_settled_front(release))
+
+    assert order.drop_settled_front(release) is None
+    assert inner == [None, None] and order.is_empty()
+
+
+def test_makes_room_looks_past_ended_generators_only() -> None:
+    order = OrderList(Recorder())
+    assert not order.makes_room()
+    a, b, c = order.append(), order.append(), order.append()
+    order.resolve(a, CLOSED)
+    assert not order.makes_room()  # b is pending
+    order.resolve(b, EMPTY)
+    assert order.makes_room()  # a dropped item: taking it gives its token back
+    order.resolve(b, PENDING)
+    c.value = 1
+    assert not order.makes_room()  # not looked past a pending item

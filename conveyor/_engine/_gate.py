@@ -23,6 +23,10 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ._auto import Auto
+from ._pools import ChunkedCalls, PoolExecutor, cores
+from ._threads import THREADS, ThreadPool
+
 if TYPE_CHECKING:
     from ..rate import Window
     from ._run import Run
@@ -135,10 +139,6 @@ def capacity_of(executor: Any) -> int | None:
     A user's ``ThreadPoolExecutor`` or ``ProcessPoolExecutor`` does not make its size
     public: ``_max_workers`` has been their attribute since Python 3.2 (if it ever goes:
     a thread pool counts as unbounded, a process pool as one worker per core)."""
-    from ._auto import Auto
-    from ._pools import ChunkedCalls, PoolExecutor, cores
-    from ._threads import THREADS, ThreadPool
-
     if isinstance(executor, Auto):  # where its calls go now
         if executor.choice == "thread":
             return THREADS

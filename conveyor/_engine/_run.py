@@ -53,7 +53,6 @@ class Run:
     __slots__ = (
         "_ended",
         "_final_list",
-        "_pruning",
         "_source",
         "closed",
         "completions",
@@ -101,7 +100,6 @@ class Run:
         self.finished = False
         self._source = source
         self._ended: asyncio.Future[None] | None = None
-        self._pruning = False  # (see _front_changed)
         # Called once when the run is over (abort: finished and drained, failed, closed or
         # dropped): the statistics' end, progress bars, the log's summary.
         self.on_over: list[Callable[[Run], None]] = [end_of_run_logged]
@@ -249,51 +247,19 @@ class Run:
         return self._final_list
 
     def _front_changed(self) -> None:
-        """The front of the final reorder list was settled: nodes with nothing for the
-        consumer (dropped items, ended generators) leave now, their tokens back, rather
-        than when the consumer next reads; then the consumer is woken.
-
-        (A generator whose children are mostly dropped would otherwise go one child per
-        turn of the loop, handing over to the consumer each time, once items behind it
-        have filled the window.)"""
+        """The final list's front was settled: what holds nothing for the consumer leaves
+        at once (see ``OrderList.drop_settled_front``); the consumer is woken."""
         order = self._final_list
-        if order is None or self._pruning:
-            return
-        self._pruning = True  # (a release may flush a batch that settles the front again)
-        try:
-            head = order.head
-            while (node := head.next) is not None:
-                value = node.value
-                if value is EMPTY:
-                    order.unlink_front()
-                    self.window.release(1)
-                elif value is CLOSED:
-                    order.unlink_front()
-                else:
-                    if value is OPEN:
-                        sentinel_at_front(node)
-                    break
-        finally:
-            self._pruning = False
+        if order is not None:
+            front = order.drop_settled_front(self.window.release)
+            if front is not None and front.value is OPEN:
+                sentinel_at_front(front)
         self.wake_consumer()
 
     def _can_drain(self) -> bool:
         """Whether the consumer has a result to take (and so will make room)."""
-        return bool(self.ready) or self._front_settled()
-
-    def _front_settled(self) -> bool:
-        """Whether the consumer's next read of an ordered run's list makes room: it finds
-        a result, or a dropped item whose token it gives back.
-
-        Only ended generators' nodes (CLOSED, no token) are skipped, so the look is short:
-        stopping at a dropped item, not scanning past it, keeps a generator whose children
-        are mostly dropped linear (the consumer, not the stall's last resort, makes room).
-        """
         order = self._final_list
-        node = None if order is None else order.head.next
-        while node is not None and node.value is CLOSED:
-            node = node.next
-        return node is not None and node.value is not PENDING and node.value is not OPEN
+        return bool(self.ready) or (order is not None and order.makes_room())
 
     # -- progress and the end --------------------------------------------------------
 
