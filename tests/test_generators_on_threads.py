@@ -67,7 +67,7 @@ async def test_a_sleeping_generator_does_not_block_the_loop(executor: Any) -> No
         stop.set()
         await beat
     assert threads and all(on_pool(name) for name in threads), threads
-    assert ticks >= 10  # ~40 expected in 0.4 s; generous for a loaded machine
+    assert ticks >= 5  # ~40 expected in 0.4 s (blocked: about 1); generous for a loaded machine
 
 
 def numbers(n: int) -> Iterator[int | None]:

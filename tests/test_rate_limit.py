@@ -203,7 +203,7 @@ def test_no_window_ever_holds_more_than_the_limit(
 
 # -- bounded executors: the limit is on the function's starts (issue 17, item 6.8) -------
 
-MARGIN = 0.1  # real threads and processes: a start comes a little after its turn
+MARGIN = 0.2  # a start comes a little after its turn (before the fix: starts 0.01 s apart)
 
 
 @pytest.mark.parametrize("executor", ["thread:1", "user-pool:1", "process:1", "thread:2"])
