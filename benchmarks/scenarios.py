@@ -644,6 +644,81 @@ def scaling(loop: str, cfg: Config) -> list[Row]:
     return rows
 
 
+# -- 8. expansion ----------------------------------------------------------------------------
+# A generator task that yields many values, followed by a filter that drops almost all of
+# them (issue 17, item 2). In ordered mode the dropped children wait at the front of the
+# reorder list; it used to be quadratic there (10k outputs 1.0 s, 40k 15 s, 400k never
+# finished) while as-completed took 0.01 s. Two generators of half the values each: the
+# second one's children fill the window behind the first one's, which then went one
+# child per turn of the event loop (2 x 200k: 3.2 s).
+
+EXPANSION_RATIO = 5.0  # ordered within 5x of as-completed at every size (quadratic: 100x+)
+
+
+def _explode(n: int) -> Any:
+    yield from range(n)
+
+
+def _rare(x: int) -> int | None:
+    return x if x % 100_000 == 0 else None
+
+
+EXPANSION: Pipeline[int, int] = single_task(_explode) | single_task(_rare)
+
+
+def _expansion_inputs(cfg: Config) -> dict[str, list[int]]:
+    sizes = (10_000, 40_000) if cfg.quick else (10_000, 40_000, 400_000)
+    inputs = {fmt_int(n): [n] for n in sizes}
+    if not cfg.quick:
+        inputs["2 x 200k"] = [200_000, 200_000]
+    return inputs
+
+
+async def _expansion(cfg: Config) -> dict[str, dict[str, float]]:
+    inputs = _expansion_inputs(cfg)
+    contenders = {}
+    for name, items in inputs.items():
+        for mode in ("ordered", "as_completed"):
+            pipe = EXPANSION.with_context(execution_mode=mode)
+            expected = sum((n + 99_999) // 100_000 for n in items)
+
+            async def run(
+                pipe: Pipeline[int, int] = pipe, items: list[int] = items, k: int = expected
+            ) -> None:
+                out = await pipe(items).collect()
+                expect(len(out), k, f"conveyor (expansion of {items})")
+
+            contenders[f"{mode} {name}"] = run
+    secs = await interleaved(contenders, cfg.reps, warmups={})
+    modes = ("ordered", "as_completed")
+    return {name: {mode: secs[f"{mode} {name}"] for mode in modes} for name in inputs}
+
+
+def expansion(loop: str, cfg: Config) -> list[Row]:
+    r = run_on(loop, _expansion(cfg))
+    rows = []
+    for name, secs in r.items():
+        ratio = secs["ordered"] / secs["as_completed"]
+        what = (
+            f"two generators of {name[4:]} values each"
+            if " x " in name
+            else f"a generator of {name} values"
+        )
+        rows.append(
+            Row(
+                scenario=f"expansion {name}",
+                loop=loop,
+                metric=f"wall time: {what} | a filter keeping 1 in 100k",
+                conveyor=f"ordered {secs['ordered']:.3f} s;"
+                f" as_completed {secs['as_completed']:.3f} s",
+                ratio=f"ordered/as_completed {ratio:.1f}x",
+                target="<=5x as_completed",
+                met=ratio <= EXPANSION_RATIO,
+            )
+        )
+    return rows
+
+
 SCENARIOS: dict[str, Callable[[str, Config], list[Row]]] = {
     "overhead": overhead,
     "sync": sync,
@@ -652,6 +727,7 @@ SCENARIOS: dict[str, Callable[[str, Config], list[Row]]] = {
     "memory": memory,
     "latency": latency,
     "scaling": scaling,
+    "expansion": expansion,
     "executors": executors,  # a table of its own (report.GROUPS)
     "csv": csv,  # a table of its own: conveyor against pandas loops (benchmarks/frames.py)
     "http": http,  # a table of its own: real requests to a local server (benchmarks/http.py)

@@ -5,6 +5,8 @@ A :class:`RateLimit` allows at most ``calls`` call starts in any window of
 memory by ``calls``). A call that would exceed it waits *before* it starts: the wait
 holds one of the task's concurrency slots, but it is not part of the call, so it never
 counts against the task's ``timeout``. Retries are calls too: each attempt takes its turn.
+On a thread or process pool a call also waits for a free worker before it takes its turn,
+so that it starts when its turn is taken (see ``conveyor._engine._gate``).
 
 ``rate_limit=(calls, per_seconds)`` gives a task a limit of its own. One ``RateLimit``
 object given to several tasks is one quota for all of them: e.g. two endpoints of the

@@ -325,3 +325,76 @@ async def test_start_task_runs_in_the_given_context() -> None:
     assert await start(call(), context) == "given"
     assert context[var] == "changed by the call"  # it ran in that very context
     assert var.get() == "unset"
+
+
+# -- a call that cancels its own task (issue 17, item 7.1) -------------------------------
+
+
+@pytest.mark.parametrize("mode", ["ordered", "as_completed"])
+@pytest.mark.parametrize("suspends", [False, True])
+async def test_a_call_that_cancels_its_task_and_returns_is_reported(
+    mode: str, suspends: bool
+) -> None:
+    """``current_task().cancel(); return -1``: in asyncio that task ends cancelled, so -1
+    is not a result; the run fails as for any call cancelled from inside, naming the item
+    (it used to deliver -1)."""
+    from conveyor import single_task
+
+    delivered: list[int] = []
+
+    @single_task
+    async def selfish(x: int) -> int:
+        if suspends:
+            await asyncio.sleep(0)
+        if x == 3:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            return -1
+        return x
+
+    stream = selfish.with_execution_mode(mode)(range(6))
+    with pytest.raises(RuntimeError, match="cancelled from outside") as info:
+        async for value in stream:
+            delivered.append(value)
+    assert info.value.__notes__ == ["conveyor: raised by task 'selfish' on 3"]
+    assert isinstance(info.value.__cause__, asyncio.CancelledError)
+    assert -1 not in delivered
+
+
+async def test_a_retried_call_that_cancels_its_task_and_returns_is_reported() -> None:
+    from conveyor import single_task
+
+    attempts: list[int] = []
+
+    @single_task(retry_attempts=2, retry_delay=0)
+    async def flaky(x: int) -> int:
+        attempts.append(x)
+        if attempts.count(x) == 1 and x == 2:
+            raise ValueError("first attempt")
+        if x == 2:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            return -1
+        return x
+
+    with pytest.raises(RuntimeError, match="cancelled from outside") as info:
+        await flaky(range(4)).collect()
+    assert info.value.__notes__ == ["conveyor: raised by task 'flaky' on 2"]
+
+
+async def test_a_call_that_uses_a_timeout_inside_is_not_taken_for_cancelled() -> None:
+    """``asyncio.timeout`` inside a call cancels and uncancels its task: a normal result."""
+    from conveyor import single_task
+
+    @single_task
+    async def patient(x: int) -> int:
+        try:
+            async with asyncio.timeout(0.001):
+                await asyncio.sleep(1)
+        except TimeoutError:
+            return x
+        return -1
+
+    assert await patient(range(5)).collect() == [0, 1, 2, 3, 4]

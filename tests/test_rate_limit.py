@@ -199,3 +199,36 @@ def test_no_window_ever_holds_more_than_the_limit(
     assert not errors
     assert len(starts) == len(durations)
     assert_within(starts, calls, per)
+
+
+# -- bounded executors: the limit is on the function's starts (issue 17, item 6.8) -------
+
+MARGIN = 0.2  # a start comes a little after its turn (before the fix: starts 0.01 s apart)
+
+
+@pytest.mark.parametrize("executor", ["thread:1", "user-pool:1", "process:1", "thread:2"])
+async def test_a_bounded_pool_starts_calls_within_the_limit(executor: str) -> None:
+    """``rate_limit=(2, 0.5)`` on one worker whose first call takes 0.6 s: calls handed
+    to the busy pool used to start together when it freed (0.0, 0.6, 0.61, 0.62, ...).
+    A call now takes its turn only when a worker can start it at once."""
+    import concurrent.futures
+
+    import rate_workers
+
+    calls, per, n = 2, 0.5, 8
+    kind, _, size = executor.partition(":")
+    pool = concurrent.futures.ThreadPoolExecutor(int(size)) if kind == "user-pool" else None
+    try:
+        task = single_task(
+            rate_workers.start_then_sleep,
+            rate_limit=(calls, per),
+            executor=pool if pool is not None else executor,
+        )
+        starts = await task(range(n)).collect()
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    assert len(starts) == n
+    starts = sorted(starts)
+    for i in range(n - calls):
+        assert starts[i + calls] - starts[i] >= per - MARGIN, (i, starts)

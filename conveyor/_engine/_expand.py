@@ -10,6 +10,14 @@ generator produces must come within ``timeout`` seconds (an async generator's
 expansion yields to the event loop at least every ``PUMP_SLICE`` seconds, as the input
 pump does, so a fast generator never starves the consumer.
 
+**On threads.** A plain generator from a task on a thread pool (``"thread"``,
+``"thread:N"``, a user's ``ThreadPoolExecutor``) is stepped there too (:class:`Steps`):
+each ``next()`` is a job of the pool, one at a time, so the generator's body never runs
+on the loop; the steps share one context, as they do on the loop. When the expansion
+ends early (the run failed or closed, the stage's policy gave up), the generator is
+closed by a job of the pool as well, after the step under way if there is one; the run
+waits for it. (Steps are not timed out, as a plain generator's on the loop are not.)
+
 In an ordered run the children are inserted before a :class:`~._order.Sentinel` that
 marks where the generator's output ends; the sentinel is closed when the generator is
 done. Yielded ``None`` values are dropped. A generator that raises keeps the items it
@@ -20,12 +28,19 @@ usual return-value rules (``None``: nothing, a list: its elements, else one item
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Generator
+import concurrent.futures
+import contextvars
+import inspect
+import threading
+from collections.abc import AsyncGenerator, Callable, Generator
 from types import AsyncGeneratorType, GeneratorType
 from typing import TYPE_CHECKING, Any
 
+from ._calls import as_awaitable
 from ._input import PUMP_SLICE
 from ._order import CLOSED, Sentinel
+from ._pools import PoolExecutor
+from ._threads import ThreadPool
 
 if TYPE_CHECKING:
     from ._stage import Stage
@@ -51,6 +66,7 @@ async def _expand(
     window = stage.window
     timeout = stage.timeout
     is_async = type(gen) is AsyncGeneratorType
+    steps = None if is_async else on_threads(stage, gen)
     loop_time = run.loop.time
     deadline = loop_time() + PUMP_SLICE
     count = 0
@@ -58,10 +74,15 @@ async def _expand(
     try:
         while not run.closed:
             if window.tokens - window.expanding >= window.limit:
+                # (The slice's deadline stands: the wait may return at once, let through
+                # by a stall's last resort, and the consumer must still get its turn.)
                 await window.wait_for_room(sentinel, expansion=True)
-                deadline = loop_time() + PUMP_SLICE
             try:
-                if not is_async:
+                if steps is not None:
+                    child = await steps.next()
+                    if child is DONE:
+                        break
+                elif not is_async:
                     child = next(gen)  # type: ignore[arg-type]
                 elif timeout is None:
                     child = await gen.__anext__()  # type: ignore[union-attr]
@@ -95,6 +116,8 @@ async def _expand(
     finally:
         if is_async:
             await gen.aclose()  # type: ignore[union-attr]
+        elif steps is not None:
+            await steps.close()
         else:
             gen.close()  # type: ignore[union-attr]
     if sentinel is not None:
@@ -107,7 +130,78 @@ async def _expand(
     stage.inflight -= 1
     if stage.pending and not stage.draining:
         stage.start_pending()  # the slot it held is free
+    if stage.gate is not None:
+        stage.gate.call_ended()  # (a rate-limited pool's worker too)
     run.stage_idle()  # (a batch's remainder may have waited for this expansion)
+
+
+DONE: Any = object()
+"""What a step on a thread returns at the generator's end (a StopIteration cannot pass
+through a Future)."""
+
+
+def on_threads(stage: Stage, gen: Any) -> Steps | None:
+    """Steps on the stage's thread pool for ``gen``, or None (it runs on the loop)."""
+    executor = stage.executor
+    if isinstance(executor, ThreadPool) or (
+        isinstance(executor, PoolExecutor)
+        and isinstance(executor.pool, concurrent.futures.ThreadPoolExecutor)
+    ):
+        return Steps(gen, executor.bind)
+    return None
+
+
+class Steps:
+    """A plain generator stepped by the jobs of a thread pool (see the module doc).
+
+    A lock makes the jobs on one generator one at a time, whichever threads run them:
+    the close waits for the step under way (a generator cannot be closed while running).
+    """
+
+    __slots__ = ("close_job", "context", "gen", "lock", "next_job")
+
+    def __init__(
+        self, gen: Generator[Any, Any, Any], bind: Callable[[Callable[[Any], Any]], Any]
+    ) -> None:
+        self.gen = gen
+        self.lock = threading.Lock()
+        # One context for every step, a copy of the expansion's: what the generator sets
+        # in a ContextVar stays for its next steps, as on the loop.
+        self.context = contextvars.copy_context()
+        self.next_job: Callable[[Any], Any] = bind(self._next)
+        self.close_job: Callable[[Any], Any] = bind(self._close)
+
+    def _next(self, _: Any) -> Any:
+        """(A worker thread.) The generator's next value, or DONE."""
+        with self.lock:
+            try:
+                return self.context.run(next, self.gen)
+            except StopIteration:
+                return DONE
+
+    def _close(self, _: Any) -> None:
+        """(A worker thread.) Close the generator (its ``finally`` blocks run here)."""
+        with self.lock:
+            self.context.run(self.gen.close)
+
+    async def next(self) -> Any:
+        return await as_awaitable(self.next_job(None))
+
+    async def close(self) -> None:
+        """Close the generator on the pool, unless it has ended; awaited to its end,
+        even if the expansion is cancelled again meanwhile (the run waits for it)."""
+        if inspect.getgeneratorstate(self.gen) == inspect.GEN_CLOSED:
+            return  # (exhausted, or it raised: nothing to close)
+        try:
+            closing = asyncio.ensure_future(as_awaitable(self.close_job(None)))
+        except RuntimeError:  # a user's pool already shut down: close it here
+            self.gen.close()
+            return
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            await closing
+            raise
 
 
 def _produce(stage: Stage, sentinel: Sentinel | None, child: Any) -> None:

@@ -6,12 +6,26 @@ concurrency slot (``running``) and its place in the order, and a timer starts it
 the limit allows. The wait is not part of the call, so the task's ``timeout`` does not
 see it, and no task is held while waiting. Retries take their turn inside the call's
 task (``Stage.attempt``). See ``conveyor.rate`` for the limit's semantics.
+
+**Bounded executors.** The limit is on starts of the function, not on hand-overs to an
+executor: a call handed to a pool whose workers are all busy would start whenever one
+frees, bunched with the others queued there. So on an executor of ``capacity`` workers
+(conveyor's thread pools, a user's ``ThreadPoolExecutor``, process pools) the gate lets
+at most ``capacity`` of its calls be out at once: a call takes its turn only when a
+worker is free to start it now, and the end of a call (``call_ended``, from
+``_waiting`` and ``_expand``) lets the next one go. The workers are assumed to be the
+stage's own: calls of other tasks sharing the pool (or a user's other work on it) can
+still delay a start.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from typing import TYPE_CHECKING, Any
+
+from ._auto import Auto
+from ._pools import ChunkedCalls, PoolExecutor, cores
+from ._threads import THREADS, ThreadPool
 
 if TYPE_CHECKING:
     from ..rate import Window
@@ -42,9 +56,18 @@ class Gate:
         self.queue: deque[tuple[Any, Any]] = deque()
         self.timer: Any = None
 
+    def room(self) -> bool:
+        """Whether a call handed to the executor now would start at once: the stage's
+        calls out (``running`` counts them, and the items queued here) leave a worker.
+
+        (The executor is read each time: the run opens its pools after the gate is
+        built, and ``"auto"`` moves between inline, threads and processes.)"""
+        capacity = capacity_of(self.stage.executor)
+        return capacity is None or self.stage.running - len(self.queue) < capacity
+
     def start(self, item: Any, node: Any) -> None:
         """Installed as the stage's ``start``: call now, or queue for a turn."""
-        if not self.queue and self.window.wait() == 0:
+        if not self.queue and self.window.wait() == 0 and self.room():
             self.window.take()
             self.call(item, node)
             return
@@ -53,8 +76,8 @@ class Gate:
         if not stage.is_batch:  # (a batch's items count from their arrival)
             stage.inflight += 1
         self.queue.append((item, stage.place(node)))
-        if self.timer is None:
-            self.arm()
+        if self.timer is None and self.room():
+            self.arm()  # (else the end of a call goes on: ``call_ended``)
 
     def arm(self) -> None:
         # A gate with a turn to come is working: the window must not take the run for
@@ -66,11 +89,22 @@ class Gate:
     def release(self) -> None:
         """The timer: start what the limit allows now, in order; re-arm for the rest."""
         self.timer = None
+        self.stage.window.busy -= 1
+        self.go_on()
+
+    def call_ended(self) -> None:
+        """(From ``_waiting`` and ``_expand``.) One of the stage's calls is over (its
+        ``running`` count is down): a worker is free for the next in the queue."""
+        if self.queue and self.timer is None and not self.stage.run.closed:
+            self.go_on()
+
+    def go_on(self) -> None:
+        """Start the queued calls that the limit and the executor allow now, in order;
+        arm the timer for the next turn, or leave the next start to ``call_ended``."""
         stage = self.stage
-        stage.window.busy -= 1
         run = stage.run
         window = self.window
-        while self.queue and not run.closed and window.wait() == 0:
+        while self.queue and not run.closed and window.wait() == 0 and self.room():
             item, node = self.queue.popleft()
             stage.running -= 1
             if not stage.is_batch:
@@ -79,7 +113,7 @@ class Gate:
             self.call(item, node)
         if run.closed:
             return
-        if self.queue:
+        if self.queue and self.room():
             self.arm()
         # Slots given back by calls that ended at once (a plain function): as call_done
         # would after a call's task.
@@ -97,3 +131,26 @@ class Gate:
             self.timer = None
             self.stage.window.busy -= 1
         self.queue.clear()
+
+
+def capacity_of(executor: Any) -> int | None:
+    """How many calls ``executor`` starts at once (None: as many as it is given).
+
+    A user's ``ThreadPoolExecutor`` or ``ProcessPoolExecutor`` does not make its size
+    public: ``_max_workers`` has been their attribute since Python 3.2 (if it ever goes:
+    a thread pool counts as unbounded, a process pool as one worker per core)."""
+    if isinstance(executor, Auto):  # where its calls go now
+        if executor.choice == "thread":
+            return THREADS
+        if executor.choice == "process":
+            return cores()
+        return None
+    if isinstance(executor, ThreadPool):
+        return executor.workers
+    if isinstance(executor, PoolExecutor):
+        size = getattr(executor.pool, "_max_workers", None)
+        return size if isinstance(size, int) else None
+    if isinstance(executor, ChunkedCalls):  # (a user's pool: its own size, if it says)
+        size = getattr(executor.pool.user_pool, "_max_workers", None)
+        return size if isinstance(size, int) else executor.pool.workers
+    return None  # inline, Dask (turns are taken as calls go to the cluster), custom

@@ -81,7 +81,7 @@ class Sentinel(Node):
 
 
 class OrderList:
-    __slots__ = ("head", "on_front", "tail")
+    __slots__ = ("dropping", "head", "on_front", "tail")
 
     def __init__(self, on_front: Callable[[], None], *, reader_keeps_tokens: bool = False) -> None:
         # The dummy (head.next is the front); its value says whether the list's reader
@@ -90,6 +90,7 @@ class OrderList:
         self.head = Node(KEPT if reader_keeps_tokens else EMPTY, None, None)
         self.tail = self.head
         self.on_front = on_front
+        self.dropping = False  # (see drop_settled_front)
 
     def append(self) -> Node:
         # Node.__new__ and three stores: half the cost of a call to Node.__init__.
@@ -140,6 +141,42 @@ class OrderList:
             nxt.prev = self.head
         node.prev = node.next = None
         return node
+
+    def drop_settled_front(self, release: Callable[[int], None]) -> Node | None:
+        """Unlink the nodes at the front that hold nothing for the reader: dropped items
+        (EMPTY; ``release(1)`` gives back each one's window token) and ended generators'
+        nodes (CLOSED, no token). Returns the front node left, None if there is none.
+
+        Done when the front is settled, not at the reader's next read: a generator whose
+        children are mostly dropped would otherwise go one child per hand-over to the
+        reader (a turn of the event loop each, for the consumer). A ``release`` may settle
+        the front again (a batch flushed into this list): that inner call returns None at
+        once, and this one goes on."""
+        if self.dropping:
+            return None
+        self.dropping = True
+        try:
+            head = self.head
+            while (node := head.next) is not None:
+                value = node.value
+                if value is EMPTY:
+                    self.unlink_front()
+                    release(1)
+                elif value is CLOSED:
+                    self.unlink_front()
+                else:
+                    return node
+            return None
+        finally:
+            self.dropping = False
+
+    def makes_room(self) -> bool:
+        """Whether the reader's next read gives a window token back: it finds a value or
+        a dropped item (not looked past: a long look per wait for room was quadratic)."""
+        node = self.head.next
+        while node is not None and node.value is CLOSED:  # (no token: the reader skips it)
+            node = node.next
+        return node is not None and node.value is not PENDING and node.value is not OPEN
 
     def is_empty(self) -> bool:
         return self.head.next is None

@@ -138,7 +138,7 @@ class Run:
     # -- wiring ----------------------------------------------------------------------
 
     def _build(self, specs: Sequence[StageSpec], context: PipelineContext) -> None:
-        order = OrderList(self.wake_consumer) if self.ordered else None
+        order = OrderList(self._front_changed) if self.ordered else None
         self._final_list = order
         sink: Sink = OrderedOutput(self, order) if order is not None else Output(self)
         for spec in reversed(specs):
@@ -256,19 +256,20 @@ class Run:
         """The reorder list in front of the consumer (ordered runs; for statistics)."""
         return self._final_list
 
+    def _front_changed(self) -> None:
+        """The final list's front was settled: what holds nothing for the consumer leaves
+        at once (see ``OrderList.drop_settled_front``); the consumer is woken."""
+        order = self._final_list
+        if order is not None:
+            front = order.drop_settled_front(self.window.release)
+            if front is not None and front.value is OPEN:
+                sentinel_at_front(front)
+        self.wake_consumer()
+
     def _can_drain(self) -> bool:
         """Whether the consumer has a result to take (and so will make room)."""
-        return bool(self.ready) or self._front_settled()
-
-    def _front_settled(self) -> bool:
-        """Whether the consumer's next read of an ordered run's list makes room: it finds
-        a result, or a dropped item whose token it gives back (a stall check that counted
-        only results flushed batches short while dropped items waited to be read)."""
         order = self._final_list
-        node = None if order is None else order.head.next
-        while node is not None and node.value is CLOSED:
-            node = node.next  # (ended generators: take() skips them, no token)
-        return node is not None and node.value is not PENDING and node.value is not OPEN
+        return bool(self.ready) or (order is not None and order.makes_room())
 
     # -- progress and the end --------------------------------------------------------
 
