@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from ._calls import as_awaitable
 from ._input import PUMP_SLICE
 from ._order import CLOSED, Sentinel
-from ._pools import PoolExecutor
+from ._pools import PoolCalls, PoolExecutor
 from ._threads import ThreadPool
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def on_threads(stage: Stage, gen: Any) -> Steps | None:
     """Steps on the stage's thread pool for ``gen``, or None (it runs on the loop)."""
     executor = stage.executor
     if isinstance(executor, ThreadPool) or (
-        isinstance(executor, PoolExecutor)
+        isinstance(executor, (PoolExecutor, PoolCalls))  # (PoolCalls: opened for the run)
         and isinstance(executor.pool, concurrent.futures.ThreadPoolExecutor)
     ):
         return Steps(gen, executor.bind)

@@ -24,7 +24,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._auto import Auto
-from ._pools import ChunkedCalls, PoolExecutor, cores
+from ._pools import ChunkedCalls, PoolCalls, PoolExecutor, cores
 from ._threads import THREADS, ThreadPool
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def capacity_of(executor: Any) -> int | None:
         return None
     if isinstance(executor, ThreadPool):
         return executor.workers
-    if isinstance(executor, PoolExecutor):
+    if isinstance(executor, (PoolExecutor, PoolCalls)):  # (PoolCalls: opened for a run)
         size = getattr(executor.pool, "_max_workers", None)
         return size if isinstance(size, int) else None
     if isinstance(executor, ChunkedCalls):  # (a user's pool: its own size, if it says)
