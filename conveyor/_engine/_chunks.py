@@ -35,6 +35,7 @@ import copy
 import logging
 import math
 import pickle
+import signal
 import time
 import traceback
 from collections.abc import Callable
@@ -43,7 +44,7 @@ from typing import Any
 
 from ._pickling import unpicklable_item, unpicklable_result
 
-__all__ = ["Chunker", "run_chunk"]
+__all__ = ["Chunker", "run_chunk", "start_worker"]
 
 logger = logging.getLogger("conveyor")
 
@@ -56,7 +57,7 @@ items), chunks of ~20 ms of work ran at 0.79-0.80x the best hand-tuned
 and 1.8-2.1x (every round trip also costs the main process CPU that the workers share)."""
 MAX_CHUNK = 10_000
 PROTOCOL = pickle.HIGHEST_PROTOCOL
-_OK, _ERROR = 0, 1
+_OK, _ERROR, _SKIPPED = 0, 1, 2
 
 
 class Chunker:
@@ -198,6 +199,8 @@ class Chunker:
                     continue
                 if status == _OK:
                     future.set_result(value)
+                elif status == _SKIPPED:  # not run: the run had ended (the stop flag)
+                    future.cancel()
                 else:
                     future.set_exception(value)
         if self.pending:
@@ -248,12 +251,26 @@ def _own_copy(error: BaseException) -> BaseException:
 _functions: dict[bytes, Callable[[Any], Any]] = {}
 """Functions a worker has unpickled, by payload (a few per worker: the tasks it serves)."""
 
+_stop: Any = None
+"""The pool's stop flag (a shared byte, set once the run has ended), in a worker of a pool
+conveyor created; None elsewhere (a user's pool, Dask)."""
+
+
+def start_worker(stop: Any) -> None:
+    """(A worker of a pool conveyor created, as it starts.) Ignore SIGINT: a Ctrl-C
+    reaches every process of the terminal's group, and it is the main process's to handle
+    (the first lets the calls under way finish; see ``_interrupt``). Keep the stop flag."""
+    global _stop
+    _stop = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
 
 def run_chunk(function: bytes, items: bytes) -> bytes:
     """Call the function on every item; an item's exception is its answer, not the chunk's.
 
     Returns the pickled ``(answers, work seconds, CPU seconds, unpickling seconds)``,
-    where each answer is ``(_OK, result)`` or ``(_ERROR, exception)``. A generator's
+    where each answer is ``(_OK, result)``, ``(_ERROR, exception)``, or ``(_SKIPPED,
+    None)`` for an item not run because the pool's stop flag was set (the run ended). A generator's
     items are listed here (a generator cannot travel). A result or exception that cannot
     be pickled is replaced, alone, by an exception that says so.
     """
@@ -268,7 +285,11 @@ def run_chunk(function: bytes, items: bytes) -> bytes:
     started = time.perf_counter()
     cpu = time.process_time()
     answers: list[tuple[int, Any]] = []
+    stop = _stop
     for item in batch:
+        if stop is not None and stop.value:
+            answers.append((_SKIPPED, None))
+            continue
         try:
             result = call(item)
             if type(result) is GeneratorType:

@@ -28,8 +28,9 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .._spec import StageSpec
+from . import _interrupt
 from ._calls import Executor
-from ._chunks import Chunker, run_chunk
+from ._chunks import Chunker, run_chunk, start_worker
 from ._pickling import dump_function
 
 __all__ = ["PoolExecutor", "Processes", "cores"]
@@ -76,6 +77,12 @@ class Processes:
     in a process with threads. A worker that dies breaks a ``ProcessPoolExecutor``: the
     items of its chunks fail with ``BrokenProcessPool`` under the task's policy, and a
     pool that conveyor owns is replaced for the chunks that follow.
+
+    The workers of a pool conveyor creates ignore SIGINT (a Ctrl-C is the main process's
+    to handle: the run's end lets running calls finish), and share the pool's *stop*
+    flag: once the run ends, a chunk still queued in the pool, or the rest of a chunk
+    under way, is not run (see ``run_chunk``), so the run's end waits for at most the
+    calls running now. On a second Ctrl-C the workers are terminated (``_interrupt``).
     """
 
     def __init__(
@@ -137,10 +144,13 @@ class ProcessPool:
     def __init__(self, workers: int, user_pool: concurrent.futures.Executor | None) -> None:
         self.owned = user_pool is None
         self.workers = workers or cores()  # (a user's pool: its size is not public)
+        self.stop: Any = None  # the workers' stop flag (a shared byte), on pools we own
+        self.stopped = False  # the run has ended: no pool is replaced any more
         self.pool = user_pool or self._new()
         self.retired: list[concurrent.futures.Executor] = []
         self.chunkers: list[Chunker] = []
         self.loop = asyncio.get_running_loop()
+        _interrupt.register(self)
 
     def _new(self) -> concurrent.futures.ProcessPoolExecutor:
         methods = multiprocessing.get_all_start_methods()
@@ -148,7 +158,11 @@ class ProcessPool:
         context = multiprocessing.get_context(method)
         if method == "forkserver":
             _preload(context)
-        return concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
+        if self.stop is None:  # (one flag for the pool and its replacements)
+            self.stop = context.RawValue("b", 0)
+        return concurrent.futures.ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=start_worker, initargs=(self.stop,)
+        )
 
     def submit(self, function: bytes, items: bytes) -> concurrent.futures.Future[bytes]:
         pool = self.pool
@@ -176,7 +190,7 @@ class ProcessPool:
                 self.loop.call_soon_threadsafe(self.replace, pool)
 
     def replace(self, pool: concurrent.futures.Executor) -> None:
-        if pool is self.pool:
+        if pool is self.pool and not self.stopped:
             pool.shutdown(wait=False, cancel_futures=True)
             self.retired.append(pool)
             self.pool = self._new()
@@ -196,12 +210,13 @@ class ProcessPool:
         """Close the pools conveyor created, once their processes have exited.
 
         Chunks not started are cancelled; a chunk still running (the run ended early)
-        runs to its end first: a worker process is never killed mid-call (a chunk is
-        sized to 100-250 ms of work unless ``chunk_size`` says otherwise)."""
-        for chunker in self.chunkers:
-            for future in chunker.out:
-                future.cancel()  # (a chunk not yet started)
+        runs to its end first: a worker process is never killed mid-call. On pools conveyor
+        owns, only the call under way does: the stop flag tells the workers to skip the
+        rest of their chunks (those already queued in the pool, and the rest of the
+        chunk under way)."""
+        self._stop()
         if not self.owned:
+            _interrupt.unregister(self)
             return
         pools = [*self.retired, self.pool]
 
@@ -210,6 +225,39 @@ class ProcessPool:
                 pool.shutdown(wait=True, cancel_futures=True)
 
         await _in_thread(shut_down)
+        _interrupt.unregister(self)
+
+    def _stop(self) -> None:
+        self.stopped = True
+        if self.stop is not None:
+            self.stop.value = 1
+        for chunker in self.chunkers:
+            for future in chunker.out:
+                future.cancel()  # (a chunk not yet started)
+
+    def abandon(self) -> list[threading.Thread]:
+        """(On the loop; see ``_interrupt``.) Stop, and terminate the workers of the pools
+        conveyor owns (a user's pool is the user's: only its chunks not started are
+        cancelled). Their calls are lost: the run is over."""
+        self._stop()
+        if self.owned:
+            for pool in [*self.retired, self.pool]:
+                _terminate(pool)
+        return []
+
+
+def _terminate(pool: concurrent.futures.Executor) -> None:
+    """Terminate a process pool's workers now (SIGTERM): ``terminate_workers()`` from
+    Python 3.14, the pool's process table before it."""
+    terminate = getattr(pool, "terminate_workers", None)
+    if terminate is not None:
+        terminate()
+        return
+    processes = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        with contextlib.suppress(Exception):  # (exited meanwhile)
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 _preloaded = False
