@@ -15,6 +15,10 @@ task like any other. Items wait in ``pending`` until a chunk takes them:
   work, plus pickling), kept within 100-250 ms, so that fixed costs stay small. A chunk
   never takes more than an even share of the waiting items, so that every worker has
   work, on 2 cores or 64.
+* **Bytes.** Under the run's byte bound (``max_in_flight_bytes``, items weighed: see
+  ``_weight``), a chunk also holds at most a ``4 x workers`` share of the bound, and its
+  pickled copy takes window places as items of the mean weight would, until its answer is
+  in: the input reads on only as far as the bound allows with the copies in transit.
 * **Answers.** The worker calls the function on every item of its chunk and catches each
   item's exception (:func:`run_chunk`), so a failing item fails alone, under the task's
   policy, and its neighbours succeed. Results come back as soon as their chunk is done.
@@ -40,9 +44,12 @@ import time
 import traceback
 from collections.abc import Callable
 from types import GeneratorType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._pickling import unpicklable_item, unpicklable_result
+
+if TYPE_CHECKING:
+    from ._weight import Weigher
 
 __all__ = ["Chunker", "run_chunk", "start_worker"]
 
@@ -77,6 +84,7 @@ class Chunker:
         lost: Callable[[BaseException, int], BaseException],
         workers: int,
         chunk_size: int | None,
+        weigher: Weigher | None = None,
     ) -> None:
         self.loop = loop
         self.function = function
@@ -84,6 +92,7 @@ class Chunker:
         self.lost = lost
         self.workers = workers
         self.fixed = chunk_size
+        self.weigher = weigher
         self.size = chunk_size or 1
         self.pending: list[tuple[Any, asyncio.Future[Any]]] = []
         self.out: set[concurrent.futures.Future[bytes]] = set()
@@ -121,6 +130,8 @@ class Chunker:
     def send(self) -> None:
         share = math.ceil(len(self.pending) / self.workers)
         count = max(1, min(self.size, share))
+        if self.weigher is not None and (by_bytes := self.weigher.chunk_items(self.workers)):
+            count = min(count, by_bytes)
         chunk = [(item, f) for item, f in self.pending[:count] if not f.cancelled()]
         del self.pending[:count]
         if not chunk:
@@ -136,17 +147,20 @@ class Chunker:
             items = [item for item, _ in chunk]
             payload = pickle.dumps(items, PROTOCOL)
         pickled = time.perf_counter() - started
+        held = self.weigher.hold(len(payload)) if self.weigher is not None else 0
         try:
             sent = self.submit(self.function, payload)
         except Exception as exc:  # a broken or closed pool refuses at once
+            self._unhold(held)
             self._fail(chunk, exc)
             return
+        del payload  # (the pool holds it until the answer: counted by ``held``)
         self.out.add(sent)
         # Sent while nothing else was out, once the workers are up (before the first
         # answer, a round trip includes starting them): its round trip measures latency.
         idle = self.warm and len(self.out) == 1
         sent.add_done_callback(
-            lambda done: self._call_soon(self.answered, done, chunk, started, pickled, idle)
+            lambda done: self._call_soon(self.answered, done, chunk, started, pickled, idle, held)
         )
 
     def _call_soon(self, *args: Any) -> None:
@@ -175,8 +189,10 @@ class Chunker:
         started: float,
         pickled: float,
         idle: bool,
+        held: int = 0,
     ) -> None:
         self.out.discard(done)
+        self._unhold(held)
         self.warm = True
         if done.cancelled():  # the pool shut down with the chunk unsent: the run is over
             for _, future in chunk:
@@ -205,6 +221,10 @@ class Chunker:
                     future.set_exception(value)
         if self.pending:
             self.flush()
+
+    def _unhold(self, held: int) -> None:
+        if held and self.weigher is not None:
+            self.weigher.unhold(held)
 
     def _fail(self, chunk: list[tuple[Any, asyncio.Future[Any]]], error: BaseException) -> None:
         error = self.lost(error, len(chunk))

@@ -32,6 +32,7 @@ from . import _interrupt
 from ._calls import Executor
 from ._chunks import Chunker, run_chunk, start_worker
 from ._pickling import dump_function
+from ._weight import WEIGHER, Weigher
 
 __all__ = ["PoolExecutor", "Processes", "cores"]
 
@@ -100,7 +101,7 @@ class Processes:
         if key not in shared:
             shared[key] = pool = ProcessPool(self.workers, self.user_pool)
             stack.push_async_callback(pool.close)
-        return ChunkedCalls(shared[key], self.spec, repr(self))
+        return ChunkedCalls(shared[key], self.spec, repr(self), shared.get(WEIGHER))
 
     def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
         raise RuntimeError("a run-scoped executor is used once the run has opened it")
@@ -114,10 +115,13 @@ class Processes:
 class ChunkedCalls:
     """The calls of one task on one run's process pool (see ``_chunks``)."""
 
-    def __init__(self, pool: ProcessPool, spec: StageSpec, name: str) -> None:
+    def __init__(
+        self, pool: ProcessPool, spec: StageSpec, name: str, weigher: Weigher | None = None
+    ) -> None:
         self.pool = pool
         self.spec = spec
         self.name = name
+        self.weigher = weigher  # (the run's byte bound: chunk copies count toward it)
         self.chunker: Chunker | None = None
 
     def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -130,6 +134,7 @@ class ChunkedCalls:
             self.pool.lost,
             self.pool.workers,
             self.spec.options.chunk_size,
+            self.weigher,
         )
         self.pool.chunkers.append(self.chunker)
         return self.chunker.call
