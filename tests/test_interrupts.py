@@ -30,6 +30,7 @@ pytestmark = pytest.mark.skipif(
 
 ROOT = Path(__file__).resolve().parents[1]
 CALL = 4.0  # seconds of one call
+LONG_CALL = 30.0  # (a second Ctrl-C does not wait for it: long, so it is surely under way)
 MARGIN = 3.0  # generous: CI machines are slow
 WORKERS = {"process:2": 2, "thread:4": 4}
 
@@ -82,12 +83,14 @@ if __name__ == "__main__":
 class Child:
     """The script in a child process, its lines read as they come."""
 
-    def __init__(self, tmp_path: Path, executor: str, front: str, loop: str) -> None:
+    def __init__(
+        self, tmp_path: Path, executor: str, front: str, loop: str, call: float = CALL
+    ) -> None:
         script = tmp_path / "interrupted.py"
         script.write_text(CHILD)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.process = subprocess.Popen(
-            [sys.executable, str(script), executor, front, loop, str(CALL)],
+            [sys.executable, str(script), executor, front, loop, str(call)],
             stdout=subprocess.PIPE,
             text=True,
             env=env,
@@ -199,7 +202,7 @@ def test_the_first_ctrl_c_waits_for_the_calls_running_now_only(
 def test_a_second_ctrl_c_stops_waiting_and_leaves_nothing_running(
     tmp_path: Path, executor: str, front: str, loop: str
 ) -> None:
-    child = Child(tmp_path, executor, front, loop)
+    child = Child(tmp_path, executor, front, loop, LONG_CALL)
     child.wait_for_calls(WORKERS[executor])
     child.interrupt()
     time.sleep(0.5)  # (the run is waiting for its calls)

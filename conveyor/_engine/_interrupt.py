@@ -15,7 +15,9 @@ no more work and exit when their call returns. Those are named by :func:`note`, 
 front doors add to the ``KeyboardInterrupt``, so that nothing is left running unsaid.
 
 Each pool registers itself here when it opens (:func:`register`) and leaves when it has
-closed (:func:`unregister`); ``abandon()`` returns the threads it could not stop.
+closed (:func:`unregister`); ``abandon()`` returns the threads it could not stop. Pools
+are held weakly (a pool whose close was cut short by a cancellation leaves once dropped;
+a thread pool's threads keep it alive while they run).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class Abandonable(Protocol):
         ...
 
 
-_open: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[Abandonable]] = (
+_open: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakSet[Abandonable]] = (
     weakref.WeakKeyDictionary()
 )
 _lock = threading.Lock()  # (pools open on several loops, in several threads)
@@ -45,12 +47,14 @@ _lock = threading.Lock()  # (pools open on several loops, in several threads)
 
 def register(pool: Abandonable) -> None:
     with _lock:
-        _open.setdefault(pool.loop, set()).add(pool)
+        _open.setdefault(pool.loop, weakref.WeakSet()).add(pool)
 
 
 def unregister(pool: Abandonable) -> None:
     with _lock:
-        _open.get(pool.loop, set()).discard(pool)
+        pools = _open.get(pool.loop)
+        if pools is not None:
+            pools.discard(pool)
 
 
 def abandon(loop: asyncio.AbstractEventLoop) -> list[threading.Thread]:

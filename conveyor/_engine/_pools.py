@@ -229,8 +229,10 @@ class ProcessPool:
             for pool in pools:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-        await _in_thread(shut_down)
-        _interrupt.unregister(self)
+        try:
+            await _in_thread(shut_down)  # (to its end, even if cancelled)
+        finally:
+            _interrupt.unregister(self)
 
     def _stop(self) -> None:
         self.stopped = True

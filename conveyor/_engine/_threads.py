@@ -163,7 +163,7 @@ class ThreadPool:
         for _ in self.threads:
             self.jobs.put(None)
         while not self.abandoned and any(thread.is_alive() for thread in self.threads):
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.002)  # (if cancelled here, a second Ctrl-C still reaches it)
         self._answer()  # (answers that arrived after the run's end: read, dropped)
         _interrupt.unregister(self)
 
