@@ -8,8 +8,9 @@ would raise at once and then wait again, while closing the loop): the worker pro
 the loop's runs are terminated, their thread pools take no more work, and
 ``KeyboardInterrupt`` is raised as soon as the main task has ended, with a note naming the
 threads still inside a call (Python cannot stop a thread; they exit when it returns). A
-third Ctrl-C raises at once. This applies where ``asyncio.Runner`` would handle SIGINT:
-in the main thread, unless the program has installed a SIGINT handler of its own.
+third Ctrl-C raises at once, as does the second when no pool of conveyor's is open. This
+applies where ``asyncio.Runner`` would handle SIGINT: in the main thread, unless the
+program has installed a SIGINT handler of its own.
 """
 
 from __future__ import annotations
@@ -103,11 +104,11 @@ class Interrupts:
             task.cancel()
             loop.call_soon_threadsafe(lambda: None)  # (wake the loop up)
             return
-        if self.left is None:
+        if self.left is None and _interrupt.any_open(loop):
             self.left = []
             loop.call_soon_threadsafe(self.abandon, loop)
             return
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # (as asyncio.Runner does: nothing of conveyor's to stop)
 
     def abandon(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self.left is not None

@@ -35,7 +35,7 @@ MARGIN = 3.0  # generous: CI machines are slow
 WORKERS = {"process:2": 2, "thread:4": 4}
 
 CHILD = """
-import json, multiprocessing, os, sys, threading, time
+import asyncio, json, multiprocessing, os, sys, threading, time
 
 if sys.argv[3] == "asyncio":
     sys.modules["uvloop"] = None  # (conveyor then runs on asyncio's own loop)
@@ -45,13 +45,23 @@ from conveyor import single_task
 
 
 def slow(seconds):
-    print(f"started {os.getpid()} {threading.current_thread().name}", flush=True)
+    # (one write: the lines of threads printing at once do not interleave)
+    os.write(1, f"started {os.getpid()} {threading.current_thread().name}\\n".encode())
     time.sleep(seconds)
     return seconds
 
 
 async def collect(pipeline, items):
     return await pipeline(items).collect()
+
+
+async def stubborn(seconds):
+    # No conveyor here: a main task that waits again when cancelled.
+    slow(0)
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        await asyncio.sleep(seconds)
 
 
 if __name__ == "__main__":
@@ -65,6 +75,8 @@ if __name__ == "__main__":
         elif front == "iter":
             for _ in task.iter(items):
                 pass
+        elif front == "stubborn":
+            conveyor.run(stubborn(seconds))
         else:
             conveyor.run(collect(task, items))
         outcome = "finished"
@@ -117,6 +129,7 @@ class Child:
             line = self.lines.get(timeout=max(0.0, timeout))
         except queue.Empty:
             self.process.kill()
+            self.process.wait()
             raise AssertionError(f"the child is stuck; started: {self.started}") from None
         if line is None:
             return False
@@ -222,3 +235,15 @@ def test_a_second_ctrl_c_stops_waiting_and_leaves_nothing_running(
         assert "4 of its thread(s) were still inside a call" in note
         assert report["threads"] and all(name in note for name in report["threads"])
         assert all(name.startswith("conveyor-1_") for name in report["threads"])
+
+
+def test_without_a_pool_a_second_ctrl_c_raises_at_once(tmp_path: Path) -> None:
+    """Nothing of conveyor's to stop: ``conveyor.run`` does what ``asyncio.run`` does."""
+    child = Child(tmp_path, "thread:4", "stubborn", "default", LONG_CALL)
+    child.wait_for_calls(1)
+    child.interrupt()
+    time.sleep(0.5)  # (the main task waits again)
+    interrupted = child.interrupt()
+    ended = child.end()
+    assert ended - interrupted < 1 + MARGIN
+    assert child.report is not None and child.report["outcome"] == "KeyboardInterrupt"

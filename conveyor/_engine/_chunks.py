@@ -290,9 +290,9 @@ def run_chunk(function: bytes, items: bytes) -> bytes:
 
     Returns the pickled ``(answers, work seconds, CPU seconds, unpickling seconds)``,
     where each answer is ``(_OK, result)``, ``(_ERROR, exception)``, or ``(_SKIPPED,
-    None)`` for an item not run because the pool's stop flag was set (the run ended). A generator's
-    items are listed here (a generator cannot travel). A result or exception that cannot
-    be pickled is replaced, alone, by an exception that says so.
+    None)`` for an item not run because the pool's stop flag was set (the run ended). A
+    generator's items are listed here (a generator cannot travel). A result or exception
+    that cannot be pickled is replaced, alone, by an exception that says so.
     """
     loading = time.perf_counter()
     call = _functions.get(function)

@@ -28,7 +28,7 @@ import time
 import weakref
 from typing import Protocol
 
-__all__ = ["Abandonable", "abandon", "note", "register", "unregister"]
+__all__ = ["Abandonable", "abandon", "any_open", "note", "register", "unregister"]
 
 
 class Abandonable(Protocol):
@@ -55,6 +55,12 @@ def unregister(pool: Abandonable) -> None:
         pools = _open.get(pool.loop)
         if pools is not None:
             pools.discard(pool)
+
+
+def any_open(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether a pool is open on ``loop`` (read without the lock: a signal handler may
+    ask, in a thread that holds it)."""
+    return bool(_open.get(loop))
 
 
 def abandon(loop: asyncio.AbstractEventLoop) -> list[threading.Thread]:

@@ -258,7 +258,8 @@ def _terminate(pool: concurrent.futures.Executor) -> None:
     Python 3.14, the pool's process table before it."""
     terminate = getattr(pool, "terminate_workers", None)
     if terminate is not None:
-        terminate()
+        with contextlib.suppress(Exception):  # (the pool has ended meanwhile)
+            terminate()
         return
     processes = getattr(pool, "_processes", None) or {}
     for process in list(processes.values()):
