@@ -182,6 +182,7 @@ def assert_nothing_left(child: Child) -> None:
         ("process:2", "iter"),
         ("process:2", "conveyor.run"),
         ("thread:4", "run"),
+        ("thread:4", "iter"),
     ],
 )
 def test_the_first_ctrl_c_waits_for_the_calls_running_now_only(
