@@ -8,6 +8,15 @@ ready), so memory stays bounded by the run's window plus one chunk. Leaving the 
 loop early (``break``, an exception, dropping the iterator) closes the run -- in flight
 calls cancelled, the input closed -- and stops the thread before control returns.
 
+Ctrl-C: ``pipeline.run`` handles it as ``conveyor.run`` does (see ``runner``). In
+``pipeline.iter`` the ``KeyboardInterrupt`` reaches the caller's thread, wherever it is;
+leaving the ``for`` loop then closes the run, which drops the calls not started and waits
+for the calls running now. A Ctrl-C during that wait (the second) stops it: the run's pools are
+abandoned (worker processes terminated, threads told to take no more work; see
+``_engine._interrupt``), the run's tasks are cancelled and awaited for at most
+:data:`ABANDONED` seconds, and the ``KeyboardInterrupt`` gains a note naming the threads
+still inside a call.
+
 Both refuse to run inside a running event loop: there, ``await pipeline(items).collect()``
 or ``async for`` is the way (blocking the loop to wait for the run would deadlock it).
 Both use uvloop when it is installed (``conveyor[fast]``), as ``conveyor.run`` does.
@@ -16,10 +25,13 @@ Both use uvloop when it is installed (``conveyor[fast]``), as ``conveyor.run`` d
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._engine import _interrupt
 from .runner import new_event_loop, run
 
 if TYPE_CHECKING:
@@ -29,6 +41,10 @@ T = TypeVar("T")
 
 CHUNK = 256
 """Most results handed to the caller's thread at a time."""
+
+ABANDONED = 2.0
+"""Seconds ``pipeline.iter`` waits, after a second Ctrl-C, for the run's tasks to end once
+its pools are abandoned (they end at once unless a call on the loop itself blocks it)."""
 
 _END: Any = object()
 
@@ -90,10 +106,41 @@ def _iterate(make: Callable[[], AsyncStream[T]]) -> Iterator[T]:
                     return
                 yield item
     finally:
+        closed = True
         try:
             if stream is not None:
                 call(stream.aclose())
+        except KeyboardInterrupt as interrupt:  # a (second) Ctrl-C while the run closes
+            closed = _abandon(loop, interrupt)
+            raise
         finally:
             loop.call_soon_threadsafe(loop.stop)
-            thread.join()
-            loop.close()
+            thread.join(None if closed else ABANDONED)
+            if not thread.is_alive():
+                loop.close()
+
+
+def _abandon(loop: asyncio.AbstractEventLoop, interrupt: KeyboardInterrupt) -> bool:
+    """(The caller's thread.) Abandon the run on ``loop`` (see ``_engine._interrupt``),
+    cancel its tasks and wait for them for at most :data:`ABANDONED` seconds; note on
+    ``interrupt`` the threads still inside a call. Whether every task ended."""
+
+    async def abandon() -> list[threading.Thread]:
+        return _interrupt.abandon(loop)
+
+    async def cancel_the_rest() -> None:
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    left: list[threading.Thread] = []
+    ended = False
+    with contextlib.suppress(concurrent.futures.TimeoutError):
+        left = asyncio.run_coroutine_threadsafe(abandon(), loop).result(ABANDONED)
+        asyncio.run_coroutine_threadsafe(cancel_the_rest(), loop).result(ABANDONED)
+        ended = True
+    said = _interrupt.note(left)
+    if said is not None:
+        interrupt.add_note(said)
+    return ended

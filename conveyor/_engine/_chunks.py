@@ -15,6 +15,10 @@ task like any other. Items wait in ``pending`` until a chunk takes them:
   work, plus pickling), kept within 100-250 ms, so that fixed costs stay small. A chunk
   never takes more than an even share of the waiting items, so that every worker has
   work, on 2 cores or 64.
+* **Bytes.** Under the run's byte bound (``max_in_flight_bytes``, items weighed: see
+  ``_weight``), a chunk also holds at most a ``4 x workers`` share of the bound, and its
+  pickled copy takes window places as items of the mean weight would, until its answer is
+  in: the input reads on only as far as the bound allows with the copies in transit.
 * **Answers.** The worker calls the function on every item of its chunk and catches each
   item's exception (:func:`run_chunk`), so a failing item fails alone, under the task's
   policy, and its neighbours succeed. Results come back as soon as their chunk is done.
@@ -48,13 +52,17 @@ import logging
 import math
 import os
 import pickle
+import signal
 import time
 import traceback
 from collections.abc import Callable, Generator
 from types import CoroutineType, GeneratorType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._pickling import coroutine_returned, unpicklable_item, unpicklable_result
+
+if TYPE_CHECKING:
+    from ._weight import Weigher
 
 __all__ = ["Chunker", "run_chunk", "start_worker"]
 
@@ -69,7 +77,7 @@ items), chunks of ~20 ms of work ran at 0.79-0.80x the best hand-tuned
 and 1.8-2.1x (every round trip also costs the main process CPU that the workers share)."""
 MAX_CHUNK = 10_000
 PROTOCOL = pickle.HIGHEST_PROTOCOL
-_OK, _ERROR, _GENERATOR = 0, 1, 2
+_OK, _ERROR, _GENERATOR, _SKIPPED = 0, 1, 2, 3
 
 
 class Chunker:
@@ -93,6 +101,7 @@ class Chunker:
         ],
         workers: int,
         chunk_size: int | None,
+        weigher: Weigher | None = None,
     ) -> None:
         self.loop = loop
         self.function = function
@@ -100,6 +109,7 @@ class Chunker:
         self.lost = lost
         self.workers = workers
         self.fixed = chunk_size
+        self.weigher = weigher
         self.size = chunk_size or 1
         self.pending: list[tuple[Any, asyncio.Future[Any]]] = []
         self.out: set[concurrent.futures.Future[bytes]] = set()
@@ -137,6 +147,8 @@ class Chunker:
     def send(self) -> None:
         share = math.ceil(len(self.pending) / self.workers)
         count = max(1, min(self.size, share))
+        if self.weigher is not None and (by_bytes := self.weigher.chunk_items(self.workers)):
+            count = min(count, by_bytes)
         chunk = [(item, f) for item, f in self.pending[:count] if not f.cancelled()]
         del self.pending[:count]
         if not chunk:
@@ -152,17 +164,20 @@ class Chunker:
             items = [item for item, _ in chunk]
             payload = pickle.dumps(items, PROTOCOL)
         pickled = time.perf_counter() - started
+        held = self.weigher.hold(len(payload)) if self.weigher is not None else 0
         try:
             sent = self.submit(self.function, payload)
         except Exception as exc:  # a broken or closed pool refuses at once
+            self._unhold(held)
             self._fail(chunk, exc)
             return
+        del payload  # (the pool holds it until the answer: counted by ``held``)
         self.out.add(sent)
         # Sent while nothing else was out, once the workers are up (before the first
         # answer, a round trip includes starting them): its round trip measures latency.
         idle = self.warm and len(self.out) == 1
         sent.add_done_callback(
-            lambda done: self._call_soon(self.answered, done, chunk, started, pickled, idle)
+            lambda done: self._call_soon(self.answered, done, chunk, started, pickled, idle, held)
         )
 
     def _call_soon(self, *args: Any) -> None:
@@ -191,8 +206,10 @@ class Chunker:
         started: float,
         pickled: float,
         idle: bool,
+        held: int = 0,
     ) -> None:
         self.out.discard(done)
+        self._unhold(held)
         self.warm = True
         if done.cancelled():  # the pool shut down with the chunk unsent: the run is over
             for _, future in chunk:
@@ -217,10 +234,16 @@ class Chunker:
                     future.set_result(value)
                 elif status == _GENERATOR:
                     future.set_result(_replay(*value))
+                elif status == _SKIPPED:  # not run: the run had ended (the stop flag)
+                    future.cancel()
                 else:
                     future.set_exception(value)
         if self.pending:
             self.flush()
+
+    def _unhold(self, held: int) -> None:
+        if held and self.weigher is not None:
+            self.weigher.unhold(held)
 
     def _fail(
         self,
@@ -291,12 +314,20 @@ _functions: dict[bytes, Callable[[Any], Any]] = {}
 _record: Any = None
 """This worker's slot in its pool's shared record, ``(array, offset)`` (see the module
 doc), once :func:`start_worker` has run; None in other workers (Dask's)."""
+_stop: Any = None
+"""The pool's stop flag (a shared byte, set once the run has ended), in a worker of a pool
+conveyor created; None elsewhere (a user's pool, Dask)."""
 
 
-def start_worker(array: Any, taken: Any) -> None:
+def start_worker(array: Any, taken: Any, stop: Any) -> None:
     """(The initializer of a pool's workers.) Take the next free slot of ``array`` (three
-    integers per worker: pid, chunk, item index) and write this worker's pid there."""
-    global _record
+    integers per worker: pid, chunk, item index) and write this worker's pid there; keep
+    the stop flag; ignore SIGINT: a Ctrl-C reaches every process of the terminal's group,
+    and it is the main process's to handle (the first lets the calls under way finish;
+    see ``_interrupt``)."""
+    global _record, _stop
+    _stop = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with taken.get_lock():
         slot = taken.value
         taken.value += 1
@@ -310,10 +341,12 @@ def run_chunk(function: bytes, items: bytes, chunk: int = 0) -> bytes:
     """Call the function on every item; an item's exception is its answer, not the chunk's.
 
     Returns the pickled ``(answers, work seconds, CPU seconds, unpickling seconds)``,
-    where each answer is ``(_OK, result)``, ``(_ERROR, exception)`` or, for a generator
-    (which cannot travel), ``(_GENERATOR, (values, exception or None))``: its values up to
-    its end or its error. A result or exception that cannot be pickled is replaced, alone,
-    by an exception that says so. ``chunk`` is the chunk's number in the worker record.
+    where each answer is ``(_OK, result)``, ``(_ERROR, exception)``, for a generator
+    (which cannot travel) ``(_GENERATOR, (values, exception or None))``: its values up to
+    its end or its error, or ``(_SKIPPED, None)`` for an item not run because the pool's
+    stop flag was set (the run ended). A result or exception that cannot be pickled is
+    replaced, alone, by an exception that says so. ``chunk`` is the chunk's number in the
+    worker record.
     """
     record = _record
     if record is not None:
@@ -330,7 +363,11 @@ def run_chunk(function: bytes, items: bytes, chunk: int = 0) -> bytes:
     started = time.perf_counter()
     cpu = time.process_time()
     answers: list[tuple[int, Any]] = []
+    stop = _stop
     for index, item in enumerate(batch):
+        if stop is not None and stop.value:
+            answers.append((_SKIPPED, None))
+            continue
         if record is not None:
             array[at + 2] = index
         try:

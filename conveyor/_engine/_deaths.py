@@ -77,12 +77,15 @@ class Generation:
     ``deaths`` (filled by :meth:`examine`) maps a chunk's number to ``(index, exit code)``
     of the item that killed its worker; ``processes`` are the pool's worker processes."""
 
-    def __init__(self, workers: int, context: Any) -> None:
+    def __init__(self, workers: int, context: Any, stop: Any) -> None:
         self.workers = workers
         self.record = context.RawArray("q", 3 * workers)  # pid, chunk, item, per worker
         taken = context.Value("i", 0)
         self.executor = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=start_worker, initargs=(self.record, taken)
+            workers,
+            mp_context=context,
+            initializer=start_worker,
+            initargs=(self.record, taken, stop),
         )
         self.processes: dict[int, Any] = {}  # pid: its multiprocessing.Process
         self.sent: dict[int, tuple[str, bytes, concurrent.futures.Future[bytes]]] = {}
@@ -121,6 +124,14 @@ class Generation:
             if process.exitcode is None:
                 process.terminate()
             process.join()
+
+    def terminate(self) -> None:
+        """Terminate the workers now (SIGTERM; a second Ctrl-C, see ``_interrupt``): their
+        calls are lost, the run is over. The pool is shut down without waiting."""
+        for process in list(self.processes.values()):
+            with contextlib.suppress(Exception):  # (exited meanwhile)
+                process.terminate()
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def examine(self) -> None:
         """Which workers died on their own, and on which item (see the module doc).

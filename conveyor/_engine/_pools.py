@@ -34,10 +34,12 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .._spec import StageSpec
+from . import _interrupt
 from ._calls import Executor
 from ._chunks import Chunker, run_chunk
 from ._deaths import RESTARTS, Generation, PoolGaveUp, gave_up, users_pool_broke, worker_died
 from ._pickling import dump_function
+from ._weight import WEIGHER, Weigher
 
 __all__ = ["PoolCalls", "PoolExecutor", "Processes", "cores"]
 
@@ -130,6 +132,12 @@ class Processes:
     The pool conveyor creates uses the ``forkserver`` start method where there is one
     (Linux; the default from Python 3.14), else ``spawn``: never ``fork``, which is unsafe
     in a process with threads. A worker that dies: see the module doc.
+
+    The workers of a pool conveyor creates ignore SIGINT (a Ctrl-C is the main process's
+    to handle: the run's end lets running calls finish), and share the pool's *stop*
+    flag: once the run ends, a chunk still queued in the pool, or the rest of a chunk
+    under way, is not run (see ``run_chunk``), so the run's end waits for at most the
+    calls running now. On a second Ctrl-C the workers are terminated (``_interrupt``).
     """
 
     def __init__(
@@ -147,7 +155,7 @@ class Processes:
         if key not in shared:
             shared[key] = pool = ProcessPool(self.workers, self.user_pool)
             stack.push_async_callback(pool.close)
-        return ChunkedCalls(shared[key], self.spec, repr(self))
+        return ChunkedCalls(shared[key], self.spec, repr(self), shared.get(WEIGHER))
 
     def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
         raise RuntimeError("a run-scoped executor is used once the run has opened it")
@@ -161,10 +169,13 @@ class Processes:
 class ChunkedCalls:
     """The calls of one task on one run's process pool (see ``_chunks``)."""
 
-    def __init__(self, pool: ProcessPool, spec: StageSpec, name: str) -> None:
+    def __init__(
+        self, pool: ProcessPool, spec: StageSpec, name: str, weigher: Weigher | None = None
+    ) -> None:
         self.pool = pool
         self.spec = spec
         self.name = name
+        self.weigher = weigher  # (the run's byte bound: chunk copies count toward it)
         self.chunker: Chunker | None = None
 
     def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -177,6 +188,7 @@ class ChunkedCalls:
             self.pool.lost,
             self.pool.workers,
             self.spec.options.chunk_size,
+            self.weigher,
         )
         self.pool.chunkers.append(self.chunker)
         return self.chunker.call
@@ -198,9 +210,12 @@ class ProcessPool:
         self.user_pool = user_pool
         self.context: Any = None
         self.current: Generation | None = None
+        self.stop: Any = None  # the workers' stop flag (a shared byte), on pools we own
+        self.ended = False  # the run has ended: no pool is replaced any more
         if user_pool is None:
             self.context = _context()
-            self.current = Generation(self.workers, self.context)
+            self.stop = self.context.RawValue("b", 0)  # (one for every generation)
+            self.current = Generation(self.workers, self.context, self.stop)
         self.retired: list[tuple[Generation, threading.Thread]] = []  # and its burial
         self.chunkers: list[Chunker] = []
         self.loop = asyncio.get_running_loop()
@@ -211,6 +226,7 @@ class ProcessPool:
         # Whether a pool broke: on 3.11 a broken pool's thread raises InvalidStateError if
         # a future it is failing was cancelled meanwhile, so close() leaves them to it.
         self.broke = False
+        _interrupt.register(self)
 
     def submit(self, function: bytes, items: bytes, task: str) -> concurrent.futures.Future[bytes]:
         if self.user_pool is not None:
@@ -218,7 +234,8 @@ class ProcessPool:
         if self.stopped is not None:
             raise PoolGaveUp(*self.stopped.args)  # (a fresh one: tracebacks of its own)
         generation = self.current
-        assert generation is not None
+        if generation is None:  # (the run has ended: nothing more is sent)
+            raise BrokenProcessPool("the run has ended: its pool is closed")
         number = next(self.numbers)
         try:
             future = generation.submit(run_chunk, function, items, number)
@@ -254,15 +271,19 @@ class ProcessPool:
             self.breaks = 0  # the workers got through a chunk: the pool makes progress
 
     def replace(self, generation: Generation) -> None:
-        """Retire a broken pool and start a fresh one, unless it broke too often."""
+        """Retire a broken pool and start a fresh one, unless it broke too often or the
+        run has ended."""
         if generation is not self.current:
             return
         burial = threading.Thread(target=generation.bury, name="conveyor-broken-pool")
         burial.start()
         self.retired.append((generation, burial))
+        if self.ended:
+            self.current = None
+            return
         self.breaks += 1
         if self.breaks <= RESTARTS:
-            self.current = Generation(self.workers, self.context)
+            self.current = Generation(self.workers, self.context, self.stop)
             return
         self.current = None
         self.stopped = gave_up(generation, self.breaks)
@@ -296,13 +317,13 @@ class ProcessPool:
         """Close the pools conveyor created, once their processes have exited.
 
         Chunks not started are cancelled; a chunk still running (the run ended early)
-        runs to its end first: a worker process is never killed mid-call (a chunk is
-        sized to 100-250 ms of work unless ``chunk_size`` says otherwise)."""
-        if not self.broke:  # (else the pool's own thread fails them: see _check)
-            for chunker in self.chunkers:
-                for future in chunker.out:
-                    future.cancel()  # (a chunk not yet started)
+        runs to its end first: a worker process is never killed mid-call. On pools conveyor
+        owns, only the call under way does: the stop flag tells the workers to skip the
+        rest of their chunks (those already queued in the pool, and the rest of the
+        chunk under way)."""
+        self._stop()
         if not self.owned:
+            _interrupt.unregister(self)
             return
         retired, current = list(self.retired), self.current
 
@@ -312,7 +333,35 @@ class ProcessPool:
             if current is not None:
                 current.executor.shutdown(wait=True, cancel_futures=True)
 
-        await _in_thread(shut_down)
+        try:
+            await _in_thread(shut_down)  # (to its end, even if cancelled)
+        finally:
+            _interrupt.unregister(self)
+
+    def _stop(self) -> None:
+        """The run has ended: no pool is replaced, the workers skip what they have not
+        started (the stop flag), and chunks not handed to a worker are cancelled (unless a
+        pool broke: its own thread fails them, see ``_check``)."""
+        self.ended = True
+        if self.stop is not None:
+            self.stop.value = 1
+        if not self.broke:
+            for chunker in self.chunkers:
+                for future in chunker.out:
+                    future.cancel()  # (a chunk not yet started)
+
+    def abandon(self) -> list[threading.Thread]:
+        """(On the loop; see ``_interrupt``.) Stop, and terminate the workers of the pools
+        conveyor owns (a user's pool is the user's: only its chunks not started are
+        cancelled). Their calls are lost: the run is over."""
+        self._stop()
+        if self.owned:
+            generations = [generation for generation, _ in self.retired]
+            if self.current is not None:
+                generations.append(self.current)
+            for generation in generations:
+                generation.terminate()
+        return []
 
 
 def _context() -> Any:

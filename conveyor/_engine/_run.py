@@ -40,7 +40,7 @@ from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sink
 from ._stage import UNLIMITED, SingleStage, Stage
 from ._stats import Collector
 from ._waiting import Completions
-from ._weight import Weigher
+from ._weight import WEIGHER, Weigher
 from ._window import Window, sentinel_at_front, window_size
 
 NOTHING: Any = object()
@@ -223,7 +223,8 @@ class Run:
                 await close_resources(stack, self.tasks, self.completions.running)
 
     async def _bind(self, stack: contextlib.AsyncExitStack) -> None:
-        opened: dict[Any, Any] = {}
+        # (The weigher, for process stages: their pickled copies count toward the bound.)
+        opened: dict[Any, Any] = {WEIGHER: self.weigher}
         invokes = [
             await bind_stage(
                 stage.spec, stack, opened, with_item=index > 0 or self._source is not NO_INPUT

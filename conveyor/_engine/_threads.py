@@ -18,6 +18,10 @@ threads: 0.330 s against ``ThreadPoolExecutor(64).map``'s 0.336-0.344 s, ideal 0
 A worker reads whether a call's Future was cancelled before it starts the call, so the
 calls of a run that ended early do not run (reading the state of an asyncio Future from
 another thread is a read of one field; only the loop changes it).
+
+A pool is *abandoned* on a second Ctrl-C (see ``_interrupt``): its queued calls are
+dropped, its idle threads exit, and a thread inside a call takes no more work once the
+call returns; the pool's close no longer waits for it (the threads are daemons).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+from . import _interrupt
 
 __all__ = ["THREADS", "RunThreads", "ThreadPool"]
 
@@ -80,6 +86,8 @@ class ThreadPool:
         self.idle = threading.Semaphore(0)  # released by a worker about to wait for a job
         self.answers: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()
         self.scheduled = False  # whether a wake-up of the loop is on its way
+        self.abandoned = False  # (read by the workers: set once, by the loop)
+        _interrupt.register(self)
 
     def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
         create_future = self.loop.create_future
@@ -88,6 +96,9 @@ class ThreadPool:
 
         def in_thread(item: Any) -> asyncio.Future[Any]:
             future = create_future()
+            if self.abandoned:  # (the run is being torn down: nothing more starts)
+                future.cancel()
+                return future
             put((future, copy_context(), invoke, item))
             if not self.idle.acquire(blocking=False) and len(self.threads) < self.workers:
                 self._start_thread()
@@ -107,7 +118,7 @@ class ThreadPool:
         get, answers, idle = self.jobs.get, self.answers, self.idle
         while True:
             job = get()
-            if job is None:
+            if job is None or self.abandoned:
                 return
             future, context, invoke, item = job
             del job
@@ -124,6 +135,8 @@ class ThreadPool:
                 self.scheduled = True
                 with contextlib.suppress(RuntimeError):  # the loop is closed
                     self.loop.call_soon_threadsafe(self._answer)
+            if self.abandoned:
+                return
             idle.release()
 
     def _answer(self) -> None:
@@ -145,17 +158,30 @@ class ThreadPool:
 
     async def close(self) -> None:
         """Drop the calls not started, and wait (without blocking the loop) until every
-        thread has finished its call and exited."""
+        thread has finished its call and exited; once abandoned, stop waiting."""
+        self._drop_queued()
+        for _ in self.threads:
+            self.jobs.put(None)
+        while not self.abandoned and any(thread.is_alive() for thread in self.threads):
+            await asyncio.sleep(0.002)  # (if cancelled here, a second Ctrl-C still reaches it)
+        self._answer()  # (answers that arrived after the run's end: read, dropped)
+        _interrupt.unregister(self)
+
+    def abandon(self) -> list[threading.Thread]:
+        """(On the loop; see ``_interrupt``.) Drop the queued calls, let the idle threads
+        exit, and tell the busy ones to take no more work: the threads still alive."""
+        self.abandoned = True
+        self._drop_queued()
+        for _ in self.threads:
+            self.jobs.put(None)
+        return [thread for thread in self.threads if thread.is_alive()]
+
+    def _drop_queued(self) -> None:
         with contextlib.suppress(queue.Empty):
             while True:
                 job = self.jobs.get_nowait()
                 if job is not None:
                     job[0].cancel()
-        for _ in self.threads:
-            self.jobs.put(None)
-        while any(thread.is_alive() for thread in self.threads):
-            await asyncio.sleep(0.002)
-        self._answer()  # (answers that arrived after the run's end: read, dropped)
 
     def __repr__(self) -> str:
         return f"thread:{self.workers}"

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 PROBE = 16
 """Items weighed before giving up on an input whose items have no known weight."""
 SMOOTHING = 0.25
+WEIGHER = "weigher"
+"""The run's :class:`Weigher` (or None) in the dict of what the run opens for its stages."""
 
 
 def weight_of(item: Any) -> int | None:
@@ -82,3 +84,34 @@ class Weigher:
             and 4 * mean * self.window.limit <= self.budget
         ):
             self.active = False  # light items: the window's count bounds them
+
+    # -- copies: the pickled chunks of a process stage (see ``_chunks``) ---------------
+
+    def hold(self, copy: int) -> int:
+        """A copy of ``copy`` bytes of the input's items is made (a chunk pickled for a
+        process pool, held until its answer is in): it takes window places as items of
+        the mean weight would, so that the input reads on only as far as the bound
+        allows with the copies. The places taken, for :meth:`unhold`."""
+        mean = self.mean
+        if not self.active or mean is None or mean < 1 or copy <= 0:
+            return 0
+        places = -(-copy // int(mean))  # (rounded up)
+        self.window.take(places)
+        return places
+
+    def unhold(self, places: int) -> None:
+        """The copy that :meth:`hold` counted is gone (its chunk was answered)."""
+        if places:
+            self.window.release(places)
+
+    def chunk_items(self, workers: int) -> int | None:
+        """The most items of the mean weight a chunk may hold: a ``4 x workers`` share of
+        the budget. Up to ``2 x workers`` chunks are out at once, and each has, besides
+        its pickled copy (counted by :meth:`hold`), about as much again in transit that
+        no one can count (the pool's own pickled copy of it on its way to a worker, its
+        answer on its way back): so those stay within half the budget. None when items
+        are not weighed."""
+        mean = self.mean
+        if not self.active or mean is None or mean < 1:
+            return None
+        return max(1, int(self.budget // (4 * workers * mean)))
