@@ -37,9 +37,7 @@ an error kept, the same ``<output n of a generator>`` failure, handed on as the 
 allows; the generator itself is not paced: its whole output is held at once). A
 **coroutine** returned in a worker is closed there and fails its item.
 
-**Worker records.** A worker of a pool conveyor owns writes its pid in its slot of a
-shared array (``start_worker``), then the chunk and index of each item before calling on
-it (-1 between calls): a worker that dies leaves the item that killed it there.
+What runs in the worker processes is ``_worker``'s.
 """
 
 from __future__ import annotations
@@ -50,21 +48,18 @@ import contextlib
 import copy
 import logging
 import math
-import os
 import pickle
-import signal
 import time
-import traceback
 from collections.abc import Callable, Generator
-from types import CoroutineType, GeneratorType
 from typing import TYPE_CHECKING, Any
 
-from ._pickling import coroutine_returned, unpicklable_item, unpicklable_result
+from ._pickling import unpicklable_item
+from ._worker import _GENERATOR, _OK, _SKIPPED, PROTOCOL
 
 if TYPE_CHECKING:
     from ._weight import Weigher
 
-__all__ = ["Chunker", "run_chunk", "start_worker"]
+__all__ = ["Chunker"]
 
 logger = logging.getLogger("conveyor")
 
@@ -76,8 +71,6 @@ items), chunks of ~20 ms of work ran at 0.79-0.80x the best hand-tuned
 ``ProcessPoolExecutor.map`` and 1.5-1.6x a plain loop; chunks of 100-200 ms at 0.91-1.10x
 and 1.8-2.1x (every round trip also costs the main process CPU that the workers share)."""
 MAX_CHUNK = 10_000
-PROTOCOL = pickle.HIGHEST_PROTOCOL
-_OK, _ERROR, _GENERATOR, _SKIPPED = 0, 1, 2, 3
 
 
 class Chunker:
@@ -304,121 +297,3 @@ def _replay(values: list[Any], error: BaseException | None) -> Generator[Any, No
     yield from values
     if error is not None:
         raise error
-
-
-# -- the worker's side ---------------------------------------------------------------------
-
-_functions: dict[bytes, Callable[[Any], Any]] = {}
-"""Functions a worker has unpickled, by payload (a few per worker: the tasks it serves)."""
-
-_record: Any = None
-"""This worker's slot in its pool's shared record, ``(array, offset)`` (see the module
-doc), once :func:`start_worker` has run; None in other workers (Dask's)."""
-_stop: Any = None
-"""The pool's stop flag (a shared byte, set once the run has ended), in a worker of a pool
-conveyor created; None elsewhere (a user's pool, Dask)."""
-
-
-def start_worker(array: Any, taken: Any, stop: Any) -> None:
-    """(The initializer of a pool's workers.) Take the next free slot of ``array`` (three
-    integers per worker: pid, chunk, item index) and write this worker's pid there; keep
-    the stop flag; ignore SIGINT: a Ctrl-C reaches every process of the terminal's group,
-    and it is the main process's to handle (the first lets the calls under way finish;
-    see ``_interrupt``)."""
-    global _record, _stop
-    _stop = stop
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with taken.get_lock():
-        slot = taken.value
-        taken.value += 1
-    if 3 * slot + 2 < len(array):
-        array[3 * slot] = os.getpid()
-        array[3 * slot + 2] = -1
-        _record = (array, 3 * slot)
-
-
-def run_chunk(function: bytes, items: bytes, chunk: int = 0) -> bytes:
-    """Call the function on every item; an item's exception is its answer, not the chunk's.
-
-    Returns the pickled ``(answers, work seconds, CPU seconds, unpickling seconds)``,
-    where each answer is ``(_OK, result)``, ``(_ERROR, exception)``, for a generator
-    (which cannot travel) ``(_GENERATOR, (values, exception or None))``: its values up to
-    its end or its error, or ``(_SKIPPED, None)`` for an item not run because the pool's
-    stop flag was set (the run ended). A result or exception that cannot be pickled is
-    replaced, alone, by an exception that says so. ``chunk`` is the chunk's number in the
-    worker record.
-    """
-    record = _record
-    if record is not None:
-        array, at = record
-        array[at + 1] = chunk
-    loading = time.perf_counter()
-    call = _functions.get(function)
-    if call is None:
-        call = pickle.loads(function)
-        if len(_functions) >= 16:
-            _functions.clear()
-        _functions[function] = call
-    batch = pickle.loads(items)
-    started = time.perf_counter()
-    cpu = time.process_time()
-    answers: list[tuple[int, Any]] = []
-    stop = _stop
-    for index, item in enumerate(batch):
-        if stop is not None and stop.value:
-            answers.append((_SKIPPED, None))
-            continue
-        if record is not None:
-            array[at + 2] = index
-        try:
-            result = call(item)
-            if type(result) is GeneratorType:
-                answers.append((_GENERATOR, _drain(result)))
-                continue
-            if type(result) is CoroutineType:
-                result.close()  # (else "never awaited" in the worker)
-                raise coroutine_returned(result)
-            answers.append((_OK, result))
-        except Exception as exc:
-            answers.append((_ERROR, _portable(exc)))
-    if record is not None:
-        array[at + 2] = -1
-    work = time.perf_counter() - started
-    cpu = time.process_time() - cpu
-    loaded = started - loading
-    try:
-        return pickle.dumps((answers, work, cpu, loaded), PROTOCOL)
-    except Exception:
-        for index, (_, value) in enumerate(answers):
-            try:
-                pickle.dumps(value, PROTOCOL)
-            except Exception as exc:
-                answers[index] = (_ERROR, unpicklable_result(value, exc))
-        return pickle.dumps((answers, work, cpu, loaded), PROTOCOL)
-
-
-def _drain(gen: Generator[Any, Any, Any]) -> tuple[list[Any], Exception | None]:
-    """A generator's values, to its end or its error (then the values before it stay)."""
-    values: list[Any] = []
-    try:
-        for value in gen:
-            values.append(value)
-    except Exception as exc:
-        return values, _portable(exc)
-    return values, None
-
-
-def _portable(exc: Exception) -> Exception:
-    """``exc`` with the worker's traceback as a note, or a stand-in if it cannot travel."""
-    where = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
-    try:
-        exc.add_note(f"conveyor: in a worker process, at\n{where}")
-        pickle.loads(pickle.dumps(exc, PROTOCOL))
-    except Exception:
-        stand_in = RuntimeError(f"{type(exc).__qualname__}: {exc}")
-        stand_in.add_note(
-            f"conveyor: the worker's exception could not be pickled, so it is reported as "
-            f"a RuntimeError; raised at\n{where}"
-        )
-        return stand_in
-    return exc

@@ -4,7 +4,7 @@ The client may be plain or ``asynchronous=True``, local (``LocalCluster``) or co
 to a scheduler on other machines: conveyor only submits chunks (``client.submit``) and
 gathers their answers. Functions travel with cloudpickle, as Dask sends them, so lambdas
 and closures work; items and results travel with pickle. Workers need conveyor
-installed (they run ``conveyor._engine._chunks.run_chunk``). A run sends at most two
+installed (they run ``conveyor._engine._worker.run_chunk``). A run sends at most two
 chunks per thread of the cluster (counted when the run starts) at once.
 
 A worker that dies is Dask's to recover from: the scheduler runs its chunks again on
@@ -26,8 +26,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar, cast
 
 from .._spec import StageSpec
-from ._chunks import Chunker, run_chunk
+from ._chunks import Chunker
 from ._pickling import dump_function
+from ._worker import run_chunk
 
 __all__ = ["DaskCalls"]
 

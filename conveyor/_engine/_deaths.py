@@ -4,7 +4,7 @@
 fails *every* chunk it holds with ``BrokenProcessPool`` and terminates its other
 workers: the items of those chunks are innocent but for one. To tell which, each worker
 of a pool conveyor owns writes, in a shared array, the chunk and item it is starting
-(``_chunks.start_worker``), and conveyor keeps hold of the pool's worker processes (the
+(``_worker.start_worker``), and conveyor keeps hold of the pool's worker processes (the
 children a ``submit`` starts: ``multiprocessing.active_children()`` around it). The
 pool's manager thread fails the chunks *before* it terminates the other workers, so at
 the first failed chunk (:meth:`Generation.examine`, in that thread) the workers already
@@ -42,8 +42,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..errors import short_repr
-from ._chunks import start_worker
 from ._policy import Unrecoverable
+from ._worker import start_worker
 
 __all__ = [
     "RESTARTS",

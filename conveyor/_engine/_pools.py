@@ -36,10 +36,11 @@ from typing import Any
 from .._spec import StageSpec
 from . import _interrupt
 from ._calls import Executor
-from ._chunks import Chunker, run_chunk
+from ._chunks import Chunker
 from ._deaths import RESTARTS, Generation, PoolGaveUp, gave_up, users_pool_broke, worker_died
 from ._pickling import dump_function
 from ._weight import WEIGHER, Weigher
+from ._worker import run_chunk
 
 __all__ = ["PoolCalls", "PoolExecutor", "Processes", "cores"]
 
