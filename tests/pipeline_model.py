@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import multiprocessing
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,10 +48,13 @@ class StageSpec:
     # Never reached by the model's delays (at most 1.5 s): calls and generator items go
     # through the timeout path, and results must not change.
     timeout: float | None = None
-    executor: str = "inline"  # for plain functions: inline thread pool process
+    executor: str = "inline"  # for plain functions: inline thread pool process owned
+    # Items on which the function kills its worker process (``executor="owned"``, a
+    # process pool conveyor owns): they fail alone, as if they raised.
+    kills: tuple[int, ...] = ()
 
     def fails(self, x: int) -> bool:
-        return self.fail_mod is not None and x % self.fail_mod == 1
+        return (self.fail_mod is not None and x % self.fail_mod == 1) or x in self.kills
 
     @property
     def elementwise(self) -> bool:
@@ -340,6 +345,8 @@ def _executor(name: str) -> Any:
     """A user's pool, shared by the examples, or conveyor's ``"thread:4"``."""
     if name == "thread":
         return "thread:4"
+    if name == "owned":  # (a pool of the run's own: a worker that dies is replaced)
+        return "process:2"
     if name not in _POOLS:
         _POOLS[name] = (
             concurrent.futures.ThreadPoolExecutor(4)
@@ -362,6 +369,9 @@ class SingleCall:
     s: StageSpec
 
     def __call__(self, x: int) -> Any:
+        if x in self.s.kills:
+            assert multiprocessing.parent_process() is not None  # (never the tests' own)
+            os._exit(1)
         if self.s.fails(x):
             raise Poison(x)
         values = _single_outputs(self.s, x)

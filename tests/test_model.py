@@ -9,8 +9,10 @@ and the input generator was closed.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import pytest
@@ -93,7 +95,7 @@ def run_virtual(
         try:
             async for value in stream:
                 outcome.results.append(observed(value))
-        except Poison as exc:
+        except (Poison, BrokenProcessPool) as exc:  # (a worker killed: WorkerDied)
             outcome.error = exc
         for _ in range(10):
             await asyncio.sleep(0)
@@ -157,7 +159,9 @@ def check_ordered(
     check_clean(outcome)
     if RAISE in expected:
         before = expected[: expected.index(RAISE)]
-        assert isinstance(outcome.error, Poison), f"expected a Poison error, got {outcome.error!r}"
+        assert isinstance(outcome.error, (Poison, BrokenProcessPool)), (
+            f"expected a Poison error (or a worker's death), got {outcome.error!r}"
+        )
         assert any("conveyor: raised by task" in note for note in outcome.error.__notes__)
         assert outcome.results == before[: len(outcome.results)]
     else:
@@ -200,7 +204,7 @@ def check_as_completed(specs: list[StageSpec], items: list[int], outcome: Outcom
     expected = reference(specs, items, per_item=True, counts=counts)
     check_clean(outcome)
     if RAISE in expected:
-        assert isinstance(outcome.error, Poison)
+        assert isinstance(outcome.error, (Poison, BrokenProcessPool))  # (or a worker died)
         missing = Counter(outcome.results) - Counter(value for value in expected if value != RAISE)
         assert not missing, f"results the reference does not have: {missing}"
     else:
@@ -304,3 +308,48 @@ def test_batches_are_short_only_as_the_remainder_when_the_window_has_room(
     outcome = run_virtual(specs, items, mode=mode, kind=kind, window=batch.max_size + extra)
     check_clean(outcome)
     check_batch_sizes(specs, outcome)
+
+
+# -- a worker killed at a random item (issue "Nothing lost") ------------------------------
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    specs=pipelines(failures=False),
+    at=st.integers(0, 5),
+    items=st.lists(st.integers(0, 60), min_size=1, max_size=25),
+    culprits=st.integers(1, 2),
+    policy=st.sampled_from(["fail", "skip_item", "emit"]),
+    mode=st.sampled_from(["ordered", "as_completed"]),
+    data=st.data(),
+)
+def test_a_worker_killed_at_a_random_item_fails_that_item_alone(
+    specs: list[StageSpec],
+    at: int,
+    items: list[int],
+    culprits: int,
+    policy: str,
+    mode: str,
+    data: st.DataObject,
+) -> None:
+    """A stage on a pool of the run's own kills its worker process (``os._exit``) on one
+    or two random items: exactly those fail, under the stage's policy (a Failure, a skip,
+    or the run's error), and every other item comes out as the model says."""
+    kills = tuple(data.draw(st.lists(st.sampled_from(items), min_size=culprits, max_size=2)))
+    killer = StageSpec(
+        batch=False, op="add", k=0, sync=True, delay="none", fail_mod=None,
+        policy=policy, executor="owned", kills=kills,
+    )  # fmt: skip
+    specs = [s for s in specs if s.elementwise or mode == "ordered"]
+    specs.insert(min(at, len(specs)), killer)
+    before = set(multiprocessing.active_children())  # (the examples' shared user pools)
+    outcome = run_virtual(specs, items, mode=mode, kind="list", window=100_000)
+    if mode == "ordered":
+        check_ordered(specs, items, outcome)
+    else:
+        check_as_completed(specs, items, outcome)
+    # (conveyor's pools never fork: the user's pools of the other stages do, and are
+    # shared by the examples)
+    new = set(multiprocessing.active_children()) - before
+    left = {p for p in new if not p.name.startswith("ForkProcess-")}
+    assert not left, f"worker processes left behind: {left}"

@@ -272,16 +272,13 @@ class ProcessPool:
             self.breaks = 0  # the workers got through a chunk: the pool makes progress
 
     def replace(self, generation: Generation) -> None:
-        """Retire a broken pool and start a fresh one, unless it broke too often or the
-        run has ended."""
-        if generation is not self.current:
+        """Retire a broken pool and start a fresh one, unless it broke too often. Not once
+        the run has ended: ``close`` (or ``abandon``) shuts the pool down as it is."""
+        if generation is not self.current or self.ended:
             return
         burial = threading.Thread(target=generation.bury, name="conveyor-broken-pool")
         burial.start()
         self.retired.append((generation, burial))
-        if self.ended:
-            self.current = None
-            return
         self.breaks += 1
         if self.breaks <= RESTARTS:
             self.current = Generation(self.workers, self.context, self.stop)
