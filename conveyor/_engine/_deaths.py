@@ -115,7 +115,14 @@ class Generation:
         then finish what it may have left: on 3.11 a ``submit`` racing the break can add
         a chunk after the pool failed its chunks, and start a worker after it terminated
         its workers; such a chunk is failed here (its items are sent again) and such a
-        worker, which never got a call, is terminated. Every worker is joined."""
+        worker, which never got a call, is terminated. Every worker is joined.
+
+        The workers still alive are terminated first: the pool's thread terminates them
+        anyway, and then waits for each, so a worker started after its terminations (the
+        race above) would keep it, and this thread, waiting forever (seen on 3.11)."""
+        for process in list(self.processes.values()):
+            if process.exitcode is None:
+                process.terminate()
         self.executor.shutdown(wait=True, cancel_futures=True)
         for _, _, future in list(self.sent.values()):
             with contextlib.suppress(concurrent.futures.InvalidStateError):
