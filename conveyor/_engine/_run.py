@@ -240,7 +240,8 @@ class Run:
 
     def _flush_a_batch(self) -> bool:
         """Flush a partial batch, if there is one (see ``_window``): the run is stalled
-        with the window full, so the window is genuinely smaller than the batch."""
+        with the window full. The window has room for every batch, so only the byte bound
+        (admitting fewer large items than a batch holds) leads here."""
         for stage in self.stages:
             if isinstance(stage, BatchStage) and stage.acc:
                 stage.flush()
