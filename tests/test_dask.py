@@ -337,3 +337,32 @@ async def test_a_killed_worker_fails_the_run_with_killed_worker(
         await task(range(60)).collect()
     [note] = caught.value.__notes__
     assert note.startswith("conveyor: raised by task 'dies' on ")
+
+
+async def test_a_dask_stage_counts_its_pickled_copies_in_the_byte_bound(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk's pickled copy, held until its answer is in, takes window places as a
+    process pool's does (it was not counted on Dask), and gives them back."""
+    from conveyor._engine._weight import Weigher
+
+    taken: list[int] = []
+    hold = Weigher.hold
+
+    def counted(self: Weigher, copy: int) -> int:
+        places = hold(self, copy)
+        taken.append(places)
+        return places
+
+    monkeypatch.setattr(Weigher, "hold", counted)
+
+    def blocks() -> Any:
+        for n in range(40):
+            yield bytes([n]) * (1 << 20)
+
+    stream = single_task(executor=client)(len).with_context(max_in_flight_bytes=8 << 20)(blocks())
+    assert await stream.collect() == [1 << 20] * 40
+    assert stream.stats.input_admitted_at_once == 8
+    assert taken and all(places >= 1 for places in taken)  # a place per MiB copied
+    assert sum(taken) >= 40
+    assert stream._run is not None and stream._run.window.tokens == 0  # all given back

@@ -28,6 +28,7 @@ from typing import Any, TypeVar, cast
 from .._spec import StageSpec
 from ._chunks import Chunker
 from ._pickling import dump_function
+from ._weight import WEIGHER, Weigher
 from ._worker import run_chunk
 
 __all__ = ["DaskCalls"]
@@ -50,6 +51,7 @@ class DaskCalls:
         self.threads = 1
         self.chunker: Chunker | None = None
         self.gathering: set[concurrent.futures.Future[None]] = set()
+        self.weigher: Weigher | None = None  # (the run's byte bound: copies count toward it)
 
     async def open(self, stack: contextlib.AsyncExitStack, shared: dict[Any, Any]) -> DaskCalls:
         if self.client.status not in ("running", "connecting"):  # (else a puzzling error)
@@ -61,6 +63,7 @@ class DaskCalls:
             self._on_client_loop(self.client.nthreads(asynchronous=True))
         )
         self.threads = max(1, sum(nthreads.values()))  # (no workers yet: one, to start)
+        self.weigher = shared.get(WEIGHER)
         stack.push_async_callback(self._cancel)
         return self
 
@@ -75,6 +78,7 @@ class DaskCalls:
             self.lost,
             self.threads,
             self.spec.options.chunk_size,
+            self.weigher,
         )
         return self.chunker.call
 
