@@ -14,6 +14,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conveyor import single_task
 from conveyor._engine._order import (
     CLOSED,
     EMPTY,
@@ -322,7 +323,6 @@ async def test_dropped_children_of_a_generator_stay_within_the_window() -> None:
     tokens back: the consumer makes room, so the generator waits for it. (It used to be
     let past the window item after item by the stall's last resort, never yielding to the
     consumer: the list grew to the whole output, each item scanned it, quadratic.)"""
-    from conveyor import single_task
 
     window = 50
     peaks: list[int] = []
@@ -346,20 +346,22 @@ async def test_dropped_children_of_a_generator_stay_within_the_window() -> None:
     assert max(peaks) <= window + 2
 
 
+@single_task
+def explode(n: int) -> Any:
+    """Yields 0 .. n - 1."""
+    yield from range(n)
+
+
+@single_task
+def rare(x: int) -> int | None:
+    """Keeps one item in 100,000."""
+    return x if x % 100_000 == 0 else None
+
+
 async def test_a_large_expansion_followed_by_a_filter_is_linear() -> None:
     """400,000 children, all but four dropped: well under a second once linear (before:
     10k took 0.7 s, 40k 13 s, 400k never finished). The bound is generous on purpose."""
     import time
-
-    from conveyor import single_task
-
-    @single_task
-    def explode(n: int) -> Any:
-        yield from range(n)
-
-    @single_task
-    def rare(x: int) -> int | None:
-        return x if x % 100_000 == 0 else None
 
     started = time.perf_counter()
     assert await (explode | rare)([400_000]).collect() == [0, 100_000, 200_000, 300_000]
@@ -372,16 +374,6 @@ async def test_dropped_children_leave_the_front_without_the_consumer() -> None:
     children are all passed on. Dropped children at the front used to wait for the
     consumer's next read: a hand-over per child, one turn of the event loop each (117,687
     turns for 200k children, 4x slower). They now leave the list when they are settled."""
-    from conveyor import single_task
-
-    @single_task
-    def explode(n: int) -> Any:
-        yield from range(n)
-
-    @single_task
-    def rare(x: int) -> int | None:
-        return x if x % 100_000 == 0 else None
-
     turns = 0
     done = False
 
