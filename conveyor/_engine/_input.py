@@ -198,8 +198,7 @@ async def _pump_feedback(run: Run, feed: Feedback[Any]) -> None:
 
     def wake() -> None:
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-            window.busy += 1  # busy from now (see Window._wake)
+            window.wake(waiter, None)
 
     def idle() -> None:
         """Nothing works, or the consumer started waiting: is the run over?"""
@@ -237,8 +236,7 @@ async def _pump_feedback(run: Run, feed: Feedback[Any]) -> None:
                         window.check_stall()
                     await waiter
                 finally:
-                    if waiter.cancelled() or not waiter.done():
-                        window.busy += 1  # (not woken by wake(), which counted it)
+                    window.resumed(waiter)
                     waiter = None
     finally:
         feed.ended = True

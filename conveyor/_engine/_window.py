@@ -144,17 +144,24 @@ class Window:
             if future.done():
                 continue
             if self.may_proceed(sentinel, expansion):
-                self._wake(future, False)
+                self.wake(future, False)
             else:
                 still.append(waiter)
         self.waiting = still  # the woken are off the list: no more scans for them
 
-    def _wake(self, future: asyncio.Future[bool], past_the_window: bool) -> None:
-        """Let a waiter go on. It counts as busy from now, not from when its task resumes:
-        in between, a stall check must not think nothing works (it flushed partial
-        batches while a woken generator was about to produce)."""
-        future.set_result(past_the_window)
+    def wake(self, future: asyncio.Future[Any], result: Any) -> None:
+        """Let a waiter (of this window, or a Feedback's pump) go on. It counts as busy
+        from now, not from when its task resumes: in between, a stall check must not think
+        nothing works (it flushed partial batches while a woken generator was about to
+        produce)."""
+        future.set_result(result)
         self.busy += 1
+
+    def resumed(self, future: asyncio.Future[Any]) -> None:
+        """A waiter's task goes on (however it ends its wait): busy again, unless
+        :meth:`wake` already counted it."""
+        if future.cancelled() or not future.done():
+            self.busy += 1
 
     async def wait_for_room(
         self, sentinel: Sentinel | None = None, expansion: bool = False
@@ -179,8 +186,7 @@ class Window:
             finally:
                 if waiter in self.waiting:
                     self.waiting.remove(waiter)
-                if waiter[0].cancelled() or not waiter[0].done():
-                    self.busy += 1  # (not woken by _wake, which counted it)
+                self.resumed(waiter[0])
                 if sentinel is not None:
                     sentinel.on_front = None
         if self.on_wait is not None:
@@ -209,7 +215,7 @@ class Window:
             for index, (future, _, expansion) in enumerate(self.waiting):
                 if expansion and not future.done():
                     del self.waiting[index]
-                    self._wake(future, True)
+                    self.wake(future, True)
                     return
             if self.flush_batch():
                 continue
