@@ -141,7 +141,7 @@ class Progress:
             done = snapshot["results"]
         else:
             read = snapshot["stages"][0]["items_in"] if snapshot["stages"] else 0
-            done = read - self.run.window.tokens
+            done = read - self.run.ledger.tokens
         self.done = max(self.done, done)  # (expansions hold places: never go back)
         return Figures(
             self.done,

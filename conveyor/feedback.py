@@ -65,20 +65,35 @@ class Feedback(Generic[T]):
         self.accepted = 0  # items taken in (put and not dropped)
         self.dropped = 0  # items refused: seen before, or over max_items
         self.ended = False
-        # Set while a run reads the feed (by the engine's pump): its loop, its thread, and
-        # the callback that wakes the pump when items arrive or the run may be over.
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread: int | None = None
-        self.wake: Callable[[], None] | None = None
+        # Set while a run reads the feed (see ``serve``): its loop, its thread, and the
+        # callback that wakes the run's pump when items arrive.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
+        self._wake: Callable[[], None] | None = None
         self.extend(items)
+
+    def serve(self, wake: Callable[[], None]) -> None:
+        """(For the engine's pump, on the run's loop.) A run starts reading this feed:
+        ``wake`` is called (on the loop) when an item is put. Raises if the feed has
+        served a run already."""
+        if self._loop is not None or self.ended:
+            raise RuntimeError("a Feedback serves one run: make a new one for each run")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._wake = wake
+
+    def served(self) -> None:
+        """(For the engine's pump.) The run is over: the feed takes no more items."""
+        self.ended = True
+        self._wake = None
 
     def put(self, item: T) -> bool:
         """Add ``item`` to the work; False if it was dropped (seen, or over ``max_items``)."""
-        if self.thread is not None and threading.get_ident() != self.thread:
-            assert self.loop is not None
+        if self._thread is not None and threading.get_ident() != self._thread:
+            assert self._loop is not None
             if self.key is not None:  # (an unhashable item fails here, in the caller)
                 _key_of(self, item)
-            self.loop.call_soon_threadsafe(self.put, item)  # (in order, before its result)
+            self._loop.call_soon_threadsafe(self.put, item)  # (in order, before its result)
             return True
         if self.ended:
             raise RuntimeError(
@@ -96,8 +111,8 @@ class Feedback(Generic[T]):
             self.seen.add(key)
         self.accepted += 1
         self.queue.append(item)
-        if self.wake is not None:
-            self.wake()
+        if self._wake is not None:
+            self._wake()
         return True
 
     def extend(self, items: Iterable[T]) -> int:

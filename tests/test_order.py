@@ -332,7 +332,7 @@ async def test_dropped_children_of_a_generator_stay_within_the_window() -> None:
         for i in range(n):
             run = stream._run
             assert run is not None
-            peaks.append(run.window.tokens)
+            peaks.append(run.ledger.tokens)
             yield i
 
     @single_task

@@ -14,12 +14,12 @@ Follow one item, in one direction, from input to consumer:
 4. ``_run``      -- the run: wiring, ownership of every task, the consumer's ``next()``,
    failure and clean-up.
 
-Beside that path: ``_window`` (tokens, waiters, stalls), ``_weight`` (the input bounded
-in bytes), ``_gate`` (rate limits: calls wait for their turn), ``_bind`` (side inputs and
-run-scoped resources, per run), ``_observe`` (the observer seam, inserted only when a run
-is observed), ``_stats`` and ``_histogram`` (the statistics it collects) and ``_log``
-(what the ``conveyor`` logger is told, on the failure path and at a run's edges); the
-executors: ``_executors``
-(option to executor), ``_threads``, ``_pools``, ``_chunks``, ``_pickling``, ``_dask``
-and ``_auto``.
+Beside that path: ``_ledger`` (the one owner of the accounting: window tokens, waiters,
+stalls, each stage's counts, where every item went, the end of the run), ``_weight`` (the
+input bounded in bytes), ``_gate`` (rate limits: calls wait for their turn), ``_bind``
+(side inputs and run-scoped resources, per run), ``_observe`` (what a user's observer is
+told, composed into the stages when the run builds them), ``_stats`` and ``_histogram``
+(the statistics) and ``_log`` (what the ``conveyor`` logger is told, on the failure path
+and at a run's edges); the executors: ``_executors`` (option to executor), ``_threads``,
+``_pools``, ``_chunks``, ``_pickling``, ``_dask`` and ``_auto``.
 """

@@ -13,7 +13,7 @@ A batch is flushed when it holds ``max_size`` items; when ``max_wait`` seconds h
 passed since its first item, if it holds at least ``min_size``; when the input has ended
 (a remainder smaller than ``min_size`` is dropped, see :meth:`BatchStage.close_input`);
 and when the run is stalled with the window full of items waiting here (a window smaller
-than the batch: see ``_window``).
+than the batch: see ``_ledger``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from ._order import EMPTY
 from ._stage import Stage
 
 if TYPE_CHECKING:
+    from ._observe import StageObserver
     from ._run import Run
+    from ._stats import Collector
 
 
 class BatchStage(Stage):
@@ -41,11 +43,18 @@ class BatchStage(Stage):
         "max_size",
         "max_wait",
         "min_size",
-        "remainder_dropped",
     )
 
-    def __init__(self, run: Run, spec: StageSpec, limit: int, executor: Executor) -> None:
-        super().__init__(run, spec, limit, executor)
+    def __init__(
+        self,
+        run: Run,
+        spec: StageSpec,
+        limit: int,
+        executor: Executor,
+        stats: Collector | None = None,
+        observer: StageObserver | None = None,
+    ) -> None:
+        super().__init__(run, spec, limit, executor, stats, observer)
         self.min_size = spec.options.min_size
         self.max_size = spec.options.max_size
         self.max_wait = spec.options.max_wait
@@ -66,21 +75,23 @@ class BatchStage(Stage):
         self.held = 0
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
-        self.remainder_dropped = 0  # items the remainder rule dropped (for statistics)
 
     def push(self, item: Any, node: Any) -> None:
+        if self.observer is not None:
+            self.observer.items_in(1)
+        if self.record is not None:  # (counted as they arrive: a batch is one call)
+            self.record.arrived(item)
         if type(item) is Failure:
             if self.acc_node is not None:  # (an ordered run, with a batch open)
-                if self.held < self.window.limit:
-                    self.held += 1
-                    self.window.release(1)  # (lent: see above)
+                if self.held < self.ledger.limit:
+                    self.ledger.lent(self)  # (see above)
                 else:
                     self.flush()  # too many wait: the batch goes, this one after it
             self.downstream.push(item, None if self.list is None else self.list.append())
             return
         acc = self.acc
         acc.append(item)
-        self.inflight += 1
+        self.ledger.queued(self)
         n = len(acc)
         if n == 1 and self.list is not None:
             self.acc_node = self.list.append()
@@ -98,14 +109,15 @@ class BatchStage(Stage):
     def flush(self) -> None:
         """Send the accumulated items off as one batch (even if fewer than ``min_size``)."""
         batch, self.acc = self.acc, []
+        if batch and self.record is not None:
+            self.record.flushed(len(batch), self._expired)
         self._expired = False
         self.cancel_timer()
         if not batch:
             return
         # The batch's result (the items' tokens go when it is done), and the Failures'
         # that waited behind its place (their reader gives them back).
-        self.window.take(1 + self.held)
-        self.held = 0
+        self.ledger.batch_sent(self)
         node, self.acc_node = self.acc_node, None
         if self.running < self.limit:
             self.start(batch, node)
@@ -117,25 +129,18 @@ class BatchStage(Stage):
             self._timer.cancel()
             self._timer = None
 
-    def call_done(self, item: Any) -> None:
-        self.inflight -= len(item)
-        self.window.release(len(item))
-        if self.pending and not self.draining:
-            self.start_pending()
-        self.run.stage_idle()  # the remainder in the accumulator may be all that is left
+    def accumulated(self) -> int:
+        return len(self.acc)
 
     def close_input(self) -> None:
         """No more items will come: flush the remainder, or drop it below ``min_size``."""
         if len(self.acc) >= self.min_size:
             self.flush()
         elif self.acc:
-            dropped = len(self.acc)
-            self.remainder_dropped += dropped
-            self.acc = []
-            self.inflight -= dropped
-            self.window.release(dropped)
-            if self.acc_node is not None:  # its reader releases a token for the place
-                self.window.take(1 + self.held)  # (and for the Failures behind it)
-                self.held = 0
-                self.list.resolve(self.acc_node, EMPTY)  # type: ignore[union-attr]
-                self.acc_node = None
+            dropped, self.acc = len(self.acc), []
+            node, self.acc_node = self.acc_node, None
+            # (A placed batch: its reader gives back a token for the place, and for the
+            # Failures behind it.)
+            self.ledger.remainder_dropped(self, dropped, placed=node is not None)
+            if node is not None:
+                self.list.resolve(node, EMPTY)  # type: ignore[union-attr]

@@ -14,8 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._ledger import sentinel_at_front
 from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, SegmentEnd, Sink
-from ._window import sentinel_at_front
 
 if TYPE_CHECKING:
     from ._batch import BatchStage
@@ -66,7 +66,7 @@ class BatchFeeder:
     def __init__(self, run: Run, batch: BatchStage) -> None:
         self.run = run
         self.batch = batch
-        self.release: Callable[[int], None] = run.window.release
+        self.release: Callable[[int], None] = run.ledger.released
         self.list = OrderList(self.walk, reader_keeps_tokens=True)
         self.walking = False
 

@@ -48,9 +48,7 @@ if TYPE_CHECKING:
 
 def expand(stage: Stage, gen: Any, node: Any) -> None:
     """Start expanding ``gen``, the result of one of ``stage``'s calls, at ``node``."""
-    stage.inflight += 1
-    stage.running += 1  # it holds a concurrency slot until the generator ends
-    stage.window.expanding += 1
+    stage.ledger.expansion_started(stage)  # (a concurrency slot until it ends, too)
     sentinel: Sentinel | None = None
     if stage.list is not None:
         sentinel = stage.list.open_sentinel(stage.place(node))  # type: ignore[arg-type]
@@ -63,7 +61,7 @@ async def _expand(
     sentinel: Sentinel | None,
 ) -> None:
     run = stage.run
-    window = stage.window
+    ledger = stage.ledger
     timeout = stage.timeout
     is_async = type(gen) is AsyncGeneratorType
     steps = None if is_async else on_threads(stage, gen)
@@ -73,10 +71,10 @@ async def _expand(
     produced = 0  # children passed on
     try:
         while not run.closed:
-            if window.tokens - window.expanding >= window.limit:
+            if ledger.tokens - ledger.expanding >= ledger.limit:
                 # (The slice's deadline stands: the wait may return at once, let through
                 # by a stall's last resort, and the consumer must still get its turn.)
-                await window.wait_for_room(sentinel, expansion=True)
+                await ledger.wait_for_room(sentinel, expansion=True)
             try:
                 if steps is not None:
                     child = await steps.next()
@@ -109,7 +107,7 @@ async def _expand(
             return
         stand_ins = _as_items(result)
         if not stand_ins and not produced:
-            stage.policy.passed_nothing += 1  # (skipped: not the function's drop)
+            stage.account.policy_passed_nothing()  # (skipped: not the function's drop)
         for child in stand_ins:
             produced += 1
             _produce(stage, sentinel, child)
@@ -122,17 +120,11 @@ async def _expand(
             gen.close()  # type: ignore[union-attr]
     if sentinel is not None:
         stage.list.resolve(sentinel, CLOSED)  # type: ignore[union-attr]
-    if not produced:  # (statistics: a generator that passed nothing on dropped its item)
-        stage.dropped += 1
-    window.expanding -= 1
-    window.release(1)
-    stage.running -= 1
-    stage.inflight -= 1
-    if stage.pending and not stage.draining:
-        stage.start_pending()  # the slot it held is free
+    ledger.expansion_ended(stage, produced)
+    stage.slot_freed()  # the slot it held is free
     if stage.gate is not None:
         stage.gate.call_ended()  # (a rate-limited pool's worker too)
-    run.stage_idle()  # (a batch's remainder may have waited for this expansion)
+    ledger.stage_idle()  # (a batch's remainder may have waited for this expansion)
 
 
 DONE: Any = object()
@@ -206,7 +198,7 @@ class Steps:
 
 def _produce(stage: Stage, sentinel: Sentinel | None, child: Any) -> None:
     """Hand one child on: it takes a token, and its place before the sentinel."""
-    stage.window.take(1)
+    stage.ledger.produced(1)
     if sentinel is None:
         stage.downstream.push(child, None)
     else:

@@ -21,6 +21,7 @@ still delay a start.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._auto import Auto
@@ -33,26 +34,15 @@ if TYPE_CHECKING:
     from ._stage import Stage
 
 
-def gate_rate_limits(run: Run) -> None:
-    """Put a gate in front of each rate-limited stage's calls (after the observers'
-    twins are in place: the gate starts whatever their ``start`` is)."""
-    for stage in run.stages:
-        limit = stage.spec.options.rate_limit
-        if limit is not None:
-            gate = stage.gate = Gate(stage, limit.window(run.loop))
-            stage.start = gate.start
-            run.on_over.append(gate.over)
-
-
 class Gate:
     """One stage's rate limit, for one run."""
 
     __slots__ = ("call", "queue", "stage", "timer", "window")
 
-    def __init__(self, stage: Stage, window: Window) -> None:
+    def __init__(self, stage: Stage, window: Window, call: Callable[[Any, Any], None]) -> None:
         self.stage = stage
         self.window = window
-        self.call = stage.start  # what starts a call (a twin's, once observed)
+        self.call = call  # what starts a call, once its turn has come
         self.queue: deque[tuple[Any, Any]] = deque()
         self.timer: Any = None
 
@@ -72,9 +62,7 @@ class Gate:
             self.call(item, node)
             return
         stage = self.stage
-        stage.running += 1  # the slot is held while waiting (concurrency stays bounded)
-        if not stage.is_batch:  # (a batch's items count from their arrival)
-            stage.inflight += 1
+        stage.ledger.gated(stage)  # the slot is held while waiting (concurrency bounded)
         self.queue.append((item, stage.place(node)))
         if self.timer is None and self.room():
             self.arm()  # (else the end of a call goes on: ``call_ended``)
@@ -82,14 +70,14 @@ class Gate:
     def arm(self) -> None:
         # A gate with a turn to come is working: the window must not take the run for
         # stalled (it would flush partial batches to make room).
-        self.stage.window.busy += 1
+        self.stage.ledger.work_started()
         loop = self.window.loop
         self.timer = loop.call_at(loop.time() + self.window.wait(), self.release)
 
     def release(self) -> None:
         """The timer: start what the limit allows now, in order; re-arm for the rest."""
         self.timer = None
-        self.stage.window.busy -= 1
+        self.stage.ledger.work_ended_quietly()  # (go_on looks for the end, or a stall)
         self.go_on()
 
     def call_ended(self) -> None:
@@ -106,9 +94,7 @@ class Gate:
         window = self.window
         while self.queue and not run.closed and window.wait() == 0 and self.room():
             item, node = self.queue.popleft()
-            stage.running -= 1
-            if not stage.is_batch:
-                stage.inflight -= 1
+            stage.ledger.ungated(stage)
             window.take()
             self.call(item, node)
         if run.closed:
@@ -117,19 +103,20 @@ class Gate:
             self.arm()
         # Slots given back by calls that ended at once (a plain function): as call_done
         # would after a call's task.
-        if stage.pending and not stage.draining and stage.running < stage.limit:
-            stage.start_pending()
-        if not stage.inflight and run.source_done:
-            run.stage_idle()
-        elif not stage.window.busy:
-            stage.window.check_stall()
+        if stage.running < stage.limit:
+            stage.slot_freed()
+        ledger = stage.ledger
+        if not stage.inflight and ledger.source_done:
+            ledger.stage_idle()
+        else:
+            ledger.idle()
 
     def over(self, run: Run) -> None:
         """The run is over: drop the timer (queued items go with the run)."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-            self.stage.window.busy -= 1
+            self.stage.ledger.work_ended_quietly()
         self.queue.clear()
 
 

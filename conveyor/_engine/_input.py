@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -47,10 +46,11 @@ _NOTE = "conveyor: raised while reading the pipeline's input"
 async def pump(run: Run, source: Any) -> None:
     """Feed ``source`` into the run's first stage (the caller closes it)."""
     if source is NO_INPUT:
-        run.window.take(1)
+        run.ledger.admitted()
         run.entry.push(NO_ITEM, None)
     elif isinstance(source, Feedback):
-        await _pump_feedback(run, source)
+        assert run.feedback is not None  # (built with the run: see Run.__init__)
+        await run.feedback.pump()
     elif isinstance(source, AsyncIterable):
         await _pump_async(run, source)
     else:
@@ -72,12 +72,12 @@ async def _pump_sync(run: Run, source: Iterable[Any]) -> None:
 async def _pump_weighed(run: Run, items: Iterator[Any], weigher: Weigher) -> bool:
     """Admit items while they are weighed (see ``_weight``): an item at a time, as the
     async pump does. True when the input goes on and its items have no weight."""
-    window = run.window
+    ledger = run.ledger
     loop_time = run.loop.time
     deadline = loop_time() + PUMP_SLICE
     while weigher.active:
-        if window.full():
-            await window.wait_for_room()
+        if ledger.full():
+            await ledger.wait_for_room()
             deadline = loop_time() + PUMP_SLICE
         elif loop_time() >= deadline:
             await asyncio.sleep(0)
@@ -92,15 +92,16 @@ async def _pump_weighed(run: Run, items: Iterator[Any], weigher: Weigher) -> boo
             exc.add_note(_NOTE)
             raise
         weigher.weigh(item)
-        window.take(1)
+        ledger.admitted()
         run.entry.push(item, None)
     return not run.closed
 
 
 async def _pump_plain(run: Run, source: Iterator[Any]) -> None:
     entry = run.entry
-    window = run.window
+    ledger = run.ledger
     push = entry.push
+    admitted = ledger.admitted
     # The first stage's call, minus SingleStage.push's limit check, for a stage without a
     # limit that is not observed: one call fewer per item.
     direct = run.direct_entry
@@ -111,7 +112,7 @@ async def _pump_plain(run: Run, source: Iterator[Any]) -> None:
         # Admitting an item cannot raise (stages catch what tasks raise), so what is
         # caught here came from the input.
         for item in source:
-            window.tokens += 1  # window.take(1), inlined: once per item
+            admitted()
             if direct is not None and type(item) is not Failure:
                 direct(item, None)
             else:
@@ -119,8 +120,8 @@ async def _pump_plain(run: Run, source: Iterator[Any]) -> None:
             if run.closed:  # a task failed the run while the item went through
                 return
             # Wait before reading on: the input is not read ahead of the window.
-            if window.tokens >= window.admit:
-                await window.wait_for_room()
+            if ledger.tokens >= ledger.admit:
+                await ledger.wait_for_room()
                 deadline = loop_time() + PUMP_SLICE
             count += 1
             if not count & 63 and loop_time() >= deadline:
@@ -147,15 +148,15 @@ async def _pump_async(run: Run, source: AsyncIterable[Any]) -> None:
 
 
 async def _pump_iterator(run: Run, iterator: AsyncIterator[Any]) -> None:
-    window = run.window
+    ledger = run.ledger
     push = run.entry.push
     weigher = run.weigher
     loop_time = run.loop.time
     deadline = loop_time() + PUMP_SLICE
     count = 0
     while not run.closed:
-        if window.full():
-            await window.wait_for_room()
+        if ledger.full():
+            await ledger.wait_for_room()
             deadline = loop_time() + PUMP_SLICE
             continue
         try:
@@ -170,7 +171,7 @@ async def _pump_iterator(run: Run, iterator: AsyncIterator[Any]) -> None:
                 weigher.weigh(item)
             else:
                 weigher = None
-        window.take(1)
+        ledger.admitted()
         push(item, None)
         count += 1
         if not count & 63 and loop_time() >= deadline:
@@ -178,70 +179,76 @@ async def _pump_iterator(run: Run, iterator: AsyncIterator[Any]) -> None:
             deadline = loop_time() + PUMP_SLICE
 
 
-async def _pump_feedback(run: Run, feed: Feedback[Any]) -> None:
-    """Feed a :class:`~conveyor.feedback.Feedback` until no work is left.
+class FeedbackPump:
+    """Feeds a :class:`~conveyor.feedback.Feedback` until no work is left.
 
     The pump waits for items when the feed is empty. It ends when the feed is empty, no
     item is left in the run (no token) and the consumer waits for a result: then no task
     and no consumer can put more. Whoever may make that true wakes it: ``put``, the
-    window when nothing is working (``on_idle``), the consumer when it starts waiting.
-    Only partial batches left, with nothing else to do: the input has ended for them, and
-    the remainder rule applies as at any input's end (``Run.input_ended``). Items are
-    weighed as the other pumps weigh theirs (``max_in_flight_bytes``).
+    ledger when nothing is working, the consumer when it starts waiting (both call
+    :meth:`idle`: the run gives it to them when it is built). Only partial batches left,
+    with nothing else to do: the input has ended for them, and the remainder rule applies
+    as at any input's end (``Ledger.input_ended``). Items are weighed as the other pumps
+    weigh theirs (``max_in_flight_bytes``).
     """
-    if feed.loop is not None or feed.ended:
-        raise RuntimeError("a Feedback serves one run: make a new one for each run")
-    window = run.window
-    push = run.entry.push
-    weigher = run.weigher
-    waiter: asyncio.Future[None] | None = None
 
-    def wake() -> None:
+    __slots__ = ("feed", "run", "waiter")
+
+    def __init__(self, run: Run, feed: Feedback[Any]) -> None:
+        self.run = run
+        self.feed = feed
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
         if waiter is not None and not waiter.done():
-            window.wake(waiter, None)
+            self.run.ledger.wake(waiter, None)
 
-    def idle() -> None:
+    def idle(self) -> None:
         """Nothing works, or the consumer started waiting: is the run over?"""
-        if waiter is None or feed.queue or run.consumer is None or window.busy:
+        run = self.run
+        ledger = run.ledger
+        if self.waiter is None or self.feed.queue or run.consumer is None or ledger.busy:
             return
-        if window.tokens:
-            run.input_ended()  # (partial batches: flushed, or dropped below min_size)
-        if not window.tokens:
-            wake()  # (the pump sees it and ends)
+        if ledger.tokens:
+            ledger.input_ended()  # (partial batches: flushed, or dropped below min_size)
+        if not ledger.tokens:
+            self.wake()  # (the pump sees it and ends)
 
-    feed.loop, feed.thread, feed.wake = run.loop, threading.get_ident(), wake
-    window.on_idle = run.on_consumer_wait = idle
-    try:
-        count = 0
-        while not run.closed:
-            if feed.queue:
-                if window.full():
-                    await window.wait_for_room()
-                    continue
-                item = feed.queue.popleft()
-                if weigher is not None and weigher.active:
-                    weigher.weigh(item)
-                window.take(1)
-                push(item, None)
-                count += 1
-                if not count & 63:
-                    await asyncio.sleep(0)
-            elif not window.tokens and run.consumer is not None:
-                return
-            else:
-                waiter = run.loop.create_future()
-                window.busy -= 1  # waiting is not working (see _window)
-                try:
-                    if not window.busy:
-                        window.check_stall()
-                    await waiter
-                finally:
-                    window.resumed(waiter)
-                    waiter = None
-    finally:
-        feed.ended = True
-        feed.wake = None
-        window.on_idle = run.on_consumer_wait = None
+    async def pump(self) -> None:
+        run = self.run
+        feed = self.feed
+        feed.serve(self.wake)
+        ledger = run.ledger
+        push = run.entry.push
+        weigher = run.weigher
+        try:
+            count = 0
+            while not run.closed:
+                if feed.queue:
+                    if ledger.full():
+                        await ledger.wait_for_room()
+                        continue
+                    item = feed.queue.popleft()
+                    if weigher is not None and weigher.active:
+                        weigher.weigh(item)
+                    ledger.admitted()
+                    push(item, None)
+                    count += 1
+                    if not count & 63:
+                        await asyncio.sleep(0)
+                elif not ledger.tokens and run.consumer is not None:
+                    return
+                else:
+                    waiter = self.waiter = run.loop.create_future()
+                    ledger.work_stopped()  # waiting is not working (a stall?)
+                    try:
+                        await waiter
+                    finally:
+                        ledger.resumed(waiter)
+                        self.waiter = None
+        finally:
+            feed.served()
 
 
 async def close_source(source: Any) -> None:

@@ -62,7 +62,7 @@ def end_of_run_logged(run: Run) -> None:
     how = "finished" if run.finished else "failed" if run.error is not None else "was closed"
     parts = []
     for stage in run.stages:
-        tally = stage.policy.tally
+        tally = stage.account.outcomes()
         counts = [f"{tally[key]} {key}" for key in OUTCOMES if tally[key]]
         if counts:
             parts.append(f"{stage.name}: {', '.join(counts)}")

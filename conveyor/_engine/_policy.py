@@ -20,11 +20,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from types import AsyncGeneratorType, GeneratorType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._spec import StageSpec
 from ..errors import ErrorAction, Failure, short_repr
 from . import _log
+
+if TYPE_CHECKING:
+    from ._ledger import Account
 
 
 class Unrecoverable(Exception):
@@ -42,39 +45,39 @@ class Policy:
     """The error policy of one stage in one run.
 
     ``attempt(item)`` makes one complete call again (the stage's call, awaited, under its
-    timeout); ``on_retry`` and ``on_final`` are the observers' hooks (``None``: not
-    observed): a retry, and a call that failed for good (``"failed"``, ``"emitted"`` or
-    ``"skipped"``; isolated items of a batch that fail alone count as ``"skipped"``).
-    ``tally`` counts them for the log's end-of-run summary (see ``_log``), observed or
-    not: the failure path only.
+    timeout). Retries and calls that failed for good (``"failed"``, ``"emitted"`` or
+    ``"skipped"``; isolated items of a batch that fail alone count as ``"skipped"``) are
+    counted in the stage's ``account`` (see ``_ledger``: the statistics and the log's
+    summary read it); ``on_retry`` tells a user's observer of each retry (``None``: not
+    observed).
     """
 
     __slots__ = (
+        "account",
         "action",
         "attempt",
         "batch",
         "handler",
         "name",
-        "on_final",
         "on_retry",
-        "passed_nothing",
         "retry",
-        "tally",
     )
 
-    def __init__(self, spec: StageSpec, attempt: Callable[[Any], Awaitable[Any]]) -> None:
+    def __init__(
+        self,
+        spec: StageSpec,
+        attempt: Callable[[Any], Awaitable[Any]],
+        account: Account,
+        on_retry: Callable[[BaseException, int], None] | None = None,
+    ) -> None:
         self.name = spec.name
         self.batch = spec.batch
         self.retry = spec.options.retry_config
         self.handler = spec.options.error_handler
         self.action = spec.options.on_error
         self.attempt = attempt
-        self.on_retry: Callable[[BaseException, int], None] | None = None
-        self.on_final: Callable[[str], None] | None = None
-        self.tally = dict.fromkeys(_log.OUTCOMES, 0)
-        # Calls whose stand-in passes nothing on (skipped, or a batch whose every item was
-        # left out): the stage's drops less these are the items its function dropped.
-        self.passed_nothing = 0
+        self.account = account
+        self.on_retry = on_retry
 
     def annotate(self, exc: BaseException, item: Any) -> BaseException:
         return annotate(exc, self.name, item, self.batch)
@@ -95,7 +98,7 @@ class Policy:
             if self.on_retry is not None:
                 self.on_retry(exc, attempt)
             delay = retry.delay_after(attempt)
-            self.tally["retried"] += 1
+            self.account.retried_once()
             _log.retrying(self, item, exc, attempt, delay)
             await asyncio.sleep(delay)
             attempt += 1
@@ -111,10 +114,10 @@ class Policy:
             if go_on:
                 return value
         if self.batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1:
-            skipped = self.tally["skipped"]
+            skipped = self.account.skipped
             kept = await self._isolate(item)
-            if not kept and self.tally["skipped"] - skipped == len(item):
-                self.passed_nothing += 1  # every item left out (not a part's None)
+            if not kept and self.account.skipped - skipped == len(item):
+                self.account.policy_passed_nothing()  # every item left out
             return kept
         return self.final(exc, item, attempt)
 
@@ -128,7 +131,7 @@ class Policy:
             if self.batch:
                 return [Failure(one, exc, self.name, attempt) for one in item]
             return Failure(item, exc, self.name, attempt)
-        self.passed_nothing += 1
+        self.account.policy_passed_nothing()
         return None  # skip_item / skip_batch
 
     async def generator_failed(self, exc: Exception, count: int) -> Any:
@@ -177,11 +180,9 @@ class Policy:
         return out
 
     def gave_up(self, item: Any, exc: BaseException, outcome: str, batch: bool = True) -> None:
-        """A call failed for good: count it, log it, tell the observers."""
-        self.tally[outcome] += 1
+        """A call failed for good: count it, log it."""
+        self.account.gave_up(outcome)
         _log.gave_up(self, item, exc, outcome, self.batch and batch)
-        if self.on_final is not None:
-            self.on_final(outcome)
 
 
 _OUTCOMES = {

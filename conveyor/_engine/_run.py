@@ -27,21 +27,21 @@ from typing import Any
 
 from .._spec import StageSpec
 from ..context import ExecutionMode, PipelineContext, set_current_context
+from ..feedback import Feedback
 from ._batch import BatchStage
 from ._bind import bind_stage, close_resources
 from ._calls import discard, run_error
 from ._delivery import BatchFeeder, OrderedOutput, Output
 from ._executors import executor_for
-from ._gate import gate_rate_limits
-from ._input import NO_INPUT, close_source, pump
+from ._input import NO_INPUT, FeedbackPump, close_source, pump
+from ._ledger import Ledger, sentinel_at_front, window_size
 from ._log import end_of_run_logged, executors_logged, logger
-from ._observe import RunObserver, instrument
+from ._observe import Counted, ObservedExecutor, RunObserver, waited_for_room
 from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sink
 from ._stage import UNLIMITED, SingleStage, Stage
 from ._stats import Collector
 from ._waiting import Completions
 from ._weight import WEIGHER, Weigher
-from ._window import Window, sentinel_at_front, window_size
 
 NOTHING: Any = object()
 """What ``Run.take`` returns when no result is ready."""
@@ -61,18 +61,17 @@ class Run:
         "direct_entry",
         "entry",
         "error",
-        "finished",
+        "feedback",
+        "ledger",
         "loop",
         "on_consumer_wait",
         "on_over",
         "ordered",
         "ready",
-        "source_done",
         "stages",
         "stats",
         "tasks",
         "weigher",
-        "window",
     )
 
     def __init__(
@@ -86,33 +85,38 @@ class Run:
         self.loop = asyncio.get_running_loop()
         self.ordered = context.execution_mode is ExecutionMode.ORDERED
         batch_sizes = [spec.options.max_size or 1 for spec in specs if spec.batch]
-        self.window = Window(self.loop, window_size(context.max_in_flight, batch_sizes))
-        if self.window.limit > context.max_in_flight:
+        self.ledger = ledger = Ledger(
+            self.loop,
+            window_size(context.max_in_flight, batch_sizes),
+            can_drain=self._can_drain,
+            flush_batch=self._flush_a_batch,
+            on_wait=waited_for_room(observer, stats),
+            on_first=None if stats is None else stats.first_taken,
+        )
+        if ledger.limit > context.max_in_flight:
             logger.info(
                 "conveyor: the window (max_in_flight=%d) is raised to %d for this run, "
                 "to hold a full batch of each batch stage at once (max_size %s)",
                 context.max_in_flight,
-                self.window.limit,
+                ledger.limit,
                 " + ".join(map(str, batch_sizes)),
             )
         budget = context.max_in_flight_bytes
-        self.weigher = None if budget is None else Weigher(self.window, budget, context.item_weight)
-        self.window.can_drain = self._can_drain
-        self.window.flush_batch = self._flush_a_batch
+        self.weigher = None if budget is None else Weigher(ledger, budget, context.item_weight)
         self.consumer: asyncio.Future[None] | None = None
         # Every task of the run, with the awaitable a call's task was given (see abort).
         self.tasks: dict[asyncio.Task[Any], Any] = {}
         self.ready: deque[Any] = deque()  # results the consumer can take, in order
         self.error: BaseException | None = None
         self.closed = False  # (the window's flag, kept here too: read once per call)
-        self.source_done = False
-        self.finished = False
         self._source = source
         self._ended: asyncio.Future[None] | None = None
         # Called once when the run is over (abort: finished and drained, failed, closed or
         # dropped): the statistics' end, progress bars, the log's summary.
         self.on_over: list[Callable[[Run], None]] = [end_of_run_logged]
-        self.on_consumer_wait: Callable[[], None] | None = None  # (a Feedback's pump)
+        # A Feedback input's pump: told when the consumer waits, and when nothing works.
+        self.feedback = FeedbackPump(self, source) if isinstance(source, Feedback) else None
+        self.on_consumer_wait = None if self.feedback is None else self.feedback.idle
 
         self.context = contextvars.copy_context()
         self.context.run(set_current_context, context)
@@ -120,12 +124,11 @@ class Run:
         # The Futures that calls on threads, processes or Dask wait on (see _waiting).
         self.completions = Completions(self.loop, self.context)
         self.stages: list[Stage] = []
-        self._build(specs, context)
         self.stats = stats
-        observed = observer is not None or stats is not None
-        if observed:
-            instrument(self, observer, stats)
-        gate_rate_limits(self)
+        self._build(specs, context, observer)
+        ledger.watch(self.stages, self._finished, self.on_consumer_wait)
+        if stats is not None:
+            stats.attach(self)
         entry = self.entry
         # The pump may call an unlimited first single stage directly (unless a user's
         # observer is told of every item: statistics count calls, see _observe).
@@ -137,14 +140,25 @@ class Run:
 
     # -- wiring ----------------------------------------------------------------------
 
-    def _build(self, specs: Sequence[StageSpec], context: PipelineContext) -> None:
+    def _build(
+        self, specs: Sequence[StageSpec], context: PipelineContext, observer: RunObserver | None
+    ) -> None:
+        """Build the stages, each composed once: its executor, what observes it (the
+        statistics, a user's observer: see ``_observe``), its rate gate, where its results
+        go, and whether it is fused with the next."""
         order = OrderList(self._front_changed) if self.ordered else None
         self._final_list = order
         sink: Sink = OrderedOutput(self, order) if order is not None else Output(self)
-        for spec in reversed(specs):
+        stats = self.stats
+        probes = [None if observer is None else observer.stage(i, s) for i, s in enumerate(specs)]
+        for spec, probe in zip(reversed(specs), reversed(probes), strict=True):
             executor = executor_for(spec)
+            if probe is not None:  # told of every call
+                executor = ObservedExecutor(executor, probe)
+                sink = Counted(sink, probe.items_out)
             if spec.batch:
-                stage: Stage = BatchStage(self, spec, spec.options.concurrency_limit or 1, executor)
+                limit = spec.options.concurrency_limit or 1
+                stage: Stage = BatchStage(self, spec, limit, executor, stats, probe)
                 stage.list = order
                 stage.downstream = sink
                 if order is not None:
@@ -155,7 +169,7 @@ class Run:
                     sink = stage
             else:
                 limit = spec.options.concurrency_limit or context.max_parallelism or UNLIMITED
-                stage = SingleStage(self, spec, limit, executor)
+                stage = SingleStage(self, spec, limit, executor, stats, probe)
                 stage.list = order
                 stage.downstream = sink
                 # Fused (see _stage), unless the next one has a limit it may have to wait for
@@ -164,6 +178,8 @@ class Run:
                 sink = stage
             if spec.options.timeout is None:
                 stage.futures = self.completions
+            if stage.gate is not None:
+                self.on_over.append(stage.gate.over)
             self.stages.append(stage)
         self.stages.reverse()
         self.entry: Sink = sink
@@ -174,20 +190,20 @@ class Run:
         """Start an owned engine task that counts as busy until it ends."""
         task = self.loop.create_task(coro, context=context)
         self.tasks[task] = None
-        self.window.busy += 1
+        self.ledger.work_started()
         task.add_done_callback(self._task_done)
         if self.closed:  # started while the run was closing
             task.cancel()
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.pop(task, None)
-        self.window.busy -= 1
+        self.ledger.work_ended_quietly()
         if task.cancelled():
             self.fail(asyncio.CancelledError())
         elif task.exception() is not None:
             self.fail(task.exception())  # type: ignore[arg-type]
         else:
-            self.window.idle()
+            self.ledger.idle()
 
     def start(self) -> None:
         self.spawn(self._supervise(), self.context)
@@ -207,17 +223,16 @@ class Run:
                 await pump(self, source)
             finally:
                 await close_source(source)
-            self.source_done = True
-            self.stage_idle()
-            if holds_resources and not self.finished and not self.closed:
+            ledger = self.ledger
+            ledger.input_read()
+            if holds_resources and not ledger.finished and not self.closed:
                 # Resources stay open until every call has ended.
                 self._ended = self.loop.create_future()
-                self.window.busy -= 1  # waiting is not working (see _window)
-                self.window.idle()  # (it may have been the last to work: a stall?)
+                ledger.work_stopped()  # waiting is not working (the last to work: a stall?)
                 try:
                     await self._ended
                 finally:
-                    self.window.busy += 1
+                    ledger.work_started()
         finally:
             if holds_resources:
                 await close_resources(stack, self.tasks, self.completions.running)
@@ -239,7 +254,7 @@ class Run:
             stage.bind(invoke)
 
     def _flush_a_batch(self) -> bool:
-        """Flush a partial batch, if there is one (see ``_window``): the run is stalled
+        """Flush a partial batch, if there is one (see ``_ledger``): the run is stalled
         with the window full. The window has room for every batch, so only the byte bound
         (admitting fewer large items than a batch holds) leads here."""
         for stage in self.stages:
@@ -263,7 +278,7 @@ class Run:
         at once (see ``OrderList.drop_settled_front``); the consumer is woken."""
         order = self._final_list
         if order is not None:
-            front = order.drop_settled_front(self.window.release)
+            front = order.drop_settled_front(self.ledger.released)
             if front is not None and front.value is OPEN:
                 sentinel_at_front(front)
         self.wake_consumer()
@@ -275,29 +290,15 @@ class Run:
 
     # -- progress and the end --------------------------------------------------------
 
-    def stage_idle(self) -> None:
-        """A stage ran out of work: if the input is done, close what can be closed."""
-        if not self.source_done or self.closed or self.finished:
-            return
-        if not self.input_ended():
-            return
-        self.finished = True
+    @property
+    def finished(self) -> bool:
+        """Whether every item of the input is accounted for (see ``_ledger``)."""
+        return self.ledger.finished
+
+    def _finished(self) -> None:
+        """(The ledger's ``on_finished``.) The input is done and nothing is left."""
         self.wake_consumer()
         self._end()
-
-    def input_ended(self) -> bool:
-        """No more items will come: the remainder rule, stage by stage (each batch stage's
-        remainder is flushed, or dropped below ``min_size``, once every stage before it is
-        empty). True when no stage holds anything. The one rule for every input: a
-        ``Feedback`` calls it when its feed is empty and nothing else is left."""
-        for stage in self.stages:
-            if isinstance(stage, BatchStage) and stage.acc:
-                if stage.inflight > len(stage.acc):
-                    return False  # batches still running: the remainder waits for them
-                stage.close_input()
-            if stage.inflight:
-                return False
-        return True
 
     def _end(self) -> None:
         ended = self._ended
@@ -322,7 +323,7 @@ class Run:
         if self.closed:
             return
         self.closed = True
-        self.window.close()
+        self.ledger.close()
         for stage in self.stages:
             if isinstance(stage, BatchStage):
                 stage.cancel_timer()
@@ -371,7 +372,7 @@ class Run:
         ready = self.ready
         if ready:
             item = ready.popleft()  # (before the release: a stall check may look at ready)
-            self.window.release(1)
+            self.ledger.taken()
             return item
         order = self._final_list
         if order is None:
@@ -388,8 +389,10 @@ class Run:
             order.unlink_front()
             if value is CLOSED:
                 continue
-            self.window.release(1)
-            if value is not EMPTY:
+            if value is EMPTY:
+                self.ledger.released(1)
+            else:
+                self.ledger.taken()
                 return value
         return NOTHING
 

@@ -20,7 +20,8 @@ async generator becomes several items lazily (``_expand``), anything else is one
 
 **Counting.** ``running`` counts calls that wait (the concurrency limit) and
 ``inflight`` the items a stage holds across an ``await`` (queued, in such calls,
-expanding, accumulated in a batch): the run is over when no stage holds anything.
+expanding, accumulated in a batch); ``account`` where its items went. The ledger
+(``_ledger``) writes them all, through its named transitions.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from ._calls import (
     settle,
 )
 from ._expand import expand
+from ._gate import Gate
+from ._ledger import Account
 from ._order import EMPTY, Node, OrderList, Sink
 from ._policy import Policy
 from ._waiting import Completions, Recovery, await_future, go_async
@@ -53,8 +56,9 @@ from ._waiting import Completions, Recovery, await_future, go_async
 if TYPE_CHECKING:
     import contextvars
 
-    from ._gate import Gate
+    from ._observe import StageObserver
     from ._run import Run
+    from ._stats import Collector
 
 UNLIMITED = 1 << 62
 
@@ -63,37 +67,48 @@ class Stage(Sink):
     """What single and batch stages share: calling, results, errors, bookkeeping."""
 
     __slots__ = (
+        "account",
         "call_fn",
         "chain",
         "context",
         "downstream",
         "draining",
-        "dropped",
         "executor",
+        "executor_call",
         "futures",
         "gate",
         "inflight",
         "invoke",
         "is_batch",
+        "ledger",
         "limit",
         "list",
         "loop",
         "name",
+        "observer",
         "pending",
         "plain",
         "policy",
-        "probe",
+        "record",
         "run",
         "running",
         "spec",
         "start",
+        "tally",
         "timeout",
-        "window",
     )
 
-    def __init__(self, run: Run, spec: StageSpec, limit: int, executor: Executor) -> None:
+    def __init__(
+        self,
+        run: Run,
+        spec: StageSpec,
+        limit: int,
+        executor: Executor,
+        stats: Collector | None = None,
+        observer: StageObserver | None = None,
+    ) -> None:
         self.run = run
-        self.window = run.window
+        self.ledger = run.ledger
         self.spec = spec
         self.loop = run.loop
         self.context = run.context
@@ -102,27 +117,43 @@ class Stage(Sink):
         self.limit = limit
         self.executor = executor
         self.invoke: Callable[[Any], Any] = spec.func  # bound to side inputs per run
-        self.call_fn: Callable[[Any], Any] = spec.func  # the executor's call of invoke
-        self.policy = Policy(spec, self.attempt)
+        self.executor_call: Callable[[Any], Any] = spec.func  # the executor's call of invoke
+        self.call_fn = self.executor_call  # (or, for one sampled call, a timed one)
+        self.account = Account()  # where its items went (the ledger writes it)
+        # What observes it (see ``_observe``): its statistics' record, a user's observer.
+        self.record = None if stats is None else stats.record(self)
+        # Where its calls count their items (a batch stage counts them as they arrive).
+        self.tally = None if spec.batch else self.record
+        self.observer = observer
+        self.policy = Policy(
+            spec, self.attempt, self.account, None if observer is None else observer.retried
+        )
         # A plain function on the loop may be fused with the next one (see above); not
-        # under a rate limit, whose calls wait for their turn (``_gate``).
-        self.plain = executor is INLINE and not spec.is_async and spec.options.rate_limit is None
-        self.gate: Gate | None = None
+        # under a rate limit, whose calls wait for their turn (``_gate``), nor when a
+        # user's observer is told of every item and call.
+        self.plain = (
+            executor is INLINE
+            and not spec.is_async
+            and spec.options.rate_limit is None
+            and observer is None
+        )
         # How an item's call starts: an async def on the loop skips the generic result
-        # handling (its call always returns a coroutine).
-        self.start: Callable[[Any, Any], None] = (
+        # handling (its call always returns a coroutine); under a rate limit, the gate
+        # starts it when its turn comes.
+        call: Callable[[Any, Any], None] = (
             self.call_coroutine if executor is INLINE and spec.is_async else self.call
         )
+        rate = spec.options.rate_limit
+        self.gate = None if rate is None else Gate(self, rate.window(run.loop), call)
+        self.start = call if self.gate is None else self.gate.start
         self.chain: Stage | None = None
         self.downstream: Sink = Sink()
         self.list: OrderList | None = None  # the reorder list this stage emits into
         self.running = 0
         self.inflight = 0
-        self.dropped = 0  # calls that passed nothing on (function or policy: see _policy)
         self.pending: deque[tuple[Any, Any]] = deque()
         self.draining = False
         self.is_batch = spec.batch
-        self.probe: Any = None  # the stage's observer, if the run is observed (_observe)
         # Where a call's Future waits without a task (``_futures``; set by the run),
         # unless the task has a timeout: ``asyncio.timeout`` needs a task.
         self.futures: Completions | None = None
@@ -130,7 +161,17 @@ class Stage(Sink):
     def bind(self, invoke: Callable[[Any], Any]) -> None:
         """Use ``invoke`` (the function with this run's side inputs) from now on."""
         self.invoke = invoke
-        self.call_fn = self.executor.bind(invoke)
+        self.call_fn = self.executor_call = self.executor.bind(invoke)
+
+    def time_next_call(self, timed: Callable[[Any], Any]) -> None:
+        """Make the next call through ``timed`` (the statistics' sample: ``_stats``),
+        which calls :meth:`call_untimed` when it is made."""
+        self.call_fn = timed
+
+    def call_untimed(self, timed: Callable[[Any], Any]) -> None:
+        """The sampled call is made: the calls after it are made directly again."""
+        if self.call_fn is timed:
+            self.call_fn = self.executor_call
 
     def place(self, node: Node | None) -> Node | None:
         """The item's node, created at the list's tail if it has none yet (see above)."""
@@ -147,6 +188,9 @@ class Stage(Sink):
         context = self.context.copy()
         stage = self
         while True:
+            tally = stage.tally
+            if tally is not None:  # (statistics: the one check where they count)
+                tally.items_in += 1
             try:
                 result = context.run(stage.call_fn, item)
             except Exception as exc:
@@ -179,6 +223,9 @@ class Stage(Sink):
 
     def call_coroutine(self, item: Any, node: Any) -> None:
         """:meth:`call` for an ``async def`` on the loop (its call returns a coroutine)."""
+        tally = self.tally
+        if tally is not None:
+            tally.items_in += 1
         try:
             coro = self.call_fn(item)  # (creating a coroutine runs none of its code)
         except Exception as exc:
@@ -234,12 +281,25 @@ class Stage(Sink):
             return (await settle(result, None))[0]
 
     def call_done(self, item: Any) -> None:
-        """Bookkeeping once a call's result is out: start queued work, report idleness."""
-        self.inflight -= 1
+        """A call's result is out: start queued work, and tell the ledger (is the run
+        over?)."""
+        ledger = self.ledger
+        ledger.settled(self, item)
+        self.slot_freed()
+        ledger.may_be_idle(self)
+
+    def slot_freed(self) -> None:
+        """A concurrency slot may be free: start what waits for one (unless this is
+        called from inside that loop: it goes on by itself)."""
         if self.pending and not self.draining:
             self.start_pending()
-        if not self.inflight and self.run.source_done:
-            self.run.stage_idle()
+
+    def accumulated(self) -> int:
+        """Items waiting in this stage for a batch to fill (none: a single stage)."""
+        return 0
+
+    def close_input(self) -> None:
+        """No more items will come (a batch stage applies the remainder rule)."""
 
     def start_pending(self) -> None:
         self.draining = True
@@ -248,7 +308,7 @@ class Stage(Sink):
                 item, node = self.pending.popleft()
                 self.start(item, node)
                 if not self.is_batch:
-                    self.inflight -= 1  # only now: it stays counted during its call
+                    self.ledger.dequeued(self)  # only now: counted during its call
         finally:
             self.draining = False
 
@@ -275,10 +335,8 @@ class Stage(Sink):
             self.downstream.push(result, node)
 
     def drop(self, node: Any) -> None:
-        self.dropped += 1
-        if node is None:
-            self.window.release(1)
-        else:
+        self.ledger.dropped(self, placed=node is not None)
+        if node is not None:  # (its reader gives the token back)
             self.list.resolve(node, EMPTY)  # type: ignore[union-attr]
 
     def emit_list(self, results: list[Any], node: Any) -> None:
@@ -286,7 +344,7 @@ class Stage(Sink):
         if n == 0:
             self.drop(node)
             return
-        self.window.take(n - 1)
+        self.ledger.produced(n - 1)
         push = self.downstream.push
         if node is None:
             run = self.run
@@ -311,11 +369,15 @@ class SingleStage(Stage):
     __slots__ = ()
 
     def push(self, item: Any, node: Any) -> None:
+        if self.observer is not None:
+            self.observer.items_in(1)
         if type(item) is Failure:
+            if self.record is not None:
+                self.record.passed_through()
             self.downstream.push(item, node)
             return
         if self.running < self.limit:
             self.start(item, node)
         else:
-            self.inflight += 1
+            self.ledger.queued(self)
             self.pending.append((item, self.place(node)))

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import Failure
 from ._calls import INLINE, settle
 from ._histogram import Histogram
 from ._order import EMPTY, OPEN, PENDING
@@ -49,16 +50,11 @@ class StageRecord:
     __slots__ = (
         "batch_items",
         "batches",
-        "busy",
-        "counted_at_call",
-        "emitted",
-        "failed",
+        "busy_seconds",
         "failures_in",
         "full",
         "items_in",
         "latency",
-        "retried",
-        "skipped",
         "stage",
         "timed",
         "timer_flushes",
@@ -66,24 +62,32 @@ class StageRecord:
 
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
+        # Items counted when their call is made (``Stage.call``), plus the Failures passed
+        # through; those waiting for a slot are added at the snapshot. A batch stage
+        # counts items as they arrive.
         self.items_in = 0
-        # Whether items are counted when their call is made (``_observe._CountedSingle``):
-        # then those waiting for a slot are added at the snapshot. (Batch stages, and any
-        # stage a user's observer watches, count items as they arrive.)
-        self.counted_at_call = False
         self.failures_in = 0  # Failures from earlier stages, passed through untouched
-        self.retried = self.skipped = self.emitted = self.failed = 0
         self.batches = self.batch_items = self.timer_flushes = 0
         self.latency = Histogram()
-        self.busy = self.full = 0.0  # seconds with a call in flight / at the limit
+        self.busy_seconds = self.full = 0.0  # seconds with a call in flight / at the limit
         self.timed: Any = None  # the timing call_fn, while armed
 
-    def outcome(self, action: str) -> None:
-        """A call failed for good: ``"failed"``, ``"skipped"`` or ``"emitted"``."""
-        setattr(self, action, getattr(self, action) + 1)
+    def passed_through(self) -> None:
+        """A Failure from an earlier stage reached this (single) stage: passed on as is."""
+        self.items_in += 1
+        self.failures_in += 1
 
-    def retried_once(self, error: BaseException, attempt: int) -> None:
-        self.retried += 1
+    def arrived(self, item: Any) -> None:
+        """An item reached this batch stage."""
+        self.items_in += 1
+        if type(item) is Failure:
+            self.failures_in += 1
+
+    def flushed(self, size: int, expired: bool) -> None:
+        """A batch of ``size`` items was sent off (``expired``: by ``max_wait``)."""
+        self.batches += 1
+        self.batch_items += size
+        self.timer_flushes += expired
 
 
 class Collector:
@@ -92,7 +96,6 @@ class Collector:
     def __init__(self) -> None:
         self.run: Run | None = None
         self.records: list[StageRecord] = []
-        self.delivered = 0
         # Moments as (perf_counter, loop time): see _span.
         self.started = (0.0, 0.0)
         self.first_result: tuple[float, float] | None = None
@@ -107,7 +110,7 @@ class Collector:
         self.peak_reorder = 0
         self._timer: Any = None
 
-    # -- wiring (``_observe.instrument``) ----------------------------------------------
+    # -- wiring (the run, as it builds its stages) ------------------------------------
 
     def record(self, stage: Stage) -> StageRecord:
         record = StageRecord(stage)
@@ -117,6 +120,7 @@ class Collector:
     def attach(self, run: Run) -> None:
         """Start sampling ``run`` (once its stages have their records)."""
         self.run = run
+        self.records = [stage.record for stage in run.stages if stage.record is not None]
         self.started = self.now()
         self.last_tick = run.loop.time()
         self._timer = run.loop.call_later(TICK, self._tick)
@@ -130,6 +134,11 @@ class Collector:
         """The stages are bound to this run's inputs: time each stage's first call."""
         for record in self.records:
             self._arm(record)
+
+    def first_taken(self) -> None:
+        """(The ledger's.) The consumer took the run's first result."""
+        if self.first_result is None:
+            self.first_result = self.now()
 
     def room_waited(self, seconds: float) -> None:
         self.waited_for_room += seconds
@@ -151,7 +160,7 @@ class Collector:
         for record in self.records:
             stage = record.stage
             if stage.running > _gated(stage):
-                record.busy += dt
+                record.busy_seconds += dt
                 working = True
             if stage.pending or stage.running >= stage.limit or _gated(stage):
                 record.full += dt
@@ -160,10 +169,10 @@ class Collector:
                 self._arm(record)
         if not working:
             self.starved += dt
-        window = run.window
-        if window.tokens >= window.admit:
+        ledger = run.ledger
+        if ledger.tokens >= ledger.admit:
             self.window_full += dt
-        if run.window.can_drain():
+        if ledger.can_drain():
             self.consumer_slow += dt
         if not self.ticks & 7:  # (a walk of the reorder list: every 8th tick)
             self.peak_reorder = max(self.peak_reorder, _held_for_order(run))
@@ -193,8 +202,7 @@ class Collector:
                 add(on_loop if on_loop > seconds + 0.002 else seconds)
 
         def timed(item: Any) -> Any:
-            if stage.call_fn is timed:
-                stage.call_fn = plain
+            stage.call_untimed(timed)
             record.timed = None
             if coroutines:
                 return timed_coroutine(item)
@@ -217,7 +225,8 @@ class Collector:
         # An async def on the loop returns a coroutine; other calls are made now (work
         # sent off the loop is timed until its Future is done), so their order holds.
         coroutines = stage.spec.is_async and stage.executor is INLINE
-        record.timed = stage.call_fn = timed
+        record.timed = timed
+        stage.time_next_call(timed)
 
     def _end(self) -> None:
         run = self.run
@@ -243,7 +252,8 @@ class Collector:
 
         stages = []
         # (items counted when their call is made: add those still waiting for a slot)
-        ins = [r.items_in + (_waiting(r.stage) if r.counted_at_call else 0) for r in self.records]
+        ins = [r.items_in + (0 if r.stage.is_batch else _waiting(r.stage)) for r in self.records]
+        delivered = 0 if run is None else run.ledger.delivered
         for index, record in enumerate(self.records):
             stage = record.stage
             following = ins[index + 1] if index + 1 < len(ins) else None
@@ -256,14 +266,14 @@ class Collector:
                     "limit": None if stage.limit >= 1 << 62 else stage.limit,
                     "rate_limit": _rate(stage),
                     "items_in": ins[index],
-                    "items_out": self.delivered if following is None else following,
+                    "items_out": delivered if following is None else following,
                     "in_flight": stage.running - _gated(stage),
                     "waiting_for_slot": _waiting(stage),
                     "failures_passed": record.failures_in,
-                    "retried": record.retried,
-                    "skipped": record.skipped,
-                    "emitted": record.emitted,
-                    "failed": record.failed,
+                    "retried": stage.account.retried,
+                    "skipped": stage.account.skipped,
+                    "emitted": stage.account.emitted,
+                    "failed": stage.account.failed,
                     "latency": {
                         "samples": latency.count,
                         "mean": latency.total / latency.count if latency.count else None,
@@ -274,37 +284,39 @@ class Collector:
                         "buckets": latency.bucket_counts(),
                     },
                     "items_per_second": (
-                        (self.delivered if following is None else following) / elapsed
+                        (delivered if following is None else following) / elapsed
                         if elapsed > 0
                         else None
                     ),
-                    "busy_seconds": record.busy,
-                    "busy_share": share(record.busy),
+                    "busy_seconds": record.busy_seconds,
+                    "busy_share": share(record.busy_seconds),
                     "at_limit_share": share(record.full),
                     "batches": record.batches if stage.is_batch else None,
                     "mean_batch_size": (
                         record.batch_items / record.batches if record.batches else None
                     ),
                     "max_wait_flushes": record.timer_flushes if stage.is_batch else None,
-                    "remainder_dropped": getattr(stage, "remainder_dropped", None),
-                    "dropped": stage.dropped - stage.policy.passed_nothing,
+                    "remainder_dropped": (
+                        stage.account.remainder_dropped if stage.is_batch else None
+                    ),
+                    "dropped": stage.account.dropped_by_function,
                     "offload": _offload(stage),
                 }
             )
         return {
             "elapsed": elapsed,
             "finished": run is not None and _over(run),
-            "results": self.delivered,
+            "results": delivered,
             "time_to_first_result": (
                 None if self.first_result is None else _span(self.started, self.first_result)
             ),
-            "items_per_second": self.delivered / elapsed if elapsed > 0 else None,
+            "items_per_second": delivered / elapsed if elapsed > 0 else None,
             "peak_reorder_buffer": self.peak_reorder,
             "input_held_back_seconds": self.waited_for_room,
             "input_item_bytes": None if run is None or run.weigher is None else run.weigher.mean,
             "input": _input_figures(run),
-            "input_admitted_at_once": None if run is None else run.window.admit,
-            "max_in_flight": None if run is None else run.window.limit,
+            "input_admitted_at_once": None if run is None else run.ledger.admit,
+            "max_in_flight": None if run is None else run.ledger.limit,
             "peak_rss_bytes": _peak_rss(),
             "samples": self.ticks,
             "window_full_share": share(self.window_full),
@@ -330,7 +342,7 @@ def _span(start: tuple[float, float], end: tuple[float, float]) -> float:
 def _over(run: Run) -> bool:
     """Whether the run is over for its consumer: closed, or every result produced and
     taken (until then a slow consumer is part of the run)."""
-    return run.closed or (run.finished and not run.window.can_drain())
+    return run.closed or (run.finished and not run.ledger.can_drain())
 
 
 def _held_for_order(run: Run) -> int:

@@ -24,7 +24,8 @@ per item cost 44-91 µs, 0.91x ``ThreadPoolExecutor(64).map``; this path and
 ``_threads``' pool, 1.01-1.02x, 5-12 µs per item.)
 
 **Counting and ownership.** Both count a call as running (the concurrency limit), its
-item as in flight, and the window as busy, until the result is handed on. A task is in
+item as in flight, and the run as busy, until the result is handed on (the ledger's
+``call_waits``, ``call_returned``, ``work_stopped``). A task is in
 the run's ``tasks`` once it suspends; a Future is in ``Completions.waiting`` until it is
 settled. The run's ``abort()`` cancels both, and a Future completing after that settles
 nothing.
@@ -60,10 +61,7 @@ def go_async(
     if run.closed:  # a call made while the run unwinds: start nothing
         discard(awaitable)
         return
-    stage.running += 1
-    if not stage.is_batch:  # a batch's items are counted from the moment they arrive
-        stage.inflight += 1
-    stage.window.busy += 1
+    stage.ledger.call_waits(stage)
     place = [node, False, None]  # the item's node, whether the run lists the task, the task
     task = start_task(drive(stage, awaitable, item, place), loop=stage.loop, context=context)
     place[2] = task
@@ -84,10 +82,7 @@ def await_future(
     if stage.run.closed:
         discard(future)
         return
-    stage.running += 1
-    if not stage.is_batch:
-        stage.inflight += 1
-    stage.window.busy += 1
+    stage.ledger.call_waits(stage)
     if node is None and stage.list is not None:
         node = stage.list.append()
     stage.futures.add(stage, future, context, item, node)  # type: ignore[union-attr]
@@ -138,7 +133,7 @@ async def drive(stage: Stage, awaitable: Any, item: Any, place: list[Any]) -> No
             else:
                 stage.crashed(exc, item)
             return
-        stage.running -= 1
+        stage.ledger.call_returned(stage)
         if not run.closed:  # else a call that ignored its cancellation: start nothing
             if KINDS_GET(type(result)) == VALUE:
                 stage.downstream.push(result, place[0])
@@ -148,12 +143,9 @@ async def drive(stage: Stage, awaitable: Any, item: Any, place: list[Any]) -> No
         if stage.gate is not None:
             stage.gate.call_ended()
     finally:
-        window = stage.window
-        window.busy -= 1
         if place[1]:
             del run.tasks[place[2]]  # (listed: go_async has stored it)
-        if not window.busy:
-            window.check_stall()
+        stage.ledger.work_stopped()
 
 
 class Recovery:
@@ -226,8 +218,7 @@ def finish(
 ) -> None:
     """Settle a call whose Future is done: ``Stage.drive``'s rules, without its task."""
     run = stage.run
-    window = stage.window
-    stage.running -= 1
+    stage.ledger.call_returned(stage)
     try:
         if future.cancelled():  # not by the run (that forgets its Futures first)
             run.fail(stage.policy.annotate(asyncio.CancelledError(), item))
@@ -259,15 +250,12 @@ def finish(
         if stage.gate is not None:
             stage.gate.call_ended()
     finally:
-        window.busy -= 1
-        if not window.busy:
-            window.check_stall()
+        stage.ledger.work_stopped()
 
 
 def _to_task(
     stage: Stage, awaitable: Any, context: contextvars.Context, item: Any, node: Any
 ) -> None:
     """Go on in a call's task (``go_async`` counts the item again: uncount it here)."""
-    if not stage.is_batch:
-        stage.inflight -= 1
+    stage.ledger.call_moves_to_task(stage)
     go_async(stage, awaitable, context, item, node)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._window import Window
+    from ._ledger import Ledger
 
 PROBE = 16
 """Items weighed before giving up on an input whose items have no known weight."""
@@ -52,7 +52,7 @@ class Weigher:
 
     __slots__ = ("active", "budget", "explicit", "mean", "probed", "weight", "window")
 
-    def __init__(self, window: Window, budget: int, weight: Callable[[Any], Any] | None) -> None:
+    def __init__(self, window: Ledger, budget: int, weight: Callable[[Any], Any] | None) -> None:
         self.window = window
         self.budget = budget
         self.explicit = weight is not None
@@ -96,13 +96,13 @@ class Weigher:
         if not self.active or mean is None or mean < 1 or copy <= 0:
             return 0
         places = -(-copy // int(mean))  # (rounded up)
-        self.window.take(places)
+        self.window.hold(places)
         return places
 
     def unhold(self, places: int) -> None:
         """The copy that :meth:`hold` counted is gone (its chunk was answered)."""
         if places:
-            self.window.release(places)
+            self.window.released(places)
 
     def chunk_items(self, workers: int) -> int | None:
         """The most items of the mean weight a chunk may hold: a ``4 x workers`` share of

@@ -1,4 +1,4 @@
-"""Unit tests of the run's window (``conveyor._engine._window.Window``).
+"""Unit tests of the run's window (``conveyor._engine._ledger.Ledger``).
 
 Covers tokens (take, release, full), the low-water mark of ``room_made``, waiting for
 room (at once, blocking, re-checking after a wake-up, ``CancelledError`` once closed,
@@ -9,20 +9,23 @@ ordered-run rule for a sentinel at the front), stall handling (``check_stall``,
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import conveyor
 from conveyor import batch_task, single_task
+from conveyor._engine._ledger import Ledger, sentinel_at_front
 from conveyor._engine._order import OrderList
-from conveyor._engine._window import Window, sentinel_at_front
 
 
-def window(limit: int, tokens: int = 0, busy: int = 0) -> Window:
-    w = Window(asyncio.get_running_loop(), limit)
+def window(limit: int, tokens: int = 0, busy: int = 0) -> Ledger:
+    w = Ledger(asyncio.get_running_loop(), limit)
     w.tokens = tokens
     w.busy = busy
     return w
@@ -42,7 +45,7 @@ def start(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     return asyncio.get_running_loop().create_task(coro)
 
 
-def add_waiter(w: Window, sentinel: Any = None, expansion: bool = False) -> asyncio.Future[bool]:
+def add_waiter(w: Ledger, sentinel: Any = None, expansion: bool = False) -> asyncio.Future[bool]:
     future: asyncio.Future[bool] = w.loop.create_future()
     w.waiting.append((future, sentinel, expansion))
     return future
@@ -54,12 +57,12 @@ def add_waiter(w: Window, sentinel: Any = None, expansion: bool = False) -> asyn
 async def test_take_release_full() -> None:
     w = window(3)
     assert not w.full()
-    w.take()
-    w.take(2)
+    w.produced()
+    w.produced(2)
     assert w.tokens == 3 and w.full()
-    w.release()
+    w.released()
     assert w.tokens == 2 and not w.full()
-    w.release(2)
+    w.released(2)
     assert w.tokens == 0
 
 
@@ -73,10 +76,10 @@ async def test_room_made_wakes_only_at_low_water_while_busy() -> None:
     task = start(w.wait_for_room())
     await settle()
     assert not task.done() and w.busy == 1  # the pump no longer counts
-    w.release()  # 15 > low water 14: not worth a wake-up yet
+    w.released()  # 15 > low water 14: not worth a wake-up yet
     await settle()
     assert not task.done()
-    w.release()  # 14
+    w.released()  # 14
     await settle()
     assert task.done()
     await task
@@ -88,7 +91,7 @@ async def test_room_made_wakes_above_low_water_when_nothing_is_busy() -> None:
     task = start(w.wait_for_room())
     await settle()
     assert not task.done() and w.busy == 0
-    w.release()  # 15 > 14, but nobody else is working
+    w.released()  # 15 > 14, but nobody else is working
     await settle()
     assert task.done()
     await task
@@ -131,8 +134,8 @@ async def test_woken_waiter_rechecks_and_raises_once_closed() -> None:
     w = window(4, tokens=4, busy=2)
     task = start(w.wait_for_room())
     await settle()
-    w.release(2)  # woken (2 <= low water 3)...
-    w.take(2)  # ...but the room is gone before it runs, and the run closes
+    w.released(2)  # woken (2 <= low water 3)...
+    w.produced(2)  # ...but the room is gone before it runs, and the run closes
     w.close()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
@@ -143,12 +146,12 @@ async def test_woken_waiter_without_room_waits_again() -> None:
     w = window(4, tokens=4, busy=2)
     task = start(w.wait_for_room())
     await settle()
-    w.release(2)
-    w.take(2)
+    w.released(2)
+    w.produced(2)
     await settle()
     assert not task.done()
     assert len(w.waiting) == 1 and w.busy == 1
-    w.release(2)
+    w.released(2)
     await settle()
     await task
     assert w.busy == 2
@@ -313,7 +316,7 @@ async def test_waiting_on_a_stalled_window_flushes() -> None:
     def on_stall() -> bool:
         nonlocal flushes
         flushes += 1
-        w.release(2)  # a flushed batch is done at once and gives its tokens back
+        w.released(2)  # a flushed batch is done at once and gives its tokens back
         return True
 
     w.flush_batch = on_stall
@@ -341,7 +344,7 @@ async def test_on_wait_gets_the_seconds_waited() -> None:
     task = start(w.wait_for_room())
     await asyncio.sleep(5)
     assert waited == []
-    w.release(4)
+    w.released(4)
     await task
     assert waited == [pytest.approx(5)]
 
@@ -415,7 +418,7 @@ async def test_a_generator_feeding_a_batch_stage_keeps_to_the_window(mode: str, 
         nonlocal peak
         while True:
             assert stream._run is not None
-            peak = max(peak, stream._run.window.tokens)
+            peak = max(peak, stream._run.ledger.tokens)
             await asyncio.sleep(0)
 
     stream_started = stream.__aiter__()
@@ -453,3 +456,95 @@ async def test_a_run_holding_resources_looks_for_a_stall_when_its_input_ends() -
     async with asyncio.timeout(5):
         out = await (five | group).with_context(max_in_flight=1)(source()).collect()
     assert out == [4, 4, 4, 3]
+
+
+# -- the ledger is the one writer of the accounting ---------------------------------------
+
+LEDGER_ATTRIBUTES = frozenset(
+    {
+        # the window and work
+        "tokens",
+        "busy",
+        "expanding",
+        "delivered",
+        "source_done",
+        "finished",
+        # each stage's flow
+        "running",
+        "inflight",
+        "held",
+        # each stage's account
+        "dropped",
+        "by_policy",
+        "skipped",
+        "emitted",
+        "failed",
+        "retried",
+        "remainder_dropped",
+    }
+)
+"""What no engine module but ``conveyor/_engine/_ledger.py`` may write (a constructor may
+set its own object's to their first value). (Public objects outside the engine may have
+counts of their own: ``Feedback.dropped`` counts the items a feed refused.)"""
+
+
+def accounting_writes(path: Path) -> list[str]:
+    """The writes of a ledger attribute in ``path`` outside a constructor's first values."""
+    tree = ast.parse(path.read_text())
+    found: list[str] = []
+
+    def targets(node: ast.AST) -> list[ast.expr]:
+        if isinstance(node, ast.Assign):
+            return list(node.targets)
+        if isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            return [node.target]
+        return []
+
+    def visit(node: ast.AST, function: str) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = node.name
+        for target in targets(node):
+            for leaf in ast.walk(target):
+                if not (isinstance(leaf, ast.Attribute) and leaf.attr in LEDGER_ATTRIBUTES):
+                    continue
+                first_value = (
+                    function == "__init__"
+                    and isinstance(node, (ast.Assign, ast.AnnAssign))
+                    and isinstance(leaf.value, ast.Name)
+                    and leaf.value.id == "self"
+                )
+                if not first_value:
+                    found.append(f"{path.name}:{node.lineno}: {ast.unparse(target)}")
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(tree, "")
+    return found
+
+
+def test_only_the_ledger_writes_the_accounting() -> None:
+    package = Path(conveyor.__file__).parent
+    engine = [*sorted((package / "_engine").glob("*.py")), package / "stream.py"]
+    writes = [
+        write for path in engine if path.name != "_ledger.py" for write in accounting_writes(path)
+    ]
+    assert writes == [], "accounting written outside conveyor/_engine/_ledger.py"
+
+
+def test_the_check_finds_a_write(tmp_path: Path) -> None:
+    """(The check above cannot pass by finding nothing.)"""
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "class S:\n"
+        "    def __init__(self):\n"
+        "        self.running = 0\n"  # a first value: allowed
+        "    def go(self, stage):\n"
+        "        stage.inflight += 1\n"
+        "        self.tokens = 3\n"
+        "        stage.account.dropped += 1\n"
+    )
+    assert accounting_writes(sample) == [
+        "sample.py:5: stage.inflight",
+        "sample.py:6: self.tokens",
+        "sample.py:7: stage.account.dropped",
+    ]

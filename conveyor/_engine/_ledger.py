@@ -1,0 +1,519 @@
+"""The ledger: the one owner of a run's accounting.
+
+Everything a run counts is written here, and only here (``tests/test_ledger.py`` checks
+that no other module assigns these attributes), through named transitions:
+
+* **The window** (``max_in_flight``): the tokens live items hold, who waits for room, and
+  stalls. Every live item holds one **token**: admitted from the input
+  (:meth:`Ledger.admitted`), produced by a list or a generator (:meth:`Ledger.produced`),
+  waiting in a batch accumulator, or waiting to be delivered; it is given back when the
+  consumer takes the result (:meth:`Ledger.taken`) or the item is dropped
+  (:meth:`Ledger.released`).
+* **Work** (``busy``): the run's tasks and timers doing work (calls, expansions, the pump
+  while it reads, a rate limit's timer); end-of-run and stall detection read it.
+* **Each stage's flow**, kept on the stage for its hot path's reads: ``running`` (calls
+  that wait: the concurrency limit), ``inflight`` (items the stage holds across an
+  ``await``: queued, in such calls, expanding, accumulated in a batch), ``held``
+  (Failures waiting behind an open batch's place). The run is finished when the input is
+  read and no stage holds anything (:meth:`Ledger.stage_idle`, :meth:`Ledger.input_ended`).
+* **Each stage's account** (:class:`Account`): every item that reaches a stage is passed
+  on, dropped by the function, skipped, emitted, failed, or dropped by the remainder
+  rule; and the retries. The statistics, the log's summary and the exporters read it.
+* **Delivered**: the results the consumer took.
+
+**The window's rules.** The input pump and generator expansions wait while
+``tokens >= limit``, so memory is bounded whatever the input's length. Two rules keep the
+bound deadlock-free:
+
+* In an ordered run, a generator whose children have all been taken by the consumer may
+  always produce one more (otherwise items queued *behind* it could hold the whole
+  window while it waits for room). Children a batch stage took still hold their tokens:
+  there the generator waits, and the stall rule below lets it on if it must.
+* When nothing is working (no call, no expansion, no pump progress) and someone waits for
+  room, the run may be *stalled* (:meth:`Ledger.check_stall`). If the consumer has
+  results to take, it is not: taking them makes room. Otherwise one waiting generator
+  may produce one item past the window (its item may be holding the slot that items
+  queued behind a ``concurrency_limit`` wait for), or, as a last resort, a partial batch
+  is flushed (``flush_batch``: only when the input is bounded in bytes below a batch's
+  size, since the window itself has room for every batch: see below).
+
+**Room for batches.** Items accumulating in a batch stage hold their tokens, so a window
+smaller than the batches would cut them short (and, below ``min_size``, hand items to the
+remainder rule that a correct batching never leaves over). The run's window is therefore
+at least the sum of its batch stages' ``max_size`` (:func:`window_size`): every batch
+stage can fill a whole batch at once, whatever the others hold, and batches are composed
+exactly as by a plain loop. The run logs it, and the statistics show both sizes.
+
+``busy`` counts the run's tasks that are doing work; a task waiting here for room does
+not count, from the moment it waits until the moment it is woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ._order import KEPT, Sentinel
+
+if TYPE_CHECKING:
+    from ._batch import BatchStage
+    from ._stage import Stage
+
+Waiter = tuple["asyncio.Future[bool]", "Sentinel | None", bool]
+"""``(future, sentinel, expansion)``: the future's result is True for a waiter let through
+past the window (see ``check_stall``)."""
+
+
+def window_size(max_in_flight: int, batch_sizes: Iterable[int]) -> int:
+    """The run's window: ``max_in_flight``, raised to hold every batch stage's full batch
+    (the sum of their ``max_size``) at once (see "Room for batches" above)."""
+    return max(max_in_flight, sum(batch_sizes))
+
+
+class Account:
+    """Where each item that reached one stage went (the statistics' exact counts, the
+    log's summary). Written by the ledger's transitions and the error policy's, here."""
+
+    __slots__ = (
+        "by_policy",
+        "dropped",
+        "emitted",
+        "failed",
+        "remainder_dropped",
+        "retried",
+        "skipped",
+    )
+
+    def __init__(self) -> None:
+        self.dropped = 0  # calls that passed nothing on: the function's or the policy's
+        self.by_policy = 0  # of those, the policy's (skipped, a batch's items all left out)
+        self.skipped = 0
+        self.emitted = 0
+        self.failed = 0
+        self.retried = 0
+        self.remainder_dropped = 0  # items the remainder rule dropped (batch stages)
+
+    @property
+    def dropped_by_function(self) -> int:
+        """Calls whose function passed nothing on (``None``, ``[]``, an empty generator)."""
+        return self.dropped - self.by_policy
+
+    def gave_up(self, outcome: str) -> None:
+        """A call failed for good: ``"failed"``, ``"skipped"`` or ``"emitted"``."""
+        if outcome == "skipped":
+            self.skipped += 1
+        elif outcome == "emitted":
+            self.emitted += 1
+        else:
+            self.failed += 1
+
+    def retried_once(self) -> None:
+        self.retried += 1
+
+    def policy_passed_nothing(self) -> None:
+        """The policy's stand-in for a call passes nothing on (see ``dropped``)."""
+        self.by_policy += 1
+
+    def outcomes(self) -> dict[str, int]:
+        """The failure path's counts, by name (for the log's summary)."""
+        return {
+            "retried": self.retried,
+            "skipped": self.skipped,
+            "emitted": self.emitted,
+            "failed": self.failed,
+        }
+
+
+class Ledger:
+    """One run's accounting (see the module's docstring)."""
+
+    __slots__ = (
+        "admit",
+        "busy",
+        "can_drain",
+        "closed",
+        "delivered",
+        "expanding",
+        "finished",
+        "first_taken",
+        "flush_batch",
+        "limit",
+        "loop",
+        "low_water",
+        "on_finished",
+        "on_idle",
+        "on_wait",
+        "source_done",
+        "stages",
+        "tokens",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        limit: int,
+        *,
+        can_drain: Callable[[], bool] = lambda: False,
+        flush_batch: Callable[[], bool] = lambda: False,
+        on_wait: Callable[[float], None] | None = None,
+        on_first: Callable[[], None] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.limit = limit
+        # How many the input may have in the run: the limit, unless items are weighed
+        # (``max_in_flight_bytes``, see ``_weight``). The pump waits until an eighth of
+        # it is free (a cheap hand-over per batch of items, not per item), unless nothing
+        # else is left working.
+        self.admit = limit
+        self.low_water = limit - max(1, limit // 8)
+        self.tokens = 0
+        self.busy = 0
+        self.expanding = 0  # generators under way (their own item keeps its token)
+        self.delivered = 0  # results the consumer took
+        self.waiting: list[Waiter] = []
+        self.closed = False
+        self.source_done = False  # the input is read to its end
+        self.finished = False  # ... and every item is accounted for
+        # The run's: whether the consumer has a result to take; flush a partial batch
+        # (False when there is none); the observers' time spent waiting for room; the
+        # statistics' first result.
+        self.can_drain = can_drain
+        self.flush_batch = flush_batch
+        self.on_wait = on_wait
+        self.first_taken = on_first
+        # Set once by the run when its stages are built (see ``watch``).
+        self.stages: list[Stage] = []
+        self.on_finished: Callable[[], None] = lambda: None
+        # Told when nothing is working (a Feedback input's pump: is the run over?).
+        self.on_idle: Callable[[], None] | None = None
+
+    def watch(
+        self,
+        stages: list[Stage],
+        on_finished: Callable[[], None],
+        on_idle: Callable[[], None] | None,
+    ) -> None:
+        """The run's stages, what to do when the run is finished, and who is told when
+        nothing works (a ``Feedback`` pump): set once, when the run is built."""
+        self.stages = stages
+        self.on_finished = on_finished
+        self.on_idle = on_idle
+
+    # -- tokens ------------------------------------------------------------------------
+
+    def admitted(self) -> None:
+        """The input put an item into the run (it holds a token until accounted for)."""
+        self.tokens += 1
+
+    def produced(self, n: int = 1) -> None:
+        """A call's result made ``n`` more items (a list's elements, a generator's
+        children, a batch's result place): each holds a token."""
+        self.tokens += n
+
+    def released(self, n: int = 1) -> None:
+        """``n`` items are accounted for without reaching the consumer (dropped, left
+        out, turned into fewer items): their tokens come back."""
+        self.tokens -= n
+        if self.waiting:
+            self.room_made()
+
+    def taken(self) -> None:
+        """The consumer took a result: it is delivered, and its token comes back."""
+        self.tokens -= 1
+        self.delivered += 1
+        if self.delivered == 1 and self.first_taken is not None:
+            self.first_taken()
+        if self.waiting:
+            self.room_made()
+
+    def hold(self, places: int) -> None:
+        """Pickled copies of items, on their way to a worker, take ``places`` (the byte
+        bound, see ``_weight``); :meth:`released` gives them back."""
+        self.tokens += places
+
+    def full(self) -> bool:
+        """Whether the input must wait for room before adding an item."""
+        return self.tokens >= self.admit
+
+    def admit_at_most(self, items: int) -> None:
+        """Let the input have at most ``items`` in the run (never fewer than 1, never
+        more than the window's limit)."""
+        admit = self.admit = max(1, min(self.limit, items))
+        self.low_water = admit - max(1, admit // 8)
+
+    # -- work --------------------------------------------------------------------------
+
+    def work_started(self) -> None:
+        """A task (or a timer) of the run starts working."""
+        self.busy += 1
+
+    def work_stopped(self) -> None:
+        """A task (or a timer) stopped working: if nothing else works, look for a stall."""
+        self.busy -= 1
+        if not self.busy:
+            self.check_stall()
+
+    def work_ended_quietly(self) -> None:
+        """A task stopped working and the caller decides what follows (the run, when a
+        task of it ends: it fails, or calls :meth:`idle`)."""
+        self.busy -= 1
+
+    # -- a stage's flow ----------------------------------------------------------------
+
+    def queued(self, stage: Stage) -> None:
+        """An item waits in ``stage``: for a concurrency slot, or in a batch."""
+        stage.inflight += 1
+
+    def dequeued(self, stage: Stage) -> None:
+        """A queued single item's call starts (its call counts it from now on)."""
+        stage.inflight -= 1
+
+    def call_waits(self, stage: Stage) -> None:
+        """A call of ``stage`` waits (a task, a Future): running, its item held, working."""
+        stage.running += 1
+        if not stage.is_batch:  # a batch's items are counted from the moment they arrive
+            stage.inflight += 1
+        self.busy += 1
+
+    def call_moves_to_task(self, stage: Stage) -> None:
+        """A call settled by callback goes on in a task (``call_waits`` counts it again)."""
+        if not stage.is_batch:
+            stage.inflight -= 1
+
+    def call_returned(self, stage: Stage) -> None:
+        """A waiting call of ``stage`` has its outcome: its slot is free."""
+        stage.running -= 1
+
+    def settled(self, stage: Stage, item: Any) -> None:
+        """A call's result is out (handed on, or stood in for): ``stage`` no longer holds
+        its item (a batch's items give their tokens back: the result holds its own)."""
+        if stage.is_batch:
+            n = len(item)
+            stage.inflight -= n
+            self.released(n)
+        else:
+            stage.inflight -= 1
+
+    def dropped(self, stage: Stage, placed: bool) -> None:
+        """A call of ``stage`` passed nothing on: its item's token comes back (through
+        its node's reader when it has one: ``placed``)."""
+        stage.account.dropped += 1
+        if not placed:
+            self.released(1)
+
+    def gated(self, stage: Stage) -> None:
+        """An item waits for its turn under a rate limit, holding a concurrency slot."""
+        stage.running += 1
+        if not stage.is_batch:  # (a batch's items count from their arrival)
+            stage.inflight += 1
+
+    def ungated(self, stage: Stage) -> None:
+        """A gated item's turn came: its call starts (and counts itself)."""
+        stage.running -= 1
+        if not stage.is_batch:
+            stage.inflight -= 1
+
+    def expansion_started(self, stage: Stage) -> None:
+        """A generator of ``stage`` is being expanded: its item keeps its token, and a
+        concurrency slot, until the generator ends."""
+        stage.inflight += 1
+        stage.running += 1
+        self.expanding += 1
+
+    def expansion_ended(self, stage: Stage, produced: int) -> None:
+        """A generator ended after passing ``produced`` items on."""
+        if not produced:  # a generator that passed nothing on dropped its item
+            stage.account.dropped += 1
+        self.expanding -= 1
+        stage.running -= 1
+        stage.inflight -= 1
+        self.released(1)
+
+    # -- batches ------------------------------------------------------------------------
+
+    def lent(self, stage: BatchStage) -> None:
+        """A Failure waits behind the open batch's place: it lends its token back (see
+        ``BatchStage.held``)."""
+        stage.held += 1
+        self.released(1)
+
+    def batch_sent(self, stage: BatchStage) -> None:
+        """A batch is sent off: its result's place takes a token, and the Failures that
+        waited behind it take theirs again (their reader gives them back)."""
+        self.tokens += 1 + stage.held
+        stage.held = 0
+
+    def remainder_dropped(self, stage: BatchStage, n: int, placed: bool) -> None:
+        """The remainder rule dropped the ``n`` items accumulated in ``stage`` (if the
+        batch had a ``placed`` result, its reader gives back a token for it, and for the
+        Failures behind it)."""
+        stage.account.remainder_dropped += n
+        stage.inflight -= n
+        self.released(n)
+        if placed:
+            self.tokens += 1 + stage.held
+            stage.held = 0
+
+    # -- the end ------------------------------------------------------------------------
+
+    def input_read(self) -> None:
+        """The input is read to its end (or had no more to give)."""
+        self.source_done = True
+        self.stage_idle()
+
+    def stage_idle(self) -> None:
+        """A stage ran out of work: if the input is done and nothing is left, the run is
+        finished (``on_finished``)."""
+        if not self.source_done or self.closed or self.finished:
+            return
+        if not self.input_ended():
+            return
+        self.finished = True
+        self.on_finished()
+
+    def may_be_idle(self, stage: Stage) -> None:
+        """A call of ``stage`` is over: was it the last thing the run held?"""
+        if stage.is_batch or (not stage.inflight and self.source_done):
+            self.stage_idle()  # (a batch's remainder may be all that is left)
+
+    def input_ended(self) -> bool:
+        """No more items will come: the remainder rule, stage by stage (each batch stage's
+        remainder is flushed, or dropped below ``min_size``, once every stage before it is
+        empty). True when no stage holds anything. The one rule for every input: a
+        ``Feedback`` calls it when its feed is empty and nothing else is left."""
+        for stage in self.stages:
+            acc = stage.accumulated()
+            if acc:
+                if stage.inflight > acc:
+                    return False  # batches still running: the remainder waits for them
+                stage.close_input()
+            if stage.inflight:
+                return False
+        return True
+
+    def room_made(self) -> None:
+        """Tokens came back: wake who waits for room, once there is enough of it.
+
+        With nothing else working, the waiters are looked at now, whatever the amount
+        freed (a stall may need its last resort: see :meth:`check_stall`).
+        """
+        if not self.busy:
+            self.check_stall()
+        elif self.tokens <= self.low_water:
+            self.wake_waiters()
+
+    # -- waiting for room --------------------------------------------------------------
+
+    def may_proceed(self, sentinel: Sentinel | None, expansion: bool) -> bool:
+        if not expansion:
+            return self.tokens < self.admit
+        # A generator's children are bounded by the window without counting the
+        # generators' own items, so expansions cannot starve each other.
+        if self.tokens - self.expanding < self.limit:
+            return True
+        # In an ordered run, a generator whose children have all been taken by the
+        # consumer may always go on: items behind it could otherwise hold the window
+        # forever. Not when a batch stage took them: they still hold their tokens there
+        # (a generator feeding a batch held 7,500 items in a window of 4); if items
+        # behind it do hold the window, the stall's last resort lets it go on.
+        prev = None if sentinel is None else sentinel.prev
+        return prev is not None and prev.prev is None and prev.value is not KEPT
+
+    def wake_waiters(self) -> None:
+        """Wake every waiter whose condition now holds (and only those)."""
+        still = []
+        for waiter in self.waiting:
+            future, sentinel, expansion = waiter
+            if future.done():
+                continue
+            if self.may_proceed(sentinel, expansion):
+                self.wake(future, False)
+            else:
+                still.append(waiter)
+        self.waiting = still  # the woken are off the list: no more scans for them
+
+    def wake(self, future: asyncio.Future[Any], result: Any) -> None:
+        """Let a waiter (of this window, or a Feedback's pump) go on. It counts as busy
+        from now, not from when its task resumes: in between, a stall check must not think
+        nothing works (it flushed partial batches while a woken generator was about to
+        produce)."""
+        future.set_result(result)
+        self.busy += 1
+
+    def resumed(self, future: asyncio.Future[Any]) -> None:
+        """A waiter's task goes on (however it ends its wait): busy again, unless
+        :meth:`wake` already counted it."""
+        if future.cancelled() or not future.done():
+            self.busy += 1
+
+    async def wait_for_room(
+        self, sentinel: Sentinel | None = None, expansion: bool = False
+    ) -> None:
+        """Wait until the window lets the pump (or a generator) add an item.
+
+        Raises ``CancelledError`` once the run is closed.
+        """
+        started = self.loop.time() if self.on_wait is not None else 0.0
+        while not self.may_proceed(sentinel, expansion):
+            if self.closed:
+                raise asyncio.CancelledError
+            waiter: Waiter = (self.loop.create_future(), sentinel, expansion)
+            self.waiting.append(waiter)
+            if sentinel is not None:
+                sentinel.on_front = self.wake_waiters
+            self.busy -= 1
+            try:
+                self.check_stall()
+                if await waiter[0]:  # let through by check_stall's last resort
+                    break
+            finally:
+                if waiter in self.waiting:
+                    self.waiting.remove(waiter)
+                self.resumed(waiter[0])
+                if sentinel is not None:
+                    sentinel.on_front = None
+        if self.on_wait is not None:
+            self.on_wait(self.loop.time() - started)
+
+    def idle(self) -> None:
+        """A busy task stopped working (``busy`` was decremented): look for a stall."""
+        if not self.busy:
+            self.check_stall()
+
+    def check_stall(self) -> None:
+        """If nothing is working and someone waits for room, make sure something moves."""
+        if self.on_idle is not None:
+            self.on_idle()
+        # A flush may complete synchronously and only fill the next batch stage's
+        # accumulator, so keep going until something works or a waiter can go on.
+        while not self.busy and self.waiting and not self.closed:
+            if any(self.may_proceed(s, e) for _, s, e in self.waiting):
+                self.wake_waiters()
+                return
+            if self.can_drain():
+                return  # the consumer will make room (and wake the waiters)
+            # A generator first: its own item may hold the slot that items queued behind
+            # a concurrency_limit wait for, and one item past the window changes no
+            # result, where a batch sent off short would change its composition.
+            for index, (future, _, expansion) in enumerate(self.waiting):
+                if expansion and not future.done():
+                    del self.waiting[index]
+                    self.wake(future, True)
+                    return
+            if self.flush_batch():
+                continue
+            return
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __repr__(self) -> str:
+        return f"<Ledger {self.tokens}/{self.limit} busy={self.busy} waiting={len(self.waiting)}>"
+
+
+def sentinel_at_front(sentinel: Any) -> None:
+    """A reader found ``sentinel`` (an open generator's end) at the front of its list."""
+    if sentinel.on_front is not None:
+        sentinel.on_front()
