@@ -7,7 +7,8 @@ input and output stadiums (``([...])``). Every label is a quoted Mermaid string 
 lines are joined with ``<br/>``; text that Mermaid would read as markup is written as
 Mermaid entity codes (see :func:`escape`).
 
-It only writes text, from stage specs and a context or from a ``RunStats`` snapshot.
+It only writes text: a pipeline's chart from stage specs and a context here, and the
+parts a run's chart (``conveyor.stats``) is made of.
 """
 
 from __future__ import annotations
@@ -20,9 +21,16 @@ from ._spec import AutoChoice, is_dask_client
 if TYPE_CHECKING:
     from ._spec import StageSpec
     from .context import PipelineContext
-    from .stats import RunStats, StageStats
 
-__all__ = ["chain", "escape", "pipeline_chart", "stats_chart"]
+__all__ = [
+    "STAGE_SHAPE",
+    "STATISTICS_OFF",
+    "chain",
+    "count_label",
+    "escape",
+    "pipeline_chart",
+    "seconds",
+]
 
 BOTTLENECK_STYLE = "stroke:#d33,stroke-width:3px"
 
@@ -34,8 +42,8 @@ BOTTLENECK_STYLE = "stroke:#d33,stroke-width:3px"
 _ENTITIES = {char: f"#{ord(char)};" for char in '#"<>&`:'}
 
 _SHAPES = {"box": ("[", "]"), "subroutine": ("[[", "]]"), "stadium": ("([", "])")}
-_OFF = "PipelineContext(statistics=False)"
-_STAGE_SHAPE = {False: "box", True: "subroutine"}  # by StageSpec.batch
+STATISTICS_OFF = "PipelineContext(statistics=False)"
+STAGE_SHAPE = {False: "box", True: "subroutine"}  # by StageSpec.batch
 
 
 def escape(text: str) -> str:
@@ -80,7 +88,7 @@ def chain(
 def pipeline_chart(specs: Sequence[StageSpec], context: PipelineContext) -> str:
     """The chart of ``Pipeline.to_mermaid`` (its docstring says what the labels hold)."""
     stages = [
-        (f"s{i}", _STAGE_SHAPE[spec.batch], option_lines(spec)) for i, spec in enumerate(specs)
+        (f"s{i}", STAGE_SHAPE[spec.batch], option_lines(spec)) for i, spec in enumerate(specs)
     ]
     mode = "ordered" if context.execution_mode == "ordered" else "as completed"
     output = ["output", mode, f"max_in_flight {context.max_in_flight}"]
@@ -127,66 +135,8 @@ def executor_name(executor: Any) -> str | None:
     return "dask" if is_dask_client(executor) else type(executor).__name__
 
 
-# -- a run's figures ----------------------------------------------------------------------
-
-
-def stats_chart(stats: RunStats) -> str:
-    """The chart of ``RunStats.to_mermaid`` (its docstring says what the labels hold)."""
-    if not stats.enabled:
-        return chain([("off", "box", ["statistics are off for this run", _OFF])])
-    source = ["input"]
-    if stats.input_held_back_seconds > 0:
-        source.append(f"held back {seconds(stats.input_held_back_seconds)}")
-    rate = "" if stats.items_per_second is None else f", {stats.items_per_second:,.0f}/s"
-    output = ["output", f"{_items(stats.results, 'result')} in {stats.elapsed:.2f} s{rate}"]
-    output += [] if stats.finished else ["running"]
-    nodes = [
-        ("input", "stadium", source),
-        *((f"s{i}", _STAGE_SHAPE[s.batch], figure_lines(s)) for i, s in enumerate(stats.stages)),
-        ("output", "stadium", output),
-    ]
-    # Edges: into the first stage, then out of each stage (out = what the next one got).
-    counts = [s.items_in for s in stats.stages[:1]] + [s.items_out for s in stats.stages]
-    labels = [_items(n, "item") for n in counts or [stats.results]]
-    return chain(nodes, labels, _bottleneck_node(stats))
-
-
-def figure_lines(s: StageStats) -> list[str]:
-    """A stage's label in a run: name, kind, executor and limit, then its figures."""
-    kind = "batch" if s.batch else "single"
-    if s.batches and s.mean_batch_size is not None:
-        kind += f" ({_items(s.batches, 'batch')}, mean size {s.mean_batch_size:.1f})"
-    lines = [s.name, kind]
-    if s.executor != "inline":
-        lines.append(f"executor {s.executor}")
-    if s.limit is not None:
-        lines.append(f"concurrency {s.limit}")
-    if s.latency.p50 is not None and s.latency.p95 is not None:
-        lines.append(f"p50 {seconds(s.latency.p50)}, p95 {seconds(s.latency.p95)}")
-    if s.busy_share is not None:
-        lines.append(f"busy {s.busy_share:.0%}")
-    counts = ((s.failed, "failed"), (s.skipped, "skipped"), (s.emitted, "emitted"))
-    trouble = [f"{n:,} {what}" for n, what in (*counts, (s.retried, "retried")) if n]
-    if trouble:
-        lines.append(", ".join(trouble))
-    return lines
-
-
-def _bottleneck_node(stats: RunStats) -> str | None:
-    neck = stats.bottleneck
-    if neck is None:
-        return None
-    # A name can repeat (quick | slow | quick): the stage whose share is the one named.
-    named = [i for i, s in enumerate(stats.stages) if s.name == neck.where]
-    for i in named:
-        if neck.share in (stats.stages[i].at_limit_share, stats.stages[i].busy_share):
-            return f"s{i}"
-    if neck.where in ("input", "consumer"):
-        return {"input": "input", "consumer": "output"}[neck.where]
-    return f"s{named[0]}" if named else None
-
-
-def _items(count: int, noun: str) -> str:
+def count_label(count: int, noun: str) -> str:
+    """``count`` things, with the noun's plural when it is not 1: ``1 item``, ``2 batches``."""
     return f"{count:,} {noun if count == 1 else noun + ('es' if noun == 'batch' else 's')}"
 
 

@@ -20,6 +20,7 @@ chunked calls, a concern of its own, is ``_worker``."""
 
 COHESIVE = {
     "_ledger.py": "one object, the run's accounting, with every transition that writes it",
+    "_run.py": "one object, the run: its wiring, the tasks it owns, its consumer side, its end",
 }
 """Modules that keep one object with everything that touches it, past ~400 lines (as
 trio's ``_run.py`` keeps its runner): at most twice the cap, with the reason."""
@@ -32,15 +33,16 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def runtime_imports(path: Path) -> set[str]:
-    """The conveyor modules ``path`` imports, outside ``if TYPE_CHECKING:`` blocks."""
+def runtime_imports(path: Path, type_only: bool = False) -> set[str]:
+    """The conveyor modules ``path`` imports, outside ``if TYPE_CHECKING:`` blocks (and
+    inside them too, with ``type_only``)."""
     tree = ast.parse(path.read_text())
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        if not type_only and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             for child in node.orelse:
                 visit(child)
             return
@@ -71,9 +73,9 @@ FILES = sorted(PACKAGE.rglob("*.py"))
 MODULES = {module_name(path) for path in FILES}
 
 
-def graph() -> dict[str, set[str]]:
+def graph(type_only: bool = False) -> dict[str, set[str]]:
     # A package's __init__ re-exporting its modules is not a dependency of those modules.
-    return {module_name(p): runtime_imports(p) & MODULES for p in FILES}
+    return {module_name(p): runtime_imports(p, type_only) & MODULES for p in FILES}
 
 
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
@@ -103,6 +105,23 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
 def test_no_import_cycles() -> None:
     cycle = find_cycle(graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+MUTUAL_TYPES = {("conveyor.pipeline", "conveyor.tasks")}
+"""Modules that name each other's classes in their signatures, and nothing more: a
+pipeline is made of tasks, and ``task | task`` makes a pipeline (``Pipeline``'s overloads
+name ``BaseTask[X, R]`` so that mypy infers a composed pipeline's types)."""
+
+
+def test_no_import_cycles_even_counting_type_only_imports() -> None:
+    """The engine's modules form layers: a module below the run or a stage names what it
+    needs of them as a protocol (``_engine/_roles.py``, ``_ledger.Flow``, ...), never
+    their classes (issue "Engine v3": 12 engine modules were one cycle)."""
+    edges = graph(type_only=True)
+    for a, b in MUTUAL_TYPES:
+        edges[b].discard(a)
+    cycle = find_cycle(edges)
+    assert cycle is None, "import cycle (type-only imports counted): " + " -> ".join(cycle or [])
 
 
 def test_the_cycle_check_can_fail() -> None:

@@ -25,12 +25,11 @@ from .._spec import StageSpec
 from ..errors import Failure
 from ._calls import Executor
 from ._order import EMPTY
-from ._stage import Stage
+from ._stage import Stage, Statistics
 
 if TYPE_CHECKING:
     from ._observe import StageObserver
-    from ._run import Run
-    from ._stats import Collector
+    from ._roles import RunRole
 
 
 class BatchStage(Stage):
@@ -47,11 +46,11 @@ class BatchStage(Stage):
 
     def __init__(
         self,
-        run: Run,
+        run: RunRole,
         spec: StageSpec,
         limit: int,
         executor: Executor,
-        stats: Collector | None = None,
+        stats: Statistics | None = None,
         observer: StageObserver | None = None,
     ) -> None:
         super().__init__(run, spec, limit, executor, stats, observer)

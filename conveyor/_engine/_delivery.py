@@ -10,16 +10,31 @@ input order.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ._ledger import sentinel_at_front
+from ._ledger import Ledger, sentinel_at_front
 from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, SegmentEnd, Sink
 
-if TYPE_CHECKING:
-    from ._batch import BatchStage
-    from ._run import Run
+
+class Consumer(Protocol):
+    """The run's consumer side (``_run.Run``), as the ends of a run see it."""
+
+    ready: deque[Any]  # results the consumer can take, in order
+    ledger: Ledger
+    closed: bool
+
+    @property
+    def consumer(self) -> asyncio.Future[None] | None:
+        """The consumer's waiter, while it waits for a result."""
+        ...
+
+    def wake_consumer(self) -> None: ...
+    def deliver(self, item: Any) -> None:
+        """A result is next in order: hand it to the consumer."""
+        ...
 
 
 class Output(Sink):
@@ -27,7 +42,7 @@ class Output(Sink):
 
     __slots__ = ("ready", "run")
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Consumer) -> None:
         self.run = run
         self.ready: deque[Any] = run.ready
 
@@ -42,7 +57,7 @@ class OrderedOutput(SegmentEnd):
 
     __slots__ = ("run",)
 
-    def __init__(self, run: Run, order: OrderList) -> None:
+    def __init__(self, run: Consumer, order: OrderList) -> None:
         super().__init__(order, run.deliver)
         self.run = run
 
@@ -63,7 +78,7 @@ class BatchFeeder:
 
     __slots__ = ("batch", "list", "release", "run", "walking")
 
-    def __init__(self, run: Run, batch: BatchStage) -> None:
+    def __init__(self, run: Consumer, batch: Sink) -> None:
         self.run = run
         self.batch = batch
         self.release: Callable[[int], None] = run.ledger.released

@@ -43,10 +43,10 @@ from ._pools import PoolCalls, PoolExecutor
 from ._threads import ThreadPool
 
 if TYPE_CHECKING:
-    from ._stage import Stage
+    from ._roles import StageRole
 
 
-def expand(stage: Stage, gen: Any, node: Any) -> None:
+def expand(stage: StageRole, gen: Any, node: Any) -> None:
     """Start expanding ``gen``, the result of one of ``stage``'s calls, at ``node``."""
     stage.ledger.expansion_started(stage)  # (a concurrency slot until it ends, too)
     sentinel: Sentinel | None = None
@@ -56,7 +56,7 @@ def expand(stage: Stage, gen: Any, node: Any) -> None:
 
 
 async def _expand(
-    stage: Stage,
+    stage: StageRole,
     gen: Generator[Any, Any, Any] | AsyncGenerator[Any, Any],
     sentinel: Sentinel | None,
 ) -> None:
@@ -132,7 +132,7 @@ DONE: Any = object()
 through a Future)."""
 
 
-def on_threads(stage: Stage, gen: Any) -> Steps | None:
+def on_threads(stage: StageRole, gen: Any) -> Steps | None:
     """Steps on the stage's thread pool for ``gen``, or None (it runs on the loop)."""
     executor = stage.executor
     if isinstance(executor, ThreadPool) or (
@@ -196,7 +196,7 @@ class Steps:
             raise
 
 
-def _produce(stage: Stage, sentinel: Sentinel | None, child: Any) -> None:
+def _produce(stage: StageRole, sentinel: Sentinel | None, child: Any) -> None:
     """Hand one child on: it takes a token, and its place before the sentinel."""
     stage.ledger.produced(1)
     if sentinel is None:

@@ -30,8 +30,7 @@ from ._threads import THREADS, ThreadPool
 
 if TYPE_CHECKING:
     from ..rate import Window
-    from ._run import Run
-    from ._stage import Stage
+    from ._roles import StageRole
 
 
 class Gate:
@@ -39,7 +38,7 @@ class Gate:
 
     __slots__ = ("call", "queue", "stage", "timer", "window")
 
-    def __init__(self, stage: Stage, window: Window, call: Callable[[Any, Any], None]) -> None:
+    def __init__(self, stage: StageRole, window: Window, call: Callable[[Any, Any], None]) -> None:
         self.stage = stage
         self.window = window
         self.call = call  # what starts a call, once its turn has come
@@ -111,7 +110,7 @@ class Gate:
         else:
             ledger.idle()
 
-    def over(self, run: Run) -> None:
+    def over(self, run: object) -> None:
         """The run is over: drop the timer (queued items go with the run)."""
         if self.timer is not None:
             self.timer.cancel()

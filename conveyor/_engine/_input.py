@@ -11,16 +11,41 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import Failure
 from ..feedback import Feedback
 from ._bind import complete
 
 if TYPE_CHECKING:
-    from ._run import Run
+    from ._ledger import Ledger
+    from ._order import Sink
     from ._weight import Weigher
+
+
+class Fed(Protocol):
+    """A run (``_run.Run``), as the pump that feeds it sees it."""
+
+    loop: asyncio.AbstractEventLoop
+    ledger: Ledger
+    weigher: Weigher | None
+    consumer: asyncio.Future[None] | None  # the consumer's waiter, while it waits
+    feedback: FeedbackPump | None  # the pump of a Feedback input
+
+    @property
+    def entry(self) -> Sink:
+        """Where the input's items go: the first stage."""
+        ...
+
+    @property
+    def direct_entry(self) -> Callable[[Any, Any], None] | None:
+        """The first stage's call, when the pump may make it directly."""
+        ...
+
+    @property
+    def closed(self) -> bool: ...
+
 
 NO_INPUT: Any = object()
 """Input of a run that calls its first task once, with no item (a source task)."""
@@ -43,7 +68,7 @@ PUMP_SLICE = 0.005
 _NOTE = "conveyor: raised while reading the pipeline's input"
 
 
-async def pump(run: Run, source: Any) -> None:
+async def pump(run: Fed, source: Any) -> None:
     """Feed ``source`` into the run's first stage (the caller closes it)."""
     if source is NO_INPUT:
         run.ledger.admitted()
@@ -57,7 +82,7 @@ async def pump(run: Run, source: Any) -> None:
         await _pump_sync(run, source)
 
 
-async def _pump_sync(run: Run, source: Iterable[Any]) -> None:
+async def _pump_sync(run: Fed, source: Iterable[Any]) -> None:
     try:
         items = iter(source)
     except Exception as exc:
@@ -69,7 +94,7 @@ async def _pump_sync(run: Run, source: Iterable[Any]) -> None:
     await _pump_plain(run, items)
 
 
-async def _pump_weighed(run: Run, items: Iterator[Any], weigher: Weigher) -> bool:
+async def _pump_weighed(run: Fed, items: Iterator[Any], weigher: Weigher) -> bool:
     """Admit items while they are weighed (see ``_weight``): an item at a time, as the
     async pump does. True when the input goes on and its items have no weight."""
     ledger = run.ledger
@@ -97,7 +122,7 @@ async def _pump_weighed(run: Run, items: Iterator[Any], weigher: Weigher) -> boo
     return not run.closed
 
 
-async def _pump_plain(run: Run, source: Iterator[Any]) -> None:
+async def _pump_plain(run: Fed, source: Iterator[Any]) -> None:
     entry = run.entry
     ledger = run.ledger
     push = entry.push
@@ -132,7 +157,7 @@ async def _pump_plain(run: Run, source: Iterator[Any]) -> None:
         raise
 
 
-async def _pump_async(run: Run, source: AsyncIterable[Any]) -> None:
+async def _pump_async(run: Fed, source: AsyncIterable[Any]) -> None:
     try:
         iterator = aiter(source)
     except Exception as exc:
@@ -147,7 +172,7 @@ async def _pump_async(run: Run, source: AsyncIterable[Any]) -> None:
         await close_source(iterator)
 
 
-async def _pump_iterator(run: Run, iterator: AsyncIterator[Any]) -> None:
+async def _pump_iterator(run: Fed, iterator: AsyncIterator[Any]) -> None:
     ledger = run.ledger
     push = run.entry.push
     weigher = run.weigher
@@ -194,7 +219,7 @@ class FeedbackPump:
 
     __slots__ = ("feed", "run", "waiter")
 
-    def __init__(self, run: Run, feed: Feedback[Any]) -> None:
+    def __init__(self, run: Fed, feed: Feedback[Any]) -> None:
         self.run = run
         self.feed = feed
         self.waiter: asyncio.Future[None] | None = None

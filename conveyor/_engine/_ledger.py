@@ -51,14 +51,10 @@ not count, from the moment it waits until the moment it is woken.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from ._order import KEPT, Sentinel
-
-if TYPE_CHECKING:
-    from ._batch import BatchStage
-    from ._stage import Stage
 
 Waiter = tuple["asyncio.Future[bool]", "Sentinel | None", bool]
 """``(future, sentinel, expansion)``: the future's result is True for a waiter let through
@@ -69,6 +65,29 @@ def window_size(max_in_flight: int, batch_sizes: Iterable[int]) -> int:
     """The run's window: ``max_in_flight``, raised to hold every batch stage's full batch
     (the sum of their ``max_size``) at once (see "Room for batches" above)."""
     return max(max_in_flight, sum(batch_sizes))
+
+
+class Flow(Protocol):
+    """What the ledger counts of a stage, and asks it (``_stage.Stage`` is one)."""
+
+    running: int
+    inflight: int
+    is_batch: bool
+    account: Account
+
+    def accumulated(self) -> int:
+        """Items waiting in the stage for a batch to fill."""
+        ...
+
+    def close_input(self) -> None:
+        """No more items will come (the remainder rule)."""
+        ...
+
+
+class BatchFlow(Flow, Protocol):
+    """A batch stage's (``_batch.BatchStage``): the Failures held behind its batch."""
+
+    held: int
 
 
 class Account:
@@ -184,14 +203,14 @@ class Ledger:
         self.on_wait = on_wait
         self.first_taken = on_first
         # Set once by the run when its stages are built (see ``watch``).
-        self.stages: list[Stage] = []
+        self.stages: Sequence[Flow] = ()
         self.on_finished: Callable[[], None] = lambda: None
         # Told when nothing is working (a Feedback input's pump: is the run over?).
         self.on_idle: Callable[[], None] | None = None
 
     def watch(
         self,
-        stages: list[Stage],
+        stages: Sequence[Flow],
         on_finished: Callable[[], None],
         on_idle: Callable[[], None] | None,
     ) -> None:
@@ -262,31 +281,31 @@ class Ledger:
 
     # -- a stage's flow ----------------------------------------------------------------
 
-    def queued(self, stage: Stage) -> None:
+    def queued(self, stage: Flow) -> None:
         """An item waits in ``stage``: for a concurrency slot, or in a batch."""
         stage.inflight += 1
 
-    def dequeued(self, stage: Stage) -> None:
+    def dequeued(self, stage: Flow) -> None:
         """A queued single item's call starts (its call counts it from now on)."""
         stage.inflight -= 1
 
-    def call_waits(self, stage: Stage) -> None:
+    def call_waits(self, stage: Flow) -> None:
         """A call of ``stage`` waits (a task, a Future): running, its item held, working."""
         stage.running += 1
         if not stage.is_batch:  # a batch's items are counted from the moment they arrive
             stage.inflight += 1
         self.busy += 1
 
-    def call_moves_to_task(self, stage: Stage) -> None:
+    def call_moves_to_task(self, stage: Flow) -> None:
         """A call settled by callback goes on in a task (``call_waits`` counts it again)."""
         if not stage.is_batch:
             stage.inflight -= 1
 
-    def call_returned(self, stage: Stage) -> None:
+    def call_returned(self, stage: Flow) -> None:
         """A waiting call of ``stage`` has its outcome: its slot is free."""
         stage.running -= 1
 
-    def settled(self, stage: Stage, item: Any) -> None:
+    def settled(self, stage: Flow, item: Any) -> None:
         """A call's result is out (handed on, or stood in for): ``stage`` no longer holds
         its item (a batch's items give their tokens back: the result holds its own)."""
         if stage.is_batch:
@@ -296,33 +315,33 @@ class Ledger:
         else:
             stage.inflight -= 1
 
-    def dropped(self, stage: Stage, placed: bool) -> None:
+    def dropped(self, stage: Flow, placed: bool) -> None:
         """A call of ``stage`` passed nothing on: its item's token comes back (through
         its node's reader when it has one: ``placed``)."""
         stage.account.dropped += 1
         if not placed:
             self.released(1)
 
-    def gated(self, stage: Stage) -> None:
+    def gated(self, stage: Flow) -> None:
         """An item waits for its turn under a rate limit, holding a concurrency slot."""
         stage.running += 1
         if not stage.is_batch:  # (a batch's items count from their arrival)
             stage.inflight += 1
 
-    def ungated(self, stage: Stage) -> None:
+    def ungated(self, stage: Flow) -> None:
         """A gated item's turn came: its call starts (and counts itself)."""
         stage.running -= 1
         if not stage.is_batch:
             stage.inflight -= 1
 
-    def expansion_started(self, stage: Stage) -> None:
+    def expansion_started(self, stage: Flow) -> None:
         """A generator of ``stage`` is being expanded: its item keeps its token, and a
         concurrency slot, until the generator ends."""
         stage.inflight += 1
         stage.running += 1
         self.expanding += 1
 
-    def expansion_ended(self, stage: Stage, produced: int) -> None:
+    def expansion_ended(self, stage: Flow, produced: int) -> None:
         """A generator ended after passing ``produced`` items on."""
         if not produced:  # a generator that passed nothing on dropped its item
             stage.account.dropped += 1
@@ -333,19 +352,19 @@ class Ledger:
 
     # -- batches ------------------------------------------------------------------------
 
-    def lent(self, stage: BatchStage) -> None:
+    def lent(self, stage: BatchFlow) -> None:
         """A Failure waits behind the open batch's place: it lends its token back (see
         ``BatchStage.held``)."""
         stage.held += 1
         self.released(1)
 
-    def batch_sent(self, stage: BatchStage) -> None:
+    def batch_sent(self, stage: BatchFlow) -> None:
         """A batch is sent off: its result's place takes a token, and the Failures that
         waited behind it take theirs again (their reader gives them back)."""
         self.tokens += 1 + stage.held
         stage.held = 0
 
-    def remainder_dropped(self, stage: BatchStage, n: int, placed: bool) -> None:
+    def remainder_dropped(self, stage: BatchFlow, n: int, placed: bool) -> None:
         """The remainder rule dropped the ``n`` items accumulated in ``stage`` (if the
         batch had a ``placed`` result, its reader gives back a token for it, and for the
         Failures behind it)."""
@@ -373,7 +392,7 @@ class Ledger:
         self.finished = True
         self.on_finished()
 
-    def may_be_idle(self, stage: Stage) -> None:
+    def may_be_idle(self, stage: Flow) -> None:
         """A call of ``stage`` is over: was it the last thing the run held?"""
         if stage.is_batch or (not stage.inflight and self.source_done):
             self.stage_idle()  # (a batch's remainder may be all that is left)

@@ -15,21 +15,54 @@ Each message is formatted only if the logger is enabled for its level.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._spec import AutoChoice
 from ..errors import short_repr
 
 if TYPE_CHECKING:
-    from ._policy import Policy
-    from ._run import Run
+    from .._spec import StageSpec
+    from ..errors import RetryConfig
+    from ._ledger import Account
 
 logger = logging.getLogger("conveyor")
 
 OUTCOMES = ("retried", "skipped", "emitted", "failed")
 
 
-def retrying(policy: Policy, item: Any, exc: BaseException, attempt: int, delay: float) -> None:
+class LoggedPolicy(Protocol):
+    """What the log reads of a stage's error policy (``_policy.Policy``)."""
+
+    name: str
+    batch: bool
+    retry: RetryConfig
+
+
+class LoggedStage(Protocol):
+    """What the log reads of a stage (``_stage.Stage``)."""
+
+    name: str
+    spec: StageSpec
+    executor: Any
+    account: Account
+
+
+class LoggedRun(Protocol):
+    """What the log reads of a run (``_run.Run``)."""
+
+    error: BaseException | None
+
+    @property
+    def finished(self) -> bool: ...
+
+    @property
+    def stages(self) -> Sequence[LoggedStage]: ...
+
+
+def retrying(
+    policy: LoggedPolicy, item: Any, exc: BaseException, attempt: int, delay: float
+) -> None:
     if logger.isEnabledFor(logging.WARNING):
         logger.warning(
             "task %r failed on %s (attempt %d of %d): %s; retrying in %.2f s",
@@ -42,7 +75,7 @@ def retrying(policy: Policy, item: Any, exc: BaseException, attempt: int, delay:
         )
 
 
-def gave_up(policy: Policy, item: Any, exc: BaseException, outcome: str, batch: bool) -> None:
+def gave_up(policy: LoggedPolicy, item: Any, exc: BaseException, outcome: str, batch: bool) -> None:
     """A call failed for good: ``outcome`` is ``"failed"``, ``"skipped"`` or ``"emitted"``."""
     level = logging.DEBUG if outcome == "failed" else logging.INFO
     if logger.isEnabledFor(level):
@@ -57,7 +90,7 @@ def gave_up(policy: Policy, item: Any, exc: BaseException, outcome: str, batch: 
         )
 
 
-def end_of_run_logged(run: Run) -> None:
+def end_of_run_logged(run: LoggedRun) -> None:
     """The end of a run (finished, failed or closed early): what failed, per task."""
     how = "finished" if run.finished else "failed" if run.error is not None else "was closed"
     parts = []
@@ -73,7 +106,7 @@ def end_of_run_logged(run: Run) -> None:
         logger.log(level, "run of %s %s: %s", names, how, summary)
 
 
-def executors_logged(run: Run) -> None:
+def executors_logged(run: LoggedRun) -> None:
     """Once per run: the stages that run off the loop, and on what."""
     if logger.isEnabledFor(logging.INFO):
         for stage in run.stages:

@@ -31,14 +31,11 @@ import time
 import weakref
 from collections.abc import Callable
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from .._spec import StageSpec
 from ._calls import AWAIT, Executor, as_awaitable, kind_of
 from ._order import Sink
-
-if TYPE_CHECKING:
-    from ._stats import Collector
 
 
 class StageObserver(Protocol):
@@ -59,10 +56,11 @@ class RunObserver(Protocol):
 
 
 def waited_for_room(
-    observer: RunObserver | None, stats: Collector | None
+    observer: RunObserver | None, statistics: Callable[[float], None] | None
 ) -> Callable[[float], None] | None:
-    """What the ledger tells of time spent waiting for room (None: nobody asks)."""
-    first = None if stats is None else stats.room_waited
+    """What the ledger tells of time spent waiting for room: to the statistics and a
+    user's observer (None: nobody asks)."""
+    first = statistics
     second = None if observer is None else observer.waited_for_room
     if first is None or second is None:
         return first or second

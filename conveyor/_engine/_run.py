@@ -23,7 +23,7 @@ import contextlib
 import contextvars
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .._spec import StageSpec
 from ..context import ExecutionMode, PipelineContext, set_current_context
@@ -38,10 +38,31 @@ from ._ledger import Ledger, sentinel_at_front, window_size
 from ._log import end_of_run_logged, executors_logged, logger
 from ._observe import Counted, ObservedExecutor, RunObserver, waited_for_room
 from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sink
-from ._stage import UNLIMITED, SingleStage, Stage
-from ._stats import Collector
+from ._stage import UNLIMITED, SingleStage, Stage, Statistics
 from ._waiting import Completions
 from ._weight import WEIGHER, Weigher
+
+
+class RunStatistics(Statistics, Protocol):
+    """A run's statistics as the run sees them (``_stats.Collector`` is one): given to
+    the stages as they are built, then told of the run's moments."""
+
+    def attach(self, run: Run) -> None:
+        """The run is built: start sampling it."""
+        ...
+
+    def bound(self) -> None:
+        """The stages are bound to this run's inputs (calls may start)."""
+        ...
+
+    def first_taken(self) -> None:
+        """The consumer took the run's first result."""
+        ...
+
+    def room_waited(self, seconds: float) -> None:
+        """The input (or a generator) waited ``seconds`` for room in the window."""
+        ...
+
 
 NOTHING: Any = object()
 """What ``Run.take`` returns when no result is ready."""
@@ -80,7 +101,7 @@ class Run:
         source: Any,
         context: PipelineContext,
         observer: RunObserver | None = None,
-        stats: Collector | None = None,
+        stats: RunStatistics | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.ordered = context.execution_mode is ExecutionMode.ORDERED
@@ -90,7 +111,7 @@ class Run:
             window_size(context.max_in_flight, batch_sizes),
             can_drain=self._can_drain,
             flush_batch=self._flush_a_batch,
-            on_wait=waited_for_room(observer, stats),
+            on_wait=waited_for_room(observer, None if stats is None else stats.room_waited),
             on_first=None if stats is None else stats.first_taken,
         )
         if ledger.limit > context.max_in_flight:
@@ -162,7 +183,7 @@ class Run:
                 stage.list = order
                 stage.downstream = sink
                 if order is not None:
-                    feeder = BatchFeeder(self, stage)  # type: ignore[arg-type]
+                    feeder = BatchFeeder(self, stage)
                     order = feeder.list
                     sink = feeder.sink()
                 else:

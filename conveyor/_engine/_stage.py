@@ -30,7 +30,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._spec import StageSpec
 from ..errors import Failure
@@ -57,10 +57,37 @@ if TYPE_CHECKING:
     import contextvars
 
     from ._observe import StageObserver
-    from ._run import Run
-    from ._stats import Collector
+    from ._roles import RunRole
 
 UNLIMITED = 1 << 62
+
+
+class Tally(Protocol):
+    """What a stage tells its statistics (``_stats.StageRecord`` is one): the items it
+    calls (single stages count them at the call: one cheap check on the call path), and
+    a batch stage what arrives and each batch it sends off."""
+
+    items_in: int
+
+    def passed_through(self) -> None:
+        """A Failure from an earlier stage reached a single stage: passed on as is."""
+        ...
+
+    def arrived(self, item: Any) -> None:
+        """An item reached a batch stage."""
+        ...
+
+    def flushed(self, size: int, expired: bool) -> None:
+        """A batch of ``size`` items was sent off (``expired``: by ``max_wait``)."""
+        ...
+
+
+class Statistics(Protocol):
+    """A run's statistics as its stages see them (``_stats.Collector`` is one)."""
+
+    def record(self, stage: Stage) -> Tally:
+        """The tally of ``stage`` (made once, when the run builds the stage)."""
+        ...
 
 
 class Stage(Sink):
@@ -100,11 +127,11 @@ class Stage(Sink):
 
     def __init__(
         self,
-        run: Run,
+        run: RunRole,
         spec: StageSpec,
         limit: int,
         executor: Executor,
-        stats: Collector | None = None,
+        stats: Statistics | None = None,
         observer: StageObserver | None = None,
     ) -> None:
         self.run = run

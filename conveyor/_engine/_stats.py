@@ -120,7 +120,8 @@ class Collector:
     def attach(self, run: Run) -> None:
         """Start sampling ``run`` (once its stages have their records)."""
         self.run = run
-        self.records = [stage.record for stage in run.stages if stage.record is not None]
+        place = {id(stage): index for index, stage in enumerate(run.stages)}
+        self.records.sort(key=lambda record: place[id(record.stage)])  # (built backwards)
         self.started = self.now()
         self.last_tick = run.loop.time()
         self._timer = run.loop.call_later(TICK, self._tick)

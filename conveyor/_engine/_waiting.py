@@ -36,9 +36,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._calls import AWAIT, KINDS_GET, VALUE, discard, kind_of, settle, start_task
+from ._roles import StageRole
 
 current_task = asyncio.current_task
 
@@ -46,15 +47,22 @@ if TYPE_CHECKING:
     import concurrent.futures
     import contextvars
 
-    from ._stage import Stage
-
     AnyFuture = asyncio.Future[Any] | concurrent.futures.Future[Any]
+
+
+class Caller(StageRole, Protocol):
+    """A stage (``_stage.Stage``), as its waiting calls see it: where a call's Future
+    waits without a task (None: the task has a timeout, which needs a task)."""
+
+    @property
+    def futures(self) -> Completions | None: ...
+
 
 __all__ = ["Completions", "Recovery", "await_future", "drive", "finish", "go_async"]
 
 
 def go_async(
-    stage: Stage, awaitable: Any, context: contextvars.Context, item: Any, node: Any
+    stage: Caller, awaitable: Any, context: contextvars.Context, item: Any, node: Any
 ) -> None:
     """Await a call's result in a real task of its own, counted until it is done."""
     run = stage.run
@@ -76,7 +84,7 @@ def go_async(
 
 
 def await_future(
-    stage: Stage, future: Any, context: contextvars.Context, item: Any, node: Any
+    stage: Caller, future: Any, context: contextvars.Context, item: Any, node: Any
 ) -> None:
     """Wait for a call's Future without a task, counted as :func:`go_async` counts one."""
     if stage.run.closed:
@@ -88,7 +96,7 @@ def await_future(
     stage.futures.add(stage, future, context, item, node)  # type: ignore[union-attr]
 
 
-async def drive(stage: Stage, awaitable: Any, item: Any, place: list[Any]) -> None:
+async def drive(stage: Caller, awaitable: Any, item: Any, place: list[Any]) -> None:
     """The coroutine of a call's task: await the call, recover, hand the result on.
 
     ``place`` is ``[node, listed, task]``: the item's node when the result is handed
@@ -165,14 +173,14 @@ class Completions:
     def __init__(self, loop: asyncio.AbstractEventLoop, context: contextvars.Context) -> None:
         self.loop = loop
         self.context = context
-        self.waiting: dict[Any, tuple[Stage, Any, Any, contextvars.Context]] = {}
+        self.waiting: dict[Any, tuple[Caller, Any, Any, contextvars.Context]] = {}
         self.done: deque[Any] = deque()  # completed in threads, not yet settled
         self.scheduled = False  # whether a drain is on its way to the loop
         # Futures of calls that were running in a thread when the run ended (see cancel)
         self.running: list[concurrent.futures.Future[Any]] = []
 
     def add(
-        self, stage: Stage, future: AnyFuture, context: contextvars.Context, item: Any, node: Any
+        self, stage: Caller, future: AnyFuture, context: contextvars.Context, item: Any, node: Any
     ) -> None:
         self.waiting[future] = (stage, item, node, context)
         if isinstance(future, asyncio.Future):
@@ -214,7 +222,7 @@ class Completions:
 
 
 def finish(
-    stage: Stage, future: AnyFuture, item: Any, node: Any, context: contextvars.Context
+    stage: Caller, future: AnyFuture, item: Any, node: Any, context: contextvars.Context
 ) -> None:
     """Settle a call whose Future is done: ``Stage.drive``'s rules, without its task."""
     run = stage.run
@@ -254,7 +262,7 @@ def finish(
 
 
 def _to_task(
-    stage: Stage, awaitable: Any, context: contextvars.Context, item: Any, node: Any
+    stage: Caller, awaitable: Any, context: contextvars.Context, item: Any, node: Any
 ) -> None:
     """Go on in a call's task (``go_async`` counts the item again: uncount it here)."""
     stage.ledger.call_moves_to_task(stage)

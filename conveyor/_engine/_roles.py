@@ -1,0 +1,112 @@
+"""What the engine's parts need of the run and of a stage: the roles, as protocols.
+
+The run (``_run.Run``) owns its stages (``_stage``), and a stage hands work to the
+modules below it: a call that waits (``_waiting``), a generator (``_expand``), a rate
+limit's turn (``_gate``). Those modules call back into the stage and its run; typing
+them with the roles below, rather than with the classes, keeps the imports one way
+(``tests/test_layout.py`` checks that no module imports, even for types only, a module
+that imports it), and says in one place what each part may touch. ``mypy --strict``
+checks that the classes play the roles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from ._calls import Executor
+from ._ledger import Flow, Ledger
+from ._order import Node, OrderList, Sink
+from ._policy import Policy
+
+
+class RunRole(Protocol):
+    """A run, as its stages see it (``_run.Run``)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def context(self) -> contextvars.Context:
+        """The run's context: every call runs in a fresh copy of it."""
+        ...
+
+    @property
+    def ledger(self) -> Ledger: ...
+    @property
+    def closed(self) -> bool:
+        """Whether the run is over (failed, or closed by its consumer)."""
+        ...
+
+    @property
+    def tasks(self) -> dict[asyncio.Task[Any], Any]:
+        """The run's tasks (each with the awaitable a call's task was given)."""
+        ...
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail the run with ``exc`` (the first error wins)."""
+        ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context) -> None:
+        """Start a task the run owns, counted as working until it ends."""
+        ...
+
+
+class Turns(Protocol):
+    """A stage's rate limit (``_gate.Gate``), as the end of a call sees it."""
+
+    def call_ended(self) -> None:
+        """One of the stage's calls is over: a worker may be free for the next turn."""
+        ...
+
+
+class StageRole(Flow, Protocol):
+    """A stage (``_stage.Stage``), as the work it hands on sees it (and, as a
+    :class:`~._ledger.Flow`, as the ledger counts it)."""
+
+    @property
+    def run(self) -> RunRole: ...
+    @property
+    def ledger(self) -> Ledger: ...
+    @property
+    def policy(self) -> Policy: ...
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def context(self) -> contextvars.Context: ...
+    @property
+    def executor(self) -> Executor: ...
+    @property
+    def timeout(self) -> float | None: ...
+    @property
+    def list(self) -> OrderList | None:
+        """The reorder list the stage's results go into (ordered runs)."""
+        ...
+
+    @property
+    def downstream(self) -> Sink: ...
+    @property
+    def gate(self) -> Turns | None: ...
+    @property
+    def limit(self) -> int: ...
+
+    def place(self, node: Node | None) -> Node | None:
+        """The item's node, created at the list's tail if it has none yet."""
+        ...
+
+    def emit(self, result: Any, node: Any) -> None:
+        """Hand a call's result on, by the result-kind rules."""
+        ...
+
+    def call_done(self, item: Any) -> None:
+        """A call's result is out: start queued work, is the run over?"""
+        ...
+
+    def crashed(self, exc: BaseException, item: Any) -> None:
+        """A call raised a BaseException: fail the run with it."""
+        ...
+
+    def slot_freed(self) -> None:
+        """A concurrency slot may be free: start what waits for one."""
+        ...
