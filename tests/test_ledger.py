@@ -20,7 +20,7 @@ import pytest
 
 import conveyor
 from conveyor import batch_task, single_task
-from conveyor._engine._ledger import Ledger, sentinel_at_front
+from conveyor._engine._ledger import Account, Ledger, sentinel_at_front
 from conveyor._engine._order import OrderList
 
 
@@ -514,7 +514,7 @@ def accounting_writes(path: Path) -> list[str]:
                     and leaf.value.id == "self"
                 )
                 if not first_value:
-                    found.append(f"{path.name}:{node.lineno}: {ast.unparse(target)}")
+                    found.append(f"{path.name}:{getattr(node, "lineno", 0)}: {ast.unparse(target)}")
         for child in ast.iter_child_nodes(node):
             visit(child, function)
 
@@ -548,3 +548,164 @@ def test_the_check_finds_a_write(tmp_path: Path) -> None:
         "sample.py:6: self.tokens",
         "sample.py:7: stage.account.dropped",
     ]
+
+
+# -- a stage's flow, its account, and the end of the run -----------------------------------
+
+
+class FakeStage:
+    """Plays ``_ledger.Flow`` (what the ledger counts of a stage) without a run."""
+
+    def __init__(self, batch: bool = False) -> None:
+        self.running = 0
+        self.inflight = 0
+        self.held = 0
+        self.is_batch = batch
+        self.account = Account()
+        self.acc: list[Any] = []
+        self.closed_input = 0
+
+    def accumulated(self) -> int:
+        return len(self.acc)
+
+    def close_input(self) -> None:
+        self.closed_input += 1
+        self.inflight -= len(self.acc)  # (as a remainder flushed and done at once)
+        self.acc = []
+
+
+async def test_a_waiting_call_is_counted_until_it_settles() -> None:
+    w = window(10, tokens=1, busy=1)
+    stage = FakeStage()
+    w.call_waits(stage)
+    assert (stage.running, stage.inflight, w.busy) == (1, 1, 2)
+    w.call_returned(stage)
+    w.settled(stage, "item")
+    assert (stage.running, stage.inflight, w.tokens) == (0, 0, 1)  # its result holds it
+    w.work_stopped()
+    assert w.busy == 1
+
+
+async def test_a_batch_call_gives_its_items_tokens_back_when_it_settles() -> None:
+    w = window(10)
+    stage = FakeStage(batch=True)
+    for _ in range(3):
+        w.admitted()
+        w.queued(stage)  # accumulated
+    w.batch_sent(stage)  # the result's place takes a token
+    assert (w.tokens, stage.inflight) == (4, 3)
+    w.call_waits(stage)  # a batch's items were counted as they arrived
+    assert (stage.running, stage.inflight) == (1, 3)
+    w.call_returned(stage)
+    w.settled(stage, [1, 2, 3])
+    assert (w.tokens, stage.inflight, stage.running) == (1, 0, 0)
+
+
+async def test_failures_behind_an_open_batch_lend_their_tokens_until_it_is_sent() -> None:
+    w = window(10, tokens=3)
+    stage = FakeStage(batch=True)
+    w.lent(stage)
+    w.lent(stage)
+    assert (w.tokens, stage.held) == (1, 2)
+    w.batch_sent(stage)  # the place, and the two Failures' tokens again
+    assert (w.tokens, stage.held) == (4, 0)
+
+
+async def test_the_remainder_rule_counts_what_it_drops() -> None:
+    w = window(10, tokens=4)  # three items accumulated, a Failure behind their place
+    stage = FakeStage(batch=True)
+    stage.inflight = 3
+    w.lent(stage)  # the Failure lends its token back while it waits
+    w.remainder_dropped(stage, 3, placed=True)
+    # 3 items' tokens back; the place's and the Failure's taken for their reader.
+    assert (w.tokens, stage.inflight, stage.held) == (2, 0, 0)
+    assert stage.account.remainder_dropped == 3
+
+
+async def test_drops_are_counted_and_give_back_unplaced_tokens() -> None:
+    w = window(10, tokens=2)
+    stage = FakeStage()
+    w.dropped(stage, placed=False)
+    w.dropped(stage, placed=True)  # (its node's reader gives it back)
+    assert (w.tokens, stage.account.dropped) == (1, 2)
+    stage.account.policy_passed_nothing()
+    assert stage.account.dropped_by_function == 1
+
+
+async def test_an_expansion_holds_a_slot_and_its_item_until_it_ends() -> None:
+    w = window(10, tokens=1)
+    stage = FakeStage()
+    w.expansion_started(stage)
+    assert (stage.running, stage.inflight, w.expanding) == (1, 1, 1)
+    w.produced(2)
+    w.expansion_ended(stage, produced=2)
+    assert (stage.running, stage.inflight, w.expanding, w.tokens) == (0, 0, 0, 2)
+    assert stage.account.dropped == 0
+    w.expansion_started(stage)
+    w.expansion_ended(stage, produced=0)  # passed nothing on: its item is dropped
+    assert stage.account.dropped == 1
+
+
+async def test_gated_items_hold_a_slot() -> None:
+    w = window(10)
+    single, batch = FakeStage(), FakeStage(batch=True)
+    w.gated(single)
+    w.gated(batch)
+    assert (single.running, single.inflight, batch.running, batch.inflight) == (1, 1, 1, 0)
+    w.ungated(single)
+    w.ungated(batch)
+    assert (single.running, single.inflight, batch.running) == (0, 0, 0)
+
+
+async def test_the_account_names_each_outcome() -> None:
+    account = Account()
+    for outcome in ("failed", "skipped", "skipped", "emitted"):
+        account.gave_up(outcome)
+    account.retried_once()
+    assert account.outcomes() == {"retried": 1, "skipped": 2, "emitted": 1, "failed": 1}
+
+
+async def test_taking_a_result_delivers_it_once_and_tells_of_the_first() -> None:
+    firsts: list[int] = []
+    w = Ledger(asyncio.get_running_loop(), 10, on_first=lambda: firsts.append(w.delivered))
+    w.admitted()
+    w.admitted()
+    w.taken()
+    w.taken()
+    assert (w.tokens, w.delivered, firsts) == (0, 2, [1])
+
+
+async def test_the_run_is_finished_once_the_input_is_read_and_nothing_is_held() -> None:
+    w = window(10)
+    ended: list[str] = []
+    first, second = FakeStage(), FakeStage()
+    w.watch([first, second], lambda: ended.append("finished"), None)
+    second.inflight = 1
+    w.stage_idle()  # the input is not read yet
+    w.input_read()  # the second stage still holds an item
+    assert ended == [] and not w.finished
+    second.inflight = 0
+    w.may_be_idle(second)
+    assert ended == ["finished"] and w.finished and w.source_done
+    w.stage_idle()
+    assert ended == ["finished"]  # once
+
+
+async def test_the_remainder_waits_for_batches_still_running() -> None:
+    w = window(10)
+    batch = FakeStage(batch=True)
+    batch.acc = [1, 2]
+    batch.inflight = 3  # two accumulated, one in a batch still running
+    w.watch([batch], lambda: None, None)
+    assert not w.input_ended() and batch.closed_input == 0
+    batch.inflight = 2  # that batch is done: the remainder goes
+    assert w.input_ended() and batch.closed_input == 1
+
+
+async def test_a_closed_run_is_never_finished() -> None:
+    w = window(10)
+    ended: list[str] = []
+    w.watch([FakeStage()], lambda: ended.append("finished"), None)
+    w.close()
+    w.input_read()
+    assert ended == [] and not w.finished
