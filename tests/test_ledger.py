@@ -514,7 +514,7 @@ def accounting_writes(path: Path) -> list[str]:
                     and leaf.value.id == "self"
                 )
                 if not first_value:
-                    found.append(f"{path.name}:{getattr(node, "lineno", 0)}: {ast.unparse(target)}")
+                    found.append(f"{path.name}:{getattr(node, 'lineno', 0)}: {ast.unparse(target)}")
         for child in ast.iter_child_nodes(node):
             visit(child, function)
 
