@@ -236,7 +236,7 @@ KINDS: list[ExecutorKind] = [
         "ray",
         is_ray,
         "the ray module (after ray.init())",
-        "_ray:executor_for",
+        "_ray:RayCalls",
         display=lambda value: "ray",
         sends_work_away=True,
         chunked=True,
