@@ -19,7 +19,7 @@ in bytes), ``_gate`` (rate limits: calls wait for their turn), ``_bind`` (side i
 run-scoped resources, per run), ``_observe`` (the observer seam, inserted only when a run
 is observed), ``_stats`` and ``_histogram`` (the statistics it collects) and ``_log``
 (what the ``conveyor`` logger is told, on the failure path and at a run's edges); the
-executors: ``_executors``
-(option to executor), ``_threads``, ``_pools``, ``_chunks``, ``_pickling``, ``_dask``
-and ``_auto``.
+executors: ``_registry``
+(one row per kind of option: validation, construction, name, flags), ``_threads``,
+``_pools``, ``_chunks``, ``_pickling``, ``_dask``, ``_ray`` and ``_auto``.
 """
