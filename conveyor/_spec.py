@@ -200,11 +200,6 @@ def _task_name(name: str, value: Any) -> Any:
     return value
 
 
-def sends_work_away(executor: Any) -> bool:
-    """Whether calls on ``executor`` run in other processes (pickled, chunked)."""
-    return kind_of(executor).sends_work_away
-
-
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "executor": check_executor,
     "retry_attempts": _int(1),
