@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    from ._spec import StageSpec
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "ChunkFigures",
@@ -32,6 +29,7 @@ __all__ = [
     "RunObserver",
     "RunScopedExecutor",
     "StageObserver",
+    "TaskDescription",
 ]
 
 
@@ -119,6 +117,23 @@ class ChunkedExecutor(Executor, Protocol):
     def chunker(self) -> ChunkFigures | None: ...
 
 
+class TaskDescription(Protocol):
+    """What a :class:`RunObserver` is told of a stage's task (read-only).
+
+    ``name`` is the task's name (``task_name=``, or its function's), ``batch`` whether
+    it is a batch task, ``options`` its validated options (attributes named as the
+    keyword options of ``@single_task``/``@batch_task``: ``options.executor``,
+    ``options.concurrency_limit``, ...).
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def batch(self) -> bool: ...
+    @property
+    def options(self) -> Any: ...
+
+
 class StageObserver(Protocol):
     """Receives what happens in one stage of one run (see :class:`RunObserver`).
 
@@ -146,8 +161,8 @@ class RunObserver(Protocol):
     """Receives what happens in one run: ``stream.observe(observer)``.
 
     * ``stage(index, spec)`` -- called once per stage, in order, when the run starts;
-      returns that stage's :class:`StageObserver`. ``spec.name`` is the task's name,
-      ``spec.batch`` whether it is a batch task, ``spec.options`` its options.
+      returns that stage's :class:`StageObserver`; ``spec`` describes the stage's task
+      (:class:`TaskDescription`: its ``name``, ``batch``, ``options``).
     * ``waited_for_room(seconds)`` -- the input (or a generator) waited that long for
       room in the window (``max_in_flight``).
 
@@ -155,5 +170,5 @@ class RunObserver(Protocol):
     observed fuses no stages, so that every item and call is reported.
     """
 
-    def stage(self, index: int, spec: StageSpec) -> StageObserver: ...
+    def stage(self, index: int, spec: TaskDescription) -> StageObserver: ...
     def waited_for_room(self, seconds: float) -> None: ...

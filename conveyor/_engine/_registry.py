@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 from ..abc import ChunkedExecutor, ChunkFigures, RunScopedExecutor
 
 if TYPE_CHECKING:
-    from .._spec import StageSpec
-    from ..abc import Executor
+    from ..abc import Executor, TaskDescription
 
 __all__ = [
     "KINDS",
@@ -318,7 +317,7 @@ def display_name(value: Any) -> str | None:
     return kind_of(value).display(value)
 
 
-def build(spec: StageSpec) -> Executor:
+def build(spec: TaskDescription) -> Executor:
     """A new executor for one run of the stage ``spec``, built by its kind's module."""
     option = spec.options.executor
     module, _, function = kind_of(option).build.partition(":")
