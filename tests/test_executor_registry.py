@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import re
 import types
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,3 +226,27 @@ def test_an_unregistered_kind_is_refused(lane_kind: ExecutorKind) -> None:
     with pytest.raises(TypeError, match="executor must be"):
         single_task(executor=Lane())
     _registry.register(lane_kind)  # (the fixture unregisters it)
+
+
+# -- one place ----------------------------------------------------------------------
+
+PACKAGE = Path(__file__).resolve().parent.parent / "conveyor"
+ASKED_ELSEWHERE = [
+    re.compile(r"hasattr\([^)]*[\"'](open|chunker|bind)[\"']"),  # abc's protocols say
+    re.compile(r"getattr\([^)]*[\"'](open|chunker)[\"']"),
+    re.compile(r"(?<![.\w])(option|executor|value) (==|!=) [\"']inline[\"']"),
+    re.compile(r"\bis_(dask_client|ray)\("),
+]
+
+
+def test_kinds_are_asked_of_the_registry_only() -> None:
+    """No module but the registry asks what kind an executor option is, or probes an
+    executor for the optional parts that ``conveyor.abc`` declares."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "_registry.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if any(pattern.search(line) for pattern in ASKED_ELSEWHERE):
+                found.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)
