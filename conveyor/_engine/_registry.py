@@ -3,7 +3,7 @@
 A row (:class:`ExecutorKind`) says everything conveyor needs to know about one kind of
 executor option: which values are of that kind (``matches``), how a value is checked
 (``check``; its error names the parameter and the fix), which engine module builds it
-for a run (``build``, found by name: ``"module:function"``), its short name in charts
+for a run (``build``, found by name: ``"module:name"``), its short name in charts
 and logs (``display``), whether work leaves the process (``sends_work_away``, and with
 it whether resources and ``async def`` functions can go there), what becomes of a
 generator's output there (``generators``), whether the run's log names it
@@ -11,13 +11,15 @@ generator's output there (``generators``), whether the run's log names it
 
 Every question about an option is asked of its row (:func:`kind_of`); the optional
 parts of an executor object are asked of the protocols of :mod:`conveyor.abc`
-(:func:`run_scoped`, :func:`figures`), here and nowhere else. A new kind is one engine
-module, whose ``executor_for(spec, option)`` builds it, plus one row in :data:`KINDS`
-(or :func:`register`, for a kind declared elsewhere: rows are tried in order, the
-catch-all ``bind`` row last).
+(:func:`run_scoped`, :func:`figures`), here and nowhere else (a test holds every other
+module to it). A new kind is one engine module, with a callable ``name(spec, option)``
+that builds its executor for a run (``_ray.RayCalls``, say), plus one row in
+:data:`KINDS` (or :func:`register`, for a kind declared elsewhere: rows are tried in
+order, the catch-all ``bind`` row last).
 
-This module imports nothing from the engine (``build`` names its module): ``_spec``
-validates options with it, and the engine builds them with it, without a cycle.
+This module imports nothing of conveyor but :mod:`conveyor.abc` (``build`` names its
+module, imported when a run starts): ``_spec`` validates options with it, and the
+engine builds them with it, without an import cycle, type-only imports counted.
 """
 
 from __future__ import annotations
