@@ -203,7 +203,11 @@ class BaseTask(Generic[In, Out]):
 
     def _options_repr(self) -> list[str]:
         executor = self.spec.options.executor
-        return [] if kind_of(executor).name == "inline" else [f"executor={executor!r}"]
+        if kind_of(executor).name == "inline":
+            return []
+        # A module (executor=ray) by the name it is written with, not its file's path.
+        shown = executor.__name__ if isinstance(executor, types.ModuleType) else repr(executor)
+        return [f"executor={shown}"]
 
     def __repr__(self) -> str:
         parts = self._options_repr()

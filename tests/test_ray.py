@@ -222,6 +222,7 @@ def test_resources_and_async_functions_stay_in_this_process() -> None:
 def test_the_chart_and_the_repr_name_ray() -> None:
     task = single_task(executor=ray)(square)
     assert "executor ray" in task.to_mermaid()
+    assert repr(task) == "square(executor=ray)"
 
 
 async def test_cancellation_leaves_nothing_behind() -> None:
