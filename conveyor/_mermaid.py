@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._spec import AutoChoice, is_dask_client
+from ._engine._registry import display_name
 
 if TYPE_CHECKING:
     from ._spec import StageSpec
@@ -126,13 +126,7 @@ def option_lines(spec: StageSpec) -> list[str]:
 
 def executor_name(executor: Any) -> str | None:
     """A short name for a task's ``executor`` option; ``None`` for the default (inline)."""
-    if executor is None or executor == "inline":
-        return None
-    if isinstance(executor, AutoChoice):
-        return "auto"  # not its latest choice: the chart describes the pipeline, not a run
-    if isinstance(executor, str):
-        return executor
-    return "dask" if is_dask_client(executor) else type(executor).__name__
+    return display_name(executor)  # (the kind's: see _engine._registry)
 
 
 def count_label(count: int, noun: str) -> str:

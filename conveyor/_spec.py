@@ -19,6 +19,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
+from ._engine._registry import AutoChoice, chunked_kinds, kind_of
+from ._engine._registry import check as check_executor
 from .errors import ErrorAction, ErrorHandler, RetryConfig
 from .rate import RateLimit, as_rate_limit
 
@@ -198,69 +200,8 @@ def _task_name(name: str, value: Any) -> Any:
     return value
 
 
-class AutoChoice:
-    """``executor="auto"`` of one task: the engine's latest measured choice, for ``repr``.
-
-    Each run measures afresh (see ``conveyor._engine._auto``) and records here what it
-    chose and why, so that ``repr(task)`` shows the decision.
-    """
-
-    __slots__ = ("choice", "reason")
-
-    def __init__(self) -> None:
-        self.choice: str | None = None
-        self.reason = ""
-
-    def __repr__(self) -> str:
-        if self.choice is None:
-            return "'auto'"
-        return f"'auto' (chose {self.choice}: {self.reason})"
-
-
-_EXECUTOR_HELP = (
-    "'inline', 'thread', 'thread:N', 'process', 'process:N' (N >= 1 workers), 'auto', a "
-    "concurrent.futures.Executor, a dask.distributed Client, or an object with a "
-    "bind(invoke) method (conveyor's Executor protocol)"
-)
-
-
-def is_dask_client(value: Any) -> bool:
-    """Whether ``value`` is a ``dask.distributed.Client`` (without importing dask)."""
-    return type(value).__module__.startswith("distributed") and hasattr(value, "submit")
-
-
-def _executor(name: str, value: Any) -> Any:
-    import concurrent.futures
-
-    if value is None or value == "inline" or isinstance(value, concurrent.futures.Executor):
-        return value
-    if value == "auto":
-        return AutoChoice()  # one per task: it records the task's latest choice
-    if isinstance(value, str):
-        kind, colon, workers = value.partition(":")
-        if kind in ("thread", "process") and (
-            not colon or (workers.isdigit() and int(workers) >= 1)
-        ):
-            return value
-        raise ValueError(f"{name} must be {_EXECUTOR_HELP}; got {value!r}")
-    if is_dask_client(value) or callable(getattr(value, "bind", None)):
-        return value
-    raise TypeError(f"{name} must be {_EXECUTOR_HELP}; got {value!r}")
-
-
-def sends_work_away(executor: Any) -> bool:
-    """Whether calls on ``executor`` run in other processes (pickled, chunked)."""
-    import concurrent.futures
-
-    if isinstance(executor, str):
-        return executor.startswith("process")
-    if isinstance(executor, concurrent.futures.Executor):
-        return not isinstance(executor, concurrent.futures.ThreadPoolExecutor)
-    return is_dask_client(executor)
-
-
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "executor": _executor,
+    "executor": check_executor,
     "retry_attempts": _int(1),
     "retry_delay": _seconds(),
     "retry_exponential_backoff": _bool,
@@ -318,13 +259,10 @@ def make_options(given: Mapping[str, Any], *, batch: bool, where: str) -> TaskOp
             raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
         values["max_size"] = max_size
     executor = values.get("executor")
-    if values.get("chunk_size") is not None and not (
-        sends_work_away(executor) or isinstance(executor, AutoChoice)
-    ):
+    if values.get("chunk_size") is not None and not kind_of(executor).chunked:
         raise ValueError(
             f"chunk_size applies to work sent to other processes: use it with "
-            f"executor='process', a process pool, a Dask client or 'auto' (got executor="
-            f"{executor!r})"
+            f"executor={chunked_kinds()} (got executor={executor!r})"
         )
     return TaskOptions(**values)
 
@@ -348,7 +286,8 @@ class StageSpec:
 
     def __post_init__(self) -> None:
         executor = self.options.executor
-        if self.resources and sends_work_away(executor):
+        kind = kind_of(executor)
+        if self.resources and not kind.takes_resources:
             # Pickling a resource would give every worker a copy of its own: the calls
             # would use the copies and the run's resource would see none of them.
             names = ", ".join(repr(key) for key, _ in self.resources)
@@ -362,7 +301,7 @@ class StageSpec:
                 f"or give the CPU-bound part a task of its own, without resources, on "
                 f"executor={where}."
             )
-        if sends_work_away(executor) and (
+        if not kind.takes_async and (
             inspect.iscoroutinefunction(self.func) or inspect.isasyncgenfunction(self.func)
         ):
             raise TypeError(

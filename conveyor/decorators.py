@@ -28,10 +28,10 @@ function, and take the same error options:
     in a task of its own), ``"thread"``/``"thread:N"`` (a thread pool of the run),
     ``"process"``/``"process:N"`` (a process pool of the run, in measured chunks),
     ``"auto"`` (chosen by measuring the calls), a ``concurrent.futures.Executor``, a
-    ``dask.distributed.Client``, or an object of conveyor's ``Executor`` protocol. See
-    docs/executors.md.
+    ``dask.distributed.Client``, the ``ray`` module (after ``ray.init()``), or an object of
+    the :class:`conveyor.abc.Executor` protocol. See docs/executors.md.
 ``chunk_size``
-    Items per chunk sent to another process (``"process"``, a process pool, Dask,
+    Items per chunk sent to another process (``"process"``, a process pool, Dask, Ray,
     ``"auto"``); default: sized from measurements, 100-250 ms of work per chunk.
 ``rate_limit``
     ``(calls, per_seconds)``: at most ``calls`` calls of this task start in any

@@ -14,11 +14,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, TextIO, TypeVar
 
 from ._engine._input import NO_INPUT, close_source
-from ._engine._observe import RunObserver
 from ._engine._run import NOTHING, Run
 from ._engine._stats import Collector
 from ._progress import Progress, ProgressOptions
 from ._spec import StageSpec
+from .abc import RunObserver
 from .context import ExecutionMode, PipelineContext
 from .feedback import Feedback
 from .stats import RunStats

@@ -22,6 +22,7 @@ import types
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from typing import Any, ClassVar, Generic, Self, TypeVar, Unpack, overload
 
+from ._engine._registry import kind_of
 from ._spec import BatchTaskOptions, StageSpec, TaskOptions, make_options
 from .context import ExecutionMode, get_current_context
 from .errors import ErrorAction, ErrorHandler, Failure, RetryConfig
@@ -202,7 +203,11 @@ class BaseTask(Generic[In, Out]):
 
     def _options_repr(self) -> list[str]:
         executor = self.spec.options.executor
-        return [] if executor is None or executor == "inline" else [f"executor={executor!r}"]
+        if kind_of(executor).name == "inline":
+            return []
+        # A module (executor=ray) by the name it is written with, not its file's path.
+        shown = executor.__name__ if isinstance(executor, types.ModuleType) else repr(executor)
+        return [f"executor={shown}"]
 
     def __repr__(self) -> str:
         parts = self._options_repr()

@@ -31,8 +31,8 @@ from conveyor._engine._calls import (
     kind_of,
     start_task,
 )
-from conveyor._engine._executors import executor_for
 from conveyor._engine._pools import PoolExecutor, Processes
+from conveyor._engine._registry import build as executor_for
 from conveyor._engine._threads import RunThreads
 from conveyor._spec import StageSpec, make_options
 

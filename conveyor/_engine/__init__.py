@@ -20,6 +20,8 @@ input bounded in bytes), ``_gate`` (rate limits: calls wait for their turn), ``_
 (side inputs and run-scoped resources, per run), ``_observe`` (what a user's observer is
 told, composed into the stages when the run builds them), ``_stats`` and ``_histogram``
 (the statistics) and ``_log`` (what the ``conveyor`` logger is told, on the failure path
-and at a run's edges); the executors: ``_executors`` (option to executor), ``_threads``,
-``_pools``, ``_chunks``, ``_pickling``, ``_dask`` and ``_auto``.
+and at a run's edges); ``_roles`` (what the parts below the run and its stages need of
+them, as protocols); the executors: ``_registry`` (one row per kind of option:
+validation, construction, name, flags), ``_threads``, ``_pools``, ``_chunks``,
+``_pickling``, ``_dask``, ``_ray`` and ``_auto``.
 """

@@ -38,10 +38,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .._spec import AutoChoice, StageSpec
+from .._spec import StageSpec
 from ._calls import AWAIT, kind_of
 from ._pickling import dumps
 from ._pools import Processes, cores
+from ._registry import AutoChoice, figures
 from ._threads import THREADS, RunThreads
 
 __all__ = ["Auto", "choose"]
@@ -191,8 +192,13 @@ class Auto:
     # -- deciding --------------------------------------------------------------------
 
     def recheck(self) -> None:
-        chunker = getattr(self.processes, "chunker", None)
-        if self.choice == "process" and chunker is not None and chunker.per_item is not None:
+        chunker = figures(self.processes)
+        if (
+            self.choice == "process"
+            and chunker is not None
+            and chunker.per_item is not None
+            and chunker.cpu_per_item is not None  # (both are measured together)
+        ):
             self.sample(chunker.per_item, chunker.cpu_per_item)
         if not self.samples:
             return
@@ -225,7 +231,7 @@ class Auto:
     @property
     def chunker(self) -> Any:
         """The process chunks' figures, once ``"process"`` was chosen (for statistics)."""
-        return getattr(self.processes, "chunker", None)
+        return figures(self.processes)
 
     def __repr__(self) -> str:
         return f"auto ({self.choice})"

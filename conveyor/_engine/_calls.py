@@ -11,13 +11,12 @@ one item. Whatever that callable returns is accepted (:func:`kind_of`):
 
 The default, :data:`INLINE`, calls the function on the event loop: a plain function runs
 to completion, an ``async def`` returns its coroutine. Threads, processes and clusters
-plug in here and nowhere else (``_executors`` names them, ``_pools``, ``_dask`` and
-``_auto`` implement them).
+plug in here and nowhere else (``_registry`` declares them, ``_threads``, ``_pools``,
+``_dask``, ``_ray`` and ``_auto`` implement them).
 
-An executor may be *run-scoped*: then it has ``async open(stack, shared)``, which the
-run calls before its first call, and which returns the executor to use for that run.
-Pools it creates go on the run's exit stack ``stack`` and close when the run ends;
-``shared`` lets the tasks of a run share them.
+The protocol, with its optional parts (``open`` for a run-scoped executor, ``chunker``
+for chunk figures), is public: :mod:`conveyor.abc`. The kinds of ``executor=`` values,
+and which module builds each, are the registry's (``_registry``).
 """
 
 from __future__ import annotations
@@ -29,9 +28,13 @@ import inspect
 import sys
 from collections.abc import Awaitable, Callable
 from types import AsyncGeneratorType, CoroutineType, GeneratorType, NoneType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from ..abc import Executor
 from ..errors import Failure
+
+if TYPE_CHECKING:
+    from .._spec import StageSpec
 
 __all__ = [
     "INLINE",
@@ -39,18 +42,12 @@ __all__ = [
     "InlineExecutor",
     "as_awaitable",
     "discard",
+    "executor_for",
+    "given",
     "kind_of",
     "settle",
     "start_task",
 ]
-
-
-class Executor(Protocol):
-    """Decides how a stage's calls are made."""
-
-    def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        """The per-item call for ``invoke``: returns a value, a coroutine or a Future."""
-        ...
 
 
 class InlineExecutor:
@@ -64,6 +61,16 @@ class InlineExecutor:
 
 
 INLINE = InlineExecutor()
+
+
+def executor_for(spec: StageSpec, option: Any) -> Executor:
+    """The ``inline`` kind's executor (``None``, ``"inline"``): the one :data:`INLINE`."""
+    return INLINE
+
+
+def given(spec: StageSpec, option: Executor) -> Executor:
+    """The ``bind`` kind's executor: the user's object itself (``conveyor.abc.Executor``)."""
+    return option
 
 
 # -- what a call gives back ----------------------------------------------------------------

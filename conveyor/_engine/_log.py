@@ -18,8 +18,8 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .._spec import AutoChoice
 from ..errors import short_repr
+from ._registry import kind_of
 
 if TYPE_CHECKING:
     from .._spec import StageSpec
@@ -110,8 +110,7 @@ def executors_logged(run: LoggedRun) -> None:
     """Once per run: the stages that run off the loop, and on what."""
     if logger.isEnabledFor(logging.INFO):
         for stage in run.stages:
-            option = stage.spec.options.executor
-            if not (option is None or option == "inline" or isinstance(option, AutoChoice)):
+            if kind_of(stage.spec.options.executor).logged:
                 logger.info("task %r runs on %r", stage.name, stage.executor)
 
 

@@ -31,28 +31,13 @@ import time
 import weakref
 from collections.abc import Callable
 from types import CoroutineType
-from typing import Any, Protocol
+from typing import Any
 
-from .._spec import StageSpec
+from ..abc import RunObserver as RunObserver  # (public: users implement them)
+from ..abc import StageObserver as StageObserver
 from ._calls import AWAIT, Executor, as_awaitable, kind_of
 from ._order import Sink
-
-
-class StageObserver(Protocol):
-    """Receives what happens in one stage of one run."""
-
-    def items_in(self, n: int) -> None: ...
-    def items_out(self, n: int) -> None: ...
-    def call_started(self) -> None: ...
-    def call_ended(self, seconds: float, error: BaseException | None) -> None: ...
-    def retried(self, error: BaseException, attempt: int) -> None: ...
-
-
-class RunObserver(Protocol):
-    """Receives what happens in one run: gives an observer for each of its stages."""
-
-    def stage(self, index: int, spec: StageSpec) -> StageObserver: ...
-    def waited_for_room(self, seconds: float) -> None: ...
+from ._registry import figures, run_scoped
 
 
 def waited_for_room(
@@ -96,14 +81,14 @@ class ObservedExecutor:
     async def open(self, stack: Any, shared: dict[Any, Any]) -> Executor:
         """Open a run-scoped inner executor (see ``_threads.RunThreads``), observed."""
         inner = self.inner
-        if hasattr(inner, "open"):
+        if run_scoped(inner):
             inner = await inner.open(stack, shared)
         return ObservedExecutor(inner, self.probe)
 
     @property
     def chunker(self) -> Any:
         """The inner executor's chunks (see ``_stats``), if it sends work away."""
-        return getattr(self.inner, "chunker", None)
+        return figures(self.inner)
 
     def bind(self, invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
         call = self.inner.bind(invoke)

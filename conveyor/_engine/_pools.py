@@ -7,11 +7,9 @@
   passes (``ProcessPoolExecutor``, loky, any ``concurrent.futures.Executor`` that is not
   a thread pool): calls travel in measured chunks (``_chunks``).
 
-Pools that conveyor creates are *run-scoped* (see ``_calls``): created when the run opens
-them, shared by the run's tasks that ask for the same kind and size, and closed when the
-run ends, however it ends, once every process has exited. ``"process"`` means one
-process per core the process may use (``N`` is never capped). (Threads that conveyor
-owns are ``_threads``'.)
+Pools that conveyor creates are *run-scoped* (``conveyor.abc.RunScopedExecutor``): opened
+with the run, shared by its tasks of the same kind and size, closed when it ends, however
+it ends, once every process has exited. ``"process"``: a process per usable core.
 
 **A worker that dies** breaks a ``ProcessPoolExecutor``: see ``_deaths`` for how the
 item that killed it is found, and :meth:`ProcessPool.lost` for what becomes of the items
@@ -411,3 +409,12 @@ async def _in_thread(blocking: Callable[[], Any]) -> None:
 def _set_once(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def executor_for(spec: StageSpec, option: Any) -> Executor:
+    """The pools' kinds (see ``_registry``): ``"process[:N]"``, or a user's pool."""
+    if isinstance(option, concurrent.futures.ThreadPoolExecutor):
+        return PoolExecutor(option)
+    if isinstance(option, str):
+        return Processes(spec, int(option.partition(":")[2] or cores()))
+    return Processes(spec, pool=option)

@@ -32,12 +32,13 @@ from ._batch import BatchStage
 from ._bind import bind_stage, close_resources
 from ._calls import discard, run_error
 from ._delivery import BatchFeeder, OrderedOutput, Output
-from ._executors import executor_for
 from ._input import NO_INPUT, FeedbackPump, close_source, pump
 from ._ledger import Ledger, sentinel_at_front, window_size
 from ._log import end_of_run_logged, executors_logged, logger
 from ._observe import Counted, ObservedExecutor, RunObserver, waited_for_room
 from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sink
+from ._registry import build as executor_for
+from ._registry import run_scoped
 from ._stage import UNLIMITED, SingleStage, Stage, Statistics
 from ._waiting import Completions
 from ._weight import WEIGHER, Weigher
@@ -233,7 +234,7 @@ class Run:
         source = self._source
         stack = contextlib.AsyncExitStack()
         holds_resources = any(
-            stage.spec.resources or hasattr(stage.executor, "open") for stage in self.stages
+            stage.spec.resources or run_scoped(stage.executor) for stage in self.stages
         )
         try:
             try:
@@ -270,7 +271,7 @@ class Run:
         # Pools after resources: the stack closes them first, so every call on a thread
         # has ended before a resource it uses is closed.
         for stage, invoke in zip(self.stages, invokes, strict=True):
-            if hasattr(stage.executor, "open"):  # a pool that conveyor owns, per run
+            if run_scoped(stage.executor):  # a pool that conveyor owns, per run
                 stage.executor = await stage.executor.open(stack, opened)
             stage.bind(invoke)
 

@@ -30,6 +30,7 @@ from ..errors import Failure
 from ._calls import INLINE, settle
 from ._histogram import Histogram
 from ._order import EMPTY, OPEN, PENDING
+from ._registry import figures
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -388,7 +389,7 @@ def _waiting(stage: Stage) -> int:
 
 def _offload(stage: Stage) -> dict[str, Any] | None:
     """Work sent to other processes in chunks (``_chunks``): where its time went."""
-    chunker = getattr(stage.executor, "chunker", None)
+    chunker = figures(stage.executor)
     if chunker is None:
         return None
     return {

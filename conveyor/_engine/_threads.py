@@ -34,11 +34,14 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _interrupt
 
-__all__ = ["THREADS", "RunThreads", "ThreadPool"]
+if TYPE_CHECKING:
+    from .._spec import StageSpec
+
+__all__ = ["THREADS", "RunThreads", "ThreadPool", "executor_for"]
 
 THREADS = 64
 """Threads of ``executor="thread"``: enough for 64 blocking calls at once (I/O)."""
@@ -185,3 +188,9 @@ class ThreadPool:
 
     def __repr__(self) -> str:
         return f"thread:{self.workers}"
+
+
+def executor_for(spec: StageSpec, option: str) -> RunThreads:
+    """The ``thread`` kind's executor: ``"thread"`` or ``"thread:N"``, run-scoped."""
+    _, _, workers = option.partition(":")
+    return RunThreads(int(workers) if workers else THREADS)
