@@ -21,10 +21,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from .._spec import StageSpec
 from ..errors import Failure
 from ._calls import Executor
 from ._order import EMPTY
+from ._plan import StagePlan
 from ._stage import Stage, Statistics
 
 if TYPE_CHECKING:
@@ -47,13 +47,13 @@ class BatchStage(Stage):
     def __init__(
         self,
         run: RunRole,
-        spec: StageSpec,
-        limit: int,
+        plan: StagePlan,
         executor: Executor,
         stats: Statistics | None = None,
         observer: StageObserver | None = None,
     ) -> None:
-        super().__init__(run, spec, limit, executor, stats, observer)
+        super().__init__(run, plan, executor, stats, observer)
+        spec = plan.spec
         self.min_size = spec.options.min_size
         self.max_size = spec.options.max_size
         self.max_wait = spec.options.max_wait

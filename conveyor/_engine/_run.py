@@ -26,20 +26,21 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from .._spec import StageSpec
-from ..context import ExecutionMode, PipelineContext, set_current_context
+from ..context import PipelineContext, set_current_context
 from ..feedback import Feedback
 from ._batch import BatchStage
 from ._bind import bind_stage, close_resources
 from ._calls import discard, run_error
 from ._delivery import BatchFeeder, OrderedOutput, Output
 from ._input import NO_INPUT, FeedbackPump, close_source, pump
-from ._ledger import Ledger, sentinel_at_front, window_size
+from ._ledger import Ledger, sentinel_at_front
 from ._log import end_of_run_logged, executors_logged, logger
 from ._observe import Counted, ObservedExecutor, RunObserver, waited_for_room
 from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sink
+from ._plan import Plan, plan
 from ._registry import build as executor_for
 from ._registry import run_scoped
-from ._stage import UNLIMITED, SingleStage, Stage, Statistics
+from ._stage import SingleStage, Stage, Statistics
 from ._waiting import Completions
 from ._weight import WEIGHER, Weigher
 
@@ -105,23 +106,23 @@ class Run:
         stats: RunStatistics | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
-        self.ordered = context.execution_mode is ExecutionMode.ORDERED
-        batch_sizes = [spec.options.max_size or 1 for spec in specs if spec.batch]
+        run_plan = plan(specs, context, observed=observer is not None)
+        self.ordered = run_plan.ordered
         self.ledger = ledger = Ledger(
             self.loop,
-            window_size(context.max_in_flight, batch_sizes),
+            run_plan.window,
             can_drain=self._can_drain,
             flush_batch=self._flush_a_batch,
             on_wait=waited_for_room(observer, None if stats is None else stats.room_waited),
             on_first=None if stats is None else stats.first_taken,
         )
-        if ledger.limit > context.max_in_flight:
+        if run_plan.window > run_plan.max_in_flight:
             logger.info(
                 "conveyor: the window (max_in_flight=%d) is raised to %d for this run, "
                 "to hold a full batch of each batch stage at once (max_size %s)",
-                context.max_in_flight,
-                ledger.limit,
-                " + ".join(map(str, batch_sizes)),
+                run_plan.max_in_flight,
+                run_plan.window,
+                " + ".join(map(str, run_plan.batch_sizes)),
             )
         budget = context.max_in_flight_bytes
         self.weigher = None if budget is None else Weigher(ledger, budget, context.item_weight)
@@ -147,40 +148,33 @@ class Run:
         self.completions = Completions(self.loop, self.context)
         self.stages: list[Stage] = []
         self.stats = stats
-        self._build(specs, context, observer)
+        self._build(run_plan, observer)
         ledger.watch(self.stages, self._finished, self.on_consumer_wait)
         if stats is not None:
             stats.attach(self)
-        entry = self.entry
-        # The pump may call an unlimited first single stage directly (unless a user's
-        # observer is told of every item: statistics count calls, see _observe).
-        self.direct_entry = (
-            entry.start
-            if isinstance(entry, SingleStage) and entry.limit == UNLIMITED and observer is None
-            else None
-        )
+        # The pump may call an unlimited first single stage directly (see ``_plan``).
+        self.direct_entry = self.stages[0].start if run_plan.direct_entry else None
 
     # -- wiring ----------------------------------------------------------------------
 
-    def _build(
-        self, specs: Sequence[StageSpec], context: PipelineContext, observer: RunObserver | None
-    ) -> None:
-        """Build the stages, each composed once: its executor, what observes it (the
-        statistics, a user's observer: see ``_observe``), its rate gate, where its results
-        go, and whether it is fused with the next."""
+    def _build(self, run_plan: Plan, observer: RunObserver | None) -> None:
+        """Build the stages of ``run_plan``, each composed once: its executor, what
+        observes it (the statistics, a user's observer: see ``_observe``), its rate gate,
+        where its results go, and the next stage if it is fused with it."""
         order = OrderList(self._front_changed) if self.ordered else None
         self._final_list = order
         sink: Sink = OrderedOutput(self, order) if order is not None else Output(self)
         stats = self.stats
-        probes = [None if observer is None else observer.stage(i, s) for i, s in enumerate(specs)]
-        for spec, probe in zip(reversed(specs), reversed(probes), strict=True):
+        plans = run_plan.stages
+        probes = [None if observer is None else observer.stage(p.index, p.spec) for p in plans]
+        for stage_plan, probe in zip(reversed(plans), reversed(probes), strict=True):
+            spec = stage_plan.spec
             executor = executor_for(spec)
             if probe is not None:  # told of every call
                 executor = ObservedExecutor(executor, probe)
                 sink = Counted(sink, probe.items_out)
             if spec.batch:
-                limit = spec.options.concurrency_limit or 1
-                stage: Stage = BatchStage(self, spec, limit, executor, stats, probe)
+                stage: Stage = BatchStage(self, stage_plan, executor, stats, probe)
                 stage.list = order
                 stage.downstream = sink
                 if order is not None:
@@ -190,13 +184,12 @@ class Run:
                 else:
                     sink = stage
             else:
-                limit = spec.options.concurrency_limit or context.max_parallelism or UNLIMITED
-                stage = SingleStage(self, spec, limit, executor, stats, probe)
+                stage = SingleStage(self, stage_plan, executor, stats, probe)
                 stage.list = order
                 stage.downstream = sink
-                # Fused (see _stage), unless the next one has a limit it may have to wait for
-                if isinstance(sink, SingleStage) and stage.plain and sink.plain:
-                    stage.chain = sink if sink.limit == UNLIMITED else None
+                if stage_plan.fused:  # (the next stage is the sink: see _plan)
+                    assert isinstance(sink, SingleStage)
+                    stage.chain = sink
                 sink = stage
             if spec.options.timeout is None:
                 stage.futures = self.completions

@@ -32,12 +32,10 @@ from collections.abc import Callable
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .._spec import StageSpec
 from ..errors import Failure
 from ._calls import (
     AWAIT,
     EXPAND,
-    INLINE,
     KINDS_GET,
     LIST,
     NONE,
@@ -50,6 +48,7 @@ from ._expand import expand
 from ._gate import Gate
 from ._ledger import Account
 from ._order import EMPTY, Node, OrderList, Sink
+from ._plan import StagePlan
 from ._policy import Policy
 from ._waiting import Completions, Recovery, await_future, go_async
 
@@ -58,8 +57,6 @@ if TYPE_CHECKING:
 
     from ._observe import StageObserver
     from ._roles import RunRole
-
-UNLIMITED = 1 << 62
 
 
 class Tally(Protocol):
@@ -114,7 +111,6 @@ class Stage(Sink):
         "name",
         "observer",
         "pending",
-        "plain",
         "policy",
         "record",
         "run",
@@ -128,12 +124,12 @@ class Stage(Sink):
     def __init__(
         self,
         run: RunRole,
-        spec: StageSpec,
-        limit: int,
+        plan: StagePlan,
         executor: Executor,
         stats: Statistics | None = None,
         observer: StageObserver | None = None,
     ) -> None:
+        spec = plan.spec
         self.run = run
         self.ledger = run.ledger
         self.spec = spec
@@ -141,7 +137,7 @@ class Stage(Sink):
         self.context = run.context
         self.name = spec.name
         self.timeout = spec.options.timeout
-        self.limit = limit
+        self.limit = plan.limit
         self.executor = executor
         self.invoke: Callable[[Any], Any] = spec.func  # bound to side inputs per run
         self.executor_call: Callable[[Any], Any] = spec.func  # the executor's call of invoke
@@ -155,25 +151,16 @@ class Stage(Sink):
         self.policy = Policy(
             spec, self.attempt, self.account, None if observer is None else observer.retried
         )
-        # A plain function on the loop may be fused with the next one (see above); not
-        # under a rate limit, whose calls wait for their turn (``_gate``), nor when a
-        # user's observer is told of every item and call.
-        self.plain = (
-            executor is INLINE
-            and not spec.is_async
-            and spec.options.rate_limit is None
-            and observer is None
-        )
-        # How an item's call starts: an async def on the loop skips the generic result
-        # handling (its call always returns a coroutine); under a rate limit, the gate
-        # starts it when its turn comes.
+        # How an item's call starts (see ``_plan``): an async def on the loop skips the
+        # generic result handling (its call always returns a coroutine); under a rate
+        # limit, the gate starts it when its turn comes.
         call: Callable[[Any, Any], None] = (
-            self.call_coroutine if executor is INLINE and spec.is_async else self.call
+            self.call_coroutine if plan.starts == "coroutine" else self.call
         )
         rate = spec.options.rate_limit
         self.gate = None if rate is None else Gate(self, rate.window(run.loop), call)
         self.start = call if self.gate is None else self.gate.start
-        self.chain: Stage | None = None
+        self.chain: Stage | None = None  # the next stage, if fused with it (``_plan``)
         self.downstream: Sink = Sink()
         self.list: OrderList | None = None  # the reorder list this stage emits into
         self.running = 0

@@ -1,0 +1,126 @@
+"""The plan of a run: what is decided once, from the specs and the context, before the run
+starts, and never changes while it runs.
+
+For each stage: its concurrency limit, whether it is a *plain* call (a plain function on
+the loop, whose result can go straight into the next function), whether it is *fused*
+with the next stage, how an item's call starts (``"coroutine"``: an ``async def`` on the
+loop, whose call always returns a coroutine; ``"turn"``: under a rate limit, when its
+turn comes; ``"call"``: the generic rules), and whether a user's observer watches it.
+For the run: the window (``max_in_flight``, raised to hold a full batch of every batch
+stage: see ``_ledger``), the order, and whether the pump may call the first stage
+directly. ``_run`` builds the stages from it; ``tests/test_plan.py`` checks its rules
+without running anything.
+
+**Fusion.** A plain single stage hands a plain result straight to the next stage's
+function, as if the functions were composed by hand, when the next stage is a plain
+single stage without a concurrency limit (a limit may make an item wait, which a fused
+call cannot). A user's observer is told of every item and call, so a stage it watches is
+never plain, and the pump never calls its first stage directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .._spec import StageSpec
+from ..context import ExecutionMode, PipelineContext
+from ._ledger import window_size
+from ._registry import kind_of
+
+UNLIMITED = 1 << 62
+"""The concurrency limit of a single stage that has none."""
+
+
+@dataclass(frozen=True, slots=True)
+class StagePlan:
+    """What is decided about one stage of a run (see the module's docstring)."""
+
+    index: int
+    spec: StageSpec
+    limit: int
+    observed: bool
+    plain: bool
+    fused: bool
+    starts: str  # "coroutine", "turn" or "call"
+
+    @property
+    def batch(self) -> bool:
+        return self.spec.batch
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What is decided about a run (see the module's docstring)."""
+
+    stages: tuple[StagePlan, ...]
+    ordered: bool
+    window: int
+    max_in_flight: int  # as the context asked (``window`` may be larger)
+    direct_entry: bool
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return [stage.spec.options.max_size or 1 for stage in self.stages if stage.batch]
+
+
+def plan(specs: Sequence[StageSpec], context: PipelineContext, *, observed: bool) -> Plan:
+    """The plan of a run of ``specs`` in ``context`` (``observed``: a user's observer)."""
+    limits = [_limit(spec, context) for spec in specs]
+    plain = [_plain(spec, observed) for spec in specs]
+    stages = tuple(
+        StagePlan(
+            index=index,
+            spec=spec,
+            limit=limits[index],
+            observed=observed,
+            plain=plain[index],
+            fused=(
+                plain[index]
+                and index + 1 < len(specs)
+                and plain[index + 1]
+                and limits[index + 1] == UNLIMITED
+            ),
+            starts=_starts(spec),
+        )
+        for index, spec in enumerate(specs)
+    )
+    batch_sizes = [spec.options.max_size or 1 for spec in specs if spec.batch]
+    first = stages[0] if stages else None
+    return Plan(
+        stages=stages,
+        ordered=context.execution_mode is ExecutionMode.ORDERED,
+        window=window_size(context.max_in_flight, batch_sizes),
+        max_in_flight=context.max_in_flight,
+        direct_entry=(
+            first is not None and not first.batch and first.limit == UNLIMITED and not observed
+        ),
+    )
+
+
+def _limit(spec: StageSpec, context: PipelineContext) -> int:
+    if spec.batch:
+        return spec.options.concurrency_limit or 1
+    return spec.options.concurrency_limit or context.max_parallelism or UNLIMITED
+
+
+def _inline(spec: StageSpec) -> bool:
+    return kind_of(spec.options.executor).name == "inline"
+
+
+def _plain(spec: StageSpec, observed: bool) -> bool:
+    """A plain function on the loop, not under a rate limit (its calls wait for their
+    turn) nor watched by a user's observer (told of every call)."""
+    return (
+        not spec.batch
+        and _inline(spec)
+        and not spec.is_async
+        and spec.options.rate_limit is None
+        and not observed
+    )
+
+
+def _starts(spec: StageSpec) -> str:
+    if spec.options.rate_limit is not None:
+        return "turn"
+    return "coroutine" if _inline(spec) and spec.is_async else "call"
