@@ -84,10 +84,12 @@ def open_frame_iterations() -> list[Any]:
 
 
 def threads_of(source: Any) -> list[threading.Thread]:
-    name = getattr(source, "_thread_name", None)
-    if name is None:
+    """The live threads of ``source``'s own pool (sources of a kind share a thread name:
+    another test's source may still be ending its thread on a loaded machine)."""
+    pool = getattr(source, "_pool", None)
+    if pool is None:
         return []
-    return [t for t in threading.enumerate() if t.name.startswith(name) and t.is_alive()]
+    return [t for t in list(pool._threads) if t.is_alive()]
 
 
 def is_closed(source: Any) -> bool:
