@@ -11,11 +11,9 @@ input order.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, SegmentEnd, Sink
-from ._window import sentinel_at_front
+from ._order import OrderList, SegmentEnd, Sink
 
 if TYPE_CHECKING:
     from ._batch import BatchStage
@@ -59,44 +57,29 @@ class OrderedOutput(SegmentEnd):
 
 
 class BatchFeeder:
-    """Reads a segment's reorder list in order and feeds the batch stage that ends it."""
+    """Reads a segment's reorder list in order and feeds the batch stage that ends it.
 
-    __slots__ = ("batch", "list", "release", "run", "walking")
+    It reads eagerly (the list's ``on_front``) and keeps the tokens of the items it takes:
+    they hold them in the batch until it is done (see ``_order``)."""
+
+    __slots__ = ("batch", "list", "run")
 
     def __init__(self, run: Run, batch: BatchStage) -> None:
         self.run = run
         self.batch = batch
-        self.release: Callable[[int], None] = run.window.release
-        self.list = OrderList(self.walk, reader_keeps_tokens=True)
-        self.walking = False
+        self.list = OrderList(self.walk, run.window.release, reader_keeps_tokens=True)
 
     def sink(self) -> SegmentEnd:
         """What the segment's last stage sends its results to."""
         return SegmentEnd(self.list, self.ready)
 
     def ready(self, item: Any) -> None:
-        """An item that is next in order, with no node (see ``SegmentEnd``)."""
+        """An item that is next in order, with no node (see ``SegmentEnd``); also each
+        result taken from the list."""
         self.batch.push(item, None)
 
     def walk(self) -> None:
-        if self.walking:  # re-entered from inside the batch: the outer loop goes on
-            return
-        self.walking = True
-        try:
-            order = self.list
-            head = order.head
-            run = self.run
-            while (node := head.next) is not None and not run.closed:
-                value = node.value
-                if value is PENDING:
-                    break
-                if value is OPEN:
-                    sentinel_at_front(node)
-                    break
-                order.unlink_front()
-                if value is EMPTY:
-                    self.release(1)
-                elif value is not CLOSED:
-                    self.batch.push(value, None)  # its token stays until the batch is done
-        finally:
-            self.walking = False
+        self.list.drain(self.ready, self._closed)
+
+    def _closed(self) -> bool:
+        return self.run.closed

@@ -36,15 +36,14 @@ from ._gate import gate_rate_limits
 from ._input import NO_INPUT, close_source, pump
 from ._log import end_of_run_logged, executors_logged, logger
 from ._observe import RunObserver, instrument
-from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sink
+from ._order import NOTHING, OrderList, Sink
 from ._stage import UNLIMITED, SingleStage, Stage
 from ._stats import Collector
 from ._waiting import Completions
 from ._weight import WEIGHER, Weigher
-from ._window import Window, sentinel_at_front, window_size
+from ._window import Window, window_size
 
-NOTHING: Any = object()
-"""What ``Run.take`` returns when no result is ready."""
+__all__ = ["NOTHING", "Run"]  # NOTHING: what ``Run.take`` returns when no result is ready
 
 
 class Run:
@@ -138,7 +137,7 @@ class Run:
     # -- wiring ----------------------------------------------------------------------
 
     def _build(self, specs: Sequence[StageSpec], context: PipelineContext) -> None:
-        order = OrderList(self._front_changed) if self.ordered else None
+        order = OrderList(self._front_changed, self.window.release) if self.ordered else None
         self._final_list = order
         sink: Sink = OrderedOutput(self, order) if order is not None else Output(self)
         for spec in reversed(specs):
@@ -260,12 +259,10 @@ class Run:
 
     def _front_changed(self) -> None:
         """The final list's front was settled: what holds nothing for the consumer leaves
-        at once (see ``OrderList.drop_settled_front``); the consumer is woken."""
+        at once (see ``OrderList.settle``); the consumer is woken."""
         order = self._final_list
         if order is not None:
-            front = order.drop_settled_front(self.window.release)
-            if front is not None and front.value is OPEN:
-                sentinel_at_front(front)
+            order.settle()
         self.wake_consumer()
 
     def _can_drain(self) -> bool:
@@ -373,25 +370,8 @@ class Run:
             item = ready.popleft()  # (before the release: a stall check may look at ready)
             self.window.release(1)
             return item
-        order = self._final_list
-        if order is None:
-            return NOTHING
-        # Results that reached the end of an ordered run behind others: read the list.
-        head = order.head
-        while (node := head.next) is not None:
-            value = node.value
-            if value is PENDING:
-                return NOTHING
-            if value is OPEN:
-                sentinel_at_front(node)
-                return NOTHING
-            order.unlink_front()
-            if value is CLOSED:
-                continue
-            self.window.release(1)
-            if value is not EMPTY:
-                return value
-        return NOTHING
+        order = self._final_list  # (results that reached the end behind others)
+        return NOTHING if order is None else order.take()
 
     async def next(self) -> Any:
         """The next result, ``StopAsyncIteration`` at the end, or the run's error."""
