@@ -13,6 +13,7 @@ Hypothesis properties check the reader against a plain Python list as the model.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given
@@ -30,6 +31,7 @@ from conveyor._engine._order import (
     OrderList,
     SegmentEnd,
     Sentinel,
+    Sink,
 )
 
 
@@ -74,6 +76,33 @@ def make(*, keeps: bool = False) -> tuple[OrderList, Recorder, Released]:
     """A list with a recorded ``on_front`` and ``release``."""
     on_front, released = Recorder(), Released()
     return OrderList(on_front, released, reader_keeps_tokens=keeps), on_front, released
+
+
+class Pushed(list[Any], Sink):
+    """What a draining reader pushes to (a batch stage): the items, each with no node."""
+
+    def __init__(self, on_push: Callable[[Any], None] | None = None) -> None:
+        super().__init__()
+        self.on_push = on_push
+
+    def push(self, item: Any, node: Any) -> None:
+        assert node is None  # taken in order: next in order, it needs no place
+        self.append(item)
+        if self.on_push is not None:
+            self.on_push(item)
+
+
+class RunState:
+    """What a draining reader checks between pushes (``Run.closed``)."""
+
+    closed = False
+
+
+def draining(to: Pushed, released: Released, run: RunState | None = None) -> OrderList:
+    """A list read eagerly, as a batch feeder's is: ``drain`` is its ``on_front``."""
+    state = run or RunState()
+    order = OrderList(lambda: order.drain(to, state), released, reader_keeps_tokens=True)
+    return order
 
 
 # -- OrderList --------------------------------------------------------------------------
@@ -397,11 +426,9 @@ def test_take_and_settle_follow_the_list_order(ops: list[tuple[str, int]], keeps
 def test_drain_on_front_delivers_the_resolved_prefix(
     resolve_order: list[int], dropped: set[int]
 ) -> None:
-    out: list[int] = []
+    out = Pushed()
     released = Released()
-    order = OrderList(
-        lambda: order.drain(out.append, lambda: False), released, reader_keeps_tokens=True
-    )
+    order = draining(out, released)
     all_nodes = [order.append() for _ in range(8)]
     done: set[int] = set()
     for i in resolve_order:
@@ -610,11 +637,9 @@ def test_settle_re_entered_from_release_leaves_it_to_the_outer_call() -> None:
 
 
 def test_drain_pushes_each_result_at_the_front_in_order() -> None:
-    pushed: list[Any] = []
+    pushed = Pushed()
     released = Released()
-    order = OrderList(
-        lambda: order.drain(pushed.append, lambda: False), released, reader_keeps_tokens=True
-    )
+    order = draining(pushed, released)
     a, b, c, d = (order.append() for _ in range(4))
     order.resolve(c, "c")
     order.resolve(b, EMPTY)
@@ -625,37 +650,37 @@ def test_drain_pushes_each_result_at_the_front_in_order() -> None:
 
 
 def test_drain_stops_once_the_run_is_closed() -> None:
-    closed = False
-    pushed: list[Any] = []
+    run = RunState()
 
-    def push(value: Any) -> None:
-        nonlocal closed
-        pushed.append(value)
-        closed = True  # (the batch's call failed the run)
+    def fail(item: Any) -> None:
+        run.closed = True  # (the batch's call failed the run)
 
+    pushed = Pushed(fail)
     order = make(keeps=True)[0]
     a, b = order.append(), order.append()
     a.value, b.value = "a", "b"
-    order.drain(push, lambda: closed)
+    order.drain(pushed, run)
+    assert pushed == ["a"] and nodes(order) == [b]
+    order.drain(pushed, run)  # (closed: nothing more)
     assert pushed == ["a"] and nodes(order) == [b]
 
 
 def test_drain_re_entered_from_a_push_leaves_it_to_the_outer_call() -> None:
-    pushed: list[Any] = []
+    depths: list[tuple[Any, int]] = []
     depth = 0
 
-    def push(value: Any) -> None:
+    def on_push(item: Any) -> None:
         nonlocal depth
         depth += 1
-        pushed.append((value, depth))
-        if value == "a":  # the push settles the front again (a flush into this list)
+        depths.append((item, depth))
+        if item == "a":  # the push settles the front again (a flush into this list)
             order.resolve(b, "b")
         depth -= 1
 
-    order = OrderList(lambda: order.drain(push, lambda: False), Released())
+    order = draining(Pushed(on_push), Released())
     a, b = order.append(), order.append()
     order.resolve(a, "a")
-    assert pushed == [("a", 1), ("b", 1)]  # b by the outer call, after a
+    assert depths == [("a", 1), ("b", 1)]  # b by the outer call, after a
     assert is_empty(order)
 
 

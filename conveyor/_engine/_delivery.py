@@ -74,12 +74,8 @@ class BatchFeeder:
         return SegmentEnd(self.list, self.ready)
 
     def ready(self, item: Any) -> None:
-        """An item that is next in order, with no node (see ``SegmentEnd``); also each
-        result taken from the list."""
+        """An item that is next in order, with no node (see ``SegmentEnd``)."""
         self.batch.push(item, None)
 
     def walk(self) -> None:
-        self.list.drain(self.ready, self._closed)
-
-    def _closed(self) -> bool:
-        return self.run.closed
+        self.list.drain(self.batch, self.run)

@@ -9,7 +9,8 @@ batch stage) takes from it, in order, so ordered runs compose batches determinis
 
 **What a node's value means.**
 
-* :data:`PENDING`: its item is still being worked on. The reader stops there.
+* :data:`PENDING`: its item is still being worked on (its token is with the work). The
+  reader stops there.
 * a result (any other object): the item's result, waiting for the reader to take it.
 * :data:`EMPTY`: the item was dropped (by the function, a policy, the remainder rule).
   It holds its item's window token until it leaves the list.
@@ -17,37 +18,47 @@ batch stage) takes from it, in order, so ordered runs compose batches determinis
   expanded from (its item's token stays with the expansion, given back when the
   generator ends), or the :class:`Sentinel` of a generator that has ended.
 * :data:`OPEN`: the :class:`Sentinel` of a generator that may still insert children
-  before it. The reader stops there, and tells the sentinel (``on_front``: a generator
-  waiting for room is woken, see ``_window``).
+  before it. The reader stops there, and tells the sentinel (its ``on_front``: a
+  generator waiting for room is woken; the window lets it on once
+  :meth:`Sentinel.children_released`, see ``_window``).
 * :data:`KEPT` is only ever the value of the dummy head, of a list whose reader keeps the
   tokens of the results it takes (a batch feeder: the items hold their tokens until their
   batch is done); the consumer's list has :data:`EMPTY` there.
 
+A node is settled once: from PENDING to a result, EMPTY, or CLOSED (an expanded item's
+node); a sentinel from OPEN to CLOSED.
+
 **Who writes what.** Stages append nodes (``append``), insert a list result's elements or
 a generator's children right after a node (``insert_after``), turn a node into an
-expansion (``open_sentinel``), and settle a node (``resolve``: a value, EMPTY, or CLOSED
-for a sentinel). Only the reader unlinks, and only at the front, through :meth:`take`,
-:meth:`settle` and :meth:`drain`. When a node that was the front's first is settled,
+expansion (``open_sentinel``), and settle a node (``resolve``). A segment's end appends a
+result that completes behind others as a settled node (``SegmentEnd``). Only the reader
+unlinks, and only at the front, through :meth:`~OrderList.take`,
+:meth:`~OrderList.settle` and :meth:`~OrderList.drain`. When the front node is settled,
 ``resolve`` calls the list's ``on_front``: the reader's cue.
 
 **Tokens.** A node gives its token back when it leaves the list, through the one
-``release`` callback given at construction, exactly once: an EMPTY node always; a result
+``release`` callback given at construction (the only place this module gives tokens
+back), exactly once: an EMPTY node always; a result
 only if the reader gives tokens back (the consumer: the result is out of the run); a
 CLOSED node never. Results taken by a reader that keeps tokens are given back by whoever
 holds them next (a batch stage, when the batch is done).
 
 **Eager and lazy reading.** What holds nothing for the reader (EMPTY, CLOSED) leaves as
-soon as it is at the front (:meth:`settle`, the consumer's ``on_front``), not at the
-reader's next read: a generator whose children are mostly dropped would otherwise go one
-child per hand-over to the consumer (a turn of the event loop each). The consumer takes
-results lazily (:meth:`take`, when it reads); a batch feeder takes them eagerly
-(:meth:`drain`, its ``on_front``).
+soon as it is at the front (:meth:`~OrderList.settle`, the consumer's ``on_front``), not
+at the reader's next read: a generator whose children are mostly dropped would otherwise
+go one child per hand-over to the consumer (a turn of the event loop each). The consumer
+takes results lazily (:meth:`~OrderList.take`, when it reads); a batch feeder takes them
+eagerly (:meth:`~OrderList.drain`, its ``on_front``). The eager reads are not re-entered:
+a token given back, or a result pushed on, may settle the front again (a batch flushed
+into this list); the inner call returns at once and the outer one goes on. The statistics
+count what waits (:meth:`~OrderList.held`); the window asks whether the reader's next
+read makes room (:meth:`~OrderList.makes_room`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "CLOSED",
@@ -88,6 +99,12 @@ KEPT: Any = _Marker("KEPT")
 takes (a batch stage's feeder): taken from the list is not out of the window."""
 NOTHING: Any = _Marker("NOTHING")
 """What :meth:`OrderList.take` returns when no result is at the front."""
+
+
+class Closing(Protocol):
+    """What a draining reader feeds: a run, closed once it failed or was closed."""
+
+    closed: bool
 
 
 class Node:
@@ -203,21 +220,22 @@ class OrderList:
         finally:
             self.reading = False
 
-    def drain(self, push: Callable[[Any], None], closed: Callable[[], bool]) -> None:
-        """Take every result at the front, in order, and ``push`` each, until none is
-        left or ``closed()``. A ``push`` (or a token given back) that settles the front
-        again leaves it to this call: the inner call returns at once."""
-        if self.reading:
+    def drain(self, to: Sink, run: Closing) -> None:
+        """Take every result at the front, in order, and push each on ``to`` (as an item
+        with no node: next in order), until none is left or ``run`` is closed. A push (or
+        a token given back) that settles the front again leaves it to this call: the inner
+        call returns at once."""
+        if self.reading or run.closed:
             return
         self.reading = True
         try:
-            while not closed() and (value := self._advance(True)) is not NOTHING:
-                push(value)
+            self._advance(True, to, run)
         finally:
             self.reading = False
 
-    def _advance(self, taking: bool) -> Any:
-        # The one walk of the front: the rules above, and the one release.
+    def _advance(self, taking: bool, to: Sink | None = None, run: Closing | None = None) -> Any:
+        # The one walk of the front: the rules above, and the one release. With ``to``
+        # (drain), results are pushed there instead of returned, while ``run`` is open.
         head = self.head
         while (node := head.next) is not None:
             value = node.value
@@ -238,12 +256,15 @@ class OrderList:
             node.prev = node.next = None
             if value is CLOSED:
                 continue
-            if value is EMPTY:
+            if value is EMPTY or not self.keeps:
                 self.release(1)
-                continue
-            if not self.keeps:
-                self.release(1)
-            return value
+            if to is not None:
+                if value is not EMPTY:
+                    to.push(value, None)
+                if run is not None and run.closed:
+                    return NOTHING
+            elif value is not EMPTY:
+                return value
         return NOTHING
 
     def makes_room(self) -> bool:
