@@ -198,14 +198,6 @@ class OrderList:
 
     # -- the reader's side ---------------------------------------------------------------
 
-    def take(self) -> Any:
-        """The result at the front, unlinked, or :data:`NOTHING` if there is none.
-
-        What holds nothing before it leaves too (EMPTY, CLOSED). Stops at a PENDING node,
-        and at an OPEN sentinel, which it tells (``on_front``). Each node that leaves
-        gives its token back as the module's docstring says."""
-        return self._advance(True)
-
     def settle(self) -> None:
         """Unlink what holds nothing at the front (EMPTY, CLOSED), up to a result, a
         PENDING node or an OPEN sentinel (told, as by :meth:`take`).
@@ -216,7 +208,7 @@ class OrderList:
             return
         self.reading = True
         try:
-            self._advance(False)
+            self.take(False)
         finally:
             self.reading = False
 
@@ -229,14 +221,24 @@ class OrderList:
             return
         self.reading = True
         try:
-            self._advance(True, to, run)
+            self.take(True, to, run)
         finally:
             self.reading = False
 
-    def _advance(self, taking: bool, to: Sink | None = None, run: Closing | None = None) -> Any:
-        # The one walk of the front: the rules above, and the one release. With ``to``
-        # (drain), results are pushed there instead of returned, while ``run`` is open.
+    def take(self, taking: bool = True, to: Sink | None = None, run: Closing | None = None) -> Any:
+        """The result at the front, unlinked, or :data:`NOTHING` if there is none.
+
+        What holds nothing before it leaves too (EMPTY, CLOSED). Stops at a PENDING node,
+        and at an OPEN sentinel, which it tells (``on_front``). Each node that leaves
+        gives its token back as the module's docstring says.
+
+        The one walk of the front (the reader calls it with no arguments): ``settle``
+        walks with ``taking=False`` (a result ends the walk, left in place), ``drain``
+        with ``to`` (each result is pushed there instead of returned, while ``run`` is
+        open). One method, not one per use: it is the consumer's hot path.
+        """
         head = self.head
+        release = self.release
         while (node := head.next) is not None:
             value = node.value
             if value is PENDING:
@@ -256,15 +258,16 @@ class OrderList:
             node.prev = node.next = None
             if value is CLOSED:
                 continue
-            if value is EMPTY or not self.keeps:
-                self.release(1)
-            if to is not None:
-                if value is not EMPTY:
-                    to.push(value, None)
-                if run is not None and run.closed:
-                    return NOTHING
-            elif value is not EMPTY:
-                return value
+            if value is EMPTY:
+                release(1)
+            else:
+                if not self.keeps:
+                    release(1)
+                if to is None:
+                    return value
+                to.push(value, None)
+            if run is not None and run.closed:  # (drain: the push, or a release, failed it)
+                return NOTHING
         return NOTHING
 
     def makes_room(self) -> bool:
