@@ -3,9 +3,9 @@
 In an as-completed run every result goes straight to ``ready``. In an ordered run, a
 result that is next in order goes to ``ready`` too; one that completes behind a straggler
 waits in the last segment's reorder list until the straggler is through (the consumer
-reads the list: see ``Run.take``). A batch stage of an ordered run is fed by a
-:class:`BatchFeeder`, which reads its segment's list in order, so batches are composed in
-input order.
+reads the list: see ``Run.take`` and ``OrderList.take``). A batch stage of an ordered run
+is fed by a :class:`BatchFeeder`, which reads its segment's list in order
+(``OrderList.drain``), so batches are composed in input order.
 """
 
 from __future__ import annotations

@@ -36,12 +36,12 @@ unlinks, and only at the front, through :meth:`~OrderList.take`,
 :meth:`~OrderList.settle` and :meth:`~OrderList.drain`. When the front node is settled,
 ``resolve`` calls the list's ``on_front``: the reader's cue.
 
-**Tokens.** A node gives its token back when it leaves the list, through the one
-``release`` callback given at construction (the only place this module gives tokens
-back), exactly once: an EMPTY node always; a result
-only if the reader gives tokens back (the consumer: the result is out of the run); a
-CLOSED node never. Results taken by a reader that keeps tokens are given back by whoever
-holds them next (a batch stage, when the batch is done).
+**Tokens.** A node gives its token back when it leaves the list, exactly once, through
+the one ``release`` callback given at construction (the only way this module gives tokens
+back): an EMPTY node always; a result only if the reader gives tokens back (the consumer:
+the result is out of the run); a CLOSED node never. The token of a result taken by a
+reader that keeps tokens is given back by whoever holds the result next (a batch stage,
+when the batch is done).
 
 **Eager and lazy reading.** What holds nothing for the reader (EMPTY, CLOSED) leaves as
 soon as it is at the front (:meth:`~OrderList.settle`, the consumer's ``on_front``), not
@@ -67,6 +67,7 @@ __all__ = [
     "NOTHING",
     "OPEN",
     "PENDING",
+    "Closing",
     "Node",
     "OrderList",
     "SegmentEnd",
@@ -102,7 +103,8 @@ NOTHING: Any = _Marker("NOTHING")
 
 
 class Closing(Protocol):
-    """What a draining reader feeds: a run, closed once it failed or was closed."""
+    """The run a draining reader feeds (see ``OrderList.drain``): it stops once the run is
+    ``closed`` (failed, or closed by its consumer)."""
 
     closed: bool
 
