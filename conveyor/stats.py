@@ -150,7 +150,7 @@ class RunStats:
     results: int = 0
     time_to_first_result: float | None = None
     items_per_second: float | None = None
-    peak_reorder_buffer: int = 0
+    peak_reorder_buffer: int = 0  # results done, held back for order (sampled)
     input_held_back_seconds: float = 0.0
     input_item_bytes: float | None = None  # the input items' mean weight, when weighed
     input_admitted_at_once: int | None = None  # the window's bound on the input's items

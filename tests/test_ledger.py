@@ -20,7 +20,7 @@ import pytest
 
 import conveyor
 from conveyor import batch_task, single_task
-from conveyor._engine._ledger import Account, Ledger, sentinel_at_front
+from conveyor._engine._ledger import Account, Ledger
 from conveyor._engine._order import OrderList
 
 
@@ -191,11 +191,11 @@ async def test_may_proceed_for_expansions_discounts_their_own_items() -> None:
 
 async def test_may_proceed_for_a_sentinel_at_the_front_of_an_ordered_run() -> None:
     w = window(4, tokens=10)
-    order = OrderList(lambda: None)
+    order = OrderList(lambda: None, lambda n: None)
     parent = order.append()
     sentinel = order.open_sentinel(parent)
     assert not w.may_proceed(sentinel, True)  # the parent is still before it
-    order.unlink_front()
+    order.settle()  # the reader unlinks the parent (CLOSED)
     assert sentinel.prev is order.head
     assert w.may_proceed(sentinel, True)
     assert not w.may_proceed(sentinel, False)  # the rule is for expansions only
@@ -203,14 +203,13 @@ async def test_may_proceed_for_a_sentinel_at_the_front_of_an_ordered_run() -> No
 
 async def test_sentinel_reaching_the_front_wakes_its_generator() -> None:
     w = window(4, tokens=10, busy=2)
-    order = OrderList(lambda: None)
+    order = OrderList(lambda: None, lambda n: None)
     sentinel = order.open_sentinel(order.append())
     task = start(w.wait_for_room(sentinel, expansion=True))
     await settle()
     assert not task.done()
     assert sentinel.on_front is not None
-    order.unlink_front()
-    sentinel_at_front(sentinel)  # what the reader does when it finds it at the front
+    order.settle()  # the reader unlinks the parent and tells the sentinel at the front
     await settle()
     await task
     assert sentinel.on_front is None and w.waiting == [] and w.busy == 2

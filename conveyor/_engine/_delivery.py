@@ -3,20 +3,19 @@
 In an as-completed run every result goes straight to ``ready``. In an ordered run, a
 result that is next in order goes to ``ready`` too; one that completes behind a straggler
 waits in the last segment's reorder list until the straggler is through (the consumer
-reads the list: see ``Run.take``). A batch stage of an ordered run is fed by a
-:class:`BatchFeeder`, which reads its segment's list in order, so batches are composed in
-input order.
+reads the list: see ``Run.take`` and ``OrderList.take``). A batch stage of an ordered run
+is fed by a :class:`BatchFeeder`, which reads its segment's list in order
+(``OrderList.drain``), so batches are composed in input order.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Protocol
 
-from ._ledger import Ledger, sentinel_at_front
-from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, SegmentEnd, Sink
+from ._ledger import Ledger
+from ._order import OrderList, SegmentEnd, Sink
 
 
 class Consumer(Protocol):
@@ -74,16 +73,17 @@ class OrderedOutput(SegmentEnd):
 
 
 class BatchFeeder:
-    """Reads a segment's reorder list in order and feeds the batch stage that ends it."""
+    """Reads a segment's reorder list in order and feeds the batch stage that ends it.
 
-    __slots__ = ("batch", "list", "release", "run", "walking")
+    It reads eagerly (the list's ``on_front``) and keeps the tokens of the items it takes:
+    they hold them in the batch until it is done (see ``_order``)."""
+
+    __slots__ = ("batch", "list", "run")
 
     def __init__(self, run: Consumer, batch: Sink) -> None:
         self.run = run
         self.batch = batch
-        self.release: Callable[[int], None] = run.ledger.released
-        self.list = OrderList(self.walk, reader_keeps_tokens=True)
-        self.walking = False
+        self.list = OrderList(self.walk, run.ledger.released, reader_keeps_tokens=True)
 
     def sink(self) -> SegmentEnd:
         """What the segment's last stage sends its results to."""
@@ -94,24 +94,4 @@ class BatchFeeder:
         self.batch.push(item, None)
 
     def walk(self) -> None:
-        if self.walking:  # re-entered from inside the batch: the outer loop goes on
-            return
-        self.walking = True
-        try:
-            order = self.list
-            head = order.head
-            run = self.run
-            while (node := head.next) is not None and not run.closed:
-                value = node.value
-                if value is PENDING:
-                    break
-                if value is OPEN:
-                    sentinel_at_front(node)
-                    break
-                order.unlink_front()
-                if value is EMPTY:
-                    self.release(1)
-                elif value is not CLOSED:
-                    self.batch.push(value, None)  # its token stays until the batch is done
-        finally:
-            self.walking = False
+        self.list.drain(self.batch, self.run)

@@ -54,7 +54,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from ._order import KEPT, Sentinel
+from ._order import Sentinel
 
 Waiter = tuple["asyncio.Future[bool]", "Sentinel | None", bool]
 """``(future, sentinel, expansion)``: the future's result is True for a waiter let through
@@ -437,8 +437,7 @@ class Ledger:
         # forever. Not when a batch stage took them: they still hold their tokens there
         # (a generator feeding a batch held 7,500 items in a window of 4); if items
         # behind it do hold the window, the stall's last resort lets it go on.
-        prev = None if sentinel is None else sentinel.prev
-        return prev is not None and prev.prev is None and prev.value is not KEPT
+        return sentinel is not None and sentinel.children_released()
 
     def wake_waiters(self) -> None:
         """Wake every waiter whose condition now holds (and only those)."""
@@ -530,9 +529,3 @@ class Ledger:
 
     def __repr__(self) -> str:
         return f"<Ledger {self.tokens}/{self.limit} busy={self.busy} waiting={len(self.waiting)}>"
-
-
-def sentinel_at_front(sentinel: Any) -> None:
-    """A reader found ``sentinel`` (an open generator's end) at the front of its list."""
-    if sentinel.on_front is not None:
-        sentinel.on_front()

@@ -1,32 +1,74 @@
-"""The reorder list of ordered runs.
+"""The reorder list of ordered runs, and its one reader.
 
-Every item of an ordered run owns a :class:`Node` in a doubly linked list kept in output
-order. A node is *pending* until its item leaves the segment (it then holds the value),
-is dropped (:data:`EMPTY`), or is expanded into several items:
+Every item of an ordered run that cannot be passed on at once owns a :class:`Node` in a
+doubly linked list kept in output order. A pipeline has one list per *segment*: the
+stretch before the first batch stage, between batch stages, and after the last one. The
+stages of a segment write into the list; its **reader** (the consumer, for the last
+segment; a batch stage's :class:`~._delivery.BatchFeeder`, for a segment that ends in a
+batch stage) takes from it, in order, so ordered runs compose batches deterministically.
 
-* a list result: new nodes are linked right after it, one per element;
-* a generator result: the node becomes EMPTY and a :class:`Sentinel` is linked after it;
-  children are inserted before the sentinel as the generator yields them, and the
-  sentinel is closed when the generator ends.
+**What a node's value means.**
 
-The reader of a list (the consumer, or the walker feeding a batch stage) only ever looks
-at the front: ``resolve`` tells it when the front changes. A pipeline has one list per
-*segment*: the stretch before the first batch stage, between batch stages, and after the
-last one. A batch stage reads its segment's list in order, so ordered runs compose
-batches deterministically.
+* :data:`PENDING`: its item is still being worked on (its token is with the work). The
+  reader stops there.
+* a result (any other object): the item's result, waiting for the reader to take it.
+* :data:`EMPTY`: the item was dropped (by the function, a policy, the remainder rule).
+  It holds its item's window token until it leaves the list.
+* :data:`CLOSED`: the node holds nothing and no token: the node a generator result was
+  expanded from (its item's token stays with the expansion, given back when the
+  generator ends), or the :class:`Sentinel` of a generator that has ended.
+* :data:`OPEN`: the :class:`Sentinel` of a generator that may still insert children
+  before it. The reader stops there, and tells the sentinel (its ``on_front``: a
+  generator waiting for room is woken; the window lets it on once
+  :meth:`Sentinel.children_released`, see ``_ledger``).
+* :data:`KEPT` is only ever the value of the dummy head, of a list whose reader keeps the
+  tokens of the results it takes (a batch feeder: the items hold their tokens until their
+  batch is done); the consumer's list has :data:`EMPTY` there.
+
+A node is settled once: from PENDING to a result, EMPTY, or CLOSED (an expanded item's
+node); a sentinel from OPEN to CLOSED.
+
+**Who writes what.** Stages append nodes (``append``), insert a list result's elements or
+a generator's children right after a node (``insert_after``), turn a node into an
+expansion (``open_sentinel``), and settle a node (``resolve``). A segment's end appends a
+result that completes behind others as a settled node (``SegmentEnd``). Only the reader
+unlinks, and only at the front, through :meth:`~OrderList.take`,
+:meth:`~OrderList.settle` and :meth:`~OrderList.drain`. When the front node is settled,
+``resolve`` calls the list's ``on_front``: the reader's cue.
+
+**Tokens.** A node gives its token back when it leaves the list, exactly once, through
+the one ``release`` callback given at construction (the only way this module gives tokens
+back): an EMPTY node always; a result only if the reader gives tokens back (the consumer:
+the result is out of the run, through ``taken``, which counts it as delivered: the
+ledger's ``taken``); a CLOSED node never. The token of a result taken by a
+reader that keeps tokens is given back by whoever holds the result next (a batch stage,
+when the batch is done).
+
+**Eager and lazy reading.** What holds nothing for the reader (EMPTY, CLOSED) leaves as
+soon as it is at the front (:meth:`~OrderList.settle`, the consumer's ``on_front``), not
+at the reader's next read: a generator whose children are mostly dropped would otherwise
+go one child per hand-over to the consumer (a turn of the event loop each). The consumer
+takes results lazily (:meth:`~OrderList.take`, when it reads); a batch feeder takes them
+eagerly (:meth:`~OrderList.drain`, its ``on_front``). The eager reads are not re-entered:
+a token given back, or a result pushed on, may settle the front again (a batch flushed
+into this list); the inner call returns at once and the outer one goes on. The statistics
+count what waits (:meth:`~OrderList.held`); the window asks whether the reader's next
+read makes room (:meth:`~OrderList.makes_room`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "CLOSED",
     "EMPTY",
     "KEPT",
+    "NOTHING",
     "OPEN",
     "PENDING",
+    "Closing",
     "Node",
     "OrderList",
     "SegmentEnd",
@@ -48,14 +90,24 @@ class _Marker:
 PENDING: Any = _Marker("PENDING")
 """The node's item is still being worked on."""
 EMPTY: Any = _Marker("EMPTY")
-"""The item was dropped, or expanded into the nodes that follow."""
+"""The item was dropped (it holds its token until it leaves the list); also the value of
+the dummy head of a list whose reader gives tokens back."""
 OPEN: Any = _Marker("OPEN")
 """A sentinel whose generator may still add children before it."""
 CLOSED: Any = _Marker("CLOSED")
-"""A sentinel whose generator has finished."""
+"""A node that holds nothing and no token: an expanded item's node, an ended sentinel."""
 KEPT: Any = _Marker("KEPT")
 """The value of the dummy head of a list whose reader keeps the tokens of the items it
 takes (a batch stage's feeder): taken from the list is not out of the window."""
+NOTHING: Any = _Marker("NOTHING")
+"""What :meth:`OrderList.take` returns when no result is at the front."""
+
+
+class Closing(Protocol):
+    """The run a draining reader feeds (see ``OrderList.drain``): it stops once the run is
+    ``closed`` (failed, or closed by its consumer)."""
+
+    closed: bool
 
 
 class Node:
@@ -79,18 +131,38 @@ class Sentinel(Node):
         super().__init__(OPEN, prev, next)
         self.on_front: Callable[[], None] | None = None
 
+    def children_released(self) -> bool:
+        """Whether every child before the sentinel has left the list with its token given
+        back: it is the front of a list whose reader gives tokens back (the consumer's).
+        (A batch feeder keeps the tokens of what it took: there, it is never true.)"""
+        prev = self.prev
+        return prev is not None and prev.prev is None and prev.value is not KEPT
+
 
 class OrderList:
-    __slots__ = ("dropping", "head", "on_front", "tail")
+    __slots__ = ("head", "keeps", "on_front", "reading", "release", "tail", "taken")
 
-    def __init__(self, on_front: Callable[[], None], *, reader_keeps_tokens: bool = False) -> None:
+    def __init__(
+        self,
+        on_front: Callable[[], None],
+        release: Callable[[int], None],
+        *,
+        reader_keeps_tokens: bool = False,
+        taken: Callable[[], None] | None = None,
+    ) -> None:
         # The dummy (head.next is the front); its value says whether the list's reader
         # gives an item's token back when it takes it (the consumer) or keeps it (a batch
         # stage): the window's rule for a generator at the front needs to know.
         self.head = Node(KEPT if reader_keeps_tokens else EMPTY, None, None)
         self.tail = self.head
-        self.on_front = on_front
-        self.dropping = False  # (see drop_settled_front)
+        self.keeps = reader_keeps_tokens
+        self.on_front = on_front  # the front was settled: the reader's cue
+        self.release = release  # the one place a node's token is given back
+        # (The consumer's list: a result it takes is delivered, its token given back.)
+        self.taken: Callable[[], None] = taken if taken is not None else lambda: release(1)
+        self.reading = False  # (see settle and drain: not re-entered)
+
+    # -- the writers' side ---------------------------------------------------------------
 
     def append(self) -> Node:
         # Node.__new__ and three stores: half the cost of a call to Node.__init__.
@@ -130,56 +202,105 @@ class OrderList:
         if node.prev is self.head:
             self.on_front()
 
-    def unlink_front(self) -> Node:
-        node = self.head.next
-        assert node is not None
-        nxt = node.next
-        self.head.next = nxt
-        if nxt is None:
-            self.tail = self.head
-        else:
-            nxt.prev = self.head
-        node.prev = node.next = None
-        return node
+    # -- the reader's side ---------------------------------------------------------------
 
-    def drop_settled_front(self, release: Callable[[int], None]) -> Node | None:
-        """Unlink the nodes at the front that hold nothing for the reader: dropped items
-        (EMPTY; ``release(1)`` gives back each one's window token) and ended generators'
-        nodes (CLOSED, no token). Returns the front node left, None if there is none.
+    def settle(self) -> None:
+        """Unlink what holds nothing at the front (EMPTY, CLOSED), up to a result, a
+        PENDING node or an OPEN sentinel (told, as by :meth:`take`).
 
-        Done when the front is settled, not at the reader's next read: a generator whose
-        children are mostly dropped would otherwise go one child per hand-over to the
-        reader (a turn of the event loop each, for the consumer). A ``release`` may settle
-        the front again (a batch flushed into this list): that inner call returns None at
-        once, and this one goes on."""
-        if self.dropping:
-            return None
-        self.dropping = True
+        A token given back may settle the front again (a batch flushed into this list):
+        that inner call returns at once, and this one goes on."""
+        if self.reading:
+            return
+        self.reading = True
         try:
-            head = self.head
-            while (node := head.next) is not None:
-                value = node.value
-                if value is EMPTY:
-                    self.unlink_front()
-                    release(1)
-                elif value is CLOSED:
-                    self.unlink_front()
-                else:
-                    return node
-            return None
+            self.take(False)
         finally:
-            self.dropping = False
+            self.reading = False
+
+    def drain(self, to: Sink, run: Closing) -> None:
+        """Take every result at the front, in order, and push each on ``to`` (as an item
+        with no node: next in order), until none is left or ``run`` is closed. A push (or
+        a token given back) that settles the front again leaves it to this call: the inner
+        call returns at once."""
+        if self.reading or run.closed:
+            return
+        self.reading = True
+        try:
+            self.take(True, to, run)
+        finally:
+            self.reading = False
+
+    def take(self, taking: bool = True, to: Sink | None = None, run: Closing | None = None) -> Any:
+        """The result at the front, unlinked, or :data:`NOTHING` if there is none.
+
+        What holds nothing before it leaves too (EMPTY, CLOSED). Stops at a PENDING node,
+        and at an OPEN sentinel, which it tells (``on_front``). Each node that leaves
+        gives its token back as the module's docstring says.
+
+        The one walk of the front (the reader calls it with no arguments): ``settle``
+        walks with ``taking=False`` (a result ends the walk, left in place), ``drain``
+        with ``to`` (each result is pushed there instead of returned, while ``run`` is
+        open). One method, not one per use: it is the consumer's hot path.
+        """
+        head = self.head
+        release = self.release
+        while (node := head.next) is not None:
+            value = node.value
+            if value is PENDING:
+                return NOTHING
+            if value is OPEN:
+                if node.on_front is not None:  # type: ignore[attr-defined]
+                    node.on_front()  # type: ignore[attr-defined]
+                return NOTHING
+            if not taking and value is not EMPTY and value is not CLOSED:
+                return NOTHING  # a result: it waits for the reader
+            nxt = node.next
+            head.next = nxt
+            if nxt is None:
+                self.tail = head
+            else:
+                nxt.prev = head
+            node.prev = node.next = None
+            if value is CLOSED:
+                continue
+            if value is EMPTY:
+                release(1)
+            else:
+                if not self.keeps:
+                    self.taken()
+                if to is None:
+                    return value
+                to.push(value, None)
+            if run is not None and run.closed:  # (drain: the push, or a release, failed it)
+                return NOTHING
+        return NOTHING
 
     def makes_room(self) -> bool:
-        """Whether the reader's next read gives a window token back: it finds a value or
-        a dropped item (not looked past: a long look per wait for room was quadratic)."""
+        """Whether the reader's next :meth:`take` gives a window token back: it finds a
+        result or a dropped item (not looked past: a long look per wait for room was
+        quadratic). For the consumer's list (a result taken by a batch feeder keeps its
+        token)."""
         node = self.head.next
         while node is not None and node.value is CLOSED:  # (no token: the reader skips it)
             node = node.next
         return node is not None and node.value is not PENDING and node.value is not OPEN
 
-    def is_empty(self) -> bool:
-        return self.head.next is None
+    def held(self) -> int:
+        """How many results wait in the list for the reader (held back for order)."""
+        held = 0
+        node = self.head.next
+        while node is not None:
+            value = node.value
+            if (
+                value is not PENDING
+                and value is not EMPTY
+                and value is not CLOSED
+                and value is not OPEN
+            ):
+                held += 1
+            node = node.next
+        return held
 
 
 class Sink:

@@ -33,10 +33,10 @@ from ._bind import bind_stage, close_resources
 from ._calls import discard, run_error
 from ._delivery import BatchFeeder, OrderedOutput, Output
 from ._input import NO_INPUT, FeedbackPump, close_source, pump
-from ._ledger import Ledger, sentinel_at_front
+from ._ledger import Ledger
 from ._log import end_of_run_logged, executors_logged, logger
 from ._observe import Counted, ObservedExecutor, RunObserver, waited_for_room
-from ._order import CLOSED, EMPTY, OPEN, PENDING, OrderList, Sink
+from ._order import NOTHING, OrderList, Sink
 from ._plan import Plan, plan
 from ._registry import build as executor_for
 from ._registry import run_scoped
@@ -66,8 +66,7 @@ class RunStatistics(Statistics, Protocol):
         ...
 
 
-NOTHING: Any = object()
-"""What ``Run.take`` returns when no result is ready."""
+__all__ = ["NOTHING", "Run"]  # NOTHING: what ``Run.take`` returns when no result is ready
 
 
 class Run:
@@ -161,7 +160,12 @@ class Run:
         """Build the stages of ``run_plan``, each composed once: its executor, what
         observes it (the statistics, a user's observer: see ``_observe``), its rate gate,
         where its results go, and the next stage if it is fused with it."""
-        order = OrderList(self._front_changed) if self.ordered else None
+        ledger = self.ledger
+        order = (
+            OrderList(self._front_changed, ledger.released, taken=ledger.taken)
+            if self.ordered
+            else None
+        )
         self._final_list = order
         sink: Sink = OrderedOutput(self, order) if order is not None else Output(self)
         stats = self.stats
@@ -290,12 +294,10 @@ class Run:
 
     def _front_changed(self) -> None:
         """The final list's front was settled: what holds nothing for the consumer leaves
-        at once (see ``OrderList.drop_settled_front``); the consumer is woken."""
+        at once (see ``OrderList.settle``); the consumer is woken."""
         order = self._final_list
         if order is not None:
-            front = order.drop_settled_front(self.ledger.released)
-            if front is not None and front.value is OPEN:
-                sentinel_at_front(front)
+            order.settle()
         self.wake_consumer()
 
     def _can_drain(self) -> bool:
@@ -389,27 +391,8 @@ class Run:
             item = ready.popleft()  # (before the release: a stall check may look at ready)
             self.ledger.taken()
             return item
-        order = self._final_list
-        if order is None:
-            return NOTHING
-        # Results that reached the end of an ordered run behind others: read the list.
-        head = order.head
-        while (node := head.next) is not None:
-            value = node.value
-            if value is PENDING:
-                return NOTHING
-            if value is OPEN:
-                sentinel_at_front(node)
-                return NOTHING
-            order.unlink_front()
-            if value is CLOSED:
-                continue
-            if value is EMPTY:
-                self.ledger.released(1)
-            else:
-                self.ledger.taken()
-                return value
-        return NOTHING
+        order = self._final_list  # (results that reached the end behind others)
+        return NOTHING if order is None else order.take()
 
     async def next(self) -> Any:
         """The next result, ``StopAsyncIteration`` at the end, or the run's error."""

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 from ..errors import Failure
 from ._calls import INLINE, settle
 from ._histogram import Histogram
-from ._order import EMPTY, OPEN, PENDING
 from ._registry import figures
 
 if TYPE_CHECKING:
@@ -176,8 +175,9 @@ class Collector:
             self.window_full += dt
         if ledger.can_drain():
             self.consumer_slow += dt
-        if not self.ticks & 7:  # (a walk of the reorder list: every 8th tick)
-            self.peak_reorder = max(self.peak_reorder, _held_for_order(run))
+        order = run.final_order
+        if order is not None and not self.ticks & 7:  # (a walk of the list: 1 tick in 8)
+            self.peak_reorder = max(self.peak_reorder, order.held())
         interval = min(MAX_TICK, max(TICK, (now - self.started[1]) / SAMPLES_PER_RUN))
         self._timer = run.loop.call_later(interval, self._tick)
 
@@ -345,19 +345,6 @@ def _over(run: Run) -> bool:
     """Whether the run is over for its consumer: closed, or every result produced and
     taken (until then a slow consumer is part of the run)."""
     return run.closed or (run.finished and not run.ledger.can_drain())
-
-
-def _held_for_order(run: Run) -> int:
-    """Results done but held back for order in the run's final reorder list."""
-    order = run.final_order
-    held = 0
-    node = None if order is None else order.head.next
-    while node is not None:
-        value = node.value
-        if value is not PENDING and value is not OPEN and value is not EMPTY:
-            held += 1
-        node = node.next
-    return held
 
 
 def _input_figures(run: Run | None) -> dict[str, Any] | None:
