@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._calls import INLINE, settle
+from ._calls import INLINE, Answer, settle
 from ._histogram import Histogram
 from ._order import EMPTY, OPEN, PENDING
 
@@ -204,7 +204,7 @@ class Collector:
             except BaseException:
                 add(clock() - started)
                 raise
-            if isinstance(result, asyncio.Future):  # (its callbacks run on the loop)
+            if isinstance(result, (asyncio.Future, Answer)):  # (settled on the loop)
                 result.add_done_callback(lambda _: add(clock() - started))
             elif isinstance(result, concurrent.futures.Future):  # (on the pool's thread)
                 result.add_done_callback(
