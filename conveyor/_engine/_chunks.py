@@ -167,7 +167,7 @@ class Chunker:
             sent = self.submit(self.function, payload)
         except Exception as exc:  # a broken or closed pool refuses at once
             self._unhold(held)
-            self._fail(chunk, exc)
+            self._fail(chunk, exc, later=True)
             return
         del payload  # (the pool holds it until the answer: counted by ``held``)
         self.out.add(sent)
@@ -193,7 +193,7 @@ class Chunker:
                 failed.append(answer)
             else:
                 kept.append(answer)
-        hand_on(self.loop, failed)
+        self._hand_on_later(failed)
         return kept
 
     # -- answers ---------------------------------------------------------------------
@@ -253,9 +253,11 @@ class Chunker:
         chunk: list[Answer],
         error: BaseException,
         sent: concurrent.futures.Future[bytes] | None = None,
+        later: bool = False,
     ) -> None:
         """Answer the items of a chunk that failed as a whole, as ``lost`` says: fail an
-        item, or put it back first in line (it was sent before what waits now)."""
+        item, or put it back first in line (it was sent before what waits now). ``later``:
+        the failed are handed on at the loop's next step (see :meth:`_hand_on_later`)."""
         verdicts = self.lost(error, sent, len(chunk))
         again, failed = [], []
         for answer, verdict in zip(chunk, verdicts, strict=True):
@@ -267,7 +269,17 @@ class Chunker:
                 answer.set_exception(_own_copy(verdict or error))
                 failed.append(answer)
         self.pending[:0] = again
-        hand_on(self.loop, failed)
+        if later:
+            self._hand_on_later(failed)
+        else:
+            hand_on(self.loop, failed)
+
+    def _hand_on_later(self, answers: list[Answer]) -> None:
+        """Hand ``answers`` on at the loop's next step: from :meth:`send`, which runs
+        inside a stage's call (``call``), settling them now would run the engine's rules for
+        other items in the middle of that call, before it is counted."""
+        if answers:
+            self.loop.call_soon(hand_on, self.loop, answers)
 
     # -- sizing ----------------------------------------------------------------------
 
