@@ -167,7 +167,7 @@ class Chunker:
             sent = self.submit(self.function, payload)
         except Exception as exc:  # a broken or closed pool refuses at once
             self._unhold(held)
-            self._fail(chunk, exc, later=True)
+            self._hand_on_later(self._fail(chunk, exc))
             return
         del payload  # (the pool holds it until the answer: counted by ``held``)
         self.out.add(sent)
@@ -211,9 +211,9 @@ class Chunker:
         self._unhold(held)
         self.warm = True
         if done.cancelled():  # the pool shut down with the chunk unsent: the run is over
-            hand_on(self.loop, [answer for answer in chunk if answer.cancel()])
+            settled = [answer for answer in chunk if answer.cancel()]
         elif (error := done.exception()) is not None:
-            self._fail(chunk, error, done)
+            settled = self._fail(chunk, error, done)
         else:
             unpickling = time.perf_counter()
             results, work, cpu, loaded = pickle.loads(done.result())
@@ -240,9 +240,11 @@ class Chunker:
                 else:
                     answer.set_exception(value)
                 settled.append(answer)
-            hand_on(self.loop, settled)
+        # The worker that answered takes what waits before the loop settles this chunk's
+        # items (a chunk of tiny items takes the loop about as long as the worker).
         if self.pending:
             self.flush()
+        hand_on(self.loop, settled)
 
     def _unhold(self, held: int) -> None:
         if held and self.weigher is not None:
@@ -253,11 +255,10 @@ class Chunker:
         chunk: list[Answer],
         error: BaseException,
         sent: concurrent.futures.Future[bytes] | None = None,
-        later: bool = False,
-    ) -> None:
+    ) -> list[Answer]:
         """Answer the items of a chunk that failed as a whole, as ``lost`` says: fail an
-        item, or put it back first in line (it was sent before what waits now). ``later``:
-        the failed are handed on at the loop's next step (see :meth:`_hand_on_later`)."""
+        item, or put it back first in line (it was sent before what waits now). Returns
+        the failed, for the caller to hand on."""
         verdicts = self.lost(error, sent, len(chunk))
         again, failed = [], []
         for answer, verdict in zip(chunk, verdicts, strict=True):
@@ -269,10 +270,7 @@ class Chunker:
                 answer.set_exception(_own_copy(verdict or error))
                 failed.append(answer)
         self.pending[:0] = again
-        if later:
-            self._hand_on_later(failed)
-        else:
-            hand_on(self.loop, failed)
+        return failed
 
     def _hand_on_later(self, answers: list[Answer]) -> None:
         """Hand ``answers`` on at the loop's next step: from :meth:`send`, which runs
