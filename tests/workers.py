@@ -169,3 +169,16 @@ def kill_in_batch(batch: list[int]) -> list[int]:
     if 13 in batch:
         os.kill(os.getpid(), signal.SIGKILL)
     return batch
+
+
+def fail_on_short_block(block: bytes) -> bytes:
+    """Fails on a block whose first byte is a multiple of 5 (blocks of bytes, weighed)."""
+    if block[0] % 5 == 0:
+        raise ValueError(f"bad block {block[0]}")
+    return block
+
+
+def sleep_for(seconds: float) -> float:
+    """Sleeps as many seconds as the item says; returns it."""
+    time.sleep(seconds)
+    return seconds

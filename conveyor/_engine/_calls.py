@@ -7,7 +7,10 @@ one item. Whatever that callable returns is accepted (:func:`kind_of`):
 * a plain value (the result), ``None``, a ``list``, a generator: see ``_stage``'s rules;
 * a coroutine, an asyncio Future or a ``concurrent.futures.Future``: awaited in a real
   asyncio task of its own (:func:`start_task`), so the call's code sees a real current
-  task, working timeouts, TaskGroups and its own copy of the run's contextvars.
+  task, working timeouts, TaskGroups and its own copy of the run's contextvars;
+* an :class:`Answer`: the future of one item that conveyor's own executors (its thread
+  pool, process chunks, Dask) send off the loop, settled on the loop by its sender, in
+  bulk with the other answers that arrived together (see :class:`Answer`).
 
 The default, :data:`INLINE`, calls the function on the event loop: a plain function runs
 to completion, an ``async def`` returns its coroutine. Threads, processes and clusters
@@ -26,7 +29,7 @@ import concurrent.futures
 import functools
 import inspect
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from types import AsyncGeneratorType, CoroutineType, GeneratorType, NoneType
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INLINE",
+    "Answer",
     "Executor",
     "InlineExecutor",
     "as_awaitable",
@@ -73,6 +77,157 @@ def given(spec: StageSpec, option: Executor) -> Executor:
     return option
 
 
+# -- an item's answer, settled in bulk -----------------------------------------------------
+
+_PENDING, _RESULT, _ERROR, _CANCELLED = 0, 1, 2, 3
+
+
+class Answer:
+    """The future of one item's call that conveyor's own executors send off the loop.
+
+    An asyncio Future per item costs a loop callback (a ``Handle``, a turn of the loop)
+    per item when it completes; an item sent in a chunk of 1,000 would pay 1,000 of them
+    for one answer from the worker. An Answer is a plain object instead: its *sender* (a
+    chunk's answer, a thread pool's batch of completions, on the loop) sets the outcome of
+    every item that came back (:meth:`set_result`, :meth:`set_exception`,
+    :meth:`cancel`) and then calls their waiters at once, in order (:func:`hand_on`):
+    one loop callback per chunk or per wake-up, not per item.
+
+    Only the loop touches an Answer, except that a worker thread may read
+    :meth:`cancelled` before it starts a call (one field read). The engine waits for
+    one without a task (``_waiting.Completions`` sets :attr:`waiter`), or awaits it in a
+    call's task (``await answer``: a timeout, a retry); a task cancelled while it awaits
+    one cancels it, so that an item not yet sent is not sent, and its result, if it comes,
+    is dropped. :meth:`cancel` itself tells no one: whoever cancels an Answer it does not
+    own (the run's end) has stopped waiting for it already; a sender that cancels items
+    (a pool shut down) hands them on.
+    """
+
+    __slots__ = ("item", "state", "value", "waiter")
+
+    def __init__(self, item: Any) -> None:
+        self.item = item  # (the sender's: what to send)
+        self.state = _PENDING
+        self.value: Any = None
+        # Called with this Answer once it is settled and handed on (at most one: the
+        # engine's, or the bridge of ``__await__``; ``add_done_callback`` chains more).
+        self.waiter: Callable[[Answer], None] | None = None
+
+    def done(self) -> bool:
+        return self.state != _PENDING
+
+    def cancelled(self) -> bool:
+        return self.state == _CANCELLED
+
+    def result(self) -> Any:
+        state = self.state
+        if state == _RESULT:
+            return self.value
+        if state == _ERROR:
+            raise self.value
+        if state == _CANCELLED:
+            raise asyncio.CancelledError
+        raise asyncio.InvalidStateError("the answer is not ready")
+
+    def exception(self) -> BaseException | None:
+        state = self.state
+        if state == _ERROR:
+            return self.value  # type: ignore[no-any-return]
+        if state == _CANCELLED:
+            raise asyncio.CancelledError
+        if state == _PENDING:
+            raise asyncio.InvalidStateError("the answer is not ready")
+        return None
+
+    def set_result(self, value: Any) -> None:
+        """(The sender's.) Settle it with ``value``; :func:`hand_on` tells its waiter."""
+        self.state = _RESULT
+        self.value = value
+
+    def set_exception(self, error: BaseException) -> None:
+        self.state = _ERROR
+        self.value = error
+
+    def cancel(self) -> bool:
+        """Cancel it if it is pending (see the class doc: no one is told)."""
+        if self.state != _PENDING:
+            return False
+        self.state = _CANCELLED
+        return True
+
+    def add_done_callback(self, fn: Callable[[Answer], None]) -> None:
+        """Call ``fn(answer)`` when it is handed on (after the waiter, if one is set)."""
+        if self.state != _PENDING:
+            fn(self)
+            return
+        first = self.waiter
+        if first is None:
+            self.waiter = fn
+            return
+
+        def both(answer: Answer) -> None:
+            first(answer)
+            fn(answer)
+
+        self.waiter = both
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """Await it in a task (a call with a timeout, a retry): through an asyncio Future
+        made now; if the task is cancelled meanwhile, so is the Answer."""
+        if self.state == _PENDING:
+            bridge = asyncio.get_running_loop().create_future()
+            self.add_done_callback(functools.partial(_bridge, bridge))
+            try:
+                yield from bridge
+            except asyncio.CancelledError:
+                self.cancel()
+                raise
+        return self.result()
+
+    def __repr__(self) -> str:
+        state = ("pending", "result", "error", "cancelled")[self.state]
+        return f"<Answer {state}>"
+
+
+def _bridge(bridge: asyncio.Future[Any], answer: Answer) -> None:
+    if bridge.done():  # (its task was cancelled)
+        return
+    if answer.state == _RESULT:
+        bridge.set_result(answer.value)
+    elif answer.state == _ERROR:
+        bridge.set_exception(answer.value)
+    else:
+        bridge.cancel()
+
+
+def hand_on(loop: asyncio.AbstractEventLoop, answers: list[Answer]) -> None:
+    """(On the loop.) Tell the waiters of ``answers``, just settled, in order.
+
+    A waiter that raises is reported to the loop's exception handler, as a Future's
+    callback would be, and the others are still told: no answer is left unsettled. (A
+    ``KeyboardInterrupt`` or ``SystemExit`` goes on up; the rest are told on the loop's
+    next step.)"""
+    count = len(answers)
+    at = 0
+    while at < count:
+        try:
+            while at < count:
+                answer = answers[at]
+                at += 1
+                waiter = answer.waiter
+                if waiter is not None:
+                    answer.waiter = None
+                    waiter(answer)
+        except (KeyboardInterrupt, SystemExit):
+            if at < count:
+                loop.call_soon(hand_on, loop, answers[at:])
+            raise
+        except BaseException as exc:
+            loop.call_exception_handler(
+                {"message": "an answer's waiter raised", "exception": exc, "future": answer}
+            )
+
+
 # -- what a call gives back ----------------------------------------------------------------
 
 VALUE, NONE, LIST, EXPAND, AWAIT = 0, 1, 2, 3, 4
@@ -83,6 +238,7 @@ _KINDS: dict[type, int] = {
     GeneratorType: EXPAND,
     AsyncGeneratorType: EXPAND,
     CoroutineType: AWAIT,
+    Answer: AWAIT,
     Failure: VALUE,
     int: VALUE,
     str: VALUE,
@@ -118,7 +274,7 @@ def discard(awaitable: Any) -> None:
     """Let go of a call's awaitable that no task will await (the run is over): close a
     coroutine that never started (else it warns "never awaited"); cancel a Future, or
     read its exception (else it warns "exception was never retrieved")."""
-    if isinstance(awaitable, concurrent.futures.Future):
+    if isinstance(awaitable, (concurrent.futures.Future, Answer)):
         awaitable.cancel()  # (a call running in a thread or process runs to its end)
         return
     if type(awaitable) is CoroutineType:

@@ -2,8 +2,8 @@
 
 A :class:`Chunker` serves one stage of one run on an out-of-process backend (a process
 pool, a Dask cluster: anything with ``submit(fn, *args) -> concurrent.futures.Future``).
-Each item's call returns an asyncio Future at once; the engine awaits it in the call's
-task like any other. Items wait in ``pending`` until a chunk takes them:
+Each item's call returns an ``_calls.Answer`` at once, which the engine waits for like
+any Future (``_waiting``). Items wait in ``pending`` until a chunk takes them:
 
 * **When.** At most ``2 x workers`` chunks are out at once: every worker busy and one more
   ready behind it. Items pushed in the same loop step are gathered before a chunk leaves,
@@ -21,7 +21,10 @@ task like any other. Items wait in ``pending`` until a chunk takes them:
   in: the input reads on only as far as the bound allows with the copies in transit.
 * **Answers.** The worker calls the function on every item of its chunk and catches each
   item's exception (:func:`run_chunk`), so a failing item fails alone, under the task's
-  policy, and its neighbours succeed. Results come back as soon as their chunk is done.
+  policy, and its neighbours succeed. Results come back as soon as their chunk is done,
+  *in bulk*: one future per chunk, and when it completes, one loop callback settles every
+  item's Answer and hands them on in input order (``_calls.hand_on``), each under its
+  task's policy; no loop callback per item.
 
 Items and results are pickled here, on the loop, not in the backend's threads: the cost
 is measured, not guessed, and an item or result that cannot be pickled fails alone, with
@@ -53,6 +56,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from ._calls import _RESULT, Answer, hand_on
 from ._pickling import unpicklable_item
 from ._worker import _GENERATOR, _OK, _SKIPPED, PROTOCOL
 
@@ -104,7 +108,7 @@ class Chunker:
         self.fixed = chunk_size
         self.weigher = weigher
         self.size = chunk_size or 1
-        self.pending: list[tuple[Any, asyncio.Future[Any]]] = []
+        self.pending: list[Answer] = []  # (each holds its item)
         self.out: set[concurrent.futures.Future[bytes]] = set()
         self.gathering = False
         self.per_item: float | None = None  # seconds of work per item (moving average)
@@ -117,15 +121,16 @@ class Chunker:
 
     # -- sending ---------------------------------------------------------------------
 
-    def call(self, item: Any) -> asyncio.Future[Any]:
-        future = self.loop.create_future()
-        self.pending.append((item, future))
-        if len(self.pending) >= self.size and len(self.out) < 2 * self.workers:
+    def call(self, item: Any) -> Answer:
+        answer = Answer(item)
+        pending = self.pending
+        pending.append(answer)
+        if len(pending) >= self.size and len(self.out) < 2 * self.workers:
             self.send()
         elif not self.gathering:
             self.gathering = True
             self.loop.call_soon(self.flush)
-        return future
+        return answer
 
     def flush(self) -> None:
         """Send what is waiting: a short chunk only if a worker would otherwise idle (so
@@ -142,19 +147,19 @@ class Chunker:
         count = max(1, min(self.size, share))
         if self.weigher is not None and (by_bytes := self.weigher.chunk_items(self.workers)):
             count = min(count, by_bytes)
-        chunk = [(item, f) for item, f in self.pending[:count] if not f.cancelled()]
+        chunk = [answer for answer in self.pending[:count] if not answer.state]
         del self.pending[:count]
         if not chunk:
             return
         started = time.perf_counter()
-        items = [item for item, _ in chunk]
+        items = [answer.item for answer in chunk]
         try:
             payload = pickle.dumps(items, PROTOCOL)
         except Exception:
             chunk = self._drop_unpicklable(chunk)
             if not chunk:
                 return
-            items = [item for item, _ in chunk]
+            items = [answer.item for answer in chunk]
             payload = pickle.dumps(items, PROTOCOL)
         pickled = time.perf_counter() - started
         held = self.weigher.hold(len(payload)) if self.weigher is not None else 0
@@ -162,7 +167,7 @@ class Chunker:
             sent = self.submit(self.function, payload)
         except Exception as exc:  # a broken or closed pool refuses at once
             self._unhold(held)
-            self._fail(chunk, exc)
+            self._hand_on_later(self._fail(chunk, exc))
             return
         del payload  # (the pool holds it until the answer: counted by ``held``)
         self.out.add(sent)
@@ -177,17 +182,18 @@ class Chunker:
         with contextlib.suppress(RuntimeError):  # a closed loop: the run is long over
             self.loop.call_soon_threadsafe(*args)  # (from the backend's thread)
 
-    def _drop_unpicklable(self, chunk: list[tuple[Any, asyncio.Future[Any]]]) -> list[Any]:
+    def _drop_unpicklable(self, chunk: list[Answer]) -> list[Answer]:
         """Fail the items that cannot be pickled, alone; keep the others."""
-        kept = []
-        for item, future in chunk:
+        kept, failed = [], []
+        for answer in chunk:
             try:
-                pickle.dumps(item, PROTOCOL)
+                pickle.dumps(answer.item, PROTOCOL)
             except Exception as exc:
-                if not future.done():
-                    future.set_exception(unpicklable_item(item, exc))
+                answer.set_exception(unpicklable_item(answer.item, exc))
+                failed.append(answer)
             else:
-                kept.append((item, future))
+                kept.append(answer)
+        self._hand_on_later(failed)
         return kept
 
     # -- answers ---------------------------------------------------------------------
@@ -195,7 +201,7 @@ class Chunker:
     def answered(
         self,
         done: concurrent.futures.Future[bytes],
-        chunk: list[tuple[Any, asyncio.Future[Any]]],
+        chunk: list[Answer],
         started: float,
         pickled: float,
         idle: bool,
@@ -205,10 +211,9 @@ class Chunker:
         self._unhold(held)
         self.warm = True
         if done.cancelled():  # the pool shut down with the chunk unsent: the run is over
-            for _, future in chunk:
-                future.cancel()
+            settled = [answer for answer in chunk if answer.cancel()]
         elif (error := done.exception()) is not None:
-            self._fail(chunk, error, done)
+            settled = self._fail(chunk, error, done)
         else:
             unpickling = time.perf_counter()
             results, work, cpu, loaded = pickle.loads(done.result())
@@ -220,19 +225,26 @@ class Chunker:
             self.work_total += work
             self.transfer_total += transfer
             self.round_trip_total += now - started
-            for (_, future), (status, value) in zip(chunk, results, strict=True):
-                if future.done():  # cancelled meanwhile: a timeout, or the run's end
+            # Every item's outcome first, then their waiters, in order: the engine hands
+            # each result on (a new item it starts here joins ``pending``).
+            settled = []
+            for answer, (status, value) in zip(chunk, results, strict=True):
+                if answer.state:  # cancelled meanwhile: a timeout, or the run's end
                     continue
                 if status == _OK:
-                    future.set_result(value)
+                    answer.state, answer.value = _RESULT, value
                 elif status == _GENERATOR:
-                    future.set_result(_replay(*value))
+                    answer.set_result(_replay(*value))
                 elif status == _SKIPPED:  # not run: the run had ended (the stop flag)
-                    future.cancel()
+                    answer.cancel()
                 else:
-                    future.set_exception(value)
+                    answer.set_exception(value)
+                settled.append(answer)
+        # The worker that answered takes what waits before the loop settles this chunk's
+        # items (a chunk of tiny items takes the loop about as long as the worker).
         if self.pending:
             self.flush()
+        hand_on(self.loop, settled)
 
     def _unhold(self, held: int) -> None:
         if held and self.weigher is not None:
@@ -240,22 +252,32 @@ class Chunker:
 
     def _fail(
         self,
-        chunk: list[tuple[Any, asyncio.Future[Any]]],
+        chunk: list[Answer],
         error: BaseException,
         sent: concurrent.futures.Future[bytes] | None = None,
-    ) -> None:
+    ) -> list[Answer]:
         """Answer the items of a chunk that failed as a whole, as ``lost`` says: fail an
-        item, or put it back first in line (it was sent before what waits now)."""
-        answers = self.lost(error, sent, len(chunk))
-        again = []
-        for (item, future), answer in zip(chunk, answers, strict=True):
-            if future.done():  # cancelled meanwhile: a timeout, or the run's end
+        item, or put it back first in line (it was sent before what waits now). Returns
+        the failed, for the caller to hand on."""
+        verdicts = self.lost(error, sent, len(chunk))
+        again, failed = [], []
+        for answer, verdict in zip(chunk, verdicts, strict=True):
+            if answer.state:  # cancelled meanwhile: a timeout, or the run's end
                 continue
-            if answer is None and sent is not None:
-                again.append((item, future))
+            if verdict is None and sent is not None:
+                again.append(answer)
             else:
-                future.set_exception(_own_copy(answer or error))
+                answer.set_exception(_own_copy(verdict or error))
+                failed.append(answer)
         self.pending[:0] = again
+        return failed
+
+    def _hand_on_later(self, answers: list[Answer]) -> None:
+        """Hand ``answers`` on at the loop's next step: from :meth:`send`, which runs
+        inside a stage's call (``call``), settling them now would run the engine's rules for
+        other items in the middle of that call, before it is counted."""
+        if answers:
+            self.loop.call_soon(hand_on, self.loop, answers)
 
     # -- sizing ----------------------------------------------------------------------
 

@@ -99,6 +99,10 @@ class StageRole(Flow, Protocol):
         """Hand a call's result on, by the result-kind rules."""
         ...
 
+    def emit_kind(self, kind: int, result: Any, node: Any) -> None:
+        """Hand on a result whose kind (``_calls``: none, a list, a generator) is known."""
+        ...
+
     def call_done(self, item: Any) -> None:
         """A call's result is out: start queued work, is the run over?"""
         ...

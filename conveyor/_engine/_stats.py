@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Failure
-from ._calls import INLINE, settle
+from ._calls import INLINE, Answer, settle
 from ._histogram import Histogram
 from ._registry import figures
 
@@ -214,7 +214,7 @@ class Collector:
             except BaseException:
                 add(clock() - started)
                 raise
-            if isinstance(result, asyncio.Future):  # (its callbacks run on the loop)
+            if isinstance(result, (asyncio.Future, Answer)):  # (settled on the loop)
                 result.add_done_callback(lambda _: add(clock() - started))
             elif isinstance(result, concurrent.futures.Future):  # (on the pool's thread)
                 result.add_done_callback(

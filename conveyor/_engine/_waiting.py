@@ -8,10 +8,14 @@ run's contextvars. The task applies the timeout and the error policy, and hands 
 result on when it is done.
 
 **Futures.** A call that an executor sends off the loop returns a Future: a
-``concurrent.futures`` Future from a thread pool, or an asyncio Future per item from
-``_chunks``. Its code does not run on the loop, so while it waits a task would have
-nothing to do: :func:`await_future` hands the Future to the run's :class:`Completions`,
-and :func:`finish` settles it when it is done, by :func:`drive`'s rules, without a task.
+``concurrent.futures`` Future from a user's thread pool, or an ``_calls.Answer`` from
+conveyor's own executors (its thread pool, process chunks, Dask). Its code does not run
+on the loop, so while it waits a task would have nothing to do: :func:`await_future`
+hands the Future to the run's :class:`Completions`, and :func:`finish` settles it when it
+is done, by :func:`drive`'s rules, without a task. Answers are settled in bulk: the
+sender tells their waiter (``Completions.settle``) in the one loop callback that brings
+a chunk's answer or a thread pool's completions, item after item in order, with no loop
+callback per item.
 Only what must await gets one: a failed call that the policy retries or recovers, a
 result that is itself awaitable, and every call of a task with a timeout
 (``asyncio.timeout`` needs a task: ``Stage.futures`` is None for those).
@@ -38,7 +42,18 @@ import contextlib
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._calls import AWAIT, KINDS_GET, VALUE, discard, kind_of, settle, start_task
+from ._calls import (
+    _CANCELLED,
+    _ERROR,
+    AWAIT,
+    KINDS_GET,
+    VALUE,
+    Answer,
+    discard,
+    kind_of,
+    settle,
+    start_task,
+)
 from ._roles import StageRole
 
 current_task = asyncio.current_task
@@ -47,7 +62,7 @@ if TYPE_CHECKING:
     import concurrent.futures
     import contextvars
 
-    AnyFuture = asyncio.Future[Any] | concurrent.futures.Future[Any]
+    AnyFuture = asyncio.Future[Any] | concurrent.futures.Future[Any] | Answer
 
 
 class Caller(StageRole, Protocol):
@@ -93,7 +108,13 @@ def await_future(
     stage.ledger.call_waits(stage)
     if node is None and stage.list is not None:
         node = stage.list.append()
-    stage.futures.add(stage, future, context, item, node)  # type: ignore[union-attr]
+    completions: Completions = stage.futures  # type: ignore[assignment]
+    if type(future) is Answer and future.waiter is None and not future.state:
+        # (``Completions.add``'s common case, inline: one call fewer per item)
+        completions.waiting[future] = (stage, item, node, context)
+        future.waiter = completions.on_answer
+    else:
+        completions.add(stage, future, context, item, node)
 
 
 async def drive(stage: Caller, awaitable: Any, item: Any, place: list[Any]) -> None:
@@ -168,7 +189,7 @@ class Recovery:
 class Completions:
     """The Futures a run's calls wait on, and their completions, brought to the loop."""
 
-    __slots__ = ("context", "done", "loop", "running", "scheduled", "waiting")
+    __slots__ = ("context", "done", "loop", "on_answer", "running", "scheduled", "waiting")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, context: contextvars.Context) -> None:
         self.loop = loop
@@ -178,12 +199,20 @@ class Completions:
         self.scheduled = False  # whether a drain is on its way to the loop
         # Futures of calls that were running in a thread when the run ended (see cancel)
         self.running: list[concurrent.futures.Future[Any]] = []
+        self.on_answer = self.settle  # (an Answer's waiter: bound once, not per item)
 
     def add(
         self, stage: Caller, future: AnyFuture, context: contextvars.Context, item: Any, node: Any
     ) -> None:
         self.waiting[future] = (stage, item, node, context)
-        if isinstance(future, asyncio.Future):
+        if isinstance(future, Answer):  # (its sender settles it on the loop, and tells us)
+            if future.state:  # settled already (a pool being torn down cancelled it)
+                self.loop.call_soon(self.settle, future, context=self.context)
+            elif future.waiter is None:
+                future.waiter = self.on_answer
+            else:  # (statistics time the call: their callback first)
+                future.add_done_callback(self.on_answer)
+        elif isinstance(future, asyncio.Future):
             future.add_done_callback(self.settle, context=self.context)
         else:
             future.add_done_callback(self._completed)
@@ -215,7 +244,7 @@ class Completions:
         waiting = list(self.waiting)
         self.waiting.clear()
         for future in waiting:
-            if isinstance(future, asyncio.Future):
+            if isinstance(future, (asyncio.Future, Answer)):
                 discard(future)
             elif not future.cancel():  # running in a thread: it runs to its end
                 self.running.append(future)
@@ -228,19 +257,28 @@ def finish(
     run = stage.run
     stage.ledger.call_returned(stage)
     try:
-        if future.cancelled():  # not by the run (that forgets its Futures first)
+        if type(future) is Answer:  # (its outcome read directly: the items of a chunk)
+            state = future.state
+            cancelled = state == _CANCELLED
+            error = future.value if state == _ERROR else None
+        else:
+            cancelled = future.cancelled()
+            error = None if cancelled else future.exception()
+        if cancelled:  # not by the run (that forgets its Futures first)
             run.fail(stage.policy.annotate(asyncio.CancelledError(), item))
             return
-        error = future.exception()
         if error is None:
-            result = future.result()
+            result = future.value if type(future) is Answer else future.result()
             kind = KINDS_GET(type(result))
             if kind is None:
                 kind = kind_of(type(result))
             if kind == AWAIT:  # the call gave back an awaitable: awaited in a task
                 _to_task(stage, result, context, item, node)
                 return
-            stage.emit(result, node)
+            if kind:
+                stage.emit_kind(kind, result, node)
+            else:  # (one item: ``Stage.emit`` without its second look at the kind)
+                stage.downstream.push(result, node)
         elif not isinstance(error, Exception):
             stage.crashed(error, item)
             return
