@@ -20,6 +20,7 @@ from ..feedback import Feedback
 from ._bind import complete
 
 if TYPE_CHECKING:
+    from ._fused import TightLoop
     from ._run import Run
     from ._weight import Weigher
 
@@ -44,8 +45,9 @@ PUMP_SLICE = 0.005
 _NOTE = "conveyor: raised while reading the pipeline's input"
 
 
-async def pump(run: Run, source: Any) -> None:
-    """Feed ``source`` into the run's first stage (the caller closes it)."""
+async def pump(run: Run, source: Any, fused: TightLoop | None = None) -> None:
+    """Feed ``source`` into the run's first stage (the caller closes it); a plain input
+    through ``fused``, if the run has a tight loop (see ``_fused``)."""
     if source is NO_INPUT:
         run.window.take(1)
         run.entry.push(NO_ITEM, None)
@@ -54,10 +56,10 @@ async def pump(run: Run, source: Any) -> None:
     elif isinstance(source, AsyncIterable):
         await _pump_async(run, source)
     else:
-        await _pump_sync(run, source)
+        await _pump_sync(run, source, fused)
 
 
-async def _pump_sync(run: Run, source: Iterable[Any]) -> None:
+async def _pump_sync(run: Run, source: Iterable[Any], fused: TightLoop | None) -> None:
     try:
         items = iter(source)
     except Exception as exc:
@@ -66,7 +68,10 @@ async def _pump_sync(run: Run, source: Iterable[Any]) -> None:
     weigher = run.weigher
     if weigher is not None and not await _pump_weighed(run, items, weigher):
         return  # (the input ended, or the run closed, while its items were weighed)
-    await _pump_plain(run, items)
+    if fused is not None:
+        await fused.pump(items, _NOTE, PUMP_SLICE)
+    else:
+        await _pump_plain(run, items)
 
 
 async def _pump_weighed(run: Run, items: Iterator[Any], weigher: Weigher) -> bool:

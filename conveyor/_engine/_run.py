@@ -32,6 +32,7 @@ from ._bind import bind_stage, close_resources
 from ._calls import discard, run_error
 from ._delivery import BatchFeeder, OrderedOutput, Output
 from ._executors import executor_for
+from ._fused import tight_loop
 from ._gate import gate_rate_limits
 from ._input import NO_INPUT, close_source, pump
 from ._log import end_of_run_logged, executors_logged, logger
@@ -204,7 +205,10 @@ class Run:
                 executors_logged(self)
                 if self.stats is not None:
                     self.stats.bound()
-                await pump(self, source)
+                fused = tight_loop(self)  # (composed from the calls just bound)
+                if fused is not None:
+                    fused.bind()
+                await pump(self, source, fused)
             finally:
                 await close_source(source)
             self.source_done = True

@@ -1,0 +1,267 @@
+"""The tight loop: a run of fused plain stages that hand their results straight over.
+
+When every stage of a run is a plain function on the loop, fused with the next one (see
+``_stage``), and the last one's results go to the consumer, the pump does not push each
+item through ``Stage.call``: it reads a slice of the input (at most the window's room,
+at most ``SLICE`` items) and calls the chain on each item in a tight loop, through one
+function generated for the chain (:func:`_compose`), each item in its own copy of the
+run's context (one copy per item, shared by its fused calls, as ``Stage.call`` does). The
+slice's results are handed to the consumer's ``ready`` queue at once: the consumer is
+woken once per slice, not once per item.
+
+Only the common case is inlined: a call that returns a plain value (``_calls.VALUE``). An
+item that is anything else, at any stage, *escapes*: what the tight loop holds is settled
+first (the results before it reach the consumer before anything of its own), then the
+item goes on by the engine's own rules from where it is, in its own context: a raised
+error to the stage's policy, ``None``/a list/a generator/an awaitable to
+``Stage.settle_call``, a value of a type not seen before to the next fused call. A
+``Failure`` from the input, and an item of a slice whose stage the statistics armed to
+time its next call (``_stats``), take the stage's own ``push``. So every rule of a call
+holds (order, the window, failures and the error policies, Failure pass-through): the
+tight loop only leaves out the steps that a plain value does not need.
+
+**Accounting.** Everything the loop owes the run is written by :meth:`TightLoop.settle`,
+in bulk, before anything else can look at it (an escape, the end of a slice): the
+window's tokens of the items it admitted, the items each stage was called on and the
+results delivered (statistics), the results themselves. Between two settlements nothing
+else runs: the loop never suspends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+from ..errors import Failure
+from ._calls import VALUE, VALUE_TYPES, kind_of
+from ._delivery import OrderedOutput, Output
+from ._stage import SingleStage, Stage
+from ._stats import StageRecord
+
+if TYPE_CHECKING:
+    import contextvars
+
+    from ._run import Run
+
+SLICE = 256
+"""At most this many items between two hand-overs to the consumer (and two looks at the
+clock: the pump yields to the loop every ``PUMP_SLICE`` seconds)."""
+
+ESCAPED: Any = object()
+"""What a composed chain returns for an item that leaves the tight loop (see above)."""
+
+
+class TightLoop:
+    """The tight loop of one run (see the module's docstring)."""
+
+    __slots__ = (
+        "calls",
+        "context",
+        "escaped",
+        "first",
+        "fns",
+        "output",
+        "ready",
+        "records",
+        "run",
+        "stages",
+        "stats",
+        "window",
+    )
+
+    def __init__(self, run: Run, stages: list[SingleStage], output: Output | OrderedOutput):
+        self.run = run
+        self.window = run.window
+        self.context = run.context
+        self.ready = run.ready
+        self.stages = stages
+        self.output = output
+        self.first = stages[0]
+        self.stats = run.stats
+        # (statistics: each stage's record, to count the calls made here in bulk)
+        self.records: list[StageRecord] = [
+            stage.probe for stage in stages if isinstance(stage.probe, StageRecord)
+        ]
+        self.escaped: tuple[int, Any, Any, bool] = (0, None, None, False)
+        # Bound per run (after ``Run._bind``): the functions the chain was composed of.
+        self.fns: list[Callable[[Any], Any]] = []
+        self.calls: list[Callable[[Any], Any]] = []
+
+    def bind(self) -> None:
+        """Compose the chain from the stages' bound functions (once the run has bound
+        them): on the loop a stage's call is its function (``_calls.INLINE``), unless
+        the statistics swapped it for a timing one for a call."""
+        self.fns = [stage.invoke for stage in self.stages]
+        self.calls = [_compose(self.fns[k:], k, self.escape) for k in range(len(self.fns))]
+
+    def escape(self, index: int, item: Any, outcome: Any, raised: bool) -> Any:
+        """Called by the composed chain: stage ``index`` called on ``item`` raised
+        ``outcome`` or returned it (not a value of a known plain type)."""
+        self.escaped = (index, item, outcome, raised)
+        return ESCAPED
+
+    def armed(self) -> bool:
+        """Whether the statistics swapped a stage's call for a timing one (``_stats``)."""
+        return any(stage.call_fn is not fn for stage, fn in zip(self.stages, self.fns, strict=True))
+
+    # -- the loop --------------------------------------------------------------------
+
+    async def pump(self, items: Iterator[Any], note: str, every: float) -> None:
+        """Feed ``items`` through the chain to the consumer (the pump's loop, see
+        ``_input``: ``note`` is added to what the input raises, and the loop is yielded
+        to every ``every`` seconds), reading on only while the window has room."""
+        run = self.run
+        window = self.window
+        loop_time = run.loop.time
+        copy = self.context.copy
+        chain = self.calls[0]
+        deadline = loop_time() + every
+        while True:
+            size = min(window.admit - window.tokens, SLICE)
+            if size <= 0:
+                await window.wait_for_room()
+                deadline = loop_time() + every
+                continue
+            results: list[Any] = []
+            append = results.append
+            settled = 0  # items of the slice settled before its end (at escapes)
+            timed = self.armed()  # (looked at once per slice: it costs a look per stage)
+            try:
+                for item in islice(items, size):
+                    if type(item) is Failure or timed:
+                        # the stage's own push: the Failure passes through, or the timed
+                        # call is made (see the module's docstring)
+                        timed = False
+                        settled += len(results) + 1
+                        self.settle(results, 1, 0)
+                        self.first.push(item, None)
+                    else:
+                        context = copy()
+                        value = context.run(chain, item)
+                        if value is not ESCAPED:
+                            append(value)
+                            continue
+                        settled += len(results) + 1
+                        self.finish_escaped(context, results)
+                    if run.closed:  # the run failed while the item went on
+                        return
+            except Exception as exc:  # (from the input: a call's errors escape above)
+                self.settle(results, 0, 0)
+                exc.add_note(note)
+                raise
+            settled += len(results)
+            self.settle(results, 0, 0)
+            if run.closed or settled < size:
+                return  # (the input ended)
+            if loop_time() >= deadline:
+                await asyncio.sleep(0)
+                deadline = loop_time() + every
+
+    def finish_escaped(self, context: contextvars.Context, results: list[Any]) -> None:
+        """An item left the composed chain: settle what came before it, then let it go
+        on by the engine's rules, from where it left (see the module's docstring)."""
+        while True:
+            index, item, outcome, raised = self.escaped
+            self.escaped = (0, None, None, False)
+            stage = self.stages[index]
+            if raised:
+                self.settle(results, 1, index + 1)
+                if isinstance(outcome, Exception):
+                    stage.failed(outcome, item, None, context)
+                else:
+                    stage.crashed(outcome, item)
+                return
+            kind = kind_of(type(outcome))  # (a type not seen before is learnt here)
+            if kind != VALUE:
+                self.settle(results, 1, index + 1)
+                stage.settle_call(kind, outcome, context, item, None)
+                return
+            following = index + 1
+            if following == len(self.stages):
+                results.append(outcome)
+                self.settle(results, 0, 0)
+                return
+            value = context.run(self.calls[following], outcome)
+            if value is not ESCAPED:
+                results.append(value)
+                self.settle(results, 0, 0)
+                return
+
+    def settle(self, results: list[Any], extra: int, called: int) -> None:
+        """Write what the loop owes the run, and hand ``results`` to the consumer.
+
+        The only place the tight loop writes the run's accounting: ``results`` (each
+        through every stage) and ``extra`` items more (0 or 1: an item that goes on
+        elsewhere, called on by the first ``called`` stages here) each take a window
+        token; each stage's count of items in (statistics) grows by the calls made on
+        it; the results delivered are counted.
+        """
+        n = len(results)
+        if not n and not extra:
+            return
+        self.window.tokens += n + extra
+        if self.records:
+            for index, record in enumerate(self.records):
+                record.items_in += n + (index < called)
+            stats = self.stats
+            if n and stats is not None:
+                stats.delivered += n
+                if stats.first_result is None:
+                    stats.first_result = stats.now()
+        if not n:
+            return
+        output = self.output
+        if not isinstance(output, OrderedOutput) or output.list.head.next is None:
+            self.ready.extend(results)
+        else:  # (earlier items still in the reorder list: these queue behind them)
+            order = output.list
+            for value in results:
+                order.append().value = value
+        results.clear()
+        run = self.run
+        if run.consumer is not None:
+            run.wake_consumer()
+
+
+def tight_loop(run: Run) -> TightLoop | None:
+    """The run's tight loop, if its stages from the input on are fused plain functions
+    that end at the consumer (see the module's docstring); None if they are not."""
+    if run.direct_entry is None:  # (not an unlimited single stage, or observed by a user)
+        return None
+    stage: Stage | None = run.entry  # type: ignore[assignment]
+    stages: list[SingleStage] = []
+    while stage is not None:
+        if not (isinstance(stage, SingleStage) and stage.plain):
+            return None
+        stages.append(stage)
+        last = stage
+        stage = stage.chain
+    output = last.downstream
+    if not isinstance(output, (Output, OrderedOutput)) or len(stages) != len(run.stages):
+        return None
+    return TightLoop(run, stages, output)
+
+
+def _compose(fns: list[Callable[[Any], Any]], first: int, escape: Callable[..., Any]) -> Any:
+    """One function calling ``fns`` in turn while each returns a plain value: the chain
+    composed by hand, generated once per run (a loop over the stages would cost a turn
+    of the loop and a look-up per call). What is not a plain value, or an error, goes to
+    ``escape(index, item, outcome, raised)`` (``index`` counts from ``first``)."""
+    lines = ["def chain(x):"]
+    for k in range(len(fns)):
+        lines += [
+            "    try:",
+            f"        r = f{k}(x)",
+            "    except BaseException as e:",
+            f"        return escape({first + k}, x, e, True)",
+            "    if type(r) not in values:",
+            f"        return escape({first + k}, x, r, False)",
+            "    x = r",
+        ]
+    lines.append("    return x")
+    namespace: dict[str, Any] = {f"f{k}": fn for k, fn in enumerate(fns)}
+    namespace.update(escape=escape, values=VALUE_TYPES)
+    exec("\n".join(lines), namespace)  # (our own code, from the fixed template above)
+    return namespace["chain"]
