@@ -159,7 +159,10 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         ready = run.ready
         if ready:  # Run.take's first lines, inlined: this runs once per result
             item: T = ready.popleft()
-            run.window.release(1)
+            window = run.window
+            window.tokens -= 1  # (window.release(1), inlined)
+            if window.waiting:
+                window.room_made()
             return item
         try:
             item = await run.next()

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from itertools import islice
+from contextvars import Context, copy_context
+from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Failure
@@ -41,16 +42,12 @@ from ._stage import SingleStage, Stage
 from ._stats import StageRecord
 
 if TYPE_CHECKING:
-    import contextvars
-
     from ._run import Run
 
 SLICE = 256
 """At most this many items between two hand-overs to the consumer (and two looks at the
-clock: the pump yields to the loop every ``PUMP_SLICE`` seconds)."""
-
-ESCAPED: Any = object()
-"""What a composed chain returns for an item that leaves the tight loop (see above)."""
+clock: the pump yields to the loop every ``PUMP_SLICE`` seconds, so fewer if the calls
+are slow: see :meth:`TightLoop.pump`)."""
 
 
 class TightLoop:
@@ -84,7 +81,7 @@ class TightLoop:
         self.records: list[StageRecord] = [
             stage.probe for stage in stages if isinstance(stage.probe, StageRecord)
         ]
-        self.escaped: tuple[int, Any, Any, bool] = (0, None, None, False)
+        self.escaped: tuple[int, Any, Any, bool, Any] = _NOT_ESCAPED
         # Bound per run (after ``Run._bind``): the functions the chain was composed of.
         self.fns: list[Callable[[Any], Any]] = []
         self.calls: list[Callable[[Any], Any]] = []
@@ -97,10 +94,13 @@ class TightLoop:
         self.calls = [_compose(self.fns[k:], k, self.escape) for k in range(len(self.fns))]
 
     def escape(self, index: int, item: Any, outcome: Any, raised: bool) -> Any:
-        """Called by the composed chain: stage ``index`` called on ``item`` raised
-        ``outcome`` or returned it (not a value of a known plain type)."""
-        self.escaped = (index, item, outcome, raised)
-        return ESCAPED
+        """Called by the composed chain, in the item's context: stage ``index`` called on
+        ``item`` raised ``outcome`` or returned it (not a value of a known plain type);
+        ``index`` -1: the item is a ``Failure``, which no call is made on. Ends the
+        slice's ``map`` where it is (see :meth:`pump`)."""
+        # (a copy of the item's own context, which nothing else holds: the same state)
+        self.escaped = (index, item, outcome, raised, copy_context())
+        raise _Escaped
 
     def armed(self) -> bool:
         """Whether the statistics swapped a stage's call for a timing one (``_stats``)."""
@@ -111,60 +111,75 @@ class TightLoop:
     async def pump(self, items: Iterator[Any], note: str, every: float) -> None:
         """Feed ``items`` through the chain to the consumer (the pump's loop, see
         ``_input``: ``note`` is added to what the input raises, and the loop is yielded
-        to every ``every`` seconds), reading on only while the window has room."""
+        to every ``every`` seconds), reading on only while the window has room.
+
+        A slice is one ``map`` of the composed chain over the input, each call in a fresh
+        copy of the run's context (``Context.run``): the loop runs in C. An escape raises
+        out of it after the results before it were appended; the item is let go on (see
+        :meth:`finish_escaped`), and the same ``map`` goes on with the next item.
+        """
         run = self.run
         window = self.window
         loop_time = run.loop.time
-        copy = self.context.copy
-        chain = self.calls[0]
+        contexts = iter(self.context.copy, None)  # (a fresh copy at each step)
+        chain = repeat(self.calls[0])
         deadline = loop_time() + every
+        span = 1  # (the slice's length: see below)
         while True:
-            size = min(window.admit - window.tokens, SLICE)
+            began = loop_time()
+            size = min(window.admit - window.tokens, span)
             if size <= 0:
                 await window.wait_for_room()
                 deadline = loop_time() + every
                 continue
             results: list[Any] = []
-            append = results.append
             settled = 0  # items of the slice settled before its end (at escapes)
-            timed = self.armed()  # (looked at once per slice: it costs a look per stage)
+            source = islice(items, size)
             try:
-                for item in islice(items, size):
-                    if type(item) is Failure or timed:
-                        # the stage's own push: the Failure passes through, or the timed
-                        # call is made (see the module's docstring)
-                        timed = False
-                        settled += len(results) + 1
+                if self.armed():  # (looked at once per slice: a look per stage)
+                    for item in source:  # one item, by the stage's own call: it is timed
+                        settled += 1
                         self.settle(results, 1, 0)
                         self.first.push(item, None)
-                    else:
-                        context = copy()
-                        value = context.run(chain, item)
-                        if value is not ESCAPED:
-                            append(value)
-                            continue
+                        break
+                calls = map(Context.run, contexts, chain, source)
+                while not run.closed:
+                    try:
+                        results.extend(calls)
+                        break
+                    except _Escaped:
                         settled += len(results) + 1
-                        self.finish_escaped(context, results)
-                    if run.closed:  # the run failed while the item went on
-                        return
-            except Exception as exc:  # (from the input: a call's errors escape above)
+                        self.finish_escaped(results)
+            except Exception as exc:  # (from the input: calls' errors escape above)
                 self.settle(results, 0, 0)
                 exc.add_note(note)
                 raise
             settled += len(results)
             self.settle(results, 0, 0)
             if run.closed or settled < size:
-                return  # (the input ended)
-            if loop_time() >= deadline:
+                return  # (the input ended, or the run failed while an item went on)
+            # The loop is yielded to between slices only, so a slice is kept to about a
+            # quarter of ``every``: it starts at one item and doubles while its calls
+            # are fast, halves when they are slow (early results whatever the calls).
+            now = loop_time()
+            if (now - began) * 4 < every:
+                span = min(span * 2, SLICE)
+            elif now - began > every:
+                span = max(span // 2, 1)
+            if now >= deadline:
                 await asyncio.sleep(0)
                 deadline = loop_time() + every
 
-    def finish_escaped(self, context: contextvars.Context, results: list[Any]) -> None:
+    def finish_escaped(self, results: list[Any]) -> None:
         """An item left the composed chain: settle what came before it, then let it go
         on by the engine's rules, from where it left (see the module's docstring)."""
         while True:
-            index, item, outcome, raised = self.escaped
-            self.escaped = (0, None, None, False)
+            index, item, outcome, raised, context = self.escaped
+            self.escaped = _NOT_ESCAPED
+            if index < 0:  # a Failure: the first stage passes it on
+                self.settle(results, 1, 0)
+                self.first.push(item, None)
+                return
             stage = self.stages[index]
             if raised:
                 self.settle(results, 1, index + 1)
@@ -179,15 +194,14 @@ class TightLoop:
                 stage.settle_call(kind, outcome, context, item, None)
                 return
             following = index + 1
-            if following == len(self.stages):
-                results.append(outcome)
-                self.settle(results, 0, 0)
-                return
-            value = context.run(self.calls[following], outcome)
-            if value is not ESCAPED:
-                results.append(value)
-                self.settle(results, 0, 0)
-                return
+            if following < len(self.stages):
+                try:
+                    outcome = context.run(self.calls[following], outcome)
+                except _Escaped:
+                    continue
+            results.append(outcome)
+            self.settle(results, 0, 0)
+            return
 
     def settle(self, results: list[Any], extra: int, called: int) -> None:
         """Write what the loop owes the run, and hand ``results`` to the consumer.
@@ -248,20 +262,30 @@ def _compose(fns: list[Callable[[Any], Any]], first: int, escape: Callable[..., 
     """One function calling ``fns`` in turn while each returns a plain value: the chain
     composed by hand, generated once per run (a loop over the stages would cost a turn
     of the loop and a look-up per call). What is not a plain value, or an error, goes to
-    ``escape(index, item, outcome, raised)`` (``index`` counts from ``first``)."""
+    ``escape(index, item, outcome, raised)`` (``index`` counts from ``first``); the whole
+    chain (``first`` 0) passes a ``Failure`` to it first (index -1)."""
     lines = ["def chain(x):"]
+    if first == 0:
+        lines += ["    if type(x) is failure:", "        escape(-1, x, x, False)"]
     for k in range(len(fns)):
         lines += [
             "    try:",
             f"        r = f{k}(x)",
             "    except BaseException as e:",
-            f"        return escape({first + k}, x, e, True)",
+            f"        escape({first + k}, x, e, True)",
             "    if type(r) not in values:",
-            f"        return escape({first + k}, x, r, False)",
+            f"        escape({first + k}, x, r, False)",
             "    x = r",
         ]
     lines.append("    return x")
     namespace: dict[str, Any] = {f"f{k}": fn for k, fn in enumerate(fns)}
-    namespace.update(escape=escape, values=VALUE_TYPES)
+    namespace.update(escape=escape, values=VALUE_TYPES, failure=Failure)
     exec("\n".join(lines), namespace)  # (our own code, from the fixed template above)
     return namespace["chain"]
+
+
+class _Escaped(Exception):
+    """Ends a slice's ``map`` at an item that leaves the tight loop (see ``escape``)."""
+
+
+_NOT_ESCAPED: Any = (0, None, None, False, None)
