@@ -61,6 +61,7 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         self._source: Any = check_input(source)
         self._context = PipelineContext()
         self._run: Run | None = None
+        self._ready: Any = ()  # the run's results ready to take (see __anext__)
         self._started = False
         self._observer: RunObserver | None = None
         self._stats: Collector | None = None
@@ -75,6 +76,7 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         stream._source = source
         stream._context = context
         stream._run = None
+        stream._ready = ()
         stream._started = False
         stream._observer = None
         stream._stats = None
@@ -151,19 +153,19 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         return self
 
     async def __anext__(self) -> T:
+        ready = self._ready  # (the run's ``ready``; empty before the run starts)
+        if ready:  # Run.take's first lines, inlined: this runs once per result
+            item: T = ready.popleft()
+            window = self._run.window  # type: ignore[union-attr]
+            window.tokens -= 1  # (window.release(1), inlined)
+            if window.waiting:
+                window.room_made()
+            return item
         run = self._run
         if run is None:
             if self._started:  # closed before it ran: it is over, like any closed stream
                 raise StopAsyncIteration
             run = self._start()
-        ready = run.ready
-        if ready:  # Run.take's first lines, inlined: this runs once per result
-            item: T = ready.popleft()
-            window = run.window
-            window.tokens -= 1  # (window.release(1), inlined)
-            if window.waiting:
-                window.room_made()
-            return item
         try:
             item = await run.next()
         except asyncio.CancelledError:
@@ -181,6 +183,7 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         self._stats = Collector() if context.statistics or progress is not None else None
         run = Run(self._specs, self._source, context, self._observer, self._stats)
         self._run = run
+        self._ready = run.ready
         if progress is not None and self._stats is not None:
             Progress(run, self._stats, progress, self._source)
         run.start()
