@@ -165,6 +165,24 @@ async def test_an_escaped_item_goes_on_in_its_own_context() -> None:
     assert results == [(x, x + 1 if x % 2 else 0) for x in range(100)]
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_a_returned_coroutine_is_awaited_and_later_items_keep_their_order(
+    ordered: bool,
+) -> None:
+    async def later(x: int) -> int:
+        await asyncio.sleep(0.001 * (x % 3))
+        return x
+
+    def sometimes_later(x: int) -> Any:
+        return later(x) if x % 5 == 0 else x  # (a forgotten await: awaited, in a task)
+
+    pipeline = single_task(sometimes_later) | single_task(third_fn)
+    stream = pipeline(range(500)) if ordered else pipeline(range(500)).as_completed()
+    results = await stream.collect()
+    expected = [x * 2 for x in range(500)]
+    assert (results if ordered else sorted(results)) == expected
+
+
 async def test_results_come_early_when_the_calls_are_slow() -> None:
     """The pump yields to the loop every ``PUMP_SLICE`` seconds: a slice of slow calls is
     short, so the consumer gets its first result after a few calls, not a slice's worth."""

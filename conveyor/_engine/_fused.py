@@ -12,7 +12,7 @@ woken once per slice, not once per item.
 Only the common case is inlined: a call that returns a plain value (``_calls.VALUE``). An
 item that is anything else, at any stage, *escapes*: what the tight loop holds is settled
 first (the results before it reach the consumer before anything of its own), then the
-item goes on by the engine's own rules from where it is, in its own context: a raised
+item goes on by the engine's own rules from where it is, in its context (a copy): a raised
 error to the stage's policy, ``None``/a list/a generator/an awaitable to
 ``Stage.settle_call``, a value of a type not seen before to the next fused call. A
 ``Failure`` from the input, and an item of a slice whose stage the statistics armed to
