@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -34,17 +35,24 @@ class Box:
         return f"Box({self.value})"
 
 
+PERIOD = 28
+"""Every kind of result once in this many items (see ``first_fn``): 5 in 28 items, and
+one in 23 at the second stage, leave the tight loop; a run where most items leave it
+goes on item by item (``ESCAPES_JUDGED``): the test runs both."""
+
+
 def first_fn(x: int) -> Any:
     """Every kind of result, by the item: the tight loop's escapes, all of them."""
-    if x % 7 == 1:
+    kind = x % PERIOD
+    if kind == 1:
         return None  # dropped
-    if x % 7 == 2:
+    if kind == 2:
         return [x, x + 1000]  # two items
-    if x % 7 == 3:
+    if kind == 3:
         return (y for y in (x, x + 2000))  # a generator: two items, lazily
-    if x % 7 == 4:
+    if kind == 4:
         raise ValueError(x)  # the policy's: skipped, or a Failure
-    if x % 7 == 5:
+    if kind == 5:
         return Box(x)  # a value of a type not seen before
     return x
 
@@ -52,7 +60,7 @@ def first_fn(x: int) -> Any:
 def second_fn(x: Any) -> Any:
     if isinstance(x, Box):
         return x.value + 1
-    return x + 1 if x % 11 else None
+    return x + 1 if x % 23 else None
 
 
 def third_fn(x: int) -> Any:
@@ -86,16 +94,20 @@ def as_plain(results: list[Any]) -> list[Any]:
     return [("failure", r.item) if isinstance(r, Failure) else r for r in results]
 
 
+@pytest.mark.parametrize("period", [PERIOD, 7])
 @pytest.mark.parametrize("statistics", [False, True])
 @pytest.mark.parametrize("ordered", [True, False])
 @pytest.mark.parametrize("emit", [False, True])
-async def test_every_kind_of_result_as_by_hand(statistics: bool, ordered: bool, emit: bool) -> None:
+async def test_every_kind_of_result_as_by_hand(
+    statistics: bool, ordered: bool, emit: bool, period: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "PERIOD", period)
     on_error = "emit" if emit else "skip_item"
     pipeline = (
         single_task(on_error=on_error)(first_fn) | single_task(second_fn) | single_task(third_fn)
     ).with_context(statistics=statistics, max_in_flight=64)
     failure = Failure(item=-1, exception=ValueError("before"), task_name="earlier", attempts=1)
-    items: list[Any] = [*range(300), failure, *range(300, 600)]
+    items: list[Any] = [*range(300), failure, *range(300, 1200)]
     stream = pipeline(items) if ordered else pipeline(items).as_completed()
     async with stream:
         results = [r async for r in stream]
@@ -111,7 +123,7 @@ async def test_every_kind_of_result_as_by_hand(statistics: bool, ordered: bool, 
         calls = sum(1 for x in items if not isinstance(x, Failure))
         assert rows[0].items_in == len(items) and rows[0].failures_passed == 1
         assert rows[2].items_out == stream.stats.results == len(results)
-        assert rows[0].skipped + rows[0].emitted == sum(1 for x in range(600) if x % 7 == 4)
+        assert rows[0].skipped + rows[0].emitted == sum(1 for x in range(1200) if x % period == 4)
         assert rows[1].items_in == rows[0].items_out
         assert calls == len(items) - 1
 

@@ -68,10 +68,8 @@ async def _pump_sync(run: Run, source: Iterable[Any], fused: TightLoop | None) -
     weigher = run.weigher
     if weigher is not None and not await _pump_weighed(run, items, weigher):
         return  # (the input ended, or the run closed, while its items were weighed)
-    if fused is not None:
-        await fused.pump(items, _NOTE, PUMP_SLICE)
-    else:
-        await _pump_plain(run, items)
+    if fused is None or await fused.pump(items, _NOTE, PUMP_SLICE):
+        await _pump_plain(run, items)  # (all of it, or the rest: most items escaped)
 
 
 async def _pump_weighed(run: Run, items: Iterator[Any], weigher: Weigher) -> bool:
