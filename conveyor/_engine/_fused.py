@@ -274,28 +274,41 @@ def tight_loop(run: Run) -> TightLoop | None:
 
 def _compose(fns: list[Callable[[Any], Any]], first: int, escape: Callable[..., Any]) -> Any:
     """One function calling ``fns`` in turn while each returns a plain value: the chain
-    composed by hand, generated once per run (a loop over the stages would cost a turn
-    of the loop and a look-up per call). What is not a plain value, or an error, goes to
-    ``escape(index, item, outcome, raised)`` (``index`` counts from ``first``); the whole
-    chain (``first`` 0) passes a ``Failure`` to it first (index -1)."""
-    lines = ["def chain(x):"]
+    composed by hand (a loop over the stages would cost a turn of the loop and a look-up
+    per call). What is not a plain value, or an error, goes to ``escape(index, item,
+    outcome, raised)`` (``index`` counts from ``first``); the whole chain (``first`` 0)
+    passes a ``Failure`` to it first (index -1). The code is generated once per shape
+    (how many functions, from which stage), then closed over each run's functions."""
+    shape = (len(fns), first)
+    make = _MAKERS.get(shape)
+    if make is None:
+        make = _MAKERS[shape] = _maker(*shape)
+    return make(escape, VALUE_TYPES, Failure, *fns)
+
+
+_MAKERS: dict[tuple[int, int], Callable[..., Any]] = {}
+"""The generated makers of chains, by shape (a few: one per stage of the longest run)."""
+
+
+def _maker(length: int, first: int) -> Callable[..., Any]:
+    params = ", ".join(f"f{k}" for k in range(length))
+    lines = [f"def make(escape, values, failure, {params}):", "    def chain(x):"]
     if first == 0:
-        lines += ["    if type(x) is failure:", "        escape(-1, x, x, False)"]
-    for k in range(len(fns)):
+        lines += ["        if type(x) is failure:", "            escape(-1, x, x, False)"]
+    for k in range(length):
         lines += [
-            "    try:",
-            f"        r = f{k}(x)",
-            "    except BaseException as e:",
-            f"        escape({first + k}, x, e, True)",
-            "    if type(r) not in values:",
-            f"        escape({first + k}, x, r, False)",
-            "    x = r",
+            "        try:",
+            f"            r = f{k}(x)",
+            "        except BaseException as e:",
+            f"            escape({first + k}, x, e, True)",
+            "        if type(r) not in values:",
+            f"            escape({first + k}, x, r, False)",
+            "        x = r",
         ]
-    lines.append("    return x")
-    namespace: dict[str, Any] = {f"f{k}": fn for k, fn in enumerate(fns)}
-    namespace.update(escape=escape, values=VALUE_TYPES, failure=Failure)
+    lines += ["        return x", "    return chain"]
+    namespace: dict[str, Any] = {}
     exec("\n".join(lines), namespace)  # (our own code, from the fixed template above)
-    return namespace["chain"]
+    return namespace["make"]  # type: ignore[no-any-return]
 
 
 class _Escaped(Exception):
