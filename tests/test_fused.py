@@ -266,3 +266,17 @@ async def test_a_statistics_timed_call_is_made_and_counted() -> None:
 def test_the_tight_loop_is_composed_per_run() -> None:
     assert "settle" in TightLoop.__dict__  # (the one writer of the loop's accounting)
     assert PipelineContext().statistics  # (statistics on: the default the loop keeps fast)
+
+
+async def test_the_chain_is_generated_once_per_shape_not_per_run() -> None:
+    """Generating the chain's code cost ~200 µs per run (a 100-item run took three times
+    as long): it is generated once per shape, and each run closes over its functions."""
+    from conveyor._engine import _fused
+
+    pipeline = single_task(second_fn) | single_task(third_fn)
+    await pipeline(range(1, 40)).collect()
+    shapes = dict(_fused._MAKERS)
+    for _ in range(3):
+        results = await pipeline(range(1, 100)).collect()
+        assert results == [third_fn(second_fn(x)) for x in range(1, 100) if second_fn(x)]
+    assert shapes == _fused._MAKERS and (2, 0) in shapes  # (the same makers, reused)
