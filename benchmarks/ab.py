@@ -71,8 +71,19 @@ else:
 
 def measure(checkout: Path, name: str | None = None) -> str:
     env = {**os.environ, "PYTHONPATH": str(checkout)}
-    args = [sys.executable, "-c", PIPELINES, *([name] if name else [])]
-    return subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
+    # In the checkout: ``python -c`` puts the working directory first on sys.path, so
+    # run from anywhere else, both sides would import the conveyor found there.
+    args = [
+        sys.executable,
+        "-c",
+        PIPELINES + "\nimport conveyor; print(conveyor.__file__, file=sys.stderr)",
+        *([name] if name else []),
+    ]
+    done = subprocess.run(args, env=env, cwd=checkout, check=True, capture_output=True, text=True)
+    where = Path(done.stderr.strip().splitlines()[-1]).resolve()
+    if not where.is_relative_to(checkout.resolve()):
+        raise RuntimeError(f"{checkout}: imported conveyor from {where}")
+    return done.stdout
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ stream that is dropped early (``break`` out of ``async for``) cancels its run at
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, TextIO, TypeVar
 
@@ -61,6 +61,8 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         self._source: Any = check_input(source)
         self._context = PipelineContext()
         self._run: Run | None = None
+        self._ready: Any = ()  # the run's results ready to take (see __anext__)
+        self._taken: Callable[[], None] = _nothing  # and the ledger's taken, once it runs
         self._started = False
         self._observer: RunObserver | None = None
         self._stats: Collector | None = None
@@ -75,6 +77,8 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         stream._source = source
         stream._context = context
         stream._run = None
+        stream._ready = ()
+        stream._taken = _nothing
         stream._started = False
         stream._observer = None
         stream._stats = None
@@ -151,16 +155,16 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         return self
 
     async def __anext__(self) -> T:
+        ready = self._ready  # (the run's ``ready``; empty before the run starts)
+        if ready:  # Run.take's first lines, inlined: this runs once per result
+            item: T = ready.popleft()
+            self._taken()  # (the ledger's: delivered, and its token back)
+            return item
         run = self._run
         if run is None:
             if self._started:  # closed before it ran: it is over, like any closed stream
                 raise StopAsyncIteration
             run = self._start()
-        ready = run.ready
-        if ready:  # Run.take's first lines, inlined: this runs once per result
-            item: T = ready.popleft()
-            run.ledger.taken()
-            return item
         try:
             item = await run.next()
         except asyncio.CancelledError:
@@ -178,6 +182,8 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         self._stats = Collector() if context.statistics or progress is not None else None
         run = Run(self._specs, self._source, context, self._observer, self._stats)
         self._run = run
+        self._ready = run.ready
+        self._taken = run.ledger.taken
         if progress is not None and self._stats is not None:
             Progress(run, self._stats, progress, self._source)
         run.start()
@@ -258,3 +264,7 @@ def _new_id() -> str:
     import uuid
 
     return str(uuid.uuid4())
+
+
+def _nothing() -> None:
+    """(What taking a result does before a run exists: there is none to take.)"""

@@ -108,3 +108,13 @@ def test_a_plan_is_immutable() -> None:
         pass
     else:
         raise AssertionError("a StagePlan could be changed")
+
+
+def test_the_tight_loop_needs_every_stage_plain_and_fused_to_the_consumer() -> None:
+    assert plan_of(double, inc, double).tight_loop
+    assert plan_of(double).tight_loop
+    assert not plan_of(double, single_task(concurrency_limit=2)(_inc)).tight_loop
+    assert not plan_of(double, fetch).tight_loop
+    assert not plan_of(double, total).tight_loop
+    assert not plan_of(double, inc, observed=True).tight_loop
+    assert not plan_of(double, max_parallelism=4).tight_loop

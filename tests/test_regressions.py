@@ -540,3 +540,29 @@ async def test_leaving_closes_the_iterator_made_from_an_async_iterable(how: str)
         assert await anext(stream) == 0
         await stream.aclose()
     assert closed == [True]
+
+
+async def test_a_batch_left_out_whole_is_the_policys_drop_while_other_batches_split() -> None:
+    """Two batches isolated at once under ``skip_item``: one loses every item, the other
+    one of two. The first passed nothing on by the policy's doing, not its function's: a
+    count that compared the stage's skipped items before and after its isolation saw the
+    other batch's skip too, and called it a drop by the function (found by Hypothesis)."""
+    started = asyncio.Event()
+    calls = 0
+
+    @batch_task(max_size=2, concurrency_limit=2, on_error="skip_item")
+    async def poisoned(batch: list[int]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            started.set()
+        await started.wait()  # (both batches under way before either is isolated)
+        await asyncio.sleep(0.001 * batch[0])
+        if any(x % 3 == 1 for x in batch):
+            raise ValueError(batch)
+        return batch
+
+    stream = poisoned([1, 1, 0, 1])
+    assert await stream.collect() == [0]
+    [stage] = stream.stats.stages
+    assert (stage.skipped, stage.dropped) == (3, 0)

@@ -3,7 +3,8 @@
 Follow one item, in one direction, from input to consumer:
 
 1. ``_input``    -- the pump reads the input lazily and admits each item (one window token)
-   into the first stage;
+   into the first stage (or, when every stage is a fused plain function, runs the chain
+   on a slice of the input at a time and hands the results over at once: ``_fused``);
 2. ``_stage``    -- a stage makes its call (the one place calls are made) through its
    executor (``_calls``); an awaitable result waits in a real asyncio task, a Future
    by callback (``_waiting``); a failing

@@ -247,6 +247,9 @@ _KINDS: dict[type, int] = {
     dict: VALUE,
 }
 KINDS_GET = _KINDS.get
+VALUE_TYPES: set[type] = {kind for kind, value in _KINDS.items() if value == VALUE}
+"""The types known to be plain values (kept with ``_KINDS``): one look-up tells a tight
+loop that a result goes on as it is (see ``_fused``)."""
 
 
 def kind_of(result_type: type) -> int:
@@ -260,6 +263,8 @@ def kind_of(result_type: type) -> int:
             kind = VALUE
         if len(_KINDS) < 4096:  # bounded, whatever types flow through
             _KINDS[result_type] = kind
+            if kind == VALUE:
+                VALUE_TYPES.add(result_type)
     return kind
 
 

@@ -24,6 +24,14 @@ if TYPE_CHECKING:
     from ._weight import Weigher
 
 
+class Loop(Protocol):
+    """A run's tight loop (``_fused.TightLoop``), as the pump sees it."""
+
+    async def pump(self, items: Iterator[Any], note: str, every: float) -> bool:
+        """Feed ``items`` through the loop; True: go on item by item with the rest."""
+        ...
+
+
 class Fed(Protocol):
     """A run (``_run.Run``), as the pump that feeds it sees it."""
 
@@ -68,8 +76,9 @@ PUMP_SLICE = 0.005
 _NOTE = "conveyor: raised while reading the pipeline's input"
 
 
-async def pump(run: Fed, source: Any) -> None:
-    """Feed ``source`` into the run's first stage (the caller closes it)."""
+async def pump(run: Fed, source: Any, fused: Loop | None = None) -> None:
+    """Feed ``source`` into the run's first stage (the caller closes it); a plain input
+    through ``fused``, if the run has a tight loop (see ``_fused``)."""
     if source is NO_INPUT:
         run.ledger.admitted()
         run.entry.push(NO_ITEM, None)
@@ -79,10 +88,10 @@ async def pump(run: Fed, source: Any) -> None:
     elif isinstance(source, AsyncIterable):
         await _pump_async(run, source)
     else:
-        await _pump_sync(run, source)
+        await _pump_sync(run, source, fused)
 
 
-async def _pump_sync(run: Fed, source: Iterable[Any]) -> None:
+async def _pump_sync(run: Fed, source: Iterable[Any], fused: Loop | None) -> None:
     try:
         items = iter(source)
     except Exception as exc:
@@ -91,7 +100,8 @@ async def _pump_sync(run: Fed, source: Iterable[Any]) -> None:
     weigher = run.weigher
     if weigher is not None and not await _pump_weighed(run, items, weigher):
         return  # (the input ended, or the run closed, while its items were weighed)
-    await _pump_plain(run, items)
+    if fused is None or await fused.pump(items, _NOTE, PUMP_SLICE):
+        await _pump_plain(run, items)  # (all of it, or the rest: most items escaped)
 
 
 async def _pump_weighed(run: Fed, items: Iterator[Any], weigher: Weigher) -> bool:

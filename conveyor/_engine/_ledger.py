@@ -222,9 +222,10 @@ class Ledger:
 
     # -- tokens ------------------------------------------------------------------------
 
-    def admitted(self) -> None:
-        """The input put an item into the run (it holds a token until accounted for)."""
-        self.tokens += 1
+    def admitted(self, n: int = 1) -> None:
+        """The input put ``n`` items into the run (each holds a token until accounted
+        for)."""
+        self.tokens += n
 
     def produced(self, n: int = 1) -> None:
         """A call's result made ``n`` more items (a list's elements, a generator's

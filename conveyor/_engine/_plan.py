@@ -7,9 +7,10 @@ with the next stage, how an item's call starts (``"coroutine"``: an ``async def`
 loop, whose call always returns a coroutine; ``"turn"``: under a rate limit, when its
 turn comes; ``"call"``: the generic rules), and whether a user's observer watches it.
 For the run: the window (``max_in_flight``, raised to hold a full batch of every batch
-stage: see ``_ledger``), the order, and whether the pump may call the first stage
-directly. ``_run`` builds the stages from it; ``tests/test_plan.py`` checks its rules
-without running anything.
+stage: see ``_ledger``), the order, whether the pump may call the first stage directly,
+and whether it may run the whole chain as one composed function (the tight loop of
+``_fused``: every stage plain and fused into the next). ``_run`` builds the stages
+from it; ``tests/test_plan.py`` checks its rules without running anything.
 
 **Fusion.** A plain single stage hands a plain result straight to the next stage's
 function, as if the functions were composed by hand, when the next stage is a plain
@@ -58,6 +59,7 @@ class Plan:
     window: int
     max_in_flight: int  # as the context asked (``window`` may be larger)
     direct_entry: bool
+    tight_loop: bool
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -87,14 +89,20 @@ def plan(specs: Sequence[StageSpec], context: PipelineContext, *, observed: bool
     )
     batch_sizes = [spec.options.max_size or 1 for spec in specs if spec.batch]
     first = stages[0] if stages else None
+    direct_entry = (
+        first is not None and not first.batch and first.limit == UNLIMITED and not observed
+    )
     return Plan(
         stages=stages,
         ordered=context.execution_mode is ExecutionMode.ORDERED,
         window=window_size(context.max_in_flight, batch_sizes),
         max_in_flight=context.max_in_flight,
-        direct_entry=(
-            first is not None and not first.batch and first.limit == UNLIMITED and not observed
-        ),
+        direct_entry=direct_entry,
+        # Every stage plain and fused into the next, from the input to the consumer: the
+        # pump may run the chain as one composed function (see ``_fused``).
+        tight_loop=direct_entry
+        and all(stage.plain for stage in stages)
+        and all(stage.fused for stage in stages[:-1]),
     )
 
 

@@ -114,10 +114,11 @@ class Policy:
             if go_on:
                 return value
         if self.batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1:
-            skipped = self.account.skipped
-            kept = await self._isolate(item)
-            if not kept and self.account.skipped - skipped == len(item):
-                self.account.policy_passed_nothing()  # every item left out
+            kept, left_out = await self._isolate(item)
+            if not kept and left_out == len(item):
+                # Every item left out (not a part's None). Counted by this call alone: a
+                # look at the stage's count of skipped items would see other calls' too.
+                self.account.policy_passed_nothing()
             return kept
         return self.final(exc, item, attempt)
 
@@ -162,11 +163,13 @@ class Policy:
             raise self.annotate(error, item)
         return answer
 
-    async def _isolate(self, batch: list[Any]) -> list[Any]:
+    async def _isolate(self, batch: list[Any]) -> tuple[list[Any], int]:
         """Split a failing batch (of two or more) in halves until only the failing items
-        are left out: an item is called alone at most once."""
+        are left out: an item is called alone at most once. The results of the parts
+        that did not fail, and how many items were left out."""
         middle = len(batch) // 2
         out: list[Any] = []
+        left_out = 0
         for half in (batch[:middle], batch[middle:]):
             try:
                 out.extend(await _collect(await self.attempt(half)))
@@ -174,10 +177,13 @@ class Policy:
                 if isinstance(exc, Unrecoverable):
                     raise self.annotate(exc, half) from None
                 if len(half) > 1:  # a single item that failed alone is left out: once
-                    out.extend(await self._isolate(half))
+                    kept, more = await self._isolate(half)
+                    out.extend(kept)
+                    left_out += more
                 else:
                     self.gave_up(half[0], exc, "skipped", batch=False)
-        return out
+                    left_out += 1
+        return out, left_out
 
     def gave_up(self, item: Any, exc: BaseException, outcome: str, batch: bool = True) -> None:
         """A call failed for good: count it, log it."""

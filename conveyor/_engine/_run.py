@@ -32,6 +32,7 @@ from ._batch import BatchStage
 from ._bind import bind_stage, close_resources
 from ._calls import discard, run_error
 from ._delivery import BatchFeeder, OrderedOutput, Output
+from ._fused import tight_loop
 from ._input import NO_INPUT, FeedbackPump, close_source, pump
 from ._ledger import Ledger
 from ._log import end_of_run_logged, executors_logged, logger
@@ -89,6 +90,7 @@ class Run:
         "on_consumer_wait",
         "on_over",
         "ordered",
+        "plan",
         "ready",
         "stages",
         "stats",
@@ -105,7 +107,7 @@ class Run:
         stats: RunStatistics | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
-        run_plan = plan(specs, context, observed=observer is not None)
+        self.plan = run_plan = plan(specs, context, observed=observer is not None)
         self.ordered = run_plan.ordered
         self.ledger = ledger = Ledger(
             self.loop,
@@ -239,7 +241,10 @@ class Run:
                 executors_logged(self)
                 if self.stats is not None:
                     self.stats.bound()
-                await pump(self, source)
+                fused = tight_loop(self)  # (composed from the calls just bound)
+                if fused is not None:
+                    fused.bind()
+                await pump(self, source, fused)
             finally:
                 await close_source(source)
             ledger = self.ledger

@@ -220,20 +220,29 @@ class Stage(Sink):
             if kind or following is None:
                 break
             stage, item = following, result
-        if kind == AWAIT:
-            if type(result) is not CoroutineType:
-                if stage.futures is not None:
-                    await_future(stage, result, context, item, node)
-                    return
-                result = as_awaitable(result)
-            go_async(stage, result, context, item, node)
-            return
         if kind:
-            stage.emit_kind(kind, result, node)
-        else:
-            stage.downstream.push(result, node)
+            stage.settle_call(kind, result, context, item, node)
+            return
+        stage.downstream.push(result, node)
         if stage.is_batch:
             stage.call_done(item)
+
+    def settle_call(
+        self, kind: int, result: Any, context: contextvars.Context, item: Any, node: Any
+    ) -> None:
+        """Hand on what the call on ``item`` (in ``context``) returned, of ``kind``: not
+        a plain value (see ``_calls``): awaited, dropped, or several items."""
+        if kind == AWAIT:
+            if type(result) is not CoroutineType:
+                if self.futures is not None:
+                    await_future(self, result, context, item, node)
+                    return
+                result = as_awaitable(result)
+            go_async(self, result, context, item, node)
+            return
+        self.emit_kind(kind, result, node)
+        if self.is_batch:
+            self.call_done(item)
 
     def call_coroutine(self, item: Any, node: Any) -> None:
         """:meth:`call` for an ``async def`` on the loop (its call returns a coroutine)."""
