@@ -43,12 +43,31 @@ def two(x):
     yield x + 1
 @single_task
 def some(x): return x if x % 3 else None
+@single_task(concurrency_limit=100)
+async def io(x):
+    await asyncio.sleep(0.001)
+    return x
+@single_task
+async def late(x):  # one in ten finishes a few steps late: results wait to be in order
+    for _ in range(3 if x % 10 == 0 else 0):
+        await asyncio.sleep(0)
+    return x
+@single_task(executor="thread")
+def on_threads(x): return x + 1
+@single_task(executor="process")
+def on_processes(x): return x + 1
 
 PIPELINES = {
     "3 async def stages": (lambda: a1 | a2 | a3, 100_000),
+    "3 async def stages, as completed": (lambda: (a1 | a2 | a3).with_execution_mode("as_completed"), 100_000),
     "3 def stages (fused)": (lambda: p1 | p2 | p3, 300_000),
+    "3 def stages, statistics off": (lambda: (p1 | p2 | p3).with_context(statistics=False), 300_000),
     "def | batch of 100 | def": (lambda: p1 | hundred | p2, 300_000),
     "generator | filter": (lambda: two | some, 200_000),
+    "async sleep(1 ms) @ limit 100": (lambda: io | p1, 5_000),
+    "async, 1 in 10 late (reordered)": (lambda: late | p1, 100_000),
+    "def on threads": (lambda: on_threads | p1, 30_000),
+    "def on processes": (lambda: on_processes | p1, 100_000),
 }
 
 async def rate(pipeline, n):
