@@ -578,8 +578,7 @@ async def test_a_waiting_call_is_counted_until_it_settles() -> None:
     stage = FakeStage()
     w.call_waits(stage)
     assert (stage.running, stage.inflight, w.busy) == (1, 1, 2)
-    w.call_returned(stage)
-    w.settled(stage, "item")
+    w.waited(stage, "item")
     assert (stage.running, stage.inflight, w.tokens) == (0, 0, 1)  # its result holds it
     w.work_stopped()
     assert w.busy == 1
@@ -595,8 +594,7 @@ async def test_a_batch_call_gives_its_items_tokens_back_when_it_settles() -> Non
     assert (w.tokens, stage.inflight) == (4, 3)
     w.call_waits(stage)  # a batch's items were counted as they arrived
     assert (stage.running, stage.inflight) == (1, 3)
-    w.call_returned(stage)
-    w.settled(stage, [1, 2, 3])
+    w.waited(stage, [1, 2, 3])
     assert (w.tokens, stage.inflight, stage.running) == (1, 0, 0)
 
 
@@ -683,8 +681,8 @@ async def test_the_run_is_finished_once_the_input_is_read_and_nothing_is_held() 
     w.stage_idle()  # the input is not read yet
     w.input_read()  # the second stage still holds an item
     assert ended == [] and not w.finished
-    second.inflight = 0
-    w.may_be_idle(second)
+    second.inflight = 1
+    w.settled(second, "its last item")  # (a call made at once)
     assert ended == ["finished"] and w.finished and w.source_done
     w.stage_idle()
     assert ended == ["finished"]  # once

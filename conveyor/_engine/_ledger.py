@@ -299,22 +299,38 @@ class Ledger:
 
     def call_moves_to_task(self, stage: Flow) -> None:
         """A call settled by callback goes on in a task (``call_waits`` counts it again)."""
+        stage.running -= 1
         if not stage.is_batch:
             stage.inflight -= 1
 
-    def call_returned(self, stage: Flow) -> None:
-        """A waiting call of ``stage`` has its outcome: its slot is free."""
-        stage.running -= 1
-
     def settled(self, stage: Flow, item: Any) -> None:
-        """A call's result is out (handed on, or stood in for): ``stage`` no longer holds
-        its item (a batch's items give their tokens back: the result holds its own)."""
+        """A call made at once has its result out (handed on, or stood in for): ``stage``
+        no longer holds its item (a batch's items give their tokens back: the result
+        holds its own). Was it the last thing the run held?"""
         if stage.is_batch:
             n = len(item)
             stage.inflight -= n
             self.released(n)
+            self.stage_idle()  # (a batch's remainder may be all that is left)
         else:
             stage.inflight -= 1
+            if not stage.inflight and self.source_done:
+                self.stage_idle()
+
+    def waited(self, stage: Flow, item: Any) -> None:
+        """A call that waited (``call_waits``) has its result out: its slot is free, and
+        as :meth:`settled`. (The run's work goes on until its task or callback ends:
+        ``work_stopped``.) One transition, not two: it is paid per item and stage."""
+        stage.running -= 1
+        if stage.is_batch:
+            n = len(item)
+            stage.inflight -= n
+            self.released(n)
+            self.stage_idle()
+        else:
+            stage.inflight -= 1
+            if not stage.inflight and self.source_done:
+                self.stage_idle()
 
     def dropped(self, stage: Flow, placed: bool) -> None:
         """A call of ``stage`` passed nothing on: its item's token comes back (through
@@ -392,11 +408,6 @@ class Ledger:
             return
         self.finished = True
         self.on_finished()
-
-    def may_be_idle(self, stage: Flow) -> None:
-        """A call of ``stage`` is over: was it the last thing the run held?"""
-        if stage.is_batch or (not stage.inflight and self.source_done):
-            self.stage_idle()  # (a batch's remainder may be all that is left)
 
     def input_ended(self) -> bool:
         """No more items will come: the remainder rule, stage by stage (each batch stage's

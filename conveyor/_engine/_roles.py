@@ -104,7 +104,11 @@ class StageRole(Flow, Protocol):
         ...
 
     def call_done(self, item: Any) -> None:
-        """A call's result is out: start queued work, is the run over?"""
+        """A call made at once has its result out: is the run over? start queued work."""
+        ...
+
+    def waited_call_done(self, item: Any) -> None:
+        """A call that waited has its result out: its slot is free (then as call_done)."""
         ...
 
     def crashed(self, exc: BaseException, item: Any) -> None:

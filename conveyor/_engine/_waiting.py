@@ -29,7 +29,7 @@ per item cost 44-91 µs, 0.91x ``ThreadPoolExecutor(64).map``; this path and
 
 **Counting and ownership.** Both count a call as running (the concurrency limit), its
 item as in flight, and the run as busy, until the result is handed on (the ledger's
-``call_waits``, ``call_returned``, ``work_stopped``). A task is in
+``call_waits``, ``waited``, ``work_stopped``). A task is in
 the run's ``tasks`` once it suspends; a Future is in ``Completions.waiting`` until it is
 settled. The run's ``abort()`` cancels both, and a Future completing after that settles
 nothing.
@@ -55,8 +55,6 @@ from ._calls import (
     start_task,
 )
 from ._roles import StageRole
-
-current_task = asyncio.current_task
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -85,7 +83,8 @@ def go_async(
         discard(awaitable)
         return
     stage.ledger.call_waits(stage)
-    place = [node, False, None]  # the item's node, whether the run lists the task, the task
+    # The item's node, whether the run lists the task, the task, a result left to hand on.
+    place = [node, False, None, _NO_RESULT]
     task = start_task(drive(stage, awaitable, item, place), loop=stage.loop, context=context)
     place[2] = task
     if not task.done():
@@ -96,6 +95,20 @@ def go_async(
             place[0] = stage.list.append()
         place[1] = True
         run.tasks[task] = awaitable
+    elif place[3] is not _NO_RESULT:
+        # Started eagerly (3.12+), done without suspending: its result is handed on now
+        # that asyncio has applied any cancellation the call requested of its own task
+        # and returned without awaiting (then the task ended cancelled, as in asyncio).
+        if task.cancelled():
+            if not run.closed:
+                run.fail(stage.policy.annotate(asyncio.CancelledError(), item))
+            stage.ledger.work_stopped()
+            return
+        _hand_on(stage, place[3], place[0], item)
+        stage.ledger.work_stopped()
+
+
+_NO_RESULT: Any = object()
 
 
 def await_future(
@@ -140,10 +153,15 @@ async def drive(stage: Caller, awaitable: Any, item: Any, place: list[Any]) -> N
                             result, kind = await settle(await awaitable, None)
                 except Exception as exc:
                     result = await stage.policy.recover(exc, item)
-            # (The task: go_async stores it once the constructor returns; a task started
-            # eagerly on 3.12+ may get here first. asyncio.current_task is a Python
-            # function on 3.11, ~300 ns a call: not paid on every call.)
-            if (place[2] or current_task()).cancelling():  # type: ignore[union-attr]
+            task = place[2]
+            if task is None:
+                # Started eagerly (3.12+) and never suspended: still inside the Task's
+                # constructor. ``go_async`` hands the result on once it returns (a look
+                # at the task then costs a method, not current_task() and cancelling():
+                # 11% of three trivial async stages on 3.14).
+                place[3] = result
+                return
+            if task.cancelling():
                 # A cancellation was requested: if the call asked for it and returned
                 # without awaiting again, it is still pending, and in asyncio the task
                 # ends cancelled. The next await delivers it (reported below, the result
@@ -162,19 +180,24 @@ async def drive(stage: Caller, awaitable: Any, item: Any, place: list[Any]) -> N
             else:
                 stage.crashed(exc, item)
             return
-        stage.ledger.call_returned(stage)
-        if not run.closed:  # else a call that ignored its cancellation: start nothing
-            if KINDS_GET(type(result)) == VALUE:
-                stage.downstream.push(result, place[0])
-            else:
-                stage.emit(result, place[0])
-        stage.call_done(item)
-        if stage.gate is not None:
-            stage.gate.call_ended()
+        _hand_on(stage, result, place[0], item)
     finally:
         if place[1]:
             del run.tasks[place[2]]  # (listed: go_async has stored it)
-        stage.ledger.work_stopped()
+        if place[3] is _NO_RESULT:  # (else go_async hands it on, and stops the work)
+            stage.ledger.work_stopped()
+
+
+def _hand_on(stage: Caller, result: Any, node: Any, item: Any) -> None:
+    """A waited call's result goes on; its slot is free."""
+    if not stage.run.closed:  # else a call that ignored its cancellation: start nothing
+        if KINDS_GET(type(result)) == VALUE:
+            stage.downstream.push(result, node)
+        else:
+            stage.emit(result, node)
+    stage.waited_call_done(item)
+    if stage.gate is not None:
+        stage.gate.call_ended()
 
 
 class Recovery:
@@ -255,7 +278,6 @@ def finish(
 ) -> None:
     """Settle a call whose Future is done: ``Stage.drive``'s rules, without its task."""
     run = stage.run
-    stage.ledger.call_returned(stage)
     try:
         if type(future) is Answer:  # (its outcome read directly: the items of a chunk)
             state = future.state
@@ -292,7 +314,7 @@ def finish(
                 run.fail(final)
                 return
             stage.emit(result, node)
-        stage.call_done(item)
+        stage.waited_call_done(item)
         if stage.gate is not None:
             stage.gate.call_ended()
     finally:
