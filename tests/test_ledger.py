@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -563,6 +564,11 @@ class FakeStage:
         self.account = Account()
         self.acc: list[Any] = []
         self.closed_input = 0
+        self.pending: deque[tuple[Any, Any]] = deque()
+        self.draining = False
+
+    def start_pending(self) -> None:
+        self.pending.clear()
 
     def accumulated(self) -> int:
         return len(self.acc)

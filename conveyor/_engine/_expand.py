@@ -121,7 +121,7 @@ async def _expand(
     if sentinel is not None:
         stage.list.resolve(sentinel, CLOSED)  # type: ignore[union-attr]
     ledger.expansion_ended(stage, produced)
-    stage.slot_freed()  # the slot it held is free
+    ledger.slot_freed(stage)  # the slot it held is free
     if stage.gate is not None:
         stage.gate.call_ended()  # (a rate-limited pool's worker too)
     ledger.stage_idle()  # (a batch's remainder may have waited for this expansion)

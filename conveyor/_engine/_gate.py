@@ -103,7 +103,7 @@ class Gate:
         # Slots given back by calls that ended at once (a plain function): as call_done
         # would after a call's task.
         if stage.running < stage.limit:
-            stage.slot_freed()
+            stage.ledger.slot_freed(stage)
         ledger = stage.ledger
         if not stage.inflight and ledger.source_done:
             ledger.stage_idle()

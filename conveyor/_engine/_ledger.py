@@ -51,6 +51,7 @@ not count, from the moment it waits until the moment it is woken.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -74,6 +75,8 @@ class Flow(Protocol):
     inflight: int
     is_batch: bool
     account: Account
+    pending: deque[tuple[Any, Any]]  # items (or batches) waiting for a concurrency slot
+    draining: bool  # (start_pending is under way: it goes on by itself)
 
     def accumulated(self) -> int:
         """Items waiting in the stage for a batch to fill."""
@@ -81,6 +84,10 @@ class Flow(Protocol):
 
     def close_input(self) -> None:
         """No more items will come (the remainder rule)."""
+        ...
+
+    def start_pending(self) -> None:
+        """Start the queued items that the concurrency limit allows now."""
         ...
 
 
@@ -311,26 +318,41 @@ class Ledger:
             n = len(item)
             stage.inflight -= n
             self.released(n)
+            if stage.pending and not stage.draining:  # (slot_freed, inlined: per item)
+                stage.start_pending()
             self.stage_idle()  # (a batch's remainder may be all that is left)
         else:
             stage.inflight -= 1
+            if stage.pending and not stage.draining:  # (slot_freed, inlined: per item)
+                stage.start_pending()
             if not stage.inflight and self.source_done:
                 self.stage_idle()
 
     def waited(self, stage: Flow, item: Any) -> None:
-        """A call that waited (``call_waits``) has its result out: its slot is free, and
-        as :meth:`settled`. (The run's work goes on until its task or callback ends:
-        ``work_stopped``.) One transition, not two: it is paid per item and stage."""
+        """A call that waited (``call_waits``) has its result out: its slot is free (the
+        stage starts what waits for one), and as :meth:`settled`. (The run's work goes
+        on until its task or callback ends: ``work_stopped``.) One transition: it is
+        paid per item and stage."""
         stage.running -= 1
         if stage.is_batch:
             n = len(item)
             stage.inflight -= n
             self.released(n)
+            if stage.pending and not stage.draining:  # (slot_freed, inlined: per item)
+                stage.start_pending()
             self.stage_idle()
         else:
             stage.inflight -= 1
+            if stage.pending and not stage.draining:  # (slot_freed, inlined: per item)
+                stage.start_pending()
             if not stage.inflight and self.source_done:
                 self.stage_idle()
+
+    def slot_freed(self, stage: Flow) -> None:
+        """A concurrency slot of ``stage`` may be free: it starts what waits for one
+        (unless it is doing so already, further up the stack: that loop goes on)."""
+        if stage.pending and not stage.draining:
+            stage.start_pending()
 
     def dropped(self, stage: Flow, placed: bool) -> None:
         """A call of ``stage`` passed nothing on: its item's token comes back (through

@@ -107,14 +107,6 @@ class StageRole(Flow, Protocol):
         """A call made at once has its result out: is the run over? start queued work."""
         ...
 
-    def waited_call_done(self, item: Any) -> None:
-        """A call that waited has its result out: its slot is free (then as call_done)."""
-        ...
-
     def crashed(self, exc: BaseException, item: Any) -> None:
         """A call raised a BaseException: fail the run with it."""
-        ...
-
-    def slot_freed(self) -> None:
-        """A concurrency slot may be free: start what waits for one."""
         ...

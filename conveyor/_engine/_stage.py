@@ -304,24 +304,9 @@ class Stage(Sink):
             return (await settle(result, None))[0]
 
     def call_done(self, item: Any) -> None:
-        """A call made at once has its result out: tell the ledger (is the run over?), and
-        start queued work. (Queued items are still counted in ``inflight``: the run is
-        not over while they wait.)"""
+        """A call made at once has its result out: the ledger's ``settled`` (queued work
+        starts, is the run over?)."""
         self.ledger.settled(self, item)
-        if self.pending and not self.draining:
-            self.start_pending()
-
-    def waited_call_done(self, item: Any) -> None:
-        """:meth:`call_done` for a call that waited (a task, a Future): its slot is free."""
-        self.ledger.waited(self, item)
-        if self.pending and not self.draining:
-            self.start_pending()
-
-    def slot_freed(self) -> None:
-        """A concurrency slot may be free: start what waits for one (unless this is
-        called from inside that loop: it goes on by itself)."""
-        if self.pending and not self.draining:
-            self.start_pending()
 
     def accumulated(self) -> int:
         """Items waiting in this stage for a batch to fill (none: a single stage)."""

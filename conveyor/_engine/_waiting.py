@@ -195,7 +195,7 @@ def _hand_on(stage: Caller, result: Any, node: Any, item: Any) -> None:
             stage.downstream.push(result, node)
         else:
             stage.emit(result, node)
-    stage.waited_call_done(item)
+    stage.ledger.waited(stage, item)
     if stage.gate is not None:
         stage.gate.call_ended()
 
@@ -314,7 +314,7 @@ def finish(
                 run.fail(final)
                 return
             stage.emit(result, node)
-        stage.waited_call_done(item)
+        stage.ledger.waited(stage, item)
         if stage.gate is not None:
             stage.gate.call_ended()
     finally:
