@@ -58,9 +58,13 @@ on_processes = single_task(executor="process")(abs)  # (a builtin: pickled by na
 
 PIPELINES = {
     "3 async def stages": (lambda: a1 | a2 | a3, 100_000),
-    "3 async def stages, as completed": (lambda: (a1 | a2 | a3).with_execution_mode("as_completed"), 100_000),
+    "3 async def stages, as completed": (
+        lambda: (a1 | a2 | a3).with_execution_mode("as_completed"), 100_000
+    ),
     "3 def stages (fused)": (lambda: p1 | p2 | p3, 300_000),
-    "3 def stages, statistics off": (lambda: (p1 | p2 | p3).with_context(statistics=False), 300_000),
+    "3 def stages, statistics off": (
+        lambda: (p1 | p2 | p3).with_context(statistics=False), 300_000
+    ),
     "def | batch of 100 | def": (lambda: p1 | hundred | p2, 300_000),
     "generator | filter": (lambda: two | some, 200_000),
     "async sleep(1 ms) @ limit 100": (lambda: io | p1, 5_000),
