@@ -584,10 +584,13 @@ async def test_a_waiting_call_is_counted_until_it_settles() -> None:
     stage = FakeStage()
     w.call_waits(stage)
     assert (stage.running, stage.inflight, w.busy) == (1, 1, 2)
-    w.waited(stage, "item")
+    w.waited(stage, "item", False)
     assert (stage.running, stage.inflight, w.tokens) == (0, 0, 1)  # its result holds it
     w.work_stopped()
     assert w.busy == 1
+    w.call_waits(stage)
+    w.waited(stage, "item", True)  # (its work stops with it)
+    assert (stage.running, stage.inflight, w.busy) == (0, 0, 1)
 
 
 async def test_a_batch_call_gives_its_items_tokens_back_when_it_settles() -> None:
@@ -600,7 +603,7 @@ async def test_a_batch_call_gives_its_items_tokens_back_when_it_settles() -> Non
     assert (w.tokens, stage.inflight) == (4, 3)
     w.call_waits(stage)  # a batch's items were counted as they arrived
     assert (stage.running, stage.inflight) == (1, 3)
-    w.waited(stage, [1, 2, 3])
+    w.waited(stage, [1, 2, 3], False)
     assert (w.tokens, stage.inflight, stage.running) == (1, 0, 0)
 
 

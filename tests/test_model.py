@@ -47,6 +47,9 @@ class Outcome:
         self.leftover: list[asyncio.Task[Any]] = []
         self.loop_errors: list[dict[str, Any]] = []
         self.tokens: int | None = None
+        # The ledger's counts at the end: the run's work, each stage's running and in
+        # flight (all zero after a run that went to its end).
+        self.at_rest: tuple[int, list[tuple[int, int]]] | None = None
         self.source_closed = False
         self.batch_sizes: dict[str, list[int]] = {}
         self.stats: Any = None
@@ -102,6 +105,10 @@ def run_virtual(
         outcome.leftover = [t for t in asyncio.all_tasks() - before if not t.done()]
         assert stream._run is not None
         outcome.tokens = stream._run.ledger.tokens
+        outcome.at_rest = (
+            stream._run.ledger.busy,
+            [(stage.running, stage.inflight) for stage in stream._run.stages],
+        )
         outcome.stats = stream.stats
         outcome.n_items = len(items)
         outcome.batch_sizes = {name: list(sizes) for name, sizes in BATCH_SIZES.items()}
@@ -168,6 +175,7 @@ def check_ordered(
         assert outcome.error is None
         assert outcome.results == expected
         assert outcome.tokens == 0, "window tokens leaked"
+        assert outcome.at_rest == (0, [(0, 0)] * len(specs)), f"counts left: {outcome.at_rest}"
         check_stats(outcome, counts)
         check_batch_sizes(specs, outcome, counts)
 
@@ -211,6 +219,7 @@ def check_as_completed(specs: list[StageSpec], items: list[int], outcome: Outcom
         assert outcome.error is None
         assert Counter(outcome.results) == Counter(expected)
         assert outcome.tokens == 0, "window tokens leaked"
+        assert outcome.at_rest == (0, [(0, 0)] * len(specs)), f"counts left: {outcome.at_rest}"
         check_stats(outcome, counts, exact_batches=False)
 
 

@@ -54,16 +54,17 @@ import math
 import pickle
 import time
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._calls import _RESULT, Answer, hand_on
 from ._pickling import unpicklable_item
 from ._worker import _GENERATOR, _OK, _SKIPPED, PROTOCOL
 
 if TYPE_CHECKING:
+    from .._spec import StageSpec
     from ._weight import Weigher
 
-__all__ = ["Chunker"]
+__all__ = ["Chunker", "Sender", "chunker_for"]
 
 logger = logging.getLogger("conveyor")
 
@@ -75,6 +76,35 @@ items), chunks of ~20 ms of work ran at 0.79-0.80x the best hand-tuned
 ``ProcessPoolExecutor.map`` and 1.5-1.6x a plain loop; chunks of 100-200 ms at 0.91-1.10x
 and 1.8-2.1x (every round trip also costs the main process CPU that the workers share)."""
 MAX_CHUNK = 10_000
+
+
+class Sender(Protocol):
+    """A cluster executor (``_dask``, ``_ray``), as the :class:`Chunker` of each of its
+    stages sees it: where chunks go, how a lost one is answered, how many run at once."""
+
+    spec: StageSpec
+    threads: int
+    weigher: Weigher | None
+
+    def submit(self, function: bytes, items: bytes) -> concurrent.futures.Future[bytes]: ...
+
+    def lost(
+        self, error: BaseException, sent: concurrent.futures.Future[bytes] | None, count: int
+    ) -> list[BaseException | None]: ...
+
+
+def chunker_for(sender: Sender, function: bytes) -> Chunker:
+    """The :class:`Chunker` of a cluster executor's stage (``function``: pickled by the
+    executor's ``dumps``), on the running loop, sized by the task's ``chunk_size``."""
+    return Chunker(
+        asyncio.get_running_loop(),
+        function,
+        sender.submit,
+        sender.lost,
+        sender.threads,
+        sender.spec.options.chunk_size,
+        sender.weigher,
+    )
 
 
 class Chunker:

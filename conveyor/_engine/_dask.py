@@ -26,7 +26,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar, cast
 
 from .._spec import StageSpec
-from ._chunks import Chunker
+from ._chunks import Chunker, chunker_for
 from ._pickling import dump_function
 from ._weight import WEIGHER, Weigher
 from ._worker import run_chunk
@@ -71,15 +71,7 @@ class DaskCalls:
         import cloudpickle  # (a dependency of dask.distributed)
 
         function = dump_function(invoke, self.spec.name, repr(self), dumps=cloudpickle.dumps)
-        self.chunker = Chunker(
-            asyncio.get_running_loop(),
-            function,
-            self.submit,
-            self.lost,
-            self.threads,
-            self.spec.options.chunk_size,
-            self.weigher,
-        )
+        self.chunker = chunker_for(self, function)
         return self.chunker.call
 
     def submit(self, function: bytes, items: bytes) -> concurrent.futures.Future[bytes]:

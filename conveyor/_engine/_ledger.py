@@ -328,11 +328,13 @@ class Ledger:
             if not stage.inflight and self.source_done:
                 self.stage_idle()
 
-    def waited(self, stage: Flow, item: Any) -> None:
+    def waited(self, stage: Flow, item: Any, stops: bool) -> None:
         """A call that waited (``call_waits``) has its result out: its slot is free (the
-        stage starts what waits for one), and as :meth:`settled`. (The run's work goes
-        on until its task or callback ends: ``work_stopped``.) One transition: it is
-        paid per item and stage."""
+        stage starts what waits for one), and as :meth:`settled`; if it ``stops``, the
+        run's work for it ends too (as :meth:`work_stopped`; else its task or callback
+        stops it later). One transition: it is paid per item and stage (the two in one
+        call: 6 Python calls of 53 per item fewer on three trivial ``async def``
+        stages)."""
         stage.running -= 1
         if stage.is_batch:
             n = len(item)
@@ -347,6 +349,10 @@ class Ledger:
                 stage.start_pending()
             if not stage.inflight and self.source_done:
                 self.stage_idle()
+        if stops:
+            self.busy -= 1
+            if not self.busy:
+                self.check_stall()
 
     def slot_freed(self, stage: Flow) -> None:
         """A concurrency slot of ``stage`` may be free: it starts what waits for one

@@ -40,7 +40,7 @@ from typing import Any
 
 from .._spec import StageSpec
 from ..errors import short_repr
-from ._chunks import Chunker
+from ._chunks import Chunker, chunker_for
 from ._deaths import WorkerDied
 from ._pickling import dump_function
 from ._weight import WEIGHER, Weigher
@@ -99,15 +99,7 @@ class RayCalls:
         dumps = importlib.import_module("ray.cloudpickle").dumps
         function = dump_function(invoke, self.spec.name, repr(self), dumps=dumps)
         self.function = self.ray.put(function)
-        self.chunker = Chunker(
-            asyncio.get_running_loop(),
-            function,
-            self.submit,
-            self.lost,
-            self.threads,
-            self.spec.options.chunk_size,
-            self.weigher,
-        )
+        self.chunker = chunker_for(self, function)
         return self.chunker.call
 
     # -- sending -------------------------------------------------------------------------

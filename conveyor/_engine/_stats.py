@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import Failure
 from ._calls import INLINE, Answer, settle
 from ._histogram import Histogram
+from ._plan import UNLIMITED
 from ._registry import figures
 
 if TYPE_CHECKING:
@@ -265,7 +266,7 @@ class Collector:
                     "name": stage.name,
                     "batch": stage.is_batch,
                     "executor": repr(stage.executor),
-                    "limit": None if stage.limit >= 1 << 62 else stage.limit,
+                    "limit": None if stage.limit >= UNLIMITED else stage.limit,
                     "rate_limit": _rate(stage),
                     "items_in": ins[index],
                     "items_out": delivered if following is None else following,
