@@ -78,9 +78,10 @@ class BatchStage(Stage):
     def push(self, item: Any, node: Any) -> None:
         if self.observer is not None:
             self.observer.items_in(1)
-        if self.record is not None:  # (counted as they arrive: a batch is one call)
-            self.record.arrived(item)
+        record = self.record  # (items count as they arrive: a batch is one call)
         if type(item) is Failure:
+            if record is not None:
+                record.passed_through()
             if self.acc_node is not None:  # (an ordered run, with a batch open)
                 if self.held < self.ledger.limit:
                     self.ledger.lent(self)  # (see above)
@@ -88,6 +89,8 @@ class BatchStage(Stage):
                     self.flush()  # too many wait: the batch goes, this one after it
             self.downstream.push(item, None if self.list is None else self.list.append())
             return
+        if record is not None:  # (the one cheap check, as a single stage's call has)
+            record.items_in += 1
         acc = self.acc
         acc.append(item)
         self.ledger.queued(self)

@@ -61,17 +61,13 @@ if TYPE_CHECKING:
 
 class Tally(Protocol):
     """What a stage tells its statistics (``_stats.StageRecord`` is one): the items it
-    calls (single stages count them at the call: one cheap check on the call path), and
-    a batch stage what arrives and each batch it sends off."""
+    calls (single stages count them at the call, batch stages as they arrive: one cheap
+    check on the path), the Failures that pass through, and each batch sent off."""
 
     items_in: int
 
     def passed_through(self) -> None:
-        """A Failure from an earlier stage reached a single stage: passed on as is."""
-        ...
-
-    def arrived(self, item: Any) -> None:
-        """An item reached a batch stage."""
+        """A Failure from an earlier stage reached the stage: passed on as is."""
         ...
 
     def flushed(self, size: int, expired: bool) -> None:

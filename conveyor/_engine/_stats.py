@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Failure
 from ._calls import INLINE, Answer, settle
 from ._histogram import Histogram
 from ._plan import UNLIMITED
@@ -74,15 +73,9 @@ class StageRecord:
         self.timed: Any = None  # the timing call_fn, while armed
 
     def passed_through(self) -> None:
-        """A Failure from an earlier stage reached this (single) stage: passed on as is."""
+        """A Failure from an earlier stage reached this stage: passed on as is."""
         self.items_in += 1
         self.failures_in += 1
-
-    def arrived(self, item: Any) -> None:
-        """An item reached this batch stage."""
-        self.items_in += 1
-        if type(item) is Failure:
-            self.failures_in += 1
 
     def flushed(self, size: int, expired: bool) -> None:
         """A batch of ``size`` items was sent off (``expired``: by ``max_wait``)."""
