@@ -216,10 +216,13 @@ class Stage(Sink):
             if kind or following is None:
                 break
             stage, item = following, result
-        if kind:
+        if kind == AWAIT:
             stage.settle_call(kind, result, context, item, node)
             return
-        stage.downstream.push(result, node)
+        if kind:  # (settle_call's other kinds, in place: a filter's None costs one call)
+            stage.emit_kind(kind, result, node)
+        else:
+            stage.downstream.push(result, node)
         if stage.is_batch:
             stage.call_done(item)
 
