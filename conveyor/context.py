@@ -27,8 +27,8 @@ __all__ = [
 T = TypeVar("T")
 
 DEFAULT_MAX_IN_FLIGHT = 1000
-RetryLog = Literal["each", "summary"]  # PipelineContext.retry_log (its docstring says what)
 DEFAULT_MAX_IN_FLIGHT_BYTES = 64 << 20  # 64 MiB: a few large chunks (see _engine/_weight)
+RetryLog = Literal["each", "summary"]  # PipelineContext.retry_log (its docstring says what)
 
 
 class ExecutionMode(enum.StrEnum):
