@@ -106,9 +106,10 @@ class LoggedRun(Protocol):
 
 
 class RunLog:
-    """The log of one run: the fields every record of the run carries, and its tasks'
-    logs (one :class:`StageLog` per stage, in order). Built with the run; installed in the
-    run's :mod:`contextvars` context by :meth:`install`."""
+    """The log of one run: the fields every record of the run carries (its id, its
+    pipeline), its records, and a :class:`StageLog` for each stage's policy. Built with the
+    run, before anything logs; :meth:`install` puts the fields in the run's
+    :mod:`contextvars` context."""
 
     __slots__ = ("fields", "retry_log")
 
@@ -215,12 +216,24 @@ class StageLog:
         self.errors: Counter[str] = Counter()
         self.examples: dict[str, str] = {}  # an error's last message, by class
 
-    def _extra(self, event: str, item: Any, batch: bool, **fields: Any) -> dict[str, Any]:
-        extra = {"conveyor_event": event, **self.fields, "conveyor_item": short_repr(item)}
+    def _about(
+        self, event: str, item: Any, batch: bool, exc: BaseException
+    ) -> tuple[str, str, dict[str, Any]]:
+        """What a record about a call says of its item and its error (each formatted
+        once): the item as the message shows it, the error, the record's fields."""
+        shown = short_repr(item)
+        error = _error(exc)
+        extra = {
+            "conveyor_event": event,
+            **self.fields,
+            "conveyor_item": shown,
+            "conveyor_error_type": type(exc).__name__,
+            "conveyor_error": error,
+        }
         if batch and isinstance(item, list):
             extra["conveyor_batch_size"] = len(item)
-        extra.update(fields)
-        return extra
+            return f"a batch of {len(item)} items {shown}", error, extra
+        return f"item {shown}", error, extra
 
     def retrying(self, item: Any, exc: BaseException, attempt: int, delay: float) -> None:
         """A call failed and is tried again after ``delay`` seconds."""
@@ -233,25 +246,20 @@ class StageLog:
             self.examples[kind] = _message(exc)
             return
         if logger.isEnabledFor(logging.WARNING):
+            what, error, extra = self._about("retry", item, self.batch, exc)
+            extra["conveyor_attempt"] = attempt
+            extra["conveyor_max_attempts"] = self.max_attempts
+            extra["conveyor_delay"] = delay
+            extra["conveyor_outcome"] = "retried"
             logger.warning(
                 "task %r failed on %s (attempt %d of %d): %s; retrying in %.2f s",
                 self.name,
-                _what(item, self.batch),
+                what,
                 attempt,
                 self.max_attempts,
-                _error(exc),
+                error,
                 delay,
-                extra=self._extra(
-                    "retry",
-                    item,
-                    self.batch,
-                    conveyor_attempt=attempt,
-                    conveyor_max_attempts=self.max_attempts,
-                    conveyor_delay=delay,
-                    conveyor_outcome="retried",
-                    conveyor_error_type=type(exc).__name__,
-                    conveyor_error=_error(exc),
-                ),
+                extra=extra,
             )
 
     def gave_up(
@@ -262,23 +270,19 @@ class StageLog:
         batch that was split)."""
         level = logging.DEBUG if outcome == "failed" else logging.INFO
         if logger.isEnabledFor(level):
-            action = {"failed": "raised", "skipped": "skipped", "emitted": "emitted as a Failure"}
-            fields: dict[str, Any] = {
-                "conveyor_outcome": outcome,
-                "conveyor_error_type": type(exc).__name__,
-                "conveyor_error": _error(exc),
-            }
+            what, error, extra = self._about("gave_up", item, batch, exc)
+            extra["conveyor_outcome"] = outcome
             if attempt is not None:
-                fields["conveyor_attempt"] = attempt
-                fields["conveyor_max_attempts"] = self.max_attempts
+                extra["conveyor_attempt"] = attempt
+                extra["conveyor_max_attempts"] = self.max_attempts
             logger.log(
                 level,
                 "task %r gave up on %s (%s): %s",
                 self.name,
-                _what(item, batch),
-                action[outcome],
-                _error(exc),
-                extra=self._extra("gave_up", item, batch, **fields),
+                what,
+                _ACTIONS[outcome],
+                error,
+                extra=extra,
             )
 
     def summarise(self) -> None:
@@ -312,10 +316,7 @@ class StageLog:
         )
 
 
-def _what(item: Any, batch: bool) -> str:
-    if batch and isinstance(item, list):
-        return f"a batch of {len(item)} items {short_repr(item)}"
-    return f"item {short_repr(item)}"
+_ACTIONS = {"failed": "raised", "skipped": "skipped", "emitted": "emitted as a Failure"}
 
 
 def _message(exc: BaseException) -> str:
