@@ -432,3 +432,26 @@ def test_retry_log_is_checked_when_it_is_given(where: str) -> None:
             conveyor.PipelineContext(retry_log="quiet")  # type: ignore[arg-type]
         else:
             flaky.with_context(retry_log="quiet")
+
+
+LEVELS = {"debug", "info", "warning", "error", "exception", "critical", "log"}
+
+
+def test_every_log_call_passes_its_fields() -> None:
+    """Each call to the ``conveyor`` logger in the package passes ``extra=`` (the run's
+    fields: ``_log.RunLog`` or ``_log_fields.run_fields``), so no kind of record comes
+    without them; a new record of a run should go through ``RunLog.log``."""
+    import ast
+
+    package = Path(conveyor.__file__).parent
+    bare = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            target = node.func.value
+            named = target.id if isinstance(target, ast.Name) else getattr(target, "attr", "")
+            passes = any(keyword.arg == "extra" for keyword in node.keywords)
+            if node.func.attr in LEVELS and named == "logger" and not passes:
+                bare.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert bare == []

@@ -133,10 +133,20 @@ class RunLog:
         """The ``extra=`` of a record of this run."""
         return {"conveyor_event": event, **self.fields, **fields}
 
+    def log(self, level: int, event: str, message: str, *args: Any, **fields: Any) -> None:
+        """A record of this run at ``level``: ``message % args``, with the run's fields,
+        ``conveyor_event=event`` and ``fields`` (named with their prefix, each listed in
+        ``FIELDS``)."""
+        if logger.isEnabledFor(level):
+            logger.log(level, message, *args, extra=self.extra(event, **fields))
+
     def info(self, event: str, message: str, *args: Any, **fields: Any) -> None:
-        """An INFO record of this run (``fields`` named with their prefix)."""
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(message, *args, extra=self.extra(event, **fields))
+        """An INFO record of this run (see :meth:`log`)."""
+        self.log(logging.INFO, event, message, *args, **fields)
+
+    def warning(self, event: str, message: str, *args: Any, **fields: Any) -> None:
+        """A WARNING record of this run (see :meth:`log`)."""
+        self.log(logging.WARNING, event, message, *args, **fields)
 
     def exception(self, event: str, message: str) -> None:
         """An ERROR record with the exception being handled."""
