@@ -69,6 +69,10 @@ def typecheck(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Build the documentation site (mkdocs.yml) into build/site; any warning fails it.
 
+    The site works offline: the build takes mermaid.js from its npm package (pinned, its
+    sha256 checked; kept in build/npm after the first download) and fails if any file of
+    the site still names a CDN (docs/_ext/offline.py, a hook of mkdocs.yml).
+
     ``nox -s docs -- --site-dir DIR`` builds elsewhere; ``mkdocs serve`` (with
     ``pip install -e ".[docs]"``) previews it.
     """

@@ -13,7 +13,7 @@ import difflib
 import enum
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 __all__ = [
     "ContextManager",
@@ -28,6 +28,7 @@ T = TypeVar("T")
 
 DEFAULT_MAX_IN_FLIGHT = 1000
 DEFAULT_MAX_IN_FLIGHT_BYTES = 64 << 20  # 64 MiB: a few large chunks (see _engine/_weight)
+RetryLog = Literal["each", "summary"]  # PipelineContext.retry_log (its docstring says what)
 
 
 class ExecutionMode(enum.StrEnum):
@@ -65,6 +66,10 @@ class PipelineContext:
     items' mean weight (64 MiB by default; ``None``: items are only counted). Bytes,
     buffers, arrays and pandas objects weigh their size; ``item_weight(item)`` weighs
     others (bytes, or ``None`` for no weight).
+
+    ``retry_log`` is how the ``conveyor`` logger tells of retries: ``"each"`` a WARNING
+    per retry; ``"summary"`` one WARNING per task that retried, at the end of the run (its
+    retries, the items retried, the commonest errors). See docs/logging.md.
     """
 
     execution_mode: ExecutionMode | str = ExecutionMode.ORDERED
@@ -76,6 +81,7 @@ class PipelineContext:
     progress: bool = False
     max_in_flight_bytes: int | None = DEFAULT_MAX_IN_FLIGHT_BYTES
     item_weight: Callable[[Any], int | None] | None = None
+    retry_log: RetryLog = "each"
 
     def __post_init__(self) -> None:
         self.execution_mode = parse_execution_mode(self.execution_mode)
@@ -96,6 +102,11 @@ class PipelineContext:
             raise TypeError(
                 f"item_weight must be a function of an item returning its size in bytes "
                 f"(or None), got {self.item_weight!r}"
+            )
+        if self.retry_log not in get_args(RetryLog):
+            raise ValueError(
+                f"retry_log must be 'each' (a warning per retry) or 'summary' (one warning "
+                f"per task at the end of the run), got {self.retry_log!r}"
             )
         if not isinstance(self.progress, bool):
             raise ValueError(

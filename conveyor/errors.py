@@ -15,6 +15,8 @@ import reprlib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from ._engine._log_fields import run_fields
+
 __all__ = [
     "ErrorAction",
     "ErrorHandler",
@@ -135,5 +137,17 @@ class LoggingErrorHandler(ErrorHandler):
     async def handle_error(
         self, error: Exception, item: Any, task_name: str, attempt: int
     ) -> tuple[bool, Any]:
-        self.logger.error("Error in %s (attempt %d): %s", task_name, attempt, error)
+        self.logger.error(
+            "Error in %s (attempt %d): %s",
+            task_name,
+            attempt,
+            error,
+            extra=run_fields(
+                "handler",
+                conveyor_task=task_name,
+                conveyor_item=short_repr(item),
+                conveyor_attempt=attempt,
+                conveyor_error_type=type(error).__name__,
+            ),
+        )
         return True, self.replacement_value

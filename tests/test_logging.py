@@ -3,13 +3,19 @@ at the end of the run, executor choices at INFO, nothing per item on the happy p
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import conveyor
 from conveyor import batch_task, single_task
+from conveyor._engine import _log
 
 
 def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
@@ -150,3 +156,302 @@ print(conveyor.run(bad([1]).collect()))
         check=True,
     )
     assert silenced.stderr == ""
+
+
+# -- structured fields (issue 19, part 5) ---------------------------------------------
+
+
+def conveyor_fields(record: logging.LogRecord) -> dict[str, object]:
+    return {k: v for k, v in vars(record).items() if k.startswith("conveyor_")}
+
+
+def records_of(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "conveyor"]
+
+
+async def test_every_kind_of_record_carries_the_run_and_its_task(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Retries, calls given up (skipped, emitted, raised), the end of the run, executors,
+    ``"auto"``'s choice, the window raised at the start, an error handler: each record has
+    its event, the run's id and pipeline, and its task where it is a task's."""
+    caplog.set_level(logging.DEBUG, logger="conveyor")
+    ids: list[str | None] = []
+
+    @single_task(retry_attempts=2, retry_delay=0, on_error="skip_item")
+    def parse(x: int) -> int:
+        context = conveyor.get_current_context()
+        ids.append(None if context is None else context.pipeline_id)
+        if x == 3:
+            raise ValueError("three")
+        return x
+
+    @single_task(executor="thread:2", on_error="emit")
+    def check(x: int) -> int:
+        if x == 4:
+            raise KeyError(x)
+        return x
+
+    @single_task(executor="auto")
+    def chosen(x: object) -> object:
+        return x
+
+    @batch_task(max_size=8, error_handler=conveyor.LoggingErrorHandler())
+    def total(xs: list[object]) -> list[object]:
+        if 0 in xs:
+            raise OverflowError("a batch with 0")
+        return xs
+
+    pipeline = (parse | check | chosen | total).with_context(max_in_flight=4)
+    await pipeline(range(10)).collect()
+    (run_id,) = set(ids)
+    records = records_of(caplog)
+    events = {r.conveyor_event for r in records}  # type: ignore[attr-defined]
+    assert {"window", "retry", "gave_up", "executor", "auto", "handler", "run_end"} <= events
+    tasks = {
+        "retry": "parse",
+        "executor": "check",
+        "auto": "chosen",
+        "handler": "total",
+    }
+    for record in records:
+        fields = conveyor_fields(record)
+        assert fields["conveyor_run_id"] == run_id, record.getMessage()
+        assert fields["conveyor_pipeline"] == "parse | check | chosen | total"
+        event = fields["conveyor_event"]
+        if event in tasks:
+            assert fields["conveyor_task"] == tasks[event], record.getMessage()
+        if event == "gave_up":
+            assert fields["conveyor_task"] in ("parse", "check")
+        assert set(fields) <= set(_log.FIELDS), record.getMessage()
+
+
+async def test_a_retry_and_a_call_given_up_carry_their_facts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="conveyor")
+    await (flaky | strict)(["ok-1", "bad-item", "ok-3"]).collect()
+    retry, again = [r for r in records_of(caplog) if r.levelno == logging.WARNING]
+    assert conveyor_fields(retry) == {
+        "conveyor_event": "retry",
+        "conveyor_run_id": conveyor_fields(retry)["conveyor_run_id"],
+        "conveyor_pipeline": "flaky | strict",
+        "conveyor_task": "flaky",
+        "conveyor_item": "'bad-item'",
+        "conveyor_attempt": 1,
+        "conveyor_max_attempts": 3,
+        "conveyor_delay": 0.0,
+        "conveyor_outcome": "retried",
+        "conveyor_error_type": "ConnectionError",
+        "conveyor_error": "ConnectionError: refused: bad-item",
+    }
+    assert isinstance(retry.conveyor_run_id, str)  # type: ignore[attr-defined]
+    assert again.conveyor_attempt == 2  # type: ignore[attr-defined]
+    given_up = [r for r in records_of(caplog) if r.conveyor_event == "gave_up"]  # type: ignore[attr-defined]
+    assert sorted((r.conveyor_task, r.conveyor_outcome, r.conveyor_attempt) for r in given_up) == [  # type: ignore[attr-defined]
+        ("flaky", "skipped", 3),
+        ("strict", "emitted", 1),
+    ]
+    (end,) = [r for r in records_of(caplog) if r.conveyor_event == "run_end"]  # type: ignore[attr-defined]
+    assert end.conveyor_outcome == "finished"  # type: ignore[attr-defined]
+    assert end.conveyor_counts == {  # type: ignore[attr-defined]
+        "flaky": {"retried": 2, "skipped": 1},
+        "strict": {"emitted": 1},
+    }
+
+
+async def test_a_batch_call_names_its_size(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="conveyor")
+
+    @batch_task(max_size=4, retry_attempts=2, retry_delay=0, on_error="skip_batch")
+    def fails(xs: list[int]) -> list[int]:
+        raise ValueError("no")
+
+    await fails(range(3)).collect()
+    retry = next(r for r in records_of(caplog) if r.levelno == logging.WARNING)
+    assert retry.conveyor_batch_size == 3  # type: ignore[attr-defined]
+    assert retry.conveyor_item == "[0, 1, 2]"  # type: ignore[attr-defined]
+
+
+def test_a_process_stages_chunk_sizes_carry_the_run() -> None:
+    code = """
+import logging, conveyor
+from conveyor import single_task
+from tests.workers import square
+
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record)
+logger = logging.getLogger("conveyor")
+logger.addHandler(Keep())
+logger.setLevel(logging.DEBUG)
+task = single_task(executor="process:2")(square)
+task.run(range(50))
+chunks = [r for r in records if getattr(r, "conveyor_event", None) == "chunk"]
+assert chunks, [r.getMessage() for r in records]
+assert all(r.conveyor_run_id and r.conveyor_pipeline == "square" for r in chunks)
+assert all(isinstance(r.conveyor_chunk_size, int) for r in chunks)
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_fields_are_documented() -> None:
+    """docs/logging.md's table of fields is ``_log.FIELDS``."""
+    page = (Path(__file__).parent.parent / "docs" / "logging.md").read_text()
+    documented = set(re.findall(r"^\| `(conveyor_\w+)` \|", page, re.MULTILINE))
+    assert documented == set(_log.FIELDS)
+
+
+async def test_structlog_gets_the_fields() -> None:
+    """structlog's stdlib integration (``ExtraAdder``) renders the fields as JSON keys."""
+    structlog = pytest.importorskip("structlog")
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.ExtraAdder()],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    logger = logging.getLogger("conveyor")
+    logger.addHandler(handler)
+    try:
+        await flaky(["bad-1"]).collect()
+    finally:
+        logger.removeHandler(handler)
+    first = json.loads(out.getvalue().splitlines()[0])
+    assert first["level"] == "warning"
+    assert first["conveyor_task"] == "flaky"
+    assert first["conveyor_item"] == "'bad-1'"
+    assert first["conveyor_attempt"] == 1
+    assert first["conveyor_outcome"] == "retried"
+    assert first["conveyor_pipeline"] == "flaky"
+    assert first["conveyor_run_id"]
+
+
+# -- retry_log="summary" --------------------------------------------------------------
+
+
+def crawl(retry_log: str) -> tuple[list[logging.LogRecord], list[object]]:
+    """500 URLs: most fail once or twice before they answer, every 50th never does."""
+    attempts: dict[int, int] = {}
+
+    @single_task(retry_attempts=3, retry_delay=0, on_error="skip_item")
+    async def fetch(url: int) -> int:
+        attempts[url] = attempts.get(url, 0) + 1
+        if url % 50 == 0:
+            raise ConnectionError(f"refused: http://example.org/{url}")
+        if attempts[url] <= url % 3:
+            raise TimeoutError(f"timed out: http://example.org/{url}")
+        return url
+
+    @single_task(retry_attempts=2, retry_delay=0)
+    def parse(url: int) -> int:
+        attempts[-url - 1] = attempts.get(-url - 1, 0) + 1
+        if url % 7 == 0 and attempts[-url - 1] == 1:
+            raise ValueError("bad page")
+        return url
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("conveyor")
+    keep = Keep(logging.WARNING)
+    logger.addHandler(keep)
+    try:
+        results = (fetch | parse).with_context(retry_log=retry_log).run(range(500))
+    finally:
+        logger.removeHandler(keep)
+    return records, results
+
+
+def test_retries_summed_up_once_per_task_at_the_end() -> None:
+    # The model: fetch retries url % 3 times (twice, then gives up, on every 50th); parse
+    # once on every 7th that reached it.
+    fetch_retries = sum(2 if url % 50 == 0 else url % 3 for url in range(500))
+    fetch_items = sum(1 for url in range(500) if url % 50 == 0 or url % 3)
+    parse_retries = sum(1 for url in range(500) if url % 50 and url % 7 == 0)
+    assert (fetch_retries, fetch_items, parse_retries) == (510, 337, 70)
+
+    each, results = crawl("each")
+    assert len(each) == fetch_retries + parse_retries  # a warning per retry: noise
+    summary, same = crawl("summary")
+    assert same == results
+    assert len(summary) == 2
+    assert re.fullmatch(
+        r"task 'fetch' retried 510 times on 337 items: 490 TimeoutError \('timed out: "
+        r"http://example.org/\d+'\), 20 ConnectionError \('refused: http://example.org/\d+'\)",
+        summary[0].getMessage(),
+    )
+    assert summary[1].getMessage() == (
+        "task 'parse' retried 70 times on 70 items: 70 ValueError ('bad page')"
+    )
+    fetch = summary[0]
+    assert conveyor_fields(fetch) == {
+        "conveyor_event": "retry_summary",
+        "conveyor_run_id": fetch.conveyor_run_id,  # type: ignore[attr-defined]
+        "conveyor_pipeline": "fetch | parse",
+        "conveyor_task": "fetch",
+        "conveyor_outcome": "retried",
+        "conveyor_retries": 510,
+        "conveyor_items": 337,
+        "conveyor_errors": {"TimeoutError": 490, "ConnectionError": 20},
+    }
+
+
+async def test_a_retry_summary_when_the_run_fails(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="conveyor")
+
+    @single_task(retry_attempts=2, retry_delay=0)
+    def breaks(x: int) -> int:
+        raise RuntimeError(f"broken {x}")
+
+    with pytest.raises(RuntimeError):
+        await breaks.with_context(retry_log="summary")([1]).collect()
+    assert [r.getMessage() for r in records_of(caplog)] == [
+        "task 'breaks' retried 1 times on 1 items: 1 RuntimeError ('broken 1')"
+    ]
+
+
+@pytest.mark.parametrize("where", ["context", "with_context"])
+def test_retry_log_is_checked_when_it_is_given(where: str) -> None:
+    allowed = r"retry_log must be 'each' .* or 'summary' .* got 'quiet'"
+    with pytest.raises(ValueError, match=allowed):
+        if where == "context":
+            conveyor.PipelineContext(retry_log="quiet")  # type: ignore[arg-type]
+        else:
+            flaky.with_context(retry_log="quiet")
+
+
+LEVELS = {"debug", "info", "warning", "error", "exception", "critical", "log"}
+
+
+def test_every_log_call_passes_its_fields() -> None:
+    """Each call to the ``conveyor`` logger in the package passes ``extra=`` (the run's
+    fields: ``_log.RunLog`` or ``_log_fields.run_fields``), so no kind of record comes
+    without them; a new record of a run should go through ``RunLog.log``."""
+    import ast
+
+    package = Path(conveyor.__file__).parent
+    bare = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            target = node.func.value
+            named = target.id if isinstance(target, ast.Name) else getattr(target, "attr", "")
+            passes = any(keyword.arg == "extra" for keyword in node.keywords)
+            if node.func.attr in LEVELS and named == "logger" and not passes:
+                bare.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert bare == []

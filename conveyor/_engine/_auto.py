@@ -40,6 +40,7 @@ from typing import Any
 
 from .._spec import StageSpec
 from ._calls import AWAIT, kind_of
+from ._log_fields import run_fields
 from ._pickling import dumps
 from ._pools import Processes, cores
 from ._registry import AutoChoice, figures
@@ -214,7 +215,14 @@ class Auto:
     def decided(self, choice: str, reason: str) -> None:
         self.choice = choice
         self.record.choice, self.record.reason = choice, reason
-        logger.info("task %r: executor 'auto' chose %s (%s)", self.spec.name, choice, reason)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "task %r: executor 'auto' chose %s (%s)",
+                self.spec.name,
+                choice,
+                reason,
+                extra=run_fields("auto", conveyor_task=self.spec.name, conveyor_executor=choice),
+            )
         if choice in self.routes:
             self.current = self.routes[choice]
             return

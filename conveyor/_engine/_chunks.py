@@ -57,6 +57,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._calls import _RESULT, Answer, hand_on
+from ._log_fields import run_fields
 from ._pickling import unpicklable_item
 from ._worker import _GENERATOR, _OK, _SKIPPED, PROTOCOL
 
@@ -137,6 +138,9 @@ class Chunker:
         self.workers = workers
         self.fixed = chunk_size
         self.weigher = weigher
+        # The run's fields for the log (built in the run: its answers may be handed on
+        # from another context).
+        self.log_fields = run_fields("chunk")
         self.size = chunk_size or 1
         self.pending: list[Answer] = []  # (each holds its item)
         self.out: set[concurrent.futures.Future[bytes]] = set()
@@ -328,7 +332,13 @@ class Chunker:
             fixed_cost = (self.latency or 0.0) + pickling
             target = min(MAX_TARGET, max(MIN_TARGET, 20 * fixed_cost))
             self.size = max(1, min(MAX_CHUNK, round(target / max(self.per_item, 1e-7))))
-        logger.debug("chunk of %d answered: next size %d", count, self.size)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "chunk of %d answered: next size %d",
+                count,
+                self.size,
+                extra={**self.log_fields, "conveyor_chunk_size": self.size},
+            )
 
 
 def _own_copy(error: BaseException) -> BaseException:

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from .._spec import StageSpec
 from ..errors import ErrorAction, Failure, short_repr
-from . import _log
 
 if TYPE_CHECKING:
     from ._ledger import Account
+    from ._log import StageLog
 
 
 class Unrecoverable(Exception):
@@ -48,8 +48,9 @@ class Policy:
     timeout). Retries and calls that failed for good (``"failed"``, ``"emitted"`` or
     ``"skipped"``; isolated items of a batch that fail alone count as ``"skipped"``) are
     counted in the stage's ``account`` (see ``_ledger``: the statistics and the log's
-    summary read it); ``on_retry`` tells a user's observer of each retry (``None``: not
-    observed).
+    summary read it) and told to its ``log`` (``_log.StageLog``: a record with the task,
+    the item, the attempt; under ``retry_log="summary"`` retries are tallied instead);
+    ``on_retry`` tells a user's observer of each retry (``None``: not observed).
     """
 
     __slots__ = (
@@ -58,6 +59,7 @@ class Policy:
         "attempt",
         "batch",
         "handler",
+        "log",
         "name",
         "on_retry",
         "retry",
@@ -68,6 +70,7 @@ class Policy:
         spec: StageSpec,
         attempt: Callable[[Any], Awaitable[Any]],
         account: Account,
+        log: StageLog,
         on_retry: Callable[[BaseException, int], None] | None = None,
     ) -> None:
         self.name = spec.name
@@ -77,6 +80,7 @@ class Policy:
         self.action = spec.options.on_error
         self.attempt = attempt
         self.account = account
+        self.log = log
         self.on_retry = on_retry
 
     def annotate(self, exc: BaseException, item: Any) -> BaseException:
@@ -99,7 +103,7 @@ class Policy:
                 self.on_retry(exc, attempt)
             delay = retry.delay_after(attempt)
             self.account.retried_once()
-            _log.retrying(self, item, exc, attempt, delay)
+            self.log.retrying(item, exc, attempt, delay)
             await asyncio.sleep(delay)
             attempt += 1
             try:
@@ -125,7 +129,7 @@ class Policy:
     def final(self, exc: Exception, item: Any, attempt: int) -> Any:
         """``on_error`` for a call that failed for good: raise, drop, or a Failure."""
         action = ErrorAction.FAIL if isinstance(exc, Unrecoverable) else self.action
-        self.gave_up(item, exc, _OUTCOMES[action])
+        self.gave_up(item, exc, _OUTCOMES[action], attempt)
         if action is ErrorAction.FAIL:
             raise self.annotate(exc, item)
         if action is ErrorAction.EMIT:
@@ -142,7 +146,7 @@ class Policy:
             go_on, value = await self._ask_handler(exc, where, 1)
             if go_on:
                 return value
-        self.gave_up(where, exc, _OUTCOMES[self.action])
+        self.gave_up(where, exc, _OUTCOMES[self.action], 1)
         if self.action is ErrorAction.FAIL:
             raise annotate(exc, self.name, where, False)
         if self.action is ErrorAction.EMIT:
@@ -181,14 +185,17 @@ class Policy:
                     out.extend(kept)
                     left_out += more
                 else:
-                    self.gave_up(half[0], exc, "skipped", batch=False)
+                    self.gave_up(half[0], exc, "skipped", None, batch=False)
                     left_out += 1
         return out, left_out
 
-    def gave_up(self, item: Any, exc: BaseException, outcome: str, batch: bool = True) -> None:
-        """A call failed for good: count it, log it."""
+    def gave_up(
+        self, item: Any, exc: BaseException, outcome: str, attempt: int | None, batch: bool = True
+    ) -> None:
+        """A call failed for good (after ``attempt`` attempts; ``None``: an item of a split
+        batch, called alone once): count it, log it."""
         self.account.gave_up(outcome)
-        _log.gave_up(self, item, exc, outcome, self.batch and batch)
+        self.log.gave_up(item, exc, outcome, self.batch and batch, attempt)
 
 
 _OUTCOMES = {

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from ._calls import Executor
 from ._ledger import Flow, Ledger
+from ._log import RunLog
 from ._order import Node, OrderList, Sink
 from ._policy import Policy
 
@@ -34,6 +35,11 @@ class RunRole(Protocol):
 
     @property
     def ledger(self) -> Ledger: ...
+    @property
+    def log(self) -> RunLog:
+        """The run's log (its records' run fields; each stage's policy's log)."""
+        ...
+
     @property
     def closed(self) -> bool:
         """Whether the run is over (failed, or closed by its consumer)."""

@@ -35,7 +35,7 @@ from ._delivery import BatchFeeder, OrderedOutput, Output
 from ._fused import tight_loop
 from ._input import NO_INPUT, FeedbackPump, close_source, pump
 from ._ledger import Ledger
-from ._log import end_of_run_logged, executors_logged, logger
+from ._log import RunLog
 from ._observe import Counted, ObservedExecutor, RunObserver, waited_for_room
 from ._order import NOTHING, OrderList, Sink
 from ._plan import Plan, plan
@@ -86,6 +86,7 @@ class Run:
         "error",
         "feedback",
         "ledger",
+        "log",
         "loop",
         "on_consumer_wait",
         "on_over",
@@ -107,6 +108,8 @@ class Run:
         stats: RunStatistics | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        # (Before anything logs: the fields of every record of this run.)
+        self.log = RunLog(context.pipeline_id, [spec.name for spec in specs], context.retry_log)
         self.plan = run_plan = plan(specs, context, observed=observer is not None)
         self.ordered = run_plan.ordered
         self.ledger = ledger = Ledger(
@@ -118,7 +121,8 @@ class Run:
             on_first=None if stats is None else stats.first_taken,
         )
         if run_plan.window > run_plan.max_in_flight:
-            logger.info(
+            self.log.info(
+                "window",
                 "conveyor: the window (max_in_flight=%d) is raised to %d for this run, "
                 "to hold a full batch of each batch stage at once (max_size %s)",
                 run_plan.max_in_flight,
@@ -137,13 +141,14 @@ class Run:
         self._ended: asyncio.Future[None] | None = None
         # Called once when the run is over (abort: finished and drained, failed, closed or
         # dropped): the statistics' end, progress bars, the log's summary.
-        self.on_over: list[Callable[[Run], None]] = [end_of_run_logged]
+        self.on_over: list[Callable[[Run], None]] = [self.log.ended]
         # A Feedback input's pump: told when the consumer waits, and when nothing works.
         self.feedback = FeedbackPump(self, source) if isinstance(source, Feedback) else None
         self.on_consumer_wait = None if self.feedback is None else self.feedback.idle
 
         self.context = contextvars.copy_context()
         self.context.run(set_current_context, context)
+        self.log.install(self.context)
 
         # The Futures that calls on threads, processes or Dask wait on (see _waiting).
         self.completions = Completions(self.loop, self.context)
@@ -238,7 +243,7 @@ class Run:
         try:
             try:
                 await self._bind(stack)
-                executors_logged(self)
+                self.log.executors(self)
                 if self.stats is not None:
                     self.stats.bound()
                 fused = tight_loop(self)  # (composed from the calls just bound)
@@ -361,7 +366,9 @@ class Run:
             try:
                 callback(self)
             except Exception:  # (a progress bar's closed file must not stop the abort)
-                logger.exception("conveyor: a callback at the end of a run failed")
+                self.log.exception(
+                    "callback_failed", "conveyor: a callback at the end of a run failed"
+                )
         if self.error is None:
             # Closed by the consumer (or for it): results not taken yet are dropped, and a
             # consumer waiting in another task ends its iteration.

@@ -145,7 +145,11 @@ class Stage(Sink):
         self.tally = None if spec.batch else self.record
         self.observer = observer
         self.policy = Policy(
-            spec, self.attempt, self.account, None if observer is None else observer.retried
+            spec,
+            self.attempt,
+            self.account,
+            run.log.stage(spec),
+            None if observer is None else observer.retried,
         )
         # How an item's call starts (see ``_plan``): an async def on the loop skips the
         # generic result handling (its call always returns a coroutine); under a rate
