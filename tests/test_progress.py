@@ -80,7 +80,7 @@ async def test_a_terminal_gets_tqdm_bars() -> None:
     text = out.getvalue()
     assert "\r" in text  # redrawn in place
     assert "40/40" in text and "item/s" in text and "20 results" in text
-    assert "drop_odd: 20 out" in text and "pairs: 20 out" in text
+    assert "drop_odd: 20 out" in text and "pairs:    20 out" in text  # (aligned)
 
 
 async def test_no_length_no_total_and_no_eta() -> None:
