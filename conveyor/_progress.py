@@ -11,11 +11,14 @@ on a timer of its own, so the engine does nothing per item for it:
 * **Total and ETA** when the input has a length (``len(items)``); for an input that
   reports its reading (a file source's ``figures()``), the bytes read and the share of
   the file.
-* **Where it goes.** To a terminal (``file.isatty()``) or a Jupyter notebook: tqdm bars,
-  redrawn every ``interval`` (0.1 s), with one line per stage under ``stages=True``
-  (items out, calls running, items waiting for a slot). Anywhere else (a CI log, a
-  file, a pipe): a plain line every ``interval`` (10 s) and one at the end, with no
-  control characters, so logs stay readable.
+* **Where it goes.** To a terminal (``file.isatty()``): tqdm's text bars, redrawn every
+  ``interval`` (0.1 s): the run's bar, and only under ``stages=True`` one line per
+  stage (items out, calls running, items waiting for a slot); the last frame stays on
+  the screen, each bar on its own line (see ``Bars``). In a Jupyter kernel writing to
+  the default file: tqdm's notebook widgets where ipywidgets is installed, its text
+  bars otherwise (see ``_bar_class``). Anywhere else (a CI log, a file, a pipe): a
+  plain line every ``interval`` (10 s) and one at the end, with no control characters,
+  so logs stay readable.
 """
 
 from __future__ import annotations

@@ -224,3 +224,21 @@ def test_a_narrow_terminal_cuts_lines_rather_than_wrap_them() -> None:
         "  a_stage_with_a_long_name: 200 out, 0 running, 0",
         "200 results",
     ]
+
+
+def test_under_a_bar_of_the_callers_the_bars_are_cleared() -> None:
+    # (left in place, the run's bar would be written over the caller's line when closed)
+    lines = screen(
+        """
+        from tqdm import tqdm
+
+        FAIL_AT = None
+        for _ in tqdm(range(3), desc="batches"):
+            stream = (download | parse)(range(100)).progress(stages=True, interval=0.02)
+            conveyor.run(stream.collect())
+        print("done")
+        """
+    )
+    assert len(lines) == 2, lines
+    assert re.fullmatch(r"batches: 100%\|█+\| 3/3 \[.*it/s\]", lines[0]), lines
+    assert lines[1] == "done"
