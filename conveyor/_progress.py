@@ -188,27 +188,28 @@ class Bars:
     ) -> None:
         bar_class = _bar_class(options)
         common: dict[str, Any] = {"file": options.file, "dynamic_ncols": True, "mininterval": 0}
-        self.bar = bar_class(total=total, desc=desc, unit="item", **common)
-        # Under a bar of the caller's (ours is not the first line), the bars are cleared
-        # at the end: one left in place would be written over the caller's line.
-        first = abs(self.bar.pos)
-        self.bar.leave = first == 0
+        self.bar = bar = bar_class(total=total, desc=desc, unit="item", **common)
+        widgets = hasattr(bar, "container")  # (tqdm.notebook's: an ipywidgets box)
+        # In a terminal, under a bar of the caller's (ours is not the first line), the bars
+        # are cleared at the end: one left in place would be written over the caller's
+        # line. (Widgets each have their own place.)
+        first = abs(bar.pos)
+        bar.leave = widgets or first == 0
         self.lines: list[Any] = []
         if not options.stages:
             return
-        width = max(len(name) for name in names) + 1
+        width = max((len(name) for name in names), default=0) + 1
         for index, name in enumerate(names):
             line = bar_class(
                 desc=f"  {name + ':':<{width}}",  # (aligned: the figures form a column)
                 unit="item",
                 bar_format="{desc} {n_fmt} out{postfix}",
                 position=first + 1 + index,
-                leave=self.bar.leave,
+                leave=bar.leave,
                 **common,
             )
-            container = getattr(line, "container", None)
-            if container is not None:  # a notebook widget: text only, no bar with no total
-                container.children[1].layout.display = "none"
+            if widgets:  # text only: tqdm's widget for a count with no total is a full bar
+                line.container.children[1].layout.display = "none"
             self.lines.append(line)
 
     def show(self, figures: Figures) -> None:

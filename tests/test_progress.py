@@ -243,6 +243,15 @@ async def test_a_notebook_draws_tqdm_widgets(
             raise ValueError(x)
         return x
 
+    notebook.clear()  # under a bar of the user's: left in place too, below it
+    import tqdm.notebook
+
+    with tqdm.notebook.tqdm(total=1, desc="outer") as outer:
+        await drop_odd(range(4)).progress().collect()
+        outer.update()
+    assert [box.children[1].bar_style for box in notebook] == ["success", "success"]
+    assert [box.layout.visibility for box in notebook] == [None, None]
+
     notebook.clear()
     with pytest.raises(ValueError):
         await boom(range(10)).progress().collect()

@@ -78,7 +78,7 @@ def screen(code: str, columns: int = 100, rows: int = 24) -> list[str]:
         stderr=follower,
         env=env,
         cwd=ROOT,
-        start_new_session=True,  # (the pty may become its controlling terminal)
+        start_new_session=True,  # (apart from pytest's terminal and its Ctrl-C)
     ) as child:
         os.close(follower)
         deadline = time.monotonic() + 60
