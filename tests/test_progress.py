@@ -12,7 +12,7 @@ import re
 import sys
 import threading
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -200,9 +200,14 @@ async def test_bars_leave_no_thread_behind() -> None:
 
 
 @pytest.fixture
-def notebook(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+def notebook(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
     """A Jupyter kernel, as conveyor and tqdm see it, with ipywidgets: the widgets
-    tqdm.notebook displays (IPython's ``display`` needs a browser to show them)."""
+    tqdm.notebook displays (IPython's ``display`` needs a browser to show them).
+
+    They are closed at the end: ipywidgets keeps every widget until it is closed, and a
+    bar's box holds a weak proxy to its tqdm bar, dead once the bar is, which would trip
+    whatever inspects every object left (as tests/test_sources_close.py does).
+    """
     pytest.importorskip("ipywidgets", reason="the notebook bars are ipywidgets")
     IPython = pytest.importorskip("IPython")
     import tqdm.notebook
@@ -215,8 +220,18 @@ def notebook(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
     monkeypatch.setattr(IPython, "get_ipython", Shell)
     shown: list[Any] = []
-    monkeypatch.setattr(tqdm.notebook, "display", shown.append)
-    return shown
+    every: list[Any] = []
+
+    def display(box: Any) -> None:
+        shown.append(box)
+        every.append(box)
+
+    monkeypatch.setattr(tqdm.notebook, "display", display)
+    yield shown
+    for box in every:
+        for widget in [*box.children, box]:
+            widget.close()
+        del box.pbar
 
 
 async def test_a_notebook_draws_tqdm_widgets(
