@@ -11,16 +11,20 @@ on a timer of its own, so the engine does nothing per item for it:
 * **Total and ETA** when the input has a length (``len(items)``); for an input that
   reports its reading (a file source's ``figures()``), the bytes read and the share of
   the file.
-* **Where it goes.** To a terminal (``file.isatty()``) or a Jupyter notebook: tqdm bars,
-  redrawn every ``interval`` (0.1 s), with one line per stage under ``stages=True``
-  (items out, calls running, items waiting for a slot). Anywhere else (a CI log, a
-  file, a pipe): a plain line every ``interval`` (10 s) and one at the end, with no
-  control characters, so logs stay readable.
+* **Where it goes.** To a terminal (``file.isatty()``): tqdm's text bars, redrawn every
+  ``interval`` (0.1 s): the run's bar, and only under ``stages=True`` one line per
+  stage (items out, calls running, items waiting for a slot); the last frame stays on
+  the screen, each bar on its own line (see ``Bars``). In a Jupyter kernel writing to
+  the default file: tqdm's notebook widgets where ipywidgets is installed, its text
+  bars otherwise (see ``_bar_class``). Anywhere else (a CI log, a file, a pipe): a
+  plain line every ``interval`` (10 s) and one at the end, with no control characters,
+  so logs stay readable.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import sys
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
@@ -169,30 +173,44 @@ class Progress:
 
 
 class Bars:
-    """tqdm bars: the run's, and one per stage under ``stages=True``."""
+    """tqdm bars: the run's, and under ``stages=True`` one line per stage below it.
+
+    In a terminal, tqdm keeps the cursor on the first bar's line and draws a bar at
+    position ``n`` ``n`` lines below it. A bar closed with ``leave`` is drawn one last
+    time on the cursor's line, and the cursor moves down one: so the bars close from the
+    top down, each on its own line, and the final frame is the bars' last state, each
+    line padded over its own previous text. (Closing a stage's line first would write it
+    over the run's bar, leaving the longer bar's tail behind it: "waitingg".)
+    """
 
     def __init__(
         self, options: ProgressOptions, desc: str, names: list[str], total: int | None
     ) -> None:
-        from tqdm.auto import tqdm
-
-        file = options.file
-        common: dict[str, Any] = {"file": file, "dynamic_ncols": True, "mininterval": 0}
-        self.bar = tqdm(total=total, desc=desc, unit="item", **common)
-        self.lines = [
-            tqdm(
-                desc=f"  {name}",
+        bar_class = _bar_class(options)
+        common: dict[str, Any] = {"file": options.file, "dynamic_ncols": True, "mininterval": 0}
+        self.bar = bar = bar_class(total=total, desc=desc, unit="item", **common)
+        widgets = hasattr(bar, "container")  # (tqdm.notebook's: an ipywidgets box)
+        # In a terminal, under a bar of the caller's (ours is not the first line), the bars
+        # are cleared at the end: one left in place would be written over the caller's
+        # line. (Widgets each have their own place.)
+        first = abs(bar.pos)
+        bar.leave = widgets or first == 0
+        self.lines: list[Any] = []
+        if not options.stages:
+            return
+        width = max((len(name) for name in names), default=0) + 1
+        for index, name in enumerate(names):
+            line = bar_class(
+                desc=f"  {name + ':':<{width}}",  # (aligned: the figures form a column)
                 unit="item",
-                bar_format="{desc}: {n_fmt} out{postfix}",
-                position=index + 1,
+                bar_format="{desc} {n_fmt} out{postfix}",
+                position=first + 1 + index,
+                leave=bar.leave,
                 **common,
             )
-            for index, name in enumerate(names)
-        ]
-        if not options.stages:
-            for line in self.lines:
-                line.close()
-            self.lines = []
+            if widgets:  # text only: tqdm's widget for a count with no total is a full bar
+                line.container.children[1].layout.display = "none"
+            self.lines.append(line)
 
     def show(self, figures: Figures) -> None:
         bar = self.bar
@@ -214,10 +232,16 @@ class Bars:
     def close(self, figures: Figures, how: str) -> None:
         self.show(figures)
         if how != "finished":
-            self.bar.set_postfix_str(f"{figures.results:,} results ({how})")
+            extra = figures.bytes_read
+            self.bar.set_postfix_str(
+                f"{figures.results:,} results"
+                + ("" if extra is None else f", {extra}")
+                + f" ({how})",
+                refresh=False,
+            )
+        self.bar.close()  # (first: see the class's docstring)
         for line in self.lines:
             line.close()
-        self.bar.close()
 
 
 class Lines:
@@ -269,9 +293,45 @@ def length_of(source: Any) -> int | None:
 
 
 def _in_notebook() -> bool:
-    """Whether this runs in a Jupyter kernel (where tqdm.auto draws a widget)."""
+    """Whether this runs in a Jupyter kernel: its shell is ipykernel's
+    ``ZMQInteractiveShell`` or a subclass of it (Google Colab's, VS Code's)."""
     ipython = sys.modules.get("IPython")
     if ipython is None:
         return False
     shell = getattr(ipython, "get_ipython", lambda: None)()
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+    return shell is not None and any(
+        kind.__name__ == "ZMQInteractiveShell" for kind in type(shell).__mro__
+    )
+
+
+def _bar_class(options: ProgressOptions) -> type[Any]:
+    """tqdm's notebook widget (``tqdm.notebook``) in a Jupyter kernel writing to the
+    default file, where ipywidgets is installed; tqdm's text bars otherwise.
+
+    Chosen here rather than by ``tqdm.auto``, which decides once, when first imported,
+    and cannot know that ``file=`` sends the bars elsewhere.
+    """
+    from tqdm.std import tqdm
+
+    if options.file is None and _in_notebook():
+        try:
+            from tqdm.notebook import IProgress
+            from tqdm.notebook import tqdm as notebook
+        except ImportError:  # (IPython without its display module: text bars)
+            return _unmonitored(tqdm)
+        if IProgress is not None:  # (None: ipywidgets is missing)
+            return _unmonitored(notebook)
+    return _unmonitored(tqdm)
+
+
+@functools.cache
+def _unmonitored(bar_class: type[Any]) -> type[Any]:
+    """``bar_class`` without tqdm's monitor thread.
+
+    The thread adjusts bars that ``update()`` drives too seldom and lives until the
+    interpreter exits: these bars are redrawn by the run's own timer, and a run leaves
+    no thread behind. (A subclass: the setting of the user's own bars is unchanged, and
+    the bars still share tqdm's list of positions on the screen.)
+    """
+    bar_class.get_lock()  # (made on tqdm's class, so that it is shared with the user's bars)
+    return type(bar_class.__name__, (bar_class,), {"monitor_interval": 0})

@@ -10,8 +10,9 @@ import asyncio
 import io
 import re
 import sys
+import threading
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -80,7 +81,7 @@ async def test_a_terminal_gets_tqdm_bars() -> None:
     text = out.getvalue()
     assert "\r" in text  # redrawn in place
     assert "40/40" in text and "item/s" in text and "20 results" in text
-    assert "drop_odd: 20 out" in text and "pairs: 20 out" in text
+    assert "drop_odd: 20 out" in text and "pairs:    20 out" in text  # (aligned)
 
 
 async def test_no_length_no_total_and_no_eta() -> None:
@@ -181,3 +182,110 @@ async def test_a_file_input_shows_the_bytes_read(tmp_path: Any) -> None:
     out = io.StringIO()
     await single_task(len)(file_chunks(path, size=1_000_000)).progress(file=out).collect()
     assert out.getvalue().rstrip().endswith("3 results, 3.0 MB read (100%), finished")
+
+
+async def test_no_stage_lines_unless_asked() -> None:
+    out = Terminal()
+    await (drop_odd | pairs)(list(range(40))).progress(file=out).collect()
+    text = out.getvalue()
+    assert "40/40" in text and " out" not in text and "\x1b[A" not in text  # (one line)
+
+
+async def test_bars_leave_no_thread_behind() -> None:
+    # (tqdm's monitor thread, started with a first bar, lives until the interpreter exits:
+    # these bars are redrawn by the run's timer and need none)
+    before = set(threading.enumerate())
+    await drop_odd(range(10)).progress(file=Terminal(), stages=True).collect()
+    assert set(threading.enumerate()) <= before
+
+
+@pytest.fixture
+def notebook(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """A Jupyter kernel, as conveyor and tqdm see it, with ipywidgets: the widgets
+    tqdm.notebook displays (IPython's ``display`` needs a browser to show them).
+
+    They are closed at the end: ipywidgets keeps every widget until it is closed, and a
+    bar's box holds a weak proxy to its tqdm bar, dead once the bar is, which would trip
+    whatever inspects every object left (as tests/test_sources_close.py does).
+    """
+    pytest.importorskip("ipywidgets", reason="the notebook bars are ipywidgets")
+    IPython = pytest.importorskip("IPython")
+    import tqdm.notebook
+
+    class ZMQInteractiveShell:  # (ipykernel's shell, and its subclasses: Colab's)
+        pass
+
+    class Shell(ZMQInteractiveShell):
+        pass
+
+    monkeypatch.setattr(IPython, "get_ipython", Shell)
+    shown: list[Any] = []
+    every: list[Any] = []
+
+    def display(box: Any) -> None:
+        shown.append(box)
+        every.append(box)
+
+    monkeypatch.setattr(tqdm.notebook, "display", display)
+    yield shown
+    for box in every:
+        for widget in [*box.children, box]:
+            widget.close()
+        del box.pbar
+
+
+async def test_a_notebook_draws_tqdm_widgets(
+    notebook: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _progress._in_notebook()
+    await (drop_odd | pairs)(range(40)).progress(stages=True).collect()
+    assert capsys.readouterr() == ("", "")  # (widgets, not text on stdout or stderr)
+    run, *lines = [box.children for box in notebook]
+    (label, bar, figures) = run
+    text = [box[0].value + box[2].value for box in [run, *lines]]
+    assert label.value.replace("\u2007", " ") == "drop_odd | pairs: 100%"
+    assert (bar.value, bar.max, bar.bar_style) == (40, 40, "success")
+    assert re.fullmatch(r" 40/40 \[.*item/s, 20 results\]", figures.value.replace("\u2007", " "))
+    assert [t.replace("\u2007", " ") for t in text[1:]] == [
+        "  drop_odd: 20 out, 0 running, 0 waiting",
+        "  pairs:    20 out, 0 running, 0 waiting",
+    ]
+    assert [line[1].layout.display for line in lines] == ["none", "none"]  # (no bar)
+
+    @single_task
+    def boom(x: int) -> int:
+        if x == 5:
+            raise ValueError(x)
+        return x
+
+    notebook.clear()  # under a bar of the user's: left in place too, below it
+    import tqdm.notebook
+
+    with tqdm.notebook.tqdm(total=1, desc="outer") as outer:
+        await drop_odd(range(4)).progress().collect()
+        outer.update()
+    assert [box.children[1].bar_style for box in notebook] == ["success", "success"]
+    assert [box.layout.visibility for box in notebook] == [None, None]
+
+    notebook.clear()
+    with pytest.raises(ValueError):
+        await boom(range(10)).progress().collect()
+    ((_, bar, figures),) = [box.children for box in notebook]
+    assert bar.bar_style == "danger" and bar.value < 10
+    assert figures.value.endswith("results\u2007(failed)]")
+
+
+def test_where_the_notebook_bars_are_not_drawn(
+    notebook: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tqdm.notebook
+    import tqdm.std
+
+    assert issubclass(_progress._bar_class(_progress.ProgressOptions()), tqdm.notebook.tqdm)
+    # a file of the caller's: text bars (or lines), there
+    terminal = _progress._bar_class(_progress.ProgressOptions(file=Terminal()))
+    assert not issubclass(terminal, tqdm.notebook.tqdm)
+    # no ipywidgets: tqdm's text bars, which the notebook shows as text
+    monkeypatch.setattr(tqdm.notebook, "IProgress", None)
+    text = _progress._bar_class(_progress.ProgressOptions())
+    assert issubclass(text, tqdm.std.tqdm) and not issubclass(text, tqdm.notebook.tqdm)
