@@ -230,3 +230,16 @@ def test_leaving_pipeline_iter_closes_its_source(kind: str, tmp_path: Path) -> N
         break
     results.close()  # (what dropping the iterator does, now)
     assert is_closed(source)
+
+
+@pytest.mark.parametrize("kind", ["file_chunks", "file_lines", "files", "read_csv_chunks"])
+async def test_a_second_aclose_waits_for_the_first(kind: str, tmp_path: Path) -> None:
+    """``aclose()`` returns once the source is closed, its thread ended: also when it is
+    closing already (a run's own close under way, and the caller's). It returned at once."""
+    source = make_source(kind, tmp_path)
+    await anext(source)
+    first = asyncio.create_task(source.aclose())
+    await asyncio.sleep(0)  # (the first close is under way)
+    await source.aclose()
+    assert is_closed(source)
+    await first

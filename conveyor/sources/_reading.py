@@ -100,6 +100,7 @@ class ThreadSource(AsyncIterator[T], Generic[T]):
         self._job: asyncio.Future[list[T]] | None = None
         self._closed = False  # no more reads: closed, or closing
         self._finished = False  # ... and the release has run, the thread has ended
+        self._closing: asyncio.Future[None] | None = None  # (done once finished closing)
         self._ended = False  # read to the end (not merely closed)
         self.items_read = 0
         self.bytes_read: int | None = 0
@@ -186,6 +187,9 @@ class ThreadSource(AsyncIterator[T], Generic[T]):
         cancellation included.)
         """
         if self._closed:
+            # Closing already (the run's own close, say): wait for it too, as promised.
+            if self._closing is not None:
+                await asyncio.shield(self._closing)
             return
         self._closed = True
         self._ready.clear()
@@ -199,6 +203,7 @@ class ThreadSource(AsyncIterator[T], Generic[T]):
         released = asyncio.get_running_loop().run_in_executor(pool, self._release)
         pool.shutdown(wait=False)
         # Finished when the release is done, whether or not this coroutine still waits.
+        self._closing = asyncio.get_running_loop().create_future()  # (set by _released)
         released.add_done_callback(functools.partial(self._released, pool))
         await asyncio.shield(released)
 
@@ -207,6 +212,8 @@ class ThreadSource(AsyncIterator[T], Generic[T]):
         # The thread has nothing left to do: joining it is immediate, and leaves no thread.
         pool.shutdown(wait=True)
         self._finished = True
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)
 
     @property
     def closed(self) -> bool:
