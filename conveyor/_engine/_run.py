@@ -42,6 +42,7 @@ from ._plan import Plan, plan
 from ._registry import build as executor_for
 from ._registry import run_scoped
 from ._stage import SingleStage, Stage, Statistics
+from ._trace import traced_run
 from ._waiting import Completions
 from ._weight import WEIGHER, Weigher
 
@@ -95,6 +96,7 @@ class Run:
         "stages",
         "stats",
         "tasks",
+        "tracing",
         "weigher",
     )
 
@@ -107,7 +109,14 @@ class Run:
         stats: RunStatistics | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
-        self.plan = run_plan = plan(specs, context, observed=observer is not None)
+        # Traces (see ``_trace``): the run's span is a child of the caller's current one.
+        self.tracing = traced_run(context, specs, contextvars.copy_context())
+        self.plan = run_plan = plan(
+            specs,
+            context,
+            observed=observer is not None,
+            traced=self.tracing is not None and self.tracing.calls,
+        )
         self.ordered = run_plan.ordered
         self.ledger = ledger = Ledger(
             self.loop,
@@ -144,6 +153,9 @@ class Run:
 
         self.context = contextvars.copy_context()
         self.context.run(set_current_context, context)
+        if self.tracing is not None:
+            self.context.run(self.tracing.enter)
+            self.on_over.append(self.tracing.over)
 
         # The Futures that calls on threads, processes or Dask wait on (see _waiting).
         self.completions = Completions(self.loop, self.context)
@@ -180,7 +192,7 @@ class Run:
                 executor = ObservedExecutor(executor, probe)
                 sink = Counted(sink, probe.items_out)
             if spec.batch:
-                stage: Stage = BatchStage(self, stage_plan, executor, stats, probe)
+                stage: Stage = BatchStage(self, stage_plan, executor, stats, probe, self.tracing)
                 stage.list = order
                 stage.downstream = sink
                 if order is not None:
@@ -190,7 +202,7 @@ class Run:
                 else:
                     sink = stage
             else:
-                stage = SingleStage(self, stage_plan, executor, stats, probe)
+                stage = SingleStage(self, stage_plan, executor, stats, probe, self.tracing)
                 stage.list = order
                 stage.downstream = sink
                 if stage_plan.fused:  # (the next stage is the sink: see _plan)
