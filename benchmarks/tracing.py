@@ -37,7 +37,10 @@ def p2(x): return x * 2
 @single_task
 def p3(x): return x - 1
 
-PIPELINES = {"3 async def stages": (a1 | a2 | a3, 30_000), "3 def stages (fused)": (p1 | p2 | p3, 100_000)}
+PIPELINES = {
+    "3 async def stages": (a1 | a2 | a3, 30_000),
+    "3 def stages (fused)": (p1 | p2 | p3, 100_000),
+}
 MODES = {"off": {"tracing": False}, "10%": {"trace_sampling": 0.1}, "100%": {}}
 
 async def seconds(pipeline, n):
