@@ -110,7 +110,7 @@ class Run:
     ) -> None:
         self.loop = asyncio.get_running_loop()
         # Traces (see ``_trace``): the run's span is a child of the caller's current one.
-        self.tracing = traced_run(context, specs, contextvars.copy_context())
+        self.tracing = traced_run(context, specs)
         self.plan = run_plan = plan(
             specs,
             context,

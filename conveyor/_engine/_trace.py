@@ -60,7 +60,6 @@ from ._policy import ATTEMPT
 from ._registry import display_name
 
 if TYPE_CHECKING:
-    import contextvars
     from collections.abc import Sequence
 
     from opentelemetry.context import Context
@@ -75,11 +74,9 @@ __all__ = ["RunTracing", "traced_run"]
 _version = "0.1.0"  # (conveyor's: the instrumentation scope's version)
 
 
-def traced_run(
-    context: PipelineContext, specs: Sequence[StageSpec], parent: contextvars.Context
-) -> RunTracing | None:
-    """The tracing of a run of ``specs`` in ``context``, built in ``parent`` (the
-    caller's context, whose current span is the run's parent); ``None``: not traced."""
+def traced_run(context: PipelineContext, specs: Sequence[StageSpec]) -> RunTracing | None:
+    """The tracing of a run of ``specs`` in ``context`` (``None``: not traced), called
+    where the run is built: the span current there is the run's parent."""
     setting = context.tracing
     if setting is False:
         return None
@@ -95,7 +92,7 @@ def traced_run(
         from opentelemetry import trace
 
         provider = trace.get_tracer_provider() if setting is True else setting
-    return RunTracing(provider.get_tracer("conveyor", _version), context, specs, parent)
+    return RunTracing(provider.get_tracer("conveyor", _version), context, specs)
 
 
 class RunTracing:
@@ -108,7 +105,6 @@ class RunTracing:
         tracer: Tracer,
         context: PipelineContext,
         specs: Sequence[StageSpec],
-        parent: contextvars.Context,
     ) -> None:
         from opentelemetry import context as otel
         from opentelemetry import trace
@@ -119,7 +115,7 @@ class RunTracing:
         if context.pipeline_id is not None:
             attributes["conveyor.pipeline_id"] = context.pipeline_id
         self.span: Span = tracer.start_span(
-            "conveyor.run", context=parent.run(otel.get_current), attributes=attributes
+            "conveyor.run", context=otel.get_current(), attributes=attributes
         )
         # Where calls' spans are made: under the run's span.
         self.parent: Context = trace.set_span_in_context(self.span)
