@@ -10,6 +10,7 @@ test of the session is traced.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import subprocess
 import sys
@@ -445,3 +446,27 @@ def test_by_default_traced_only_with_a_global_provider() -> None:
 def test_tracing_is_not_in_a_global_provider_here() -> None:
     """(This module never sets the global provider: no other test is traced.)"""
     assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+async def test_a_run_closed_early_ends_every_span(traces: Traces) -> None:
+    """Calls cut short by the run's end (``aclose``) end their spans as ``cancelled``,
+    and their coroutines are closed (no "never awaited" warning: an error here)."""
+    started: list[int] = []
+
+    @single_task
+    async def slow(x: int) -> int:
+        started.append(x)
+        await asyncio.sleep(0 if x == 0 else 3600)
+        return x
+
+    stream = slow.with_context(tracing=traces.provider, max_in_flight=20)(range(100))
+    async with stream:
+        async for first in stream:
+            assert first == 0
+            break
+    gc.collect()  # (a call's wrapper that never started is let go of)
+    outcomes = [s.attributes["conveyor.outcome"] for s in traces.named("slow")]
+    assert len(outcomes) == 20  # every call made, whether it started or not
+    assert outcomes.count("ok") == 1
+    assert outcomes.count("cancelled") == 19
+    assert len(traces.named("conveyor.run")) == 1
