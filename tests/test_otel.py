@@ -147,8 +147,8 @@ async def test_call_attributes(traces: Traces) -> None:
 
 
 async def test_plain_stages_are_each_traced_though_fused(traces: Traces) -> None:
-    """A traced run of plain functions is not run as the tight loop (``_fused``), which
-    calls the functions without their stages: every call still has its span."""
+    """A traced run of plain functions on the loop runs as the tight loop (``_fused``),
+    composed of the stages' traced calls: every call still has its span."""
 
     @single_task
     def a(x: int) -> int:

@@ -16,9 +16,7 @@ from it; ``tests/test_plan.py`` checks its rules without running anything.
 function, as if the functions were composed by hand, when the next stage is a plain
 single stage without a concurrency limit (a limit may make an item wait, which a fused
 call cannot). A user's observer is told of every item and call, so a stage it watches is
-never plain, and the pump never calls its first stage directly. A traced run's stages
-are fused as usual, but never run as the tight loop, which calls the functions without
-their stages' calls (where the spans are made: ``_trace``).
+never plain, and the pump never calls its first stage directly.
 """
 
 from __future__ import annotations
@@ -68,11 +66,8 @@ class Plan:
         return [stage.spec.options.max_size or 1 for stage in self.stages if stage.batch]
 
 
-def plan(
-    specs: Sequence[StageSpec], context: PipelineContext, *, observed: bool, traced: bool = False
-) -> Plan:
-    """The plan of a run of ``specs`` in ``context`` (``observed``: a user's observer;
-    ``traced``: its calls are traced, each through its stage's call, see ``_trace``)."""
+def plan(specs: Sequence[StageSpec], context: PipelineContext, *, observed: bool) -> Plan:
+    """The plan of a run of ``specs`` in ``context`` (``observed``: a user's observer)."""
     limits = [_limit(spec, context) for spec in specs]
     plain = [_plain(spec, observed) for spec in specs]
     stages = tuple(
@@ -105,9 +100,7 @@ def plan(
         direct_entry=direct_entry,
         # Every stage plain and fused into the next, from the input to the consumer: the
         # pump may run the chain as one composed function (see ``_fused``).
-        # A traced call is made by its stage (the tight loop calls the functions).
         tight_loop=direct_entry
-        and not traced
         and all(stage.plain for stage in stages)
         and all(stage.fused for stage in stages[:-1]),
     )

@@ -111,12 +111,7 @@ class Run:
         self.loop = asyncio.get_running_loop()
         # Traces (see ``_trace``): the run's span is a child of the caller's current one.
         self.tracing = traced_run(context, specs)
-        self.plan = run_plan = plan(
-            specs,
-            context,
-            observed=observer is not None,
-            traced=self.tracing is not None and self.tracing.calls,
-        )
+        self.plan = run_plan = plan(specs, context, observed=observer is not None)
         self.ordered = run_plan.ordered
         self.ledger = ledger = Ledger(
             self.loop,
