@@ -17,13 +17,15 @@ ends when the run is over (``Run.on_over``), with the run's error recorded, if a
 **A call's span** is named after its task and is a child of the run's span. Each attempt
 is a call: a retry is a span of its own. :meth:`RunTracing.stage` gives a stage the
 function that wraps its bound call (``Stage.bind``: composed once, nothing is checked
-per call when tracing is off). The span is current while the call runs: around a plain
+per call when tracing is off; the tight loop of plain functions, ``_fused``, is composed
+of the wrapped calls too). The span is current while the call runs: around a plain
 call, inside the awaited coroutine of an ``async def``, and in a thread (conveyor's
 thread pools run each call in a copy of the context it was submitted from). A call on
 processes or Dask gets a span from its submission to its answer; the context does not go
 with it. The span ends when the call's result is out (a generator's span ends when it
 is returned, not when it has been read), with these attributes:
 
+* ``conveyor.task``: the task's name (the span's name too);
 * ``conveyor.item``: the item's short repr (a batch's, for a batch stage);
 * ``conveyor.attempt``: 1 for the first call of an item, 2 for its first retry, ...
   (``_policy.ATTEMPT``);
