@@ -20,6 +20,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_model import check_ordered, input_kinds, inputs, run_virtual, with_window
 
 from conveyor import ErrorHandler, PipelineContext, batch_task, single_task
 from tests import workers
@@ -470,3 +473,43 @@ async def test_a_run_closed_early_ends_every_span(traces: Traces) -> None:
     assert outcomes.count("ok") == 1
     assert outcomes.count("cancelled") == 19
     assert len(traces.named("conveyor.run")) == 1
+
+
+# -- the model (tests/test_model.py), traced ---------------------------------------------
+
+_MODEL_TRACES = Traces()
+_OUTCOMES = {"ok", "retried", "failed", "emitted", "skipped", "handled", "split", "cancelled"}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pipeline=with_window(), items=inputs, kind=input_kinds, sampling=st.sampled_from([1.0, 0.5]))
+def test_traced_runs_match_the_reference(
+    pipeline: tuple[list[Any], int], items: list[int], kind: str, sampling: float
+) -> None:
+    """Tracing changes nothing a run does: random pipelines, traced, give exactly the
+    model's results and counts; the run has one span, every call span is its child and
+    says how the call ended."""
+    specs, window = pipeline
+    exporter = _MODEL_TRACES.exporter
+    exporter.clear()
+    outcome = run_virtual(
+        specs,
+        items,
+        mode="ordered",
+        kind=kind,
+        window=window,
+        tracing=_MODEL_TRACES.provider,
+        trace_sampling=sampling,
+    )
+    check_ordered(specs, items, outcome, window)
+    gc.collect()  # (the spans of calls that never started end when they are let go of)
+    spans = exporter.get_finished_spans()
+    (run,) = [span for span in spans if span.name == "conveyor.run"]
+    calls = [span for span in spans if span is not run]
+    assert all(call.parent.span_id == run.context.span_id for call in calls)  # type: ignore[union-attr]
+    assert {call.attributes["conveyor.outcome"] for call in calls} <= _OUTCOMES
+    if sampling == 1.0 and outcome.error is None and not specs[0].batch:
+        # Every item was called on by the first stage, at least once (retries: more).
+        first = [call for call in calls if call.name == "s0"]
+        assert len(first) >= len(items)
+        assert len({call.attributes["conveyor.item"] for call in first}) == len(set(items))
