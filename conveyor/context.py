@@ -11,6 +11,7 @@ import contextvars
 import dataclasses
 import difflib
 import enum
+import importlib.util
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal, TypeVar, get_args
@@ -70,6 +71,12 @@ class PipelineContext:
     ``retry_log`` is how the ``conveyor`` logger tells of retries: ``"each"`` a WARNING
     per retry; ``"summary"`` one WARNING per task that retried, at the end of the run (its
     retries, the items retried, the commonest errors). See docs/logging.md.
+    ``tracing`` makes each run an OpenTelemetry span and each call a child span (see
+    docs/tracing.md; needs ``opentelemetry-api``: ``pip install 'conveyor[otel]'``):
+    ``None`` (the default) traces when the program has configured a global tracer
+    provider (and imports nothing otherwise), ``True`` always (with the global provider),
+    ``False`` never, and a tracer provider object traces with that provider.
+    ``trace_sampling`` is the share of calls traced (0.0 to 1.0), each chosen at random.
     """
 
     execution_mode: ExecutionMode | str = ExecutionMode.ORDERED
@@ -82,6 +89,8 @@ class PipelineContext:
     max_in_flight_bytes: int | None = DEFAULT_MAX_IN_FLIGHT_BYTES
     item_weight: Callable[[Any], int | None] | None = None
     retry_log: RetryLog = "each"
+    tracing: Any = None  # None, True, False or an OpenTelemetry TracerProvider
+    trace_sampling: float = 1.0
 
     def __post_init__(self) -> None:
         self.execution_mode = parse_execution_mode(self.execution_mode)
@@ -118,6 +127,30 @@ class PipelineContext:
         ):
             raise ValueError(
                 f"max_parallelism must be None or an int >= 1, got {self.max_parallelism!r}"
+            )
+
+        if not (
+            self.tracing is None
+            or isinstance(self.tracing, bool)
+            or callable(getattr(self.tracing, "get_tracer", None))
+        ):
+            raise TypeError(
+                f"tracing must be None (trace when a global tracer provider is set), True, "
+                f"False or an OpenTelemetry TracerProvider, got {self.tracing!r}"
+            )
+        if self.tracing is True and importlib.util.find_spec("opentelemetry") is None:
+            raise ImportError(
+                "tracing=True needs the OpenTelemetry API, which is not installed: "
+                "pip install 'conveyor[otel]' (or opentelemetry-api)"
+            )
+        if (
+            isinstance(self.trace_sampling, bool)
+            or not isinstance(self.trace_sampling, (int, float))
+            or not 0.0 <= self.trace_sampling <= 1.0
+        ):
+            raise ValueError(
+                f"trace_sampling must be a number from 0.0 to 1.0 (the share of calls "
+                f"traced: 0.1 traces one call in ten), got {self.trace_sampling!r}"
             )
 
     def copy(self) -> PipelineContext:

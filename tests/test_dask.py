@@ -366,3 +366,27 @@ async def test_a_dask_stage_counts_its_pickled_copies_in_the_byte_bound(
     assert taken and all(places >= 1 for places in taken)  # a place per MiB copied
     assert sum(taken) >= 40
     assert stream._run is not None and stream._run.ledger.tokens == 0  # all given back
+
+
+async def test_a_dask_stage_has_a_span_per_call(client: Any) -> None:
+    """Traced (docs/tracing.md), a call on Dask has a span from its submission to its
+    answer, a child of the run's."""
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    task = single_task(executor=client)(workers.square)
+    assert await task.with_context(tracing=provider)(range(20)).collect() == [
+        x * x for x in range(20)
+    ]
+    spans = exporter.get_finished_spans()
+    (run,) = [span for span in spans if span.name == "conveyor.run"]
+    calls = [span for span in spans if span.name == "square"]
+    assert len(calls) == 20
+    assert {c.attributes["conveyor.executor"] for c in calls} == {"dask"}  # type: ignore[index]
+    assert {c.attributes["conveyor.outcome"] for c in calls} == {"ok"}  # type: ignore[index]
+    assert all(c.parent.span_id == run.context.span_id for c in calls)  # type: ignore[union-attr]

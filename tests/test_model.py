@@ -63,12 +63,13 @@ def run_virtual(
     mode: str,
     kind: str,
     window: int = 1000,
+    **options: Any,  # more of the context (tests/test_otel.py: traced runs)
 ) -> Outcome:
     outcome = Outcome()
     # Statistics on (the default) or off, by the example: both engine paths are checked.
     statistics = len(items) % 2 == 0
     pipeline = build(specs).with_context(
-        execution_mode=mode, max_in_flight=window, statistics=statistics
+        execution_mode=mode, max_in_flight=window, statistics=statistics, **options
     )
 
     def generator() -> Iterator[int]:

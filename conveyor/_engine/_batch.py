@@ -25,7 +25,7 @@ from ..errors import Failure
 from ._calls import Executor
 from ._order import EMPTY
 from ._plan import StagePlan
-from ._stage import Stage, Statistics
+from ._stage import Stage, Statistics, Tracing
 
 if TYPE_CHECKING:
     from ._observe import StageObserver
@@ -51,8 +51,9 @@ class BatchStage(Stage):
         executor: Executor,
         stats: Statistics | None = None,
         observer: StageObserver | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
-        super().__init__(run, plan, executor, stats, observer)
+        super().__init__(run, plan, executor, stats, observer, tracing)
         spec = plan.spec
         self.min_size = spec.options.min_size
         self.max_size = spec.options.max_size

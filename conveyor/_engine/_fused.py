@@ -103,10 +103,11 @@ class TightLoop:
         self.calls: list[Callable[[Any], Any]] = []
 
     def bind(self) -> None:
-        """Compose the chain from the stages' bound functions (once the run has bound
-        them): on the loop a stage's call is its function (``_calls.INLINE``), unless
-        the statistics swapped it for a timing one for a call."""
-        self.fns = [stage.invoke for stage in self.stages]
+        """Compose the chain from the stages' bound calls (once the run has bound
+        them): on the loop a stage's call is its function (``_calls.INLINE``), or, in a
+        traced run, the function in its span (``_trace``); the statistics' timing call
+        (``Stage.time_next_call``) is made by the stage instead (see :meth:`armed`)."""
+        self.fns = [stage.executor_call for stage in self.stages]
         self.calls = [_compose(self.fns[k:], k, self.escape) for k in range(len(self.fns))]
 
     def escape(self, index: int, item: Any, outcome: Any, raised: bool) -> Any:

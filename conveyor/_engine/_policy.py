@@ -18,6 +18,7 @@ that kept breaking: see ``_pools``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from types import AsyncGeneratorType, GeneratorType
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,12 @@ from ..errors import ErrorAction, Failure, short_repr
 if TYPE_CHECKING:
     from ._ledger import Account
     from ._log import StageLog
+
+
+ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("conveyor_attempt", default=1)
+"""Which attempt at its item the call being made is: 1, or the number the policy sets
+while it makes a retry; 0 while it calls a part of a failing batch alone (see
+:meth:`Policy._isolate`). Read by the call's span (``_trace``)."""
 
 
 class Unrecoverable(Exception):
@@ -94,6 +101,24 @@ class Policy:
             or (self.batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1)
         )
 
+    def outcome(self, exc: Exception, item: Any, attempt: int) -> str:
+        """What :meth:`recover` makes of ``exc``, raised by the ``attempt``-th call on
+        ``item`` (0: a part of a failing batch called alone): ``"retried"``,
+        ``"handled"`` (the error handler decides), ``"split"`` (a batch under
+        ``skip_item`` called again in halves), or given up: ``"failed"``,
+        ``"emitted"``, ``"skipped"``. (Asked by the call's span: ``_trace``.)"""
+        if isinstance(exc, Unrecoverable):
+            return "failed"
+        if attempt == 0:
+            return "split" if len(item) > 1 else "skipped"
+        if self.retry.should_retry(exc, attempt):
+            return "retried"
+        if self.handler is not None:
+            return "handled"
+        if self.batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1:
+            return "split"
+        return _OUTCOMES[self.action]
+
     async def recover(self, exc: Exception, item: Any) -> Any:
         """Retries, then the handler, then ``on_error``: the call's result, or raise."""
         retry = self.retry
@@ -106,10 +131,13 @@ class Policy:
             self.log.retrying(item, exc, attempt, delay)
             await asyncio.sleep(delay)
             attempt += 1
+            numbered = ATTEMPT.set(attempt)
             try:
                 return await self.attempt(item)
             except Exception as again:
                 exc = again
+            finally:
+                ATTEMPT.reset(numbered)
         if isinstance(exc, Unrecoverable):
             return self.final(exc, item, attempt)
         if self.handler is not None:
@@ -176,7 +204,12 @@ class Policy:
         left_out = 0
         for half in (batch[:middle], batch[middle:]):
             try:
-                out.extend(await _collect(await self.attempt(half)))
+                part = ATTEMPT.set(0)
+                try:
+                    result = await self.attempt(half)
+                finally:
+                    ATTEMPT.reset(part)
+                out.extend(await _collect(result))
             except Exception as exc:
                 if isinstance(exc, Unrecoverable):
                     raise self.annotate(exc, half) from None

@@ -42,6 +42,7 @@ from ._plan import Plan, plan
 from ._registry import build as executor_for
 from ._registry import run_scoped
 from ._stage import SingleStage, Stage, Statistics
+from ._trace import traced_run
 from ._waiting import Completions
 from ._weight import WEIGHER, Weigher
 
@@ -96,6 +97,7 @@ class Run:
         "stages",
         "stats",
         "tasks",
+        "tracing",
         "weigher",
     )
 
@@ -110,6 +112,8 @@ class Run:
         self.loop = asyncio.get_running_loop()
         # (Before anything logs: the fields of every record of this run.)
         self.log = RunLog(context.pipeline_id, [spec.name for spec in specs], context.retry_log)
+        # Traces (see ``_trace``): the run's span is a child of the caller's current one.
+        self.tracing = traced_run(context, specs)
         self.plan = run_plan = plan(specs, context, observed=observer is not None)
         self.ordered = run_plan.ordered
         self.ledger = ledger = Ledger(
@@ -149,6 +153,9 @@ class Run:
         self.context = contextvars.copy_context()
         self.context.run(set_current_context, context)
         self.log.install(self.context)
+        if self.tracing is not None:
+            self.context.run(self.tracing.enter)
+            self.on_over.append(self.tracing.over)
 
         # The Futures that calls on threads, processes or Dask wait on (see _waiting).
         self.completions = Completions(self.loop, self.context)
@@ -185,7 +192,7 @@ class Run:
                 executor = ObservedExecutor(executor, probe)
                 sink = Counted(sink, probe.items_out)
             if spec.batch:
-                stage: Stage = BatchStage(self, stage_plan, executor, stats, probe)
+                stage: Stage = BatchStage(self, stage_plan, executor, stats, probe, self.tracing)
                 stage.list = order
                 stage.downstream = sink
                 if order is not None:
@@ -195,7 +202,7 @@ class Run:
                 else:
                     sink = stage
             else:
-                stage = SingleStage(self, stage_plan, executor, stats, probe)
+                stage = SingleStage(self, stage_plan, executor, stats, probe, self.tracing)
                 stage.list = order
                 stage.downstream = sink
                 if stage_plan.fused:  # (the next stage is the sink: see _plan)

@@ -83,6 +83,14 @@ class Statistics(Protocol):
         ...
 
 
+class Tracing(Protocol):
+    """A run's traces as its stages see them (``_trace.RunTracing`` is one)."""
+
+    def stage(self, stage: Stage) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]] | None:
+        """What ``stage`` wraps its bound call in, once (``None``: not traced)."""
+        ...
+
+
 class Stage(Sink):
     """What single and batch stages share: calling, results, errors, bookkeeping."""
 
@@ -115,6 +123,7 @@ class Stage(Sink):
         "start",
         "tally",
         "timeout",
+        "traced",
     )
 
     def __init__(
@@ -124,6 +133,7 @@ class Stage(Sink):
         executor: Executor,
         stats: Statistics | None = None,
         observer: StageObserver | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         spec = plan.spec
         self.run = run
@@ -151,6 +161,8 @@ class Stage(Sink):
             run.log.stage(spec),
             None if observer is None else observer.retried,
         )
+        # What wraps its bound call in a span per call (see ``_trace``), if traced.
+        self.traced = None if tracing is None else tracing.stage(self)
         # How an item's call starts (see ``_plan``): an async def on the loop skips the
         # generic result handling (its call always returns a coroutine); under a rate
         # limit, the gate starts it when its turn comes.
@@ -175,7 +187,10 @@ class Stage(Sink):
     def bind(self, invoke: Callable[[Any], Any]) -> None:
         """Use ``invoke`` (the function with this run's side inputs) from now on."""
         self.invoke = invoke
-        self.call_fn = self.executor_call = self.executor.bind(invoke)
+        call = self.executor.bind(invoke)
+        if self.traced is not None:
+            call = self.traced(call)
+        self.call_fn = self.executor_call = call
 
     def time_next_call(self, timed: Callable[[Any], Any]) -> None:
         """Make the next call through ``timed`` (the statistics' sample: ``_stats``),
