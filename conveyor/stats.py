@@ -43,12 +43,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ._engine._stats import LOOP_FIX, TICK
 from ._mermaid import STAGE_SHAPE, STATISTICS_OFF, chain, count_label, seconds
 
 __all__ = ["Bottleneck", "Latency", "Offload", "RunStats", "StageStats"]
 
 MIN_SAMPLES = 5
 MOST = 0.5
+BLOCKING_CALL = 1e-4
+"""A stage whose calls hold the event loop this long (seconds, their mean) and most of
+the run blocks it; shorter calls that hold it most of the run saturate it instead (many
+cheap steps: moving them to a thread would not help)."""
+LONG_LAG = 0.05
+"""A timer this late (seconds) shows the loop was held: then one timed call is enough to
+name the stage that held it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +134,23 @@ class StageStats:
     remainder_dropped: int | None = None
     """Batch stages: items the remainder rule dropped at the end of the input (fewer than
     ``min_size`` left over); ``None`` for single stages."""
+    pool_size: int | None = None
+    """The size of the thread pool the stage runs on (``executor="thread:N"``): a limit on
+    its calls at once, as ``limit`` is; ``None`` on any other executor."""
+    loop_seconds: float = 0.0
+    """Seconds the stage's code held the event loop, estimated from its timed calls (the
+    call of a plain function on the loop, each step of an ``async def`` or of a generator
+    expanded on the loop; the hand-off of work sent elsewhere) times its calls."""
+    loop_per_call: float | None = None
+    """The mean of its timed calls' time on the event loop, in seconds (``None``: none
+    timed yet)."""
+    loop_share: float | None = None
+    """``loop_seconds`` as a share of the run's elapsed time: near 1, the stage blocks the
+    event loop, and every other stage waits for it."""
+    window_capped_share: float | None = None
+    """Share of the samples in which the window (``max_in_flight``) was full with this
+    stage holding at least half of it, below its own limit: the window, not the stage's
+    ``concurrency_limit``, capped its calls at once."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +188,13 @@ class RunStats:
     window_full_share: float | None = None
     consumer_slow_share: float | None = None
     starved_share: float | None = None
+    loop_lag_seconds: float = 0.0
+    """Seconds the sampling timer ran late, summed: the event loop was blocked (a call
+    holding it) or saturated (more work ready than it gets through) that long."""
+    loop_lag_share: float | None = None
+    """``loop_lag_seconds`` as a share of the sampled time."""
+    loop_lag_max: float = 0.0
+    """The longest the timer ran late, in seconds: the longest the loop was blocked."""
     stages: tuple[StageStats, ...] = ()
 
     @classmethod
@@ -192,24 +224,39 @@ class RunStats:
     @property
     def bottleneck(self) -> Bottleneck | None:
         """What limits the run (see the rule in the module's docstring)."""
-        if self.samples < MIN_SAMPLES or not self.stages:
+        if not self.stages:
             return None
-        full = max(self.stages, key=lambda s: s.at_limit_share or 0.0)
-        if (full.at_limit_share or 0.0) >= MOST and full.rate_limit is not None:
+        if self.elapsed >= MIN_SAMPLES * TICK:  # (ticks run late on a blocked loop)
+            loop = self._loop_bottleneck()
+            if loop is not None:
+                return loop
+        if self.samples < MIN_SAMPLES:
+            return None
+        full = max(self.stages, key=_at_limit)
+        share = _at_limit(full)
+        if share >= MOST and full.rate_limit is not None:
             return Bottleneck(
                 full.name,
                 f"waiting for its rate limit ({full.rate_limit}) or a slot "
-                f"{full.at_limit_share:.0%} of the time: raise the limit if the service allows",
-                full.at_limit_share or 0.0,
+                f"{share:.0%} of the time: raise the limit if the service allows",
+                share,
             )
-        if (full.at_limit_share or 0.0) >= MOST:
-            limit = "its concurrency limit" if full.limit is None else f"{full.limit} at once"
+        if share >= MOST and (full.window_capped_share or 0.0) > (full.at_limit_share or 0.0):
+            window = "" if self.max_in_flight is None else f"={self.max_in_flight:,}"
+            limit = (
+                ""
+                if full.limit is None
+                else f"; its concurrency_limit of {full.limit:,} is never reached"
+            )
             return Bottleneck(
                 full.name,
-                f"at its limit ({limit}) {full.at_limit_share:.0%} of the time: raise its "
-                f"concurrency_limit or make its calls faster",
-                full.at_limit_share or 0.0,
+                f"at the window's limit (max_in_flight{window} items in flight{limit}) "
+                f"{share:.0%} of the time: raise PipelineContext(max_in_flight=...) "
+                f"to let more of its calls run at once",
+                share,
             )
+        if share >= MOST:
+            return Bottleneck(full.name, _at_its_limit(full, share), share)
         if (self.consumer_slow_share or 0.0) >= MOST:
             return Bottleneck(
                 "consumer",
@@ -230,6 +277,36 @@ class RunStats:
             f"the busiest stage: a call in flight {busiest.busy_share or 0.0:.0%} of the time",
             busiest.busy_share or 0.0,
         )
+
+    def _loop_bottleneck(self) -> Bottleneck | None:
+        """The first rules of the bottleneck: a stage that blocks the event loop, or the
+        loop saturated (see the module's docstring)."""
+        holder = max(self.stages, key=lambda s: s.loop_share or 0.0)
+        held = holder.loop_share or 0.0
+        per_call = holder.loop_per_call or 0.0
+        if (
+            held >= MOST
+            and per_call >= BLOCKING_CALL
+            and (holder.latency.samples >= MIN_SAMPLES or self.loop_lag_max >= LONG_LAG)
+        ):
+            return Bottleneck(
+                holder.name,
+                f"holds the event loop {held:.0%} of the time ({_secs(per_call)} a call; "
+                f"its code runs on the loop, so every other stage waits for it): {LOOP_FIX}",
+                held,
+            )
+        lag = self.loop_lag_share or 0.0
+        total = _total_loop_share(self)
+        if lag >= MOST or (lag >= MOST / 2 and total >= MOST):
+            return Bottleneck(
+                "event loop",
+                f"saturated: its timers ran late {lag:.0%} of the time, and the stages' "
+                f"code held it {total:.0%} ({holder.name} {held:.0%}); the rest is the "
+                f"engine's own work on the items in flight: lower max_in_flight, or move "
+                f"work off the loop ({LOOP_FIX})",
+                lag,
+            )
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, as JSON-serialisable data (the bottleneck included)."""
@@ -258,7 +335,8 @@ class RunStats:
     def __str__(self) -> str:
         if not self.enabled:
             return "statistics are off for this run (PipelineContext(statistics=False))"
-        rows = [("stage", "in", "out", "now", "wait", "retry", "fail", "p50", "p95", "max", "busy")]
+        head = ("stage", "in", "out", "now", "wait", "retry", "fail", "p50", "p95", "max")
+        rows = [(*head, "busy", "loop")]
         for s in self.stages:
             lat = s.latency
             failed = s.failed + s.skipped + s.emitted
@@ -275,6 +353,7 @@ class RunStats:
                     _secs(lat.p95),
                     _secs(lat.max),
                     "-" if s.busy_share is None else f"{s.busy_share:.0%}",
+                    "-" if s.loop_share is None else f"{s.loop_share:.0%}",
                 )
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -309,9 +388,43 @@ class RunStats:
                     f"{s.name}: {s.remainder_dropped} dropped as the remainder "
                     f"(fewer than min_size left at the end of the input)"
                 )
+        if self.loop_lag_max >= LONG_LAG:
+            # (every latency above includes the time its call waited for the loop)
+            lines.append(
+                f"event loop: blocked up to {_secs(self.loop_lag_max)} at a time, late "
+                f"{self.loop_lag_share or 0.0:.0%} of the run: the latencies above include "
+                f"the waits for it"
+            )
         neck = self.bottleneck
         lines.append(str(neck) if neck is not None else "bottleneck: - (run too short to tell)")
         return "\n".join(lines)
+
+
+def _at_limit(stage: StageStats) -> float:
+    """The share of the run a stage was at a limit: its own, or the window's."""
+    return max(stage.at_limit_share or 0.0, stage.window_capped_share or 0.0)
+
+
+def _at_its_limit(stage: StageStats, share: float) -> str:
+    """Why a stage at its own limit is the bottleneck: its concurrency limit, or its
+    thread pool's size when that is the smaller, and the fix for each."""
+    pool = stage.pool_size
+    if pool is not None and (stage.limit is None or pool < stage.limit):
+        return (
+            f"at its limit ({pool} at once: its thread pool's size) {share:.0%} of the "
+            f'time: a larger pool (executor="thread:N") or faster calls'
+        )
+    limit = "its concurrency limit" if stage.limit is None else f"{stage.limit} at once"
+    return (
+        f"at its limit ({limit}) {share:.0%} of the time: raise its "
+        f"concurrency_limit or make its calls faster"
+    )
+
+
+def _total_loop_share(stats: RunStats) -> float:
+    """The share of the run the stages' code held the event loop, all together."""
+    held = sum(s.loop_seconds for s in stats.stages)
+    return min(1.0, held / stats.elapsed) if stats.elapsed > 0 else 0.0
 
 
 def _latency(data: dict[str, Any]) -> Latency:
@@ -375,10 +488,14 @@ def _figure_lines(s: StageStats) -> list[str]:
         lines.append(f"executor {s.executor}")
     if s.limit is not None:
         lines.append(f"concurrency {s.limit}")
+    if s.rate_limit is not None:
+        lines.append(f"rate limit {s.rate_limit}")
     if s.latency.p50 is not None and s.latency.p95 is not None:
         lines.append(f"p50 {seconds(s.latency.p50)}, p95 {seconds(s.latency.p95)}")
     if s.busy_share is not None:
         lines.append(f"busy {s.busy_share:.0%}")
+    if s.loop_share is not None and s.loop_share >= 0.05:
+        lines.append(f"on the event loop {s.loop_share:.0%}")
     counts = ((s.failed, "failed"), (s.skipped, "skipped"), (s.emitted, "emitted"))
     trouble = [f"{n:,} {what}" for n, what in (*counts, (s.retried, "retried")) if n]
     if trouble:
@@ -393,7 +510,13 @@ def _bottleneck_node(stats: RunStats) -> str | None:
     # A name can repeat (quick | slow | quick): the stage whose share is the one named.
     named = [i for i, s in enumerate(stats.stages) if s.name == neck.where]
     for i in named:
-        if neck.share in (stats.stages[i].at_limit_share, stats.stages[i].busy_share):
+        stage = stats.stages[i]
+        if neck.share in (
+            stage.at_limit_share,
+            stage.busy_share,
+            stage.loop_share,
+            stage.window_capped_share,
+        ):
             return f"s{i}"
     if neck.where in ("input", "consumer"):
         return {"input": "input", "consumer": "output"}[neck.where]

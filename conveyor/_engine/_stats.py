@@ -13,6 +13,14 @@ Collected for every run unless ``PipelineContext(statistics=False)``; read as a 
   second, a slow one every call. Latencies go into a :class:`Histogram` of bounded size.
   An unsampled call costs nothing: the stage's ``call_fn`` is swapped for a timing one
   until that one call is made.
+* **The event loop, sampled:** each timed call also measures how long the stage's code
+  held the event loop: the call itself for a plain function on the loop (submitting it,
+  for work sent to threads or processes), the sum of its steps for an ``async def`` on
+  the loop (each ``send`` into its coroutine, timed), and of every step of a generator
+  expanded on the loop. A stage's share of the run on the loop is estimated from the
+  mean of its timed calls times its calls. The sampling timer is also the loop's lag
+  probe: how late each tick ran past its due time is time the loop was blocked (or
+  saturated). A tick :data:`BLOCKED_WARNING` seconds late logs a warning, once per run.
 """
 
 from __future__ import annotations
@@ -21,16 +29,20 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import logging
 import sys
 import time
-from collections.abc import Callable
+import types
+from collections.abc import AsyncGenerator, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Failure
 from ._calls import INLINE, Answer, settle
 from ._histogram import Histogram
+from ._observe import ObservedExecutor
 from ._plan import UNLIMITED
 from ._registry import figures
+from ._threads import RunThreads, ThreadPool
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -43,6 +55,12 @@ SAMPLES_PER_RUN = 256
 virtual clock, is not sampled a hundred times a second), up to :data:`MAX_TICK`. Each
 sample counts for the time since the one before."""
 MAX_TICK = 1.0
+BLOCKED_WARNING = 0.25
+"""A tick this many seconds late (the event loop blocked that long) logs a warning, once
+per run: long enough that a busy machine's scheduling does not reach it, short enough
+that a user sees it long before a slow run ends."""
+
+logger = logging.getLogger("conveyor")
 
 
 class StageRecord:
@@ -52,13 +70,18 @@ class StageRecord:
         "batch_items",
         "batches",
         "busy_seconds",
+        "cap",
+        "capped",
         "failures_in",
         "full",
         "items_in",
         "latency",
+        "loop_calls",
+        "loop_held",
         "stage",
         "timed",
         "timer_flushes",
+        "workers",
     )
 
     def __init__(self, stage: Stage) -> None:
@@ -71,7 +94,20 @@ class StageRecord:
         self.batches = self.batch_items = self.timer_flushes = 0
         self.latency = Histogram()
         self.busy_seconds = self.full = 0.0  # seconds with a call in flight / at the limit
+        self.capped = 0.0  # seconds the window (max_in_flight) held its calls back instead
         self.timed: Any = None  # the timing call_fn, while armed
+        # Seconds the timed calls held the event loop, and how many calls that is.
+        self.loop_held = 0.0
+        self.loop_calls = 0
+        # Its thread pool's size ("thread:N"), once the run has opened it; and the calls it
+        # can have at once: its limit, or its pool's size if smaller.
+        self.workers: int | None = None
+        self.cap = stage.limit
+
+    def hold(self, seconds: float) -> None:
+        """A timed call held the event loop ``seconds`` in all (its every step)."""
+        self.loop_held += seconds
+        self.loop_calls += 1
 
     def passed_through(self) -> None:
         """A Failure from an earlier stage reached this (single) stage: passed on as is."""
@@ -109,6 +145,10 @@ class Collector:
         self.starved = 0.0  # no stage had anything to do
         self.waited_for_room = 0.0
         self.peak_reorder = 0
+        self.due = 0.0  # the loop's time the next tick is due at
+        self.lag = 0.0  # seconds ticks ran late: the loop blocked or saturated
+        self.max_lag = 0.0
+        self.warned = False
         self._timer: Any = None
 
     # -- wiring (the run, as it builds its stages) ------------------------------------
@@ -125,6 +165,7 @@ class Collector:
         self.records.sort(key=lambda record: place[id(record.stage)])  # (built backwards)
         self.started = self.now()
         self.last_tick = run.loop.time()
+        self.due = self.last_tick + TICK
         self._timer = run.loop.call_later(TICK, self._tick)
         run.on_over.append(lambda _: self._end())
 
@@ -133,8 +174,12 @@ class Collector:
         return time.perf_counter(), self.run.loop.time()
 
     def bound(self) -> None:
-        """The stages are bound to this run's inputs: time each stage's first call."""
+        """The stages are bound to this run's inputs (their executors opened): time each
+        stage's first call, and read the size of its thread pool."""
         for record in self.records:
+            record.workers = _pool_size(record.stage.executor)
+            if record.workers is not None:
+                record.cap = min(record.stage.limit, record.workers)
             self._arm(record)
 
     def first_taken(self) -> None:
@@ -158,21 +203,34 @@ class Collector:
         now = run.loop.time()
         dt, self.last_tick = now - self.last_tick, now
         self.sampled += dt
+        late = now - self.due
+        if late > 0:
+            self.lag += min(late, dt)
+            self.max_lag = max(self.max_lag, late)
+            if late >= BLOCKED_WARNING and not self.warned:
+                self.warned = True
+                self._warn(late)
+        ledger = run.ledger
+        window_full = ledger.tokens >= ledger.admit
+        crowd = max(1, ledger.admit // 2)  # calls that hold half the window
         working = False
         for record in self.records:
             stage = record.stage
-            if stage.running > _gated(stage):
+            gated = _gated(stage)
+            running = stage.running
+            if running > gated:
                 record.busy_seconds += dt
                 working = True
-            if stage.pending or stage.running >= stage.limit or _gated(stage):
+            if stage.pending or running >= record.cap or gated:
                 record.full += dt
                 working = True
+            elif window_full and running >= crowd:
+                record.capped += dt  # below its own limit: the window holds it back
             if record.timed is None or stage.call_fn is not record.timed:
                 self._arm(record)
         if not working:
             self.starved += dt
-        ledger = run.ledger
-        if ledger.tokens >= ledger.admit:
+        if window_full:
             self.window_full += dt
         if ledger.can_drain():
             self.consumer_slow += dt
@@ -180,7 +238,40 @@ class Collector:
         if order is not None and not self.ticks & 7:  # (a walk of the list: 1 tick in 8)
             self.peak_reorder = max(self.peak_reorder, order.held())
         interval = min(MAX_TICK, max(TICK, (now - self.started[1]) / SAMPLES_PER_RUN))
+        self.due = now + interval
         self._timer = run.loop.call_later(interval, self._tick)
+
+    def _warn(self, late: float) -> None:
+        """The loop was blocked ``late`` seconds: say so, naming the stage that holds it
+        most so far (by its timed calls), if any."""
+        elapsed = _span(self.started, self.now())
+        held = [(self._held_seconds(record), record) for record in self.records]
+        seconds, record = max(held, key=lambda pair: pair[0], default=(0.0, None))
+        if record is not None and (seconds >= 0.5 * late or seconds >= 0.5 * elapsed):
+            stage = record.stage  # type: ignore[union-attr]
+            mean = record.loop_held / record.loop_calls  # type: ignore[union-attr]
+            culprit = (
+                f"stage {stage.name!r} holds it (its calls run on the loop, "
+                f"{mean * 1e3:.1f} ms each): {LOOP_FIX}"
+            )
+        else:
+            culprit = (
+                "no stage's calls hold it most: the loop is saturated (the engine's work "
+                "on the items in flight, or the code reading the stream)"
+            )
+        logger.warning(
+            "conveyor: the event loop was blocked for %.2f s (a timer ran that late); %s",
+            late,
+            culprit,
+        )
+
+    def _held_seconds(self, record: StageRecord) -> float:
+        """Seconds the stage's code held the loop, estimated: its timed calls' mean
+        times the calls it made (a batch stage: its batches)."""
+        if not record.loop_calls:
+            return 0.0
+        calls = record.batches if record.stage.is_batch else record.items_in - record.failures_in
+        return record.loop_held / record.loop_calls * max(calls, record.loop_calls)
 
     def _arm(self, record: StageRecord) -> None:
         """Time the stage's next call (see the module's docstring)."""
@@ -190,12 +281,17 @@ class Collector:
         loop = stage.loop
         add = record.latency.add
 
+        hold = record.hold
+
         async def timed_coroutine(item: Any) -> Any:
             # The call is made inside this coroutine, so a coroutine closed before it
             # starts (the run ended) leaves no call behind, awaited or not.
             started, loop_started = clock(), loop.time()
             try:
-                return (await settle(plain(item), None))[0]
+                result = plain(item)
+                if type(result) is types.CoroutineType:
+                    result = await _stepped(result, hold)  # (each step on the loop timed)
+                return (await settle(result, None))[0]
             finally:
                 seconds = clock() - started
                 on_loop = loop.time() - loop_started
@@ -214,7 +310,19 @@ class Collector:
                 result = plain(item)
             except BaseException:
                 add(clock() - started)
+                hold(clock() - started)
                 raise
+            on_loop = clock() - started  # (the call, or its hand-off to another executor)
+            if inline:
+                kind = type(result)
+                if kind is types.GeneratorType:
+                    result = _stepped_generator(result, on_loop, hold)
+                elif kind is types.AsyncGeneratorType:
+                    result = _stepped_async_generator(result, on_loop, hold)
+                else:
+                    hold(on_loop)
+            else:
+                hold(on_loop)
             if isinstance(result, (asyncio.Future, Answer)):  # (settled on the loop)
                 result.add_done_callback(lambda _: add(clock() - started))
             elif isinstance(result, concurrent.futures.Future):  # (on the pool's thread)
@@ -227,7 +335,8 @@ class Collector:
 
         # An async def on the loop returns a coroutine; other calls are made now (work
         # sent off the loop is timed until its Future is done), so their order holds.
-        coroutines = stage.spec.is_async and stage.executor is INLINE
+        inline = stage.executor is INLINE  # (a generator is expanded on the loop)
+        coroutines = stage.spec.is_async and inline
         record.timed = timed
         stage.time_next_call(timed)
 
@@ -291,6 +400,15 @@ class Collector:
                         if elapsed > 0
                         else None
                     ),
+                    "pool_size": record.workers,
+                    "loop_seconds": self._held_seconds(record),
+                    "loop_per_call": (
+                        record.loop_held / record.loop_calls if record.loop_calls else None
+                    ),
+                    "loop_share": (
+                        min(1.0, self._held_seconds(record) / elapsed) if elapsed > 0 else None
+                    ),
+                    "window_capped_share": share(record.capped),
                     "busy_seconds": record.busy_seconds,
                     "busy_share": share(record.busy_seconds),
                     "at_limit_share": share(record.full),
@@ -325,8 +443,95 @@ class Collector:
             "window_full_share": share(self.window_full),
             "consumer_slow_share": share(self.consumer_slow),
             "starved_share": share(self.starved),
+            "loop_lag_seconds": self.lag,
+            "loop_lag_share": share(self.lag),
+            "loop_lag_max": self.max_lag,
             "stages": stages,
         }
+
+
+LOOP_FIX = (
+    'run it with executor="thread" (blocking I/O, or code that releases the GIL) or '
+    'executor="process" (CPU work)'
+)
+
+
+@types.coroutine
+def _stepped(coro: Any, hold: Callable[[float], None]) -> Generator[Any, Any, Any]:
+    """Await ``coro`` as ``yield from`` would, timing each of its steps: the time its
+    code held the event loop, told to ``hold`` at its end (however it ends)."""
+    clock = time.perf_counter
+    send, throw = coro.send, coro.throw
+    held = 0.0
+    value: Any = None
+    error: BaseException | None = None
+    try:
+        while True:
+            started = clock()
+            try:
+                yielded = send(value) if error is None else throw(error)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                held += clock() - started
+            value = error = None
+            try:
+                value = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # (a cancellation, thrown in: passed on to it)
+                error = exc
+    finally:
+        del error  # (no cycle through the traceback)
+        hold(held)
+
+
+def _stepped_generator(
+    gen: Generator[Any, Any, Any], held: float, hold: Callable[[float], None]
+) -> Generator[Any, Any, Any]:
+    """``gen``, expanded on the loop, each step timed (``held``: its call's time)."""
+    clock = time.perf_counter
+    try:
+        while True:
+            started = clock()
+            try:
+                value = next(gen)
+            except StopIteration:
+                return
+            finally:
+                held += clock() - started
+            yield value
+    finally:
+        gen.close()  # (its own finally blocks run now, as when _expand closes it)
+        hold(held)
+
+
+async def _stepped_async_generator(
+    gen: AsyncGenerator[Any, Any], held: float, hold: Callable[[float], None]
+) -> AsyncGenerator[Any, Any]:
+    """``gen``, expanded on the loop, each step of each ``__anext__`` timed."""
+    steps = [held]
+    add = steps.append
+    try:
+        while True:
+            try:
+                value = await _stepped(gen.__anext__(), add)
+            except StopAsyncIteration:
+                return
+            yield value
+    finally:
+        await gen.aclose()
+        hold(sum(steps))
+
+
+def _pool_size(executor: Any) -> int | None:
+    """The size of conveyor's thread pool a stage runs on (``"thread:N"``), or None."""
+    if isinstance(executor, ObservedExecutor):
+        executor = executor.inner
+    if isinstance(executor, (ThreadPool, RunThreads)):
+        return executor.workers
+    return None
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
