@@ -50,10 +50,10 @@ __all__ = ["Bottleneck", "Latency", "Offload", "RunStats", "StageStats"]
 
 MIN_SAMPLES = 5
 MOST = 0.5
-BLOCKING_CALL = 1e-4
-"""A stage whose calls hold the event loop this long (seconds, their mean) and most of
-the run blocks it; shorter calls that hold it most of the run saturate it instead (many
-cheap steps: moving them to a thread would not help)."""
+BLOCKING_STEP = 1e-4
+"""A stage whose code holds the event loop this long at a time (seconds: the mean step of
+its timed calls) and most of the run blocks it; shorter steps that hold it most of the
+run saturate it instead (many cheap steps: a thread would not help them)."""
 LONG_LAG = 0.05
 """A timer this late (seconds) shows the loop was held: then one timed call is enough to
 name the stage that held it."""
@@ -144,6 +144,10 @@ class StageStats:
     loop_per_call: float | None = None
     """The mean of its timed calls' time on the event loop, in seconds (``None``: none
     timed yet)."""
+    loop_per_step: float | None = None
+    """The mean time one step of its timed calls held the loop, in seconds: a plain
+    call is one step, an ``async def`` one per resumption of its coroutine, a generator
+    expanded on the loop one per value."""
     loop_share: float | None = None
     """``loop_seconds`` as a share of the run's elapsed time: near 1, the stage blocks the
     event loop, and every other stage waits for it."""
@@ -286,7 +290,7 @@ class RunStats:
         per_call = holder.loop_per_call or 0.0
         if (
             held >= MOST
-            and per_call >= BLOCKING_CALL
+            and (holder.loop_per_step or 0.0) >= BLOCKING_STEP
             and (holder.latency.samples >= MIN_SAMPLES or self.loop_lag_max >= LONG_LAG)
         ):
             return Bottleneck(
@@ -300,10 +304,10 @@ class RunStats:
         if lag >= MOST or (lag >= MOST / 2 and total >= MOST):
             return Bottleneck(
                 "event loop",
-                f"saturated: its timers ran late {lag:.0%} of the time, and the stages' "
-                f"code held it {total:.0%} ({holder.name} {held:.0%}); the rest is the "
-                f"engine's own work on the items in flight: lower max_in_flight, or move "
-                f"work off the loop ({LOOP_FIX})",
+                f"saturated: its timers ran late {lag:.0%} of the time; the stages' code "
+                f"held it about {total:.0%} ({holder.name} the most, in steps of "
+                f"{_secs(holder.loop_per_step)}), the engine's work on the items in flight "
+                f"the rest: lower max_in_flight, or do more in each step",
                 lag,
             )
         return None

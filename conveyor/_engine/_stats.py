@@ -55,6 +55,10 @@ SAMPLES_PER_RUN = 256
 virtual clock, is not sampled a hundred times a second), up to :data:`MAX_TICK`. Each
 sample counts for the time since the one before."""
 MAX_TICK = 1.0
+WARM = 8
+"""A stage's first calls timed one after the other, ticks or not: the mean of a few calls
+(not one, which may have started a thread or opened a connection) for the estimate of
+its time on the loop, even when all its calls come in one burst between two ticks."""
 BLOCKED_WARNING = 0.25
 """A tick this many seconds late (the event loop blocked that long) logs a warning, once
 per run: long enough that a busy machine's scheduling does not reach it, short enough
@@ -78,9 +82,11 @@ class StageRecord:
         "latency",
         "loop_calls",
         "loop_held",
+        "loop_steps",
         "stage",
         "timed",
         "timer_flushes",
+        "warm",
         "workers",
     )
 
@@ -99,15 +105,20 @@ class StageRecord:
         # Seconds the timed calls held the event loop, and how many calls that is.
         self.loop_held = 0.0
         self.loop_calls = 0
+        self.loop_steps = 0
+        self.warm = WARM - 1  # calls still to time after the next one, whatever the ticks
         # Its thread pool's size ("thread:N"), once the run has opened it; and the calls it
         # can have at once: its limit, or its pool's size if smaller.
         self.workers: int | None = None
         self.cap = stage.limit
 
-    def hold(self, seconds: float) -> None:
-        """A timed call held the event loop ``seconds`` in all (its every step)."""
+    def hold(self, seconds: float, steps: int = 1) -> None:
+        """A timed call held the event loop ``seconds`` in all, in ``steps`` steps (a
+        plain call is one; an ``async def`` one per resumption of its coroutine; a
+        generator expanded on the loop one per value, plus its call)."""
         self.loop_held += seconds
         self.loop_calls += 1
+        self.loop_steps += steps
 
     def passed_through(self) -> None:
         """A Failure from an earlier stage reached this (single) stage: passed on as is."""
@@ -248,16 +259,16 @@ class Collector:
         held = [(self._held_seconds(record), record) for record in self.records]
         seconds, record = max(held, key=lambda pair: pair[0], default=(0.0, None))
         if record is not None and (seconds >= 0.5 * late or seconds >= 0.5 * elapsed):
-            stage = record.stage  # type: ignore[union-attr]
-            mean = record.loop_held / record.loop_calls  # type: ignore[union-attr]
+            stage = record.stage
+            mean = record.loop_held / record.loop_calls
             culprit = (
                 f"stage {stage.name!r} holds it (its calls run on the loop, "
                 f"{mean * 1e3:.1f} ms each): {LOOP_FIX}"
             )
         else:
             culprit = (
-                "no stage's calls hold it most: the loop is saturated (the engine's work "
-                "on the items in flight, or the code reading the stream)"
+                "no stage's timed calls account for it: the code reading the stream, "
+                "other tasks on the loop, or the engine's work on many items in flight"
             )
         logger.warning(
             "conveyor: the event loop was blocked for %.2f s (a timer ran that late); %s",
@@ -303,6 +314,9 @@ class Collector:
         def timed(item: Any) -> Any:
             stage.call_untimed(timed)
             record.timed = None
+            if record.warm:  # (a stage's first calls are all timed: see WARM)
+                record.warm -= 1
+                self._arm(record)
             if coroutines:
                 return timed_coroutine(item)
             started = clock()
@@ -405,6 +419,9 @@ class Collector:
                     "loop_per_call": (
                         record.loop_held / record.loop_calls if record.loop_calls else None
                     ),
+                    "loop_per_step": (
+                        record.loop_held / record.loop_steps if record.loop_steps else None
+                    ),
                     "loop_share": (
                         min(1.0, self._held_seconds(record) / elapsed) if elapsed > 0 else None
                     ),
@@ -457,16 +474,19 @@ LOOP_FIX = (
 
 
 @types.coroutine
-def _stepped(coro: Any, hold: Callable[[float], None]) -> Generator[Any, Any, Any]:
+def _stepped(coro: Any, hold: Callable[[float, int], None]) -> Generator[Any, Any, Any]:
     """Await ``coro`` as ``yield from`` would, timing each of its steps: the time its
-    code held the event loop, told to ``hold`` at its end (however it ends)."""
+    code held the event loop and its steps, told to ``hold`` at its end (however it
+    ends)."""
     clock = time.perf_counter
     send, throw = coro.send, coro.throw
     held = 0.0
+    steps = 0
     value: Any = None
     error: BaseException | None = None
     try:
         while True:
+            steps += 1
             started = clock()
             try:
                 yielded = send(value) if error is None else throw(error)
@@ -484,16 +504,18 @@ def _stepped(coro: Any, hold: Callable[[float], None]) -> Generator[Any, Any, An
                 error = exc
     finally:
         del error  # (no cycle through the traceback)
-        hold(held)
+        hold(held, steps)
 
 
 def _stepped_generator(
-    gen: Generator[Any, Any, Any], held: float, hold: Callable[[float], None]
+    gen: Generator[Any, Any, Any], held: float, hold: Callable[[float, int], None]
 ) -> Generator[Any, Any, Any]:
     """``gen``, expanded on the loop, each step timed (``held``: its call's time)."""
     clock = time.perf_counter
+    steps = 1
     try:
         while True:
+            steps += 1
             started = clock()
             try:
                 value = next(gen)
@@ -504,15 +526,19 @@ def _stepped_generator(
             yield value
     finally:
         gen.close()  # (its own finally blocks run now, as when _expand closes it)
-        hold(held)
+        hold(held, steps)
 
 
 async def _stepped_async_generator(
-    gen: AsyncGenerator[Any, Any], held: float, hold: Callable[[float], None]
+    gen: AsyncGenerator[Any, Any], held: float, hold: Callable[[float, int], None]
 ) -> AsyncGenerator[Any, Any]:
     """``gen``, expanded on the loop, each step of each ``__anext__`` timed."""
-    steps = [held]
-    add = steps.append
+    total = [held, 1.0]
+
+    def add(seconds: float, steps: int) -> None:
+        total[0] += seconds
+        total[1] += steps
+
     try:
         while True:
             try:
@@ -522,7 +548,7 @@ async def _stepped_async_generator(
             yield value
     finally:
         await gen.aclose()
-        hold(sum(steps))
+        hold(total[0], int(total[1]))
 
 
 def _pool_size(executor: Any) -> int | None:
