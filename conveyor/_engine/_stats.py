@@ -56,8 +56,8 @@ virtual clock, is not sampled a hundred times a second), up to :data:`MAX_TICK`.
 sample counts for the time since the one before."""
 MAX_TICK = 1.0
 WARM = 8
-"""A stage's first calls timed one after the other, ticks or not: the mean of a few calls
-(not one, which may have started a thread or opened a connection) for the estimate of
+"""The first calls of a stage on the loop timed one after the other, ticks or not: the
+mean of a few calls (not one, which may have opened a connection) for the estimate of
 its time on the loop, even when all its calls come in one burst between two ticks."""
 BLOCKED_WARNING = 0.25
 """A tick this many seconds late (the event loop blocked that long) logs a warning, once
@@ -78,6 +78,7 @@ class StageRecord:
         "capped",
         "failures_in",
         "full",
+        "inline",
         "items_in",
         "latency",
         "loop_calls",
@@ -106,7 +107,8 @@ class StageRecord:
         self.loop_held = 0.0
         self.loop_calls = 0
         self.loop_steps = 0
-        self.warm = WARM - 1  # calls still to time after the next one, whatever the ticks
+        self.warm = 0  # calls still to time after the next one, whatever the ticks
+        self.inline = True  # its calls run on the loop (not sent to threads, processes)
         # Its thread pool's size ("thread:N"), once the run has opened it; and the calls it
         # can have at once: its limit, or its pool's size if smaller.
         self.workers: int | None = None
@@ -188,6 +190,8 @@ class Collector:
         """The stages are bound to this run's inputs (their executors opened): time each
         stage's first call, and read the size of its thread pool."""
         for record in self.records:
+            record.inline = record.stage.executor is INLINE
+            record.warm = WARM - 1 if record.inline else 0
             record.workers = _pool_size(record.stage.executor)
             if record.workers is not None:
                 record.cap = min(record.stage.limit, record.workers)
@@ -278,9 +282,11 @@ class Collector:
 
     def _held_seconds(self, record: StageRecord) -> float:
         """Seconds the stage's code held the loop, estimated: its timed calls' mean
-        times the calls it made (a batch stage: its batches)."""
-        if not record.loop_calls:
-            return 0.0
+        times the calls it made (a batch stage: its batches). For calls sent off the
+        loop, the timed hand-offs only: not extrapolated, as the first ones start the
+        pool's threads or processes, and a short run may time only those."""
+        if not record.loop_calls or not record.inline:
+            return record.loop_held
         calls = record.batches if record.stage.is_batch else record.items_in - record.failures_in
         return record.loop_held / record.loop_calls * max(calls, record.loop_calls)
 
