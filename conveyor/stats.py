@@ -24,18 +24,39 @@ what is sampled:
 * ``StageStats.offload`` (stages whose calls go to other processes, in chunks): time in
   the workers' calls against time pickling and unpickling, exact per chunk (:class:`Offload`).
 
-**The bottleneck** (:attr:`RunStats.bottleneck`), from the samples, in this order:
+* **The event loop** (sampled): each timed call's time on the loop, step by step (a
+  plain call; each resumption of an ``async def``'s coroutine; each value of a
+  generator expanded on the loop; the hand-off of a call sent elsewhere): a stage's
+  ``loop_share``, estimated from its timed calls' mean times its calls (a stage's first
+  8 calls on the loop are all timed). The sampling timer is the loop's lag probe: how
+  late its ticks ran (``loop_lag_share``, ``loop_lag_max``). A tick 0.25 s late logs a
+  warning once per run, naming the stage that holds the loop most so far.
 
-1. a stage **at its limit** (all its concurrency slots taken, or items waiting for one)
-   in at least half the samples: the one at its limit most often. Raise its
-   ``concurrency_limit`` or make its calls faster.
-2. **the consumer**, if results were ready and not taken in at least half the samples:
+**The bottleneck** (:attr:`RunStats.bottleneck`), in this order. For a run of 50 ms or
+more, the event loop first (a blocked loop runs few ticks: these need no count of
+samples):
+
+1. a stage that **blocks the event loop**: its code held it at least half the run, in
+   steps of 100 µs or more on average. Run it with ``executor="thread"`` (blocking I/O)
+   or ``executor="process"`` (CPU work).
+2. **the event loop**, saturated (``where == "event loop"``): its timers ran late at
+   least half the time (or a quarter, with the stages' code holding it half the run):
+   many short steps. Lower ``max_in_flight``, or do more in each step.
+
+Then, from 5 samples on:
+
+3. a stage **at its limit** (all its concurrency slots taken, its thread pool's size
+   reached, items waiting for a slot, or the window full with the stage holding half
+   of it, below its own limit) in at least half the samples: the one at a limit most
+   often. Raise its ``concurrency_limit`` (its pool's size, or ``max_in_flight``, as
+   the verdict says) or make its calls faster.
+4. **the consumer**, if results were ready and not taken in at least half the samples:
    the code reading the stream is slower than the pipeline.
-3. **the input**, if no stage had anything to do in at least half the samples: the
+5. **the input**, if no stage had anything to do in at least half the samples: the
    pipeline waits for items (a slow source).
-4. otherwise the **busiest** stage (a call in flight in the most samples).
+6. otherwise the **busiest** stage (a call in flight in the most samples).
 
-Fewer than 5 samples (a run under ~50 ms) name no bottleneck.
+A run under ~50 ms names no bottleneck.
 """
 
 from __future__ import annotations
@@ -43,20 +64,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ._engine._stats import LOOP_FIX, TICK
+from ._bottleneck import LONG_LAG, bottleneck_of
 from ._mermaid import STAGE_SHAPE, STATISTICS_OFF, chain, count_label, seconds
 
 __all__ = ["Bottleneck", "Latency", "Offload", "RunStats", "StageStats"]
-
-MIN_SAMPLES = 5
-MOST = 0.5
-BLOCKING_STEP = 1e-4
-"""A stage whose code holds the event loop this long at a time (seconds: the mean step of
-its timed calls) and most of the run blocks it; shorter steps that hold it most of the
-run saturate it instead (many cheap steps: a thread would not help them)."""
-LONG_LAG = 0.05
-"""A timer this late (seconds) shows the loop was held: then one timed call is enough to
-name the stage that held it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,27 +145,16 @@ class StageStats:
     remainder_dropped: int | None = None
     """Batch stages: items the remainder rule dropped at the end of the input (fewer than
     ``min_size`` left over); ``None`` for single stages."""
-    pool_size: int | None = None
-    """The size of the thread pool the stage runs on (``executor="thread:N"``): a limit on
-    its calls at once, as ``limit`` is; ``None`` on any other executor."""
+    pool_size: int | None = None  # its thread pool's size ("thread:N"): a limit, as `limit`
     loop_seconds: float = 0.0
-    """Seconds the stage's code held the event loop, estimated from its timed calls (the
-    call of a plain function on the loop, each step of an ``async def`` or of a generator
-    expanded on the loop; the hand-off of work sent elsewhere) times its calls."""
-    loop_per_call: float | None = None
-    """The mean of its timed calls' time on the event loop, in seconds (``None``: none
-    timed yet)."""
-    loop_per_step: float | None = None
-    """The mean time one step of its timed calls held the loop, in seconds: a plain
-    call is one step, an ``async def`` one per resumption of its coroutine, a generator
-    expanded on the loop one per value."""
+    """Seconds its code held the event loop (its timed calls' mean times its calls: see
+    the module's docstring); ``loop_share`` of the run's elapsed time."""
     loop_share: float | None = None
-    """``loop_seconds`` as a share of the run's elapsed time: near 1, the stage blocks the
-    event loop, and every other stage waits for it."""
+    loop_per_call: float | None = None  # the mean of its timed calls' time on the loop
+    loop_per_step: float | None = None  # ... of one step (a resumption, a value)
     window_capped_share: float | None = None
-    """Share of the samples in which the window (``max_in_flight``) was full with this
-    stage holding at least half of it, below its own limit: the window, not the stage's
-    ``concurrency_limit``, capped its calls at once."""
+    """Share of the samples with the window (``max_in_flight``) full, this stage holding
+    half of it, below its own limit: the window capped its calls at once."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,89 +228,8 @@ class RunStats:
     @property
     def bottleneck(self) -> Bottleneck | None:
         """What limits the run (see the rule in the module's docstring)."""
-        if not self.stages:
-            return None
-        if self.elapsed >= MIN_SAMPLES * TICK:  # (ticks run late on a blocked loop)
-            loop = self._loop_bottleneck()
-            if loop is not None:
-                return loop
-        if self.samples < MIN_SAMPLES:
-            return None
-        full = max(self.stages, key=_at_limit)
-        share = _at_limit(full)
-        if share >= MOST and full.rate_limit is not None:
-            return Bottleneck(
-                full.name,
-                f"waiting for its rate limit ({full.rate_limit}) or a slot "
-                f"{share:.0%} of the time: raise the limit if the service allows",
-                share,
-            )
-        if share >= MOST and (full.window_capped_share or 0.0) > (full.at_limit_share or 0.0):
-            window = "" if self.max_in_flight is None else f"={self.max_in_flight:,}"
-            limit = (
-                ""
-                if full.limit is None
-                else f"; its concurrency_limit of {full.limit:,} is never reached"
-            )
-            return Bottleneck(
-                full.name,
-                f"at the window's limit (max_in_flight{window} items in flight{limit}) "
-                f"{share:.0%} of the time: raise PipelineContext(max_in_flight=...) "
-                f"to let more of its calls run at once",
-                share,
-            )
-        if share >= MOST:
-            return Bottleneck(full.name, _at_its_limit(full, share), share)
-        if (self.consumer_slow_share or 0.0) >= MOST:
-            return Bottleneck(
-                "consumer",
-                f"results waited to be taken {self.consumer_slow_share:.0%} of the time: "
-                f"the code reading the stream is slower than the pipeline",
-                self.consumer_slow_share or 0.0,
-            )
-        if (self.starved_share or 0.0) >= MOST:
-            return Bottleneck(
-                "input",
-                f"no stage had work {self.starved_share:.0%} of the time: the pipeline "
-                f"waits for its input",
-                self.starved_share or 0.0,
-            )
-        busiest = max(self.stages, key=lambda s: s.busy_share or 0.0)
-        return Bottleneck(
-            busiest.name,
-            f"the busiest stage: a call in flight {busiest.busy_share or 0.0:.0%} of the time",
-            busiest.busy_share or 0.0,
-        )
-
-    def _loop_bottleneck(self) -> Bottleneck | None:
-        """The first rules of the bottleneck: a stage that blocks the event loop, or the
-        loop saturated (see the module's docstring)."""
-        holder = max(self.stages, key=lambda s: s.loop_share or 0.0)
-        held = holder.loop_share or 0.0
-        per_call = holder.loop_per_call or 0.0
-        if (
-            held >= MOST
-            and (holder.loop_per_step or 0.0) >= BLOCKING_STEP
-            and (holder.latency.samples >= MIN_SAMPLES or self.loop_lag_max >= LONG_LAG)
-        ):
-            return Bottleneck(
-                holder.name,
-                f"holds the event loop {held:.0%} of the time ({_secs(per_call)} a call; "
-                f"its code runs on the loop, so every other stage waits for it): {LOOP_FIX}",
-                held,
-            )
-        lag = self.loop_lag_share or 0.0
-        total = _total_loop_share(self)
-        if lag >= MOST or (lag >= MOST / 2 and total >= MOST):
-            return Bottleneck(
-                "event loop",
-                f"saturated: its timers ran late {lag:.0%} of the time; the stages' code "
-                f"held it about {total:.0%} ({holder.name} the most, in steps of "
-                f"{_secs(holder.loop_per_step)}), the engine's work on the items in flight "
-                f"the rest: lower max_in_flight, or do more in each step",
-                lag,
-            )
-        return None
+        verdict = bottleneck_of(self)
+        return None if verdict is None else Bottleneck(*verdict)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, as JSON-serialisable data (the bottleneck included)."""
@@ -325,8 +244,9 @@ class RunStats:
         The chart of ``pipeline.to_mermaid()`` with this run's figures: nodes ``input``
         (with how long the window held the input back, if at all), ``s0``, ``s1``, ...
         per stage (task name; ``single`` or ``batch`` with the number of batches and
-        their mean size; the executor if not inline; the concurrency limit if any; call
-        latency p50 and p95; busy share; counts of failed, skipped, emitted and retried
+        their mean size; the executor if not inline; the concurrency limit and the rate
+        limit if any; call latency p50 and p95; busy share; its share of the run on the
+        event loop, if 5% or more; counts of failed, skipped, emitted and retried
         calls if any) and ``output`` (results, elapsed seconds, items per second;
         ``running`` if the run is not finished). Each edge is labelled with the exact
         number of items that crossed it. The :attr:`bottleneck` (a stage, the input, or
@@ -402,33 +322,6 @@ class RunStats:
         neck = self.bottleneck
         lines.append(str(neck) if neck is not None else "bottleneck: - (run too short to tell)")
         return "\n".join(lines)
-
-
-def _at_limit(stage: StageStats) -> float:
-    """The share of the run a stage was at a limit: its own, or the window's."""
-    return max(stage.at_limit_share or 0.0, stage.window_capped_share or 0.0)
-
-
-def _at_its_limit(stage: StageStats, share: float) -> str:
-    """Why a stage at its own limit is the bottleneck: its concurrency limit, or its
-    thread pool's size when that is the smaller, and the fix for each."""
-    pool = stage.pool_size
-    if pool is not None and (stage.limit is None or pool < stage.limit):
-        return (
-            f"at its limit ({pool} at once: its thread pool's size) {share:.0%} of the "
-            f'time: a larger pool (executor="thread:N") or faster calls'
-        )
-    limit = "its concurrency limit" if stage.limit is None else f"{stage.limit} at once"
-    return (
-        f"at its limit ({limit}) {share:.0%} of the time: raise its "
-        f"concurrency_limit or make its calls faster"
-    )
-
-
-def _total_loop_share(stats: RunStats) -> float:
-    """The share of the run the stages' code held the event loop, all together."""
-    held = sum(s.loop_seconds for s in stats.stages)
-    return min(1.0, held / stats.elapsed) if stats.elapsed > 0 else 0.0
 
 
 def _latency(data: dict[str, Any]) -> Latency:

@@ -12,33 +12,21 @@ Collected for every run unless ``PipelineContext(statistics=False)``; read as a 
   arms each stage to time its next call. A fast stage has a few hundred calls timed per
   second, a slow one every call. Latencies go into a :class:`Histogram` of bounded size.
   An unsampled call costs nothing: the stage's ``call_fn`` is swapped for a timing one
-  until that one call is made.
+  (``_loop.timed_call``) until that one call is made.
 * **The event loop, sampled:** each timed call also measures how long the stage's code
-  held the event loop: the call itself for a plain function on the loop (submitting it,
-  for work sent to threads or processes), the sum of its steps for an ``async def`` on
-  the loop (each ``send`` into its coroutine, timed), and of every step of a generator
-  expanded on the loop. A stage's share of the run on the loop is estimated from the
-  mean of its timed calls times its calls. The sampling timer is also the loop's lag
-  probe: how late each tick ran past its due time is time the loop was blocked (or
-  saturated). A tick :data:`BLOCKED_WARNING` seconds late logs a warning, once per run.
+  held the loop, step by step, and the timer is the loop's lag probe (``_loop``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
-import functools
-import logging
 import sys
 import time
-import types
-from collections.abc import AsyncGenerator, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Failure
-from ._calls import INLINE, Answer, settle
+from ._calls import INLINE
 from ._histogram import Histogram
+from ._loop import LagProbe, LoopTime, culprit, timed_call
 from ._observe import ObservedExecutor
 from ._plan import UNLIMITED
 from ._registry import figures
@@ -55,16 +43,6 @@ SAMPLES_PER_RUN = 256
 virtual clock, is not sampled a hundred times a second), up to :data:`MAX_TICK`. Each
 sample counts for the time since the one before."""
 MAX_TICK = 1.0
-WARM = 8
-"""The first calls of a stage on the loop timed one after the other, ticks or not: the
-mean of a few calls (not one, which may have opened a connection) for the estimate of
-its time on the loop, even when all its calls come in one burst between two ticks."""
-BLOCKED_WARNING = 0.25
-"""A tick this many seconds late (the event loop blocked that long) logs a warning, once
-per run: long enough that a busy machine's scheduling does not reach it, short enough
-that a user sees it long before a slow run ends."""
-
-logger = logging.getLogger("conveyor")
 
 
 class StageRecord:
@@ -78,17 +56,12 @@ class StageRecord:
         "capped",
         "failures_in",
         "full",
-        "inline",
         "items_in",
         "latency",
-        "loop_calls",
-        "loop_held",
-        "loop_steps",
+        "loop",
         "stage",
         "timed",
         "timer_flushes",
-        "warm",
-        "workers",
     )
 
     def __init__(self, stage: Stage) -> None:
@@ -103,24 +76,8 @@ class StageRecord:
         self.busy_seconds = self.full = 0.0  # seconds with a call in flight / at the limit
         self.capped = 0.0  # seconds the window (max_in_flight) held its calls back instead
         self.timed: Any = None  # the timing call_fn, while armed
-        # Seconds the timed calls held the event loop, and how many calls that is.
-        self.loop_held = 0.0
-        self.loop_calls = 0
-        self.loop_steps = 0
-        self.warm = 0  # calls still to time after the next one, whatever the ticks
-        self.inline = True  # its calls run on the loop (not sent to threads, processes)
-        # Its thread pool's size ("thread:N"), once the run has opened it; and the calls it
-        # can have at once: its limit, or its pool's size if smaller.
-        self.workers: int | None = None
-        self.cap = stage.limit
-
-    def hold(self, seconds: float, steps: int = 1) -> None:
-        """A timed call held the event loop ``seconds`` in all, in ``steps`` steps (a
-        plain call is one; an ``async def`` one per resumption of its coroutine; a
-        generator expanded on the loop one per value, plus its call)."""
-        self.loop_held += seconds
-        self.loop_calls += 1
-        self.loop_steps += steps
+        self.loop = LoopTime(_unobserved(stage.executor) is INLINE)  # (see _loop)
+        self.cap = stage.limit  # its calls at once: its limit, or its pool's if smaller
 
     def passed_through(self) -> None:
         """A Failure from an earlier stage reached this (single) stage: passed on as is."""
@@ -158,10 +115,7 @@ class Collector:
         self.starved = 0.0  # no stage had anything to do
         self.waited_for_room = 0.0
         self.peak_reorder = 0
-        self.due = 0.0  # the loop's time the next tick is due at
-        self.lag = 0.0  # seconds ticks ran late: the loop blocked or saturated
-        self.max_lag = 0.0
-        self.warned = False
+        self.lag = LagProbe()
         self._timer: Any = None
 
     # -- wiring (the run, as it builds its stages) ------------------------------------
@@ -178,7 +132,7 @@ class Collector:
         self.records.sort(key=lambda record: place[id(record.stage)])  # (built backwards)
         self.started = self.now()
         self.last_tick = run.loop.time()
-        self.due = self.last_tick + TICK
+        self.lag.due = self.last_tick + TICK
         self._timer = run.loop.call_later(TICK, self._tick)
         run.on_over.append(lambda _: self._end())
 
@@ -190,11 +144,9 @@ class Collector:
         """The stages are bound to this run's inputs (their executors opened): time each
         stage's first call, and read the size of its thread pool."""
         for record in self.records:
-            record.inline = record.stage.executor is INLINE
-            record.warm = WARM - 1 if record.inline else 0
-            record.workers = _pool_size(record.stage.executor)
-            if record.workers is not None:
-                record.cap = min(record.stage.limit, record.workers)
+            record.loop.opened(_unobserved(record.stage.executor) is INLINE)
+            workers = _pool_size(record.stage.executor) or UNLIMITED
+            record.cap = min(record.stage.limit, workers)
             self._arm(record)
 
     def first_taken(self) -> None:
@@ -218,13 +170,7 @@ class Collector:
         now = run.loop.time()
         dt, self.last_tick = now - self.last_tick, now
         self.sampled += dt
-        late = now - self.due
-        if late > 0:
-            self.lag += min(late, dt)
-            self.max_lag = max(self.max_lag, late)
-            if late >= BLOCKED_WARNING and not self.warned:
-                self.warned = True
-                self._warn(late)
+        self.lag.ticked(now, dt, self._culprit)
         ledger = run.ledger
         window_full = ledger.tokens >= ledger.admit
         crowd = max(1, ledger.admit // 2)  # calls that hold half the window
@@ -253,112 +199,37 @@ class Collector:
         if order is not None and not self.ticks & 7:  # (a walk of the list: 1 tick in 8)
             self.peak_reorder = max(self.peak_reorder, order.held())
         interval = min(MAX_TICK, max(TICK, (now - self.started[1]) / SAMPLES_PER_RUN))
-        self.due = now + interval
+        self.lag.due = now + interval
         self._timer = run.loop.call_later(interval, self._tick)
 
-    def _warn(self, late: float) -> None:
-        """The loop was blocked ``late`` seconds: say so, naming the stage that holds it
-        most so far (by its timed calls), if any."""
+    def _culprit(self, late: float) -> str:
+        """Who held the loop ``late`` seconds: the stage that holds it most so far, if
+        its timed calls account for half of that, or of the run (see ``_loop``)."""
         elapsed = _span(self.started, self.now())
-        held = [(self._held_seconds(record), record) for record in self.records]
+        held = [(self._on_loop(record), record) for record in self.records]
         seconds, record = max(held, key=lambda pair: pair[0], default=(0.0, None))
-        if record is not None and (seconds >= 0.5 * late or seconds >= 0.5 * elapsed):
-            stage = record.stage
-            mean = record.loop_held / record.loop_calls
-            culprit = (
-                f"stage {stage.name!r} holds it (its calls run on the loop, "
-                f"{mean * 1e3:.1f} ms each): {LOOP_FIX}"
-            )
-        else:
-            culprit = (
-                "no stage's timed calls account for it: the code reading the stream, "
-                "other tasks on the loop, or the engine's work on many items in flight"
-            )
-        logger.warning(
-            "conveyor: the event loop was blocked for %.2f s (a timer ran that late); %s",
-            late,
-            culprit,
-        )
+        if record is None or (seconds < 0.5 * late and seconds < 0.5 * elapsed):
+            return culprit(None, None)
+        return culprit(record.stage.name, record.loop.per_call)
 
-    def _held_seconds(self, record: StageRecord) -> float:
-        """Seconds the stage's code held the loop, estimated: its timed calls' mean
-        times the calls it made (a batch stage: its batches). For calls sent off the
-        loop, the timed hand-offs only: not extrapolated, as the first ones start the
-        pool's threads or processes, and a short run may time only those."""
-        if not record.loop_calls or not record.inline:
-            return record.loop_held
-        calls = record.batches if record.stage.is_batch else record.items_in - record.failures_in
-        return record.loop_held / record.loop_calls * max(calls, record.loop_calls)
+    def _on_loop(self, record: StageRecord) -> float:
+        """Seconds the stage's code held the loop, estimated from its calls (a batch
+        stage's: its batches)."""
+        stage = record.stage
+        calls = record.batches if stage.is_batch else record.items_in - record.failures_in
+        return record.loop.estimate(calls)
 
     def _arm(self, record: StageRecord) -> None:
         """Time the stage's next call (see the module's docstring)."""
-        stage = record.stage
-        plain = stage.call_fn
-        clock = time.perf_counter
-        loop = stage.loop
-        add = record.latency.add
 
-        hold = record.hold
-
-        async def timed_coroutine(item: Any) -> Any:
-            # The call is made inside this coroutine, so a coroutine closed before it
-            # starts (the run ended) leaves no call behind, awaited or not.
-            started, loop_started = clock(), loop.time()
-            try:
-                result = plain(item)
-                if type(result) is types.CoroutineType:
-                    result = await _stepped(result, hold)  # (each step on the loop timed)
-                return (await settle(result, None))[0]
-            finally:
-                seconds = clock() - started
-                on_loop = loop.time() - loop_started
-                # A virtual clock (looptime) moves the loop's time, not perf_counter's:
-                # then the loop's is the call's time. (uvloop's loop time is in whole
-                # milliseconds, so it is read only when it is clearly ahead.)
-                add(on_loop if on_loop > seconds + 0.002 else seconds)
-
-        def timed(item: Any) -> Any:
-            stage.call_untimed(timed)
+        def made() -> None:  # (the timed call is being made: the next ones are not)
             record.timed = None
-            if record.warm:  # (a stage's first calls are all timed: see WARM)
-                record.warm -= 1
+            if record.loop.warm:  # (a stage's first calls are all timed: see _loop)
+                record.loop.warm -= 1
                 self._arm(record)
-            if coroutines:
-                return timed_coroutine(item)
-            started = clock()
-            try:
-                result = plain(item)
-            except BaseException:
-                add(clock() - started)
-                hold(clock() - started)
-                raise
-            on_loop = clock() - started  # (the call, or its hand-off to another executor)
-            if inline:
-                kind = type(result)
-                if kind is types.GeneratorType:
-                    result = _stepped_generator(result, on_loop, hold)
-                elif kind is types.AsyncGeneratorType:
-                    result = _stepped_async_generator(result, on_loop, hold)
-                else:
-                    hold(on_loop)
-            else:
-                hold(on_loop)
-            if isinstance(result, (asyncio.Future, Answer)):  # (settled on the loop)
-                result.add_done_callback(lambda _: add(clock() - started))
-            elif isinstance(result, concurrent.futures.Future):  # (on the pool's thread)
-                result.add_done_callback(
-                    lambda _: _on_loop(loop, functools.partial(add, clock() - started))
-                )
-            else:
-                add(clock() - started)
-            return result
 
-        # An async def on the loop returns a coroutine; other calls are made now (work
-        # sent off the loop is timed until its Future is done), so their order holds.
-        inline = stage.executor is INLINE  # (a generator is expanded on the loop)
-        coroutines = stage.spec.is_async and inline
-        record.timed = timed
-        stage.time_next_call(timed)
+        record.timed = timed_call(record.stage, record.latency.add, record.loop, made)
+        record.stage.time_next_call(record.timed)
 
     def _end(self) -> None:
         run = self.run
@@ -420,17 +291,11 @@ class Collector:
                         if elapsed > 0
                         else None
                     ),
-                    "pool_size": record.workers,
-                    "loop_seconds": self._held_seconds(record),
-                    "loop_per_call": (
-                        record.loop_held / record.loop_calls if record.loop_calls else None
-                    ),
-                    "loop_per_step": (
-                        record.loop_held / record.loop_steps if record.loop_steps else None
-                    ),
-                    "loop_share": (
-                        min(1.0, self._held_seconds(record) / elapsed) if elapsed > 0 else None
-                    ),
+                    "pool_size": _pool_size(stage.executor),
+                    "loop_seconds": self._on_loop(record),
+                    "loop_per_call": record.loop.per_call,
+                    "loop_per_step": record.loop.per_step,
+                    "loop_share": min(1.0, self._on_loop(record) / elapsed) if elapsed else None,
                     "window_capped_share": share(record.capped),
                     "busy_seconds": record.busy_seconds,
                     "busy_share": share(record.busy_seconds),
@@ -466,109 +331,24 @@ class Collector:
             "window_full_share": share(self.window_full),
             "consumer_slow_share": share(self.consumer_slow),
             "starved_share": share(self.starved),
-            "loop_lag_seconds": self.lag,
-            "loop_lag_share": share(self.lag),
-            "loop_lag_max": self.max_lag,
+            "loop_lag_seconds": self.lag.seconds,
+            "loop_lag_share": share(self.lag.seconds),
+            "loop_lag_max": self.lag.longest,
             "stages": stages,
         }
 
 
-LOOP_FIX = (
-    'run it with executor="thread" (blocking I/O, or code that releases the GIL) or '
-    'executor="process" (CPU work)'
-)
-
-
-@types.coroutine
-def _stepped(coro: Any, hold: Callable[[float, int], None]) -> Generator[Any, Any, Any]:
-    """Await ``coro`` as ``yield from`` would, timing each of its steps: the time its
-    code held the event loop and its steps, told to ``hold`` at its end (however it
-    ends)."""
-    clock = time.perf_counter
-    send, throw = coro.send, coro.throw
-    held = 0.0
-    steps = 0
-    value: Any = None
-    error: BaseException | None = None
-    try:
-        while True:
-            steps += 1
-            started = clock()
-            try:
-                yielded = send(value) if error is None else throw(error)
-            except StopIteration as stop:
-                return stop.value
-            finally:
-                held += clock() - started
-            value = error = None
-            try:
-                value = yield yielded
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # (a cancellation, thrown in: passed on to it)
-                error = exc
-    finally:
-        del error  # (no cycle through the traceback)
-        hold(held, steps)
-
-
-def _stepped_generator(
-    gen: Generator[Any, Any, Any], held: float, hold: Callable[[float, int], None]
-) -> Generator[Any, Any, Any]:
-    """``gen``, expanded on the loop, each step timed (``held``: its call's time)."""
-    clock = time.perf_counter
-    steps = 1
-    try:
-        while True:
-            steps += 1
-            started = clock()
-            try:
-                value = next(gen)
-            except StopIteration:
-                return
-            finally:
-                held += clock() - started
-            yield value
-    finally:
-        gen.close()  # (its own finally blocks run now, as when _expand closes it)
-        hold(held, steps)
-
-
-async def _stepped_async_generator(
-    gen: AsyncGenerator[Any, Any], held: float, hold: Callable[[float, int], None]
-) -> AsyncGenerator[Any, Any]:
-    """``gen``, expanded on the loop, each step of each ``__anext__`` timed."""
-    total = [held, 1.0]
-
-    def add(seconds: float, steps: int) -> None:
-        total[0] += seconds
-        total[1] += steps
-
-    try:
-        while True:
-            try:
-                value = await _stepped(gen.__anext__(), add)
-            except StopAsyncIteration:
-                return
-            yield value
-    finally:
-        await gen.aclose()
-        hold(total[0], int(total[1]))
+def _unobserved(executor: Any) -> Any:
+    """A stage's own executor, inside the timing one of a user's observer (``_observe``)."""
+    return executor.inner if isinstance(executor, ObservedExecutor) else executor
 
 
 def _pool_size(executor: Any) -> int | None:
     """The size of conveyor's thread pool a stage runs on (``"thread:N"``), or None."""
-    if isinstance(executor, ObservedExecutor):
-        executor = executor.inner
+    executor = _unobserved(executor)
     if isinstance(executor, (ThreadPool, RunThreads)):
         return executor.workers
     return None
-
-
-def _on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop is closed: the run is long over
-        loop.call_soon_threadsafe(callback)
 
 
 def _span(start: tuple[float, float], end: tuple[float, float]) -> float:
