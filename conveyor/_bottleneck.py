@@ -58,9 +58,9 @@ class StageFigures(Protocol):
     @property
     def loop_share(self) -> float | None: ...
     @property
-    def loop_per_call(self) -> float | None: ...
+    def loop_call_seconds(self) -> float | None: ...
     @property
-    def loop_per_step(self) -> float | None: ...
+    def loop_step_seconds(self) -> float | None: ...
 
 
 class RunFigures(Protocol):
@@ -142,12 +142,12 @@ def _loop_bottleneck(stats: RunFigures) -> Verdict | None:
     held = holder.loop_share or 0.0
     if (
         held >= MOST
-        and (holder.loop_per_step or 0.0) >= BLOCKING_STEP
+        and (holder.loop_step_seconds or 0.0) >= BLOCKING_STEP
         and (holder.latency.samples >= MIN_SAMPLES or stats.loop_lag_max >= LONG_LAG)
     ):
         return (
             holder.name,
-            f"holds the event loop {held:.0%} of the time ({seconds(holder.loop_per_call or 0)}"
+            f"holds the event loop {held:.0%} of the time ({seconds(holder.loop_call_seconds or 0)}"
             f" a call; its code runs on the loop, so every other stage waits for it): "
             f"{LOOP_FIX}",
             held,
@@ -159,7 +159,7 @@ def _loop_bottleneck(stats: RunFigures) -> Verdict | None:
             "event loop",
             f"saturated: its timers ran late {lag:.0%} of the time; the stages' code "
             f"held it about {total:.0%} ({holder.name} the most, in steps of "
-            f"{seconds(holder.loop_per_step or 0)}), the engine's work on the items in "
+            f"{seconds(holder.loop_step_seconds or 0)}), the engine's work on the items in "
             f"flight the rest: lower max_in_flight, or do more in each step",
             lag,
         )

@@ -150,8 +150,8 @@ class StageStats:
     """Seconds its code held the event loop (its timed calls' mean times its calls: see
     the module's docstring); ``loop_share`` of the run's elapsed time."""
     loop_share: float | None = None
-    loop_per_call: float | None = None  # the mean of its timed calls' time on the loop
-    loop_per_step: float | None = None  # ... of one step (a resumption, a value)
+    loop_call_seconds: float | None = None  # the mean of its timed calls' time on the loop
+    loop_step_seconds: float | None = None  # ... of one step (a resumption, a value)
     window_capped_share: float | None = None
     """Share of the samples with the window (``max_in_flight``) full, this stage holding
     half of it, below its own limit: the window capped its calls at once."""

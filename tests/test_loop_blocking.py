@@ -48,7 +48,7 @@ async def test_a_stage_that_blocks_the_loop_is_named(caplog: pytest.LogCaptureFi
     stats = stream.stats
     heavy = stats.stages[1]
     assert heavy.loop_share is not None and heavy.loop_share >= 0.5  # (~0.9 measured)
-    assert heavy.loop_per_step is not None and heavy.loop_per_step >= 0.002
+    assert heavy.loop_step_seconds is not None and heavy.loop_step_seconds >= 0.002
     assert all((s.loop_share or 0.0) < 0.2 for s in (stats.stages[0], stats.stages[2]))
     neck = stats.bottleneck
     assert neck is not None and neck.where == "cpu_heavy"
@@ -98,8 +98,8 @@ async def test_a_generator_expanded_on_the_loop_is_timed_at_each_step() -> None:
     stream = (fetch | chunks).with_context(max_in_flight=30)(range(100))
     assert sorted(await stream.collect()) == list(range(300))
     gen = stream.stats.stage("chunks")
-    assert gen.loop_per_call is not None and gen.loop_per_call >= 0.0025  # 3 steps
-    assert gen.loop_per_step is not None and gen.loop_per_step >= 0.0006
+    assert gen.loop_call_seconds is not None and gen.loop_call_seconds >= 0.0025  # 3 steps
+    assert gen.loop_step_seconds is not None and gen.loop_step_seconds >= 0.0006
     neck = stream.stats.bottleneck
     assert neck is not None and neck.where == "chunks"
 
@@ -120,7 +120,7 @@ async def test_a_saturated_loop_is_its_own_verdict() -> None:
     neck = stats.bottleneck
     assert neck is not None and neck.where == "event loop", str(stats)
     assert "saturated" in neck.why and "max_in_flight" in neck.why
-    assert (stats.stage("hop").loop_per_step or 1.0) < 1e-4
+    assert (stats.stage("hop").loop_step_seconds or 1.0) < 1e-4
 
 
 @pytest.mark.looptime

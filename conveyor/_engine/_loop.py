@@ -93,11 +93,11 @@ class LoopTime:
         return self.seconds / self.calls * max(calls, self.calls)
 
     @property
-    def per_call(self) -> float | None:
+    def call_seconds(self) -> float | None:
         return self.seconds / self.calls if self.calls else None
 
     @property
-    def per_step(self) -> float | None:
+    def step_seconds(self) -> float | None:
         return self.seconds / self.steps if self.steps else None
 
 

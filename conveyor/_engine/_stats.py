@@ -210,7 +210,7 @@ class Collector:
         seconds, record = max(held, key=lambda pair: pair[0], default=(0.0, None))
         if record is None or (seconds < 0.5 * late and seconds < 0.5 * elapsed):
             return culprit(None, None)
-        return culprit(record.stage.name, record.loop.per_call)
+        return culprit(record.stage.name, record.loop.call_seconds)
 
     def _on_loop(self, record: StageRecord) -> float:
         """Seconds the stage's code held the loop, estimated from its calls (a batch
@@ -293,8 +293,8 @@ class Collector:
                     ),
                     "pool_size": _pool_size(stage.executor),
                     "loop_seconds": self._on_loop(record),
-                    "loop_per_call": record.loop.per_call,
-                    "loop_per_step": record.loop.per_step,
+                    "loop_call_seconds": record.loop.call_seconds,
+                    "loop_step_seconds": record.loop.step_seconds,
                     "loop_share": min(1.0, self._on_loop(record) / elapsed) if elapsed else None,
                     "window_capped_share": share(record.capped),
                     "busy_seconds": record.busy_seconds,
