@@ -189,3 +189,54 @@ async def test_a_rate_limit_is_in_both_charts() -> None:
     chart = stream.stats.to_mermaid()
     assert "<br/>rate limit 5 calls per 1 s<br/>" in chart
     assert "class s0 bottleneck" in chart
+
+
+# -- the timed steps change nothing of a call's semantics -----------------------------------
+
+
+@pytest.mark.looptime
+async def test_timed_calls_time_out_and_are_cancelled_as_any_other() -> None:
+    # A stage's first 8 calls are all timed, each step through the stepping wrapper: a
+    # timeout still cancels the call inside its coroutine, and the policy sees it.
+    cleaned: list[int] = []
+
+    @single_task(timeout=0.5, on_error="skip_item")
+    async def stuck(x: int) -> int:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            cleaned.append(x)
+        return x
+
+    stream = stuck(range(10))
+    assert await stream.collect() == []
+    assert stream.stats.stage("stuck").skipped == 10 and sorted(cleaned) == list(range(10))
+    assert stream.stats.elapsed == pytest.approx(0.5, abs=0.05)
+
+
+async def test_a_timed_generator_closed_early_runs_its_finally() -> None:
+    closed: list[int] = []
+
+    @single_task
+    def count(x: int):  # type: ignore[no-untyped-def]
+        try:
+            yield from range(x * 1000, x * 1000 + 1000)
+        finally:
+            closed.append(x)
+
+    @single_task
+    async def agen(x: int):  # type: ignore[no-untyped-def]
+        try:
+            for i in range(1000):
+                await asyncio.sleep(0)
+                yield i
+        finally:
+            closed.append(-1 - x)
+
+    for task in (count, agen):
+        closed.clear()
+        stream = task(range(3))
+        async with stream:
+            async for _ in stream:
+                break
+        assert closed  # (the expansions started were closed, through the timing wrapper)
