@@ -108,6 +108,9 @@ def option_lines(spec: StageSpec) -> list[str]:
     lines = [spec.name, kind]
     if o.concurrency_limit is not None:
         lines.append(f"concurrency {o.concurrency_limit}")
+    if o.rate_limit is not None:
+        rate = o.rate_limit
+        lines.append(f"rate limit {rate.calls} calls per {rate.per_seconds:g} s")
     executor = executor_name(o.executor)
     if executor is not None:
         chunks = "" if o.chunk_size is None else f", chunk_size {o.chunk_size}"

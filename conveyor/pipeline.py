@@ -125,8 +125,9 @@ class Pipeline(Generic[In, Out]):
         (batch stages in the subroutine shape ``[[...]]``), labelled with the task name,
         ``single`` or ``batch`` and its sizes (``batch 32``, or ``batch 4–32`` when
         ``min_size`` differs) and ``max_wait``, then only the options not at their
-        default: ``concurrency``, ``executor`` (and ``chunk_size``), ``on_error``,
-        ``retry_attempts``, ``error_handler`` (its class), ``timeout``; ``output``,
+        default: ``concurrency``, ``rate limit``, ``executor`` (and ``chunk_size``),
+        ``on_error``, ``retry_attempts``, ``error_handler`` (its class), ``timeout``;
+        ``output``,
         labelled with the execution mode (``ordered`` / ``as completed``), the window
         (``max_in_flight``) and ``max_parallelism`` if set. Labels are escaped (see
         ``conveyor._mermaid.escape``). A run's figures: ``stream.stats.to_mermaid()``.

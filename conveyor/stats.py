@@ -24,18 +24,39 @@ what is sampled:
 * ``StageStats.offload`` (stages whose calls go to other processes, in chunks): time in
   the workers' calls against time pickling and unpickling, exact per chunk (:class:`Offload`).
 
-**The bottleneck** (:attr:`RunStats.bottleneck`), from the samples, in this order:
+* **The event loop** (sampled): each timed call's time on the loop, step by step (a
+  plain call; each resumption of an ``async def``'s coroutine; each value of a
+  generator expanded on the loop; the hand-off of a call sent elsewhere): a stage's
+  ``loop_share``, estimated from its timed calls' mean times its calls (a stage's first
+  8 calls on the loop are all timed). The sampling timer is the loop's lag probe: how
+  late its ticks ran (``loop_lag_share``, ``loop_lag_max``). A tick 0.25 s late logs a
+  warning once per run, naming the stage that holds the loop most so far.
 
-1. a stage **at its limit** (all its concurrency slots taken, or items waiting for one)
-   in at least half the samples: the one at its limit most often. Raise its
-   ``concurrency_limit`` or make its calls faster.
-2. **the consumer**, if results were ready and not taken in at least half the samples:
+**The bottleneck** (:attr:`RunStats.bottleneck`), in this order. For a run of 50 ms or
+more, the event loop first (a blocked loop runs few ticks: these need no count of
+samples):
+
+1. a stage that **blocks the event loop**: its code held it at least half the run, in
+   steps of 100 µs or more on average. Run it with ``executor="thread"`` (blocking I/O)
+   or ``executor="process"`` (CPU work).
+2. **the event loop**, saturated (``where == "event loop"``): its timers ran late at
+   least half the time (or a quarter, with the stages' code holding it half the run):
+   many short steps. Lower ``max_in_flight``, or do more in each step.
+
+Then, from 5 samples on:
+
+3. a stage **at its limit** (all its concurrency slots taken, its thread pool's size
+   reached, items waiting for a slot, or the window full with the stage holding half
+   of it, below its own limit) in at least half the samples: the one at a limit most
+   often. Raise its ``concurrency_limit`` (its pool's size, or ``max_in_flight``, as
+   the verdict says) or make its calls faster.
+4. **the consumer**, if results were ready and not taken in at least half the samples:
    the code reading the stream is slower than the pipeline.
-3. **the input**, if no stage had anything to do in at least half the samples: the
+5. **the input**, if no stage had anything to do in at least half the samples: the
    pipeline waits for items (a slow source).
-4. otherwise the **busiest** stage (a call in flight in the most samples).
+6. otherwise the **busiest** stage (a call in flight in the most samples).
 
-Fewer than 5 samples (a run under ~50 ms) name no bottleneck.
+A run under ~50 ms names no bottleneck.
 """
 
 from __future__ import annotations
@@ -43,12 +64,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ._bottleneck import LONG_LAG, bottleneck_of
 from ._mermaid import STAGE_SHAPE, STATISTICS_OFF, chain, count_label, seconds
 
 __all__ = ["Bottleneck", "Latency", "Offload", "RunStats", "StageStats"]
-
-MIN_SAMPLES = 5
-MOST = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +145,16 @@ class StageStats:
     remainder_dropped: int | None = None
     """Batch stages: items the remainder rule dropped at the end of the input (fewer than
     ``min_size`` left over); ``None`` for single stages."""
+    pool_size: int | None = None  # its thread pool's size ("thread:N"): a limit, as `limit`
+    loop_seconds: float = 0.0
+    """Seconds its code held the event loop (its timed calls' mean times its calls: see
+    the module's docstring); ``loop_share`` of the run's elapsed time."""
+    loop_share: float | None = None
+    loop_call_seconds: float | None = None  # the mean of its timed calls' time on the loop
+    loop_step_seconds: float | None = None  # ... of one step (a resumption, a value)
+    window_capped_share: float | None = None
+    """Share of the samples with the window (``max_in_flight``) full, this stage holding
+    half of it, below its own limit: the window capped its calls at once."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +192,13 @@ class RunStats:
     window_full_share: float | None = None
     consumer_slow_share: float | None = None
     starved_share: float | None = None
+    loop_lag_seconds: float = 0.0
+    """Seconds the sampling timer ran late, summed: the event loop was blocked (a call
+    holding it) or saturated (more work ready than it gets through) that long."""
+    loop_lag_share: float | None = None
+    """``loop_lag_seconds`` as a share of the sampled time."""
+    loop_lag_max: float = 0.0
+    """The longest the timer ran late, in seconds: the longest the loop was blocked."""
     stages: tuple[StageStats, ...] = ()
 
     @classmethod
@@ -192,44 +228,8 @@ class RunStats:
     @property
     def bottleneck(self) -> Bottleneck | None:
         """What limits the run (see the rule in the module's docstring)."""
-        if self.samples < MIN_SAMPLES or not self.stages:
-            return None
-        full = max(self.stages, key=lambda s: s.at_limit_share or 0.0)
-        if (full.at_limit_share or 0.0) >= MOST and full.rate_limit is not None:
-            return Bottleneck(
-                full.name,
-                f"waiting for its rate limit ({full.rate_limit}) or a slot "
-                f"{full.at_limit_share:.0%} of the time: raise the limit if the service allows",
-                full.at_limit_share or 0.0,
-            )
-        if (full.at_limit_share or 0.0) >= MOST:
-            limit = "its concurrency limit" if full.limit is None else f"{full.limit} at once"
-            return Bottleneck(
-                full.name,
-                f"at its limit ({limit}) {full.at_limit_share:.0%} of the time: raise its "
-                f"concurrency_limit or make its calls faster",
-                full.at_limit_share or 0.0,
-            )
-        if (self.consumer_slow_share or 0.0) >= MOST:
-            return Bottleneck(
-                "consumer",
-                f"results waited to be taken {self.consumer_slow_share:.0%} of the time: "
-                f"the code reading the stream is slower than the pipeline",
-                self.consumer_slow_share or 0.0,
-            )
-        if (self.starved_share or 0.0) >= MOST:
-            return Bottleneck(
-                "input",
-                f"no stage had work {self.starved_share:.0%} of the time: the pipeline "
-                f"waits for its input",
-                self.starved_share or 0.0,
-            )
-        busiest = max(self.stages, key=lambda s: s.busy_share or 0.0)
-        return Bottleneck(
-            busiest.name,
-            f"the busiest stage: a call in flight {busiest.busy_share or 0.0:.0%} of the time",
-            busiest.busy_share or 0.0,
-        )
+        verdict = bottleneck_of(self)
+        return None if verdict is None else Bottleneck(*verdict)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, as JSON-serialisable data (the bottleneck included)."""
@@ -244,8 +244,9 @@ class RunStats:
         The chart of ``pipeline.to_mermaid()`` with this run's figures: nodes ``input``
         (with how long the window held the input back, if at all), ``s0``, ``s1``, ...
         per stage (task name; ``single`` or ``batch`` with the number of batches and
-        their mean size; the executor if not inline; the concurrency limit if any; call
-        latency p50 and p95; busy share; counts of failed, skipped, emitted and retried
+        their mean size; the executor if not inline; the concurrency limit and the rate
+        limit if any; call latency p50 and p95; busy share; its share of the run on the
+        event loop, if 5% or more; counts of failed, skipped, emitted and retried
         calls if any) and ``output`` (results, elapsed seconds, items per second;
         ``running`` if the run is not finished). Each edge is labelled with the exact
         number of items that crossed it. The :attr:`bottleneck` (a stage, the input, or
@@ -258,7 +259,8 @@ class RunStats:
     def __str__(self) -> str:
         if not self.enabled:
             return "statistics are off for this run (PipelineContext(statistics=False))"
-        rows = [("stage", "in", "out", "now", "wait", "retry", "fail", "p50", "p95", "max", "busy")]
+        head = ("stage", "in", "out", "now", "wait", "retry", "fail", "p50", "p95", "max")
+        rows = [(*head, "busy", "loop")]
         for s in self.stages:
             lat = s.latency
             failed = s.failed + s.skipped + s.emitted
@@ -275,6 +277,7 @@ class RunStats:
                     _secs(lat.p95),
                     _secs(lat.max),
                     "-" if s.busy_share is None else f"{s.busy_share:.0%}",
+                    "-" if s.loop_share is None else f"{s.loop_share:.0%}",
                 )
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -309,6 +312,13 @@ class RunStats:
                     f"{s.name}: {s.remainder_dropped} dropped as the remainder "
                     f"(fewer than min_size left at the end of the input)"
                 )
+        if self.loop_lag_max >= LONG_LAG:
+            # (every latency above includes the time its call waited for the loop)
+            lines.append(
+                f"event loop: blocked up to {_secs(self.loop_lag_max)} at a time, late "
+                f"{self.loop_lag_share or 0.0:.0%} of the run: the latencies above include "
+                f"the waits for it"
+            )
         neck = self.bottleneck
         lines.append(str(neck) if neck is not None else "bottleneck: - (run too short to tell)")
         return "\n".join(lines)
@@ -375,10 +385,14 @@ def _figure_lines(s: StageStats) -> list[str]:
         lines.append(f"executor {s.executor}")
     if s.limit is not None:
         lines.append(f"concurrency {s.limit}")
+    if s.rate_limit is not None:
+        lines.append(f"rate limit {s.rate_limit}")
     if s.latency.p50 is not None and s.latency.p95 is not None:
         lines.append(f"p50 {seconds(s.latency.p50)}, p95 {seconds(s.latency.p95)}")
     if s.busy_share is not None:
         lines.append(f"busy {s.busy_share:.0%}")
+    if s.loop_share is not None and s.loop_share >= 0.05:
+        lines.append(f"on the event loop {s.loop_share:.0%}")
     counts = ((s.failed, "failed"), (s.skipped, "skipped"), (s.emitted, "emitted"))
     trouble = [f"{n:,} {what}" for n, what in (*counts, (s.retried, "retried")) if n]
     if trouble:
@@ -393,7 +407,13 @@ def _bottleneck_node(stats: RunStats) -> str | None:
     # A name can repeat (quick | slow | quick): the stage whose share is the one named.
     named = [i for i, s in enumerate(stats.stages) if s.name == neck.where]
     for i in named:
-        if neck.share in (stats.stages[i].at_limit_share, stats.stages[i].busy_share):
+        stage = stats.stages[i]
+        if neck.share in (
+            stage.at_limit_share,
+            stage.busy_share,
+            stage.loop_share,
+            stage.window_capped_share,
+        ):
             return f"s{i}"
     if neck.where in ("input", "consumer"):
         return {"input": "input", "consumer": "output"}[neck.where]

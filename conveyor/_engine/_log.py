@@ -50,7 +50,7 @@ OUTCOMES = ("retried", "skipped", "emitted", "failed")
 # applies), with what they hold. docs/logging.md has the same table; a test checks it.
 FIELDS = {
     "conveyor_event": "what happened: retry, gave_up, retry_summary, run_end, executor, "
-    "auto, window, chunk, callback_failed, handler",
+    "auto, window, limit_capped, loop_blocked, chunk, callback_failed, handler",
     "conveyor_run_id": "the run's id (its context's pipeline_id)",
     "conveyor_pipeline": "the run's stages, 'fetch | parse'",
     "conveyor_task": "the task's name",

@@ -38,7 +38,7 @@ from ._ledger import Ledger
 from ._log import RunLog
 from ._observe import Counted, ObservedExecutor, RunObserver, waited_for_room
 from ._order import NOTHING, OrderList, Sink
-from ._plan import Plan, plan
+from ._plan import UNLIMITED, Plan, plan
 from ._registry import build as executor_for
 from ._registry import run_scoped
 from ._stage import SingleStage, Stage, Statistics
@@ -133,6 +133,19 @@ class Run:
                 run_plan.window,
                 " + ".join(map(str, run_plan.batch_sizes)),
             )
+        for stage_plan in run_plan.stages:
+            if run_plan.window < stage_plan.limit < UNLIMITED:
+                # (the window bounds every call at once: the limit is silently capped)
+                self.log.warning(
+                    "limit_capped",
+                    "conveyor: stage %r can never reach its concurrency limit of %d: the "
+                    "window (max_in_flight=%d) holds at most that many items in flight; "
+                    "raise PipelineContext(max_in_flight=...) or lower the limit",
+                    stage_plan.spec.name,
+                    stage_plan.limit,
+                    run_plan.window,
+                    conveyor_task=stage_plan.spec.name,
+                )
         budget = context.max_in_flight_bytes
         self.weigher = None if budget is None else Weigher(ledger, budget, context.item_weight)
         self.consumer: asyncio.Future[None] | None = None

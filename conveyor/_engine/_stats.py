@@ -12,24 +12,24 @@ Collected for every run unless ``PipelineContext(statistics=False)``; read as a 
   arms each stage to time its next call. A fast stage has a few hundred calls timed per
   second, a slow one every call. Latencies go into a :class:`Histogram` of bounded size.
   An unsampled call costs nothing: the stage's ``call_fn`` is swapped for a timing one
-  until that one call is made.
+  (``_loop.timed_call``) until that one call is made.
+* **The event loop, sampled:** each timed call also measures how long the stage's code
+  held the loop, step by step, and the timer is the loop's lag probe (``_loop``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
-import functools
 import sys
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._calls import INLINE, Answer, settle
+from ._calls import INLINE
 from ._histogram import Histogram
+from ._loop import LagProbe, LoopTime, culprit, timed_call
+from ._observe import ObservedExecutor
 from ._plan import UNLIMITED
 from ._registry import figures
+from ._threads import RunThreads, ThreadPool
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -51,10 +51,13 @@ class StageRecord:
         "batch_items",
         "batches",
         "busy_seconds",
+        "cap",
+        "capped",
         "failures_in",
         "full",
         "items_in",
         "latency",
+        "loop",
         "stage",
         "timed",
         "timer_flushes",
@@ -70,7 +73,10 @@ class StageRecord:
         self.batches = self.batch_items = self.timer_flushes = 0
         self.latency = Histogram()
         self.busy_seconds = self.full = 0.0  # seconds with a call in flight / at the limit
+        self.capped = 0.0  # seconds the window (max_in_flight) held its calls back instead
         self.timed: Any = None  # the timing call_fn, while armed
+        self.loop = LoopTime(_unobserved(stage.executor) is INLINE)  # (see _loop)
+        self.cap = stage.limit  # its calls at once: its limit, or its pool's if smaller
 
     def passed_through(self) -> None:
         """A Failure from an earlier stage reached this stage: passed on as is."""
@@ -102,6 +108,7 @@ class Collector:
         self.starved = 0.0  # no stage had anything to do
         self.waited_for_room = 0.0
         self.peak_reorder = 0
+        self.lag = LagProbe()
         self._timer: Any = None
 
     # -- wiring (the run, as it builds its stages) ------------------------------------
@@ -118,6 +125,7 @@ class Collector:
         self.records.sort(key=lambda record: place[id(record.stage)])  # (built backwards)
         self.started = self.now()
         self.last_tick = run.loop.time()
+        self.lag.due = self.last_tick + TICK
         self._timer = run.loop.call_later(TICK, self._tick)
         run.on_over.append(lambda _: self._end())
 
@@ -126,8 +134,12 @@ class Collector:
         return time.perf_counter(), self.run.loop.time()
 
     def bound(self) -> None:
-        """The stages are bound to this run's inputs: time each stage's first call."""
+        """The stages are bound to this run's inputs (their executors opened): time each
+        stage's first call, and read the size of its thread pool."""
         for record in self.records:
+            record.loop.opened(_unobserved(record.stage.executor) is INLINE)
+            workers = _pool_size(record.stage.executor) or UNLIMITED
+            record.cap = min(record.stage.limit, workers)
             self._arm(record)
 
     def first_taken(self) -> None:
@@ -151,21 +163,28 @@ class Collector:
         now = run.loop.time()
         dt, self.last_tick = now - self.last_tick, now
         self.sampled += dt
+        self.lag.ticked(now, dt, self._culprit)
+        ledger = run.ledger
+        window_full = ledger.tokens >= ledger.admit
+        crowd = max(1, ledger.admit // 2)  # calls that hold half the window
         working = False
         for record in self.records:
             stage = record.stage
-            if stage.running > _gated(stage):
+            gated = _gated(stage)
+            running = stage.running
+            if running > gated:
                 record.busy_seconds += dt
                 working = True
-            if stage.pending or stage.running >= stage.limit or _gated(stage):
+            if stage.pending or running >= record.cap or gated:
                 record.full += dt
                 working = True
+            elif window_full and running >= crowd:
+                record.capped += dt  # below its own limit: the window holds it back
             if record.timed is None or stage.call_fn is not record.timed:
                 self._arm(record)
         if not working:
             self.starved += dt
-        ledger = run.ledger
-        if ledger.tokens >= ledger.admit:
+        if window_full:
             self.window_full += dt
         if ledger.can_drain():
             self.consumer_slow += dt
@@ -173,56 +192,37 @@ class Collector:
         if order is not None and not self.ticks & 7:  # (a walk of the list: 1 tick in 8)
             self.peak_reorder = max(self.peak_reorder, order.held())
         interval = min(MAX_TICK, max(TICK, (now - self.started[1]) / SAMPLES_PER_RUN))
+        self.lag.due = now + interval
         self._timer = run.loop.call_later(interval, self._tick)
+
+    def _culprit(self, late: float) -> str:
+        """Who held the loop ``late`` seconds: the stage that holds it most so far, if
+        its timed calls account for half of that, or of the run (see ``_loop``)."""
+        elapsed = _span(self.started, self.now())
+        held = [(self._on_loop(record), record) for record in self.records]
+        seconds, record = max(held, key=lambda pair: pair[0], default=(0.0, None))
+        if record is None or (seconds < 0.5 * late and seconds < 0.5 * elapsed):
+            return culprit(None, None)
+        return culprit(record.stage.name, record.loop.call_seconds)
+
+    def _on_loop(self, record: StageRecord) -> float:
+        """Seconds the stage's code held the loop, estimated from its calls (a batch
+        stage's: its batches)."""
+        stage = record.stage
+        calls = record.batches if stage.is_batch else record.items_in - record.failures_in
+        return record.loop.estimate(calls)
 
     def _arm(self, record: StageRecord) -> None:
         """Time the stage's next call (see the module's docstring)."""
-        stage = record.stage
-        plain = stage.call_fn
-        clock = time.perf_counter
-        loop = stage.loop
-        add = record.latency.add
 
-        async def timed_coroutine(item: Any) -> Any:
-            # The call is made inside this coroutine, so a coroutine closed before it
-            # starts (the run ended) leaves no call behind, awaited or not.
-            started, loop_started = clock(), loop.time()
-            try:
-                return (await settle(plain(item), None))[0]
-            finally:
-                seconds = clock() - started
-                on_loop = loop.time() - loop_started
-                # A virtual clock (looptime) moves the loop's time, not perf_counter's:
-                # then the loop's is the call's time. (uvloop's loop time is in whole
-                # milliseconds, so it is read only when it is clearly ahead.)
-                add(on_loop if on_loop > seconds + 0.002 else seconds)
-
-        def timed(item: Any) -> Any:
-            stage.call_untimed(timed)
+        def made() -> None:  # (the timed call is being made: the next ones are not)
             record.timed = None
-            if coroutines:
-                return timed_coroutine(item)
-            started = clock()
-            try:
-                result = plain(item)
-            except BaseException:
-                add(clock() - started)
-                raise
-            if isinstance(result, (asyncio.Future, Answer)):  # (settled on the loop)
-                result.add_done_callback(lambda _: add(clock() - started))
-            elif isinstance(result, concurrent.futures.Future):  # (on the pool's thread)
-                result.add_done_callback(
-                    lambda _: _on_loop(loop, functools.partial(add, clock() - started))
-                )
-            else:
-                add(clock() - started)
-            return result
+            if record.loop.warm:  # (a stage's first calls are all timed: see _loop)
+                record.loop.warm -= 1
+                self._arm(record)
 
-        # An async def on the loop returns a coroutine; other calls are made now (work
-        # sent off the loop is timed until its Future is done), so their order holds.
-        coroutines = stage.spec.is_async and stage.executor is INLINE
-        record.timed = timed
-        stage.time_next_call(timed)
+        record.timed = timed_call(record.stage, record.latency.add, record.loop, made)
+        record.stage.time_next_call(record.timed)
 
     def _end(self) -> None:
         run = self.run
@@ -284,6 +284,12 @@ class Collector:
                         if elapsed > 0
                         else None
                     ),
+                    "pool_size": _pool_size(stage.executor),
+                    "loop_seconds": self._on_loop(record),
+                    "loop_call_seconds": record.loop.call_seconds,
+                    "loop_step_seconds": record.loop.step_seconds,
+                    "loop_share": min(1.0, self._on_loop(record) / elapsed) if elapsed else None,
+                    "window_capped_share": share(record.capped),
                     "busy_seconds": record.busy_seconds,
                     "busy_share": share(record.busy_seconds),
                     "at_limit_share": share(record.full),
@@ -318,13 +324,24 @@ class Collector:
             "window_full_share": share(self.window_full),
             "consumer_slow_share": share(self.consumer_slow),
             "starved_share": share(self.starved),
+            "loop_lag_seconds": self.lag.seconds,
+            "loop_lag_share": share(self.lag.seconds),
+            "loop_lag_max": self.lag.longest,
             "stages": stages,
         }
 
 
-def _on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop is closed: the run is long over
-        loop.call_soon_threadsafe(callback)
+def _unobserved(executor: Any) -> Any:
+    """A stage's own executor, inside the timing one of a user's observer (``_observe``)."""
+    return executor.inner if isinstance(executor, ObservedExecutor) else executor
+
+
+def _pool_size(executor: Any) -> int | None:
+    """The size of conveyor's thread pool a stage runs on (``"thread:N"``), or None."""
+    executor = _unobserved(executor)
+    if isinstance(executor, (ThreadPool, RunThreads)):
+        return executor.workers
+    return None
 
 
 def _span(start: tuple[float, float], end: tuple[float, float]) -> float:
