@@ -44,6 +44,8 @@ class StageFigures(Protocol):
     @property
     def pool_size(self) -> int | None: ...
     @property
+    def executor(self) -> str: ...
+    @property
     def rate_limit(self) -> str | None: ...
     @property
     def latency(self) -> Timed: ...
@@ -138,10 +140,14 @@ def bottleneck_of(stats: RunFigures) -> Verdict | None:
 
 def _loop_bottleneck(stats: RunFigures) -> Verdict | None:
     """The first rules: a stage that blocks the event loop, or the loop saturated."""
-    holder = max(stats.stages, key=lambda s: s.loop_share or 0.0)
-    held = holder.loop_share or 0.0
+    # Only a stage whose calls run on the loop: one that sends them off holds it only to
+    # hand them over (its workers starting, say), which no executor= would change.
+    on_loop = [s for s in stats.stages if s.executor == "inline"]
+    holder = max(on_loop, key=lambda s: s.loop_share or 0.0, default=None)
+    held = 0.0 if holder is None else holder.loop_share or 0.0
     if (
-        held >= MOST
+        holder is not None
+        and held >= MOST
         and (holder.loop_step_seconds or 0.0) >= BLOCKING_STEP
         and (holder.latency.samples >= MIN_SAMPLES or stats.loop_lag_max >= LONG_LAG)
     ):
@@ -155,11 +161,15 @@ def _loop_bottleneck(stats: RunFigures) -> Verdict | None:
     lag = stats.loop_lag_share or 0.0
     total = _total_loop_share(stats)
     if lag >= MOST or (lag >= MOST / 2 and total >= MOST):
+        most = (
+            ""
+            if holder is None
+            else f" ({holder.name} the most, in steps of {seconds(holder.loop_step_seconds or 0)})"
+        )
         return (
             "event loop",
             f"saturated: its timers ran late {lag:.0%} of the time; the stages' code "
-            f"held it about {total:.0%} ({holder.name} the most, in steps of "
-            f"{seconds(holder.loop_step_seconds or 0)}), the engine's work on the items in "
+            f"held it about {total:.0%}{most}, the engine's work on the items in "
             f"flight the rest: lower max_in_flight, or do more in each step",
             lag,
         )

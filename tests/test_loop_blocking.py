@@ -10,6 +10,7 @@ the loop ~95% of a run, against a verdict at 50%). The others run on the virtual
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -240,3 +241,32 @@ async def test_a_timed_generator_closed_early_runs_its_finally() -> None:
             async for _ in stream:
                 break
         assert closed  # (the expansions started were closed, through the timing wrapper)
+
+
+def test_a_stage_that_sends_its_calls_off_the_loop_is_not_told_to() -> None:
+    """A process stage's hand-offs can hold the loop (its workers starting): the warning
+    says so, and gives no executor= advice (it said "its calls run on the loop: run it
+    with executor=..." of a stage on executor="process")."""
+    from conveyor._engine._loop import LOOP_FIX, culprit
+
+    said = culprit("abs", 0.568, inline=False)
+    assert "abs" in said and "its executor" in said and LOOP_FIX not in said
+    assert LOOP_FIX in culprit("abs", 0.568)
+
+
+async def test_a_process_stage_is_never_the_loops_holder() -> None:
+    """The bottleneck rule's loop holder is a stage on the loop only."""
+    from conveyor._bottleneck import _loop_bottleneck
+
+    sent = single_task(executor="process")(abs)  # (a builtin: pickled by name)
+    stream = sent(range(20))
+    await stream.collect()
+    stats = stream.stats
+    figures = dataclasses.replace(
+        stats,
+        stages=[
+            dataclasses.replace(s, loop_share=1.0, loop_step_seconds=1.0) for s in stats.stages
+        ],
+    )
+    verdict = _loop_bottleneck(figures)
+    assert verdict is None or verdict[0] != "abs", verdict

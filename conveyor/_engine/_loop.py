@@ -131,13 +131,19 @@ class LagProbe:
             )
 
 
-def culprit(name: str | None, per_call: float | None) -> str:
-    """What the warning of a blocked loop says of its cause: a stage that holds it, or
-    none found."""
+def culprit(name: str | None, per_call: float | None, inline: bool = True) -> str:
+    """What the warning of a blocked loop says of its cause: a stage that holds it (its
+    calls on the loop, or, ``inline`` False, the hand-offs of calls it sends off the
+    loop: no executor to advise), or none found."""
     if name is None or per_call is None:
         return (
             "no stage's timed calls account for it: the code reading the stream, other "
             "tasks on the loop, or the engine's work on many items in flight"
+        )
+    if not inline:
+        return (
+            f"stage {name!r} held it handing its calls to its executor "
+            f"({per_call * 1e3:.1f} ms each: its workers starting, or items slow to pickle)"
         )
     return (
         f"stage {name!r} holds it (its calls run on the loop, {per_call * 1e3:.1f} ms "

@@ -203,7 +203,7 @@ class Collector:
         seconds, record = max(held, key=lambda pair: pair[0], default=(0.0, None))
         if record is None or (seconds < 0.5 * late and seconds < 0.5 * elapsed):
             return culprit(None, None)
-        return culprit(record.stage.name, record.loop.call_seconds)
+        return culprit(record.stage.name, record.loop.call_seconds, record.loop.inline)
 
     def _on_loop(self, record: StageRecord) -> float:
         """Seconds the stage's code held the loop, estimated from its calls (a batch
