@@ -8,6 +8,7 @@ and call the pipeline on any iterable or async iterable::
     async for result in pipeline.as_completed(items): ...   # completion order
 """
 
+from .cache import Cache
 from .context import (
     ContextManager,
     ExecutionMode,
@@ -29,6 +30,7 @@ __all__ = [
     "AsyncStream",
     "BaseTask",
     "BatchTask",
+    "Cache",
     "ContextManager",
     "ErrorAction",
     "ErrorHandler",

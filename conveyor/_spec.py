@@ -21,6 +21,7 @@ from typing import Any, TypedDict
 
 from ._engine._registry import AutoChoice, chunked_kinds, kind_of
 from ._engine._registry import check as check_executor
+from .cache import Cache
 from .errors import ErrorAction, ErrorHandler, RetryConfig
 from .rate import RateLimit, as_rate_limit
 
@@ -55,6 +56,7 @@ class TaskOptions:
     executor: Any = None
     chunk_size: int | None = None
     rate_limit: RateLimit | None = None
+    cache: Cache | None = None
     # Batch tasks only:
     min_size: int = 1
     max_size: int = 1
@@ -91,6 +93,7 @@ class CommonOptions(TypedDict, total=False):
     executor: Any
     chunk_size: int | None
     rate_limit: RateLimit | tuple[int, float] | None
+    cache: Cache | None
 
 
 class BatchOnlyOptions(CommonOptions, total=False):
@@ -200,6 +203,15 @@ def _task_name(name: str, value: Any) -> Any:
     return value
 
 
+def _cache(name: str, value: Any) -> Any:
+    if value is not None and not isinstance(value, Cache):
+        raise TypeError(
+            f"{name} must be a conveyor.Cache (or None), got {value!r}; e.g. "
+            f"{name}=conveyor.Cache() in memory, or conveyor.Cache('results.db') in SQLite"
+        )
+    return value
+
+
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "executor": check_executor,
     "retry_attempts": _int(1),
@@ -215,6 +227,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "timeout": _seconds(optional=True, positive=True),
     "chunk_size": _int(1, optional=True),
     "rate_limit": as_rate_limit,
+    "cache": _cache,
     "min_size": _int(1),
     "max_size": _int(1, optional=True),
     "max_wait": _seconds(optional=True),
@@ -300,6 +313,14 @@ class StageSpec:
                 f"runs on the loop or on threads: use executor='thread' (or the default), "
                 f"or give the CPU-bound part a task of its own, without resources, on "
                 f"executor={where}."
+            )
+        if self.options.cache is not None and (
+            inspect.isgeneratorfunction(self.func) or inspect.isasyncgenfunction(self.func)
+        ):
+            raise TypeError(
+                f"task {self.name!r} is a generator function and has cache=...: its values "
+                f"are read lazily, one at a time, and are not cached. Return a list "
+                f"instead of yielding, or drop cache=."
             )
         if not kind.takes_async and (
             inspect.iscoroutinefunction(self.func) or inspect.isasyncgenfunction(self.func)

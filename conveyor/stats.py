@@ -8,11 +8,11 @@ what is sampled:
   ``skipped``, ``emitted`` as a :class:`~conveyor.errors.Failure`), calls whose function
   passed nothing on (``dropped``: ``None``, ``[]``, an empty generator); batches, their mean
   size, how many ``max_wait`` flushed, and the items the remainder rule dropped
-  (``remainder_dropped``); the run's window (``max_in_flight``, raised to fit batches);
-  results, time to the first, items per second,
-  how long the input was held back by the window (``max_in_flight``), and how many
-  input items the window admits at once (``input_admitted_at_once``: ``max_in_flight``,
-  or fewer when ``max_in_flight_bytes`` bounds large items of ``input_item_bytes`` each).
+  (``remainder_dropped``); result cache hits and misses (``cache_hits``, ``cache_misses``);
+  the run's window (``max_in_flight``, raised to fit batches); results, time to the first,
+  items per second, how long the window held the input back, and how many input items it
+  admits at once (``input_admitted_at_once``: ``max_in_flight``, or fewer when
+  ``max_in_flight_bytes`` bounds items of ``input_item_bytes`` each).
 * **Now:** calls in flight, items waiting for a concurrency slot.
 * **Sampled** every 10 ms at first (the interval grows to 1/256 of the run so far, at most
   1 s; each sample counts for its interval): each stage's busy share (a call in flight) and
@@ -23,7 +23,6 @@ what is sampled:
 * ``peak_rss_bytes``: the process's peak resident memory, as the OS reports it.
 * ``StageStats.offload`` (stages whose calls go to other processes, in chunks): time in
   the workers' calls against time pickling and unpickling, exact per chunk (:class:`Offload`).
-
 * **The event loop** (sampled): each timed call's time on the loop, step by step (a
   plain call; each resumption of an ``async def``'s coroutine; each value of a
   generator expanded on the loop; the hand-off of a call sent elsewhere): a stage's
@@ -82,8 +81,7 @@ class Latency:
     max: float | None = None
     buckets: tuple[tuple[float, int], ...] = ()
     """The latency histogram: ``(upper bound in seconds, calls)`` per non-empty log bucket
-    (4 to a doubling), by bound, not cumulative; a call counted there took at least 0.84
-    of that bound (2**-0.25), and less than it."""
+    (4 to a doubling), not cumulative; a call there took from 0.84 (2**-0.25) to 1 bound."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +141,8 @@ class StageStats:
     """Calls whose function passed nothing on: it returned ``None`` or an empty list, or its
     generator yielded nothing (items skipped by the error policy are ``skipped``)."""
     remainder_dropped: int | None = None
-    """Batch stages: items the remainder rule dropped at the end of the input (fewer than
-    ``min_size`` left over); ``None`` for single stages."""
+    """Batch stages: items the remainder rule dropped (fewer than ``min_size`` left over at
+    the end of the input); ``None`` for single stages."""
     pool_size: int | None = None  # its thread pool's size ("thread:N"): a limit, as `limit`
     loop_seconds: float = 0.0
     """Seconds its code held the event loop (its timed calls' mean times its calls: see
@@ -155,6 +153,8 @@ class StageStats:
     window_capped_share: float | None = None
     """Share of the samples with the window (``max_in_flight``) full, this stage holding
     half of it, below its own limit: the window capped its calls at once."""
+    cache_hits: int | None = None  # items its result cache answered; None: no cache=
+    cache_misses: int | None = None  # items its result cache did not hold (called)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -226,6 +226,10 @@ class Run:
                 stage.futures = self.completions
             if stage.gate is not None:
                 self.on_over.append(stage.gate.over)
+            if stage.cache is not None:  # (a hit takes no turn of the rate limit either)
+                self.on_over.append(stage.cache.over)
+                if stage.gate is not None and not spec.batch:
+                    stage.start = stage.cache.before(stage, stage.start)
             self.stages.append(stage)
         self.stages.reverse()
         self.entry: Sink = sink

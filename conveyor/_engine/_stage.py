@@ -33,6 +33,7 @@ from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import Failure
+from ._cache import StageCache
 from ._calls import (
     AWAIT,
     EXPAND,
@@ -96,6 +97,7 @@ class Stage(Sink):
 
     __slots__ = (
         "account",
+        "cache",
         "call_fn",
         "chain",
         "context",
@@ -148,6 +150,7 @@ class Stage(Sink):
         self.invoke: Callable[[Any], Any] = spec.func  # bound to side inputs per run
         self.executor_call: Callable[[Any], Any] = spec.func  # the executor's call of invoke
         self.call_fn = self.executor_call  # (or, for one sampled call, a timed one)
+        self.cache = None if spec.options.cache is None else StageCache(spec.options.cache, self)
         self.account = Account()  # where its items went (the ledger writes it)
         # What observes it (see ``_observe``): its statistics' record, a user's observer.
         self.record = None if stats is None else stats.record(self)
@@ -190,6 +193,8 @@ class Stage(Sink):
         call = self.executor.bind(invoke)
         if self.traced is not None:
             call = self.traced(call)
+        if self.cache is not None:  # (outside the span: a hit makes no call)
+            call = self.cache.wrap(call, self.is_batch)
         self.call_fn = self.executor_call = call
 
     def time_next_call(self, timed: Callable[[Any], Any]) -> None:

@@ -302,6 +302,8 @@ class Collector:
                         stage.account.remainder_dropped if stage.is_batch else None
                     ),
                     "dropped": stage.account.dropped_by_function,
+                    "cache_hits": None if stage.cache is None else stage.cache.hits,
+                    "cache_misses": None if stage.cache is None else stage.cache.misses,
                     "offload": _offload(stage),
                 }
             )

@@ -1,0 +1,311 @@
+"""The result cache: ``@single_task(cache=Cache(...))``, ``@batch_task(cache=...)``.
+
+A :class:`~conveyor.Cache` (``conveyor.cache``) is a store of results shared by the tasks
+and the runs that are given it: in memory (an LRU of ``max_entries`` entries) when
+``path`` is ``None``, else in one SQLite file (stdlib ``sqlite3``, WAL, one table; values
+pickled), shared across runs and processes.
+
+**Keys.** An entry's key is the task's *namespace* and the item's key. The namespace is
+the function's module and qualified name and a version: ``version=`` if given, else a hash
+of the function's source (``inspect.getsource``; its qualified name when it has none, as a
+builtin): changing the function's code invalidates its entries, and two tasks never share
+one. The item's key is ``key(item)`` if ``key=`` is given, else the item itself, which
+must then be *stable*: a ``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None`` or a
+tuple of them (its ``repr`` is the same in every process). Anything else fails the call,
+with a ``TypeError`` naming ``key=``. (Side inputs and resources are not part of the key.)
+
+**Composed once.** When a stage is built, :class:`StageCache` is made for it and wraps its
+bound call (``Stage.bind``: the executor's call, in its span if traced): a hit returns the
+stored result without calling the executor, so no call is made, retried or timed; a miss
+calls through and stores the result when it is out (a plain value at once; a Future or an
+:class:`~conveyor._engine._calls.Answer` by a done callback; a coroutine by awaiting it).
+A batch stage's call looks each item up: the misses alone go to the function, and the
+results are put back in the batch's order (a cached batch task must return a list with one
+result per item it was given). Under a rate limit a single stage looks an item up before
+its turn too (``before``), so a hit never waits for the rate limit.
+
+**What is stored.** Successful results only: not an exception (so not a Failure, nor
+what the error policy makes of one), not ``None`` (the item is dropped; the next run calls
+again), not a generator (its values are read lazily): a generator function with a cache is
+refused when the task is made. The memory store keeps the result object itself (do not
+mutate it); the SQLite store its pickle.
+
+**Expiry.** ``ttl`` seconds after it was stored an entry is a miss. The memory store
+measures it on the clock of the event loop that stored it (``loop.time()``: a virtual
+clock in tests drives it); the SQLite store stores the wall-clock (``time.time()``)
+expiry, since other processes read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import inspect
+import pickle
+import sqlite3
+import time
+import weakref
+from collections.abc import Callable
+from inspect import CORO_CREATED, getcoroutinestate
+from types import AsyncGeneratorType, CoroutineType, GeneratorType, NoneType
+from typing import Any
+
+from ..cache import STABLE, Cache, connect, stable_key
+from ..errors import Failure
+from ._calls import Answer, as_awaitable
+
+__all__ = ["MISS", "StageCache", "namespace"]
+
+MISS: Any = object()
+"""What a lookup returns when the cache holds no live entry."""
+_UNCACHED = (NoneType, GeneratorType, AsyncGeneratorType, Failure)
+_FUTURES = (Answer, asyncio.Future, concurrent.futures.Future)
+
+
+def namespace(func: Callable[..., Any], version: str | None) -> str:
+    """A task's part of its entries' keys: module, qualified name, version."""
+    module = getattr(func, "__module__", None) or "?"
+    qualname = getattr(func, "__qualname__", None) or repr(func)
+    if version is None:
+        try:
+            source = inspect.getsource(func)
+        except (OSError, TypeError):  # (a builtin, code from exec: no source)
+            version = "qualname"
+        else:
+            version = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return f"{module}:{qualname}:{version}"
+
+
+class StageCache:
+    """One stage's use of a :class:`Cache` in one run: lookups, stores, hits and misses.
+
+    Everything runs on the loop, but a ``concurrent.futures.Future``'s done callback (a
+    worker thread): the SQLite connection is opened on first use, shared under the
+    cache's lock, and closed when the run is over (:meth:`over`).
+    """
+
+    __slots__ = ("cache", "closed", "db", "hits", "key", "loop", "misses", "ns", "task")
+
+    def __init__(self, cache: Cache, stage: Any) -> None:
+        self.cache = cache
+        self.task = stage.name
+        self.loop = stage.loop
+        self.ns = namespace(stage.spec.func, cache.version)
+        self.key = cache.key
+        self.db: sqlite3.Connection | None = None
+        self.closed = False  # (the run is over: a late result is not stored)
+        self.hits = 0
+        self.misses = 0
+
+    # -- keys and the stores ---------------------------------------------------------
+
+    def key_of(self, item: Any) -> Any:
+        """``item``'s key in the store (a str for SQLite), or a TypeError naming key=."""
+        custom = self.key
+        value = item if custom is None else custom(item)
+        if self.cache.path is None:
+            if custom is not None:
+                try:
+                    hash(value)
+                except TypeError:
+                    raise TypeError(
+                        f"task {self.task!r}: cache key {value!r} (of item {item!r}) is not "
+                        f"hashable: make Cache(key=...) return a str, int or tuple"
+                    ) from None
+                return value
+            if type(value) in STABLE or stable_key(value) is not None:
+                return value
+        else:
+            text = stable_key(value)
+            if text is not None:
+                return text
+        what = "its key" if custom is not None else "the item"
+        raise TypeError(
+            f"task {self.task!r} has a cache, and {what} {value!r} (a {type(value).__name__}) "
+            f"is not a stable key (a str, bytes, int, float, bool, None or a tuple of "
+            f"them): give Cache(key=...) a function of the item returning one, e.g. "
+            f"Cache(key=lambda item: item['id'])"
+        )
+
+    def get(self, key: Any) -> Any:
+        """The live entry of ``key``, or :data:`MISS` (counted)."""
+        cache = self.cache
+        if cache.path is None:
+            with cache._lock:
+                entry = cache._entries.get((self.ns, key))
+                if entry is not None:
+                    value, expires = entry
+                    if expires is None or self.loop.time() < expires:
+                        cache._entries.move_to_end((self.ns, key))
+                        self.hits += 1
+                        return value
+                    del cache._entries[(self.ns, key)]
+            self.misses += 1
+            return MISS
+        with cache._lock:
+            row = (
+                self._db()
+                .execute(
+                    "SELECT value, expires FROM conveyor_cache WHERE ns = ? AND key = ?",
+                    (self.ns, key),
+                )
+                .fetchone()
+            )
+        if row is not None and (row[1] is None or time.time() < row[1]):
+            self.hits += 1
+            return pickle.loads(row[0])
+        self.misses += 1
+        return MISS
+
+    def put(self, key: Any, value: Any) -> None:
+        """Store ``value`` for ``key`` (unless it is not cached: see the module doc)."""
+        if isinstance(value, _UNCACHED) or self.closed:
+            return
+        cache, ttl = self.cache, self.cache.ttl
+        if cache.path is None:
+            expires = None if ttl is None else self.loop.time() + ttl
+            with cache._lock:
+                entries = cache._entries
+                entries[(self.ns, key)] = (value, expires)
+                entries.move_to_end((self.ns, key))
+                while len(entries) > cache.max_entries:
+                    entries.popitem(last=False)
+            return
+        blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        with cache._lock:
+            self._db().execute(
+                "INSERT OR REPLACE INTO conveyor_cache VALUES (?, ?, ?, ?)",
+                (self.ns, key, blob, None if ttl is None else time.time() + ttl),
+            )
+
+    def _db(self) -> sqlite3.Connection:
+        """(Under the cache's lock.) This run's connection, opened on first use."""
+        if self.db is None:
+            assert self.cache.path is not None
+            connection = connect(self.cache.path).db
+            self.db = connection
+        return self.db
+
+    def over(self, run: Any) -> None:
+        """(``Run.on_over``.) Close the connection; results that come later (a thread's
+        call the run did not wait for) are not stored."""
+        with self.cache._lock:
+            self.closed = True
+            db, self.db = self.db, None
+        if db is not None:
+            db.close()
+
+    # -- the wrapped calls -----------------------------------------------------------
+
+    def wrap(self, call: Callable[[Any], Any], batch: bool) -> Callable[[Any], Any]:
+        """A stage's bound ``call``, answered from the cache when it holds the item's
+        result (see the module docstring)."""
+        if batch:
+            return self.wrap_batch(call)
+        key_of, get, keep = self.key_of, self.get, self.keep
+
+        def cached(item: Any) -> Any:
+            key = key_of(item)
+            hit = get(key)
+            if hit is not MISS:
+                return hit
+            return keep(call(item), lambda value: self.store(key, value))
+
+        return cached
+
+    def wrap_batch(self, call: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """A batch stage's bound ``call``: its items' hits from the cache, the misses
+        alone given to the function, the results in the batch's order."""
+        key_of, get = self.key_of, self.get
+        task = self.task
+
+        def cached(batch: list[Any]) -> Any:
+            keys = [key_of(item) for item in batch]
+            found = [get(key) for key in keys]
+            missed = [i for i, hit in enumerate(found) if hit is MISS]
+            if not missed:
+                return found
+            misses = [batch[i] for i in missed]
+
+            def merge(results: Any) -> list[Any]:
+                if type(results) is not list or len(results) != len(misses):
+                    raise TypeError(
+                        f"task {task!r} has a cache: it must return a list with one result "
+                        f"per item it is given ({len(misses)}), got {type(results).__name__}"
+                        + (f" of {len(results)}" if type(results) is list else "")
+                    )
+                for i, value in zip(missed, results, strict=True):
+                    found[i] = value
+                    self.store(keys[i], value)
+                return found
+
+            result = call(misses)
+            if type(result) is not CoroutineType and not isinstance(result, _FUTURES):
+                return merge(result)
+            wrapper = _merged(as_awaitable(result), merge)
+            weakref.finalize(wrapper, _abandoned, result)
+            return wrapper
+
+        return cached
+
+    def store(self, key: Any, value: Any) -> None:
+        # (A result that cannot be pickled is handed on, not stored.)
+        with contextlib.suppress(pickle.PicklingError, TypeError, AttributeError):
+            self.put(key, value)
+
+    def keep(self, result: Any, store: Callable[[Any], None]) -> Any:
+        """``result`` (a call's), its value stored when it is out."""
+        if type(result) is CoroutineType:
+            wrapper = _stored(result, store)
+            # A wrapper closed before it starts (the run ended) never awaits the call's
+            # coroutine: close that too, or it warns "never awaited".
+            weakref.finalize(wrapper, _abandoned, result)
+            return wrapper
+        if isinstance(result, _FUTURES):
+
+            def done(future: Any) -> None:
+                if not future.cancelled() and future.exception() is None:
+                    store(future.result())
+
+            result.add_done_callback(done)
+            return result
+        store(result)
+        return result
+
+    def before(self, stage: Any, start: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+        """A rate-limited single stage's ``start``: a hit is handed on at once, without
+        waiting for a turn; a miss starts as before (its call counts it)."""
+        key_of, get = self.key_of, self.get
+
+        def start_cached(item: Any, node: Any) -> None:
+            try:
+                hit = get(key_of(item))
+            except Exception:  # (the call raises it again, under the error policy)
+                hit = MISS
+            else:
+                self.misses -= hit is MISS  # (counted by its call's lookup)
+            if hit is MISS:
+                start(item, node)
+                return
+            if stage.tally is not None:
+                stage.tally.items_in += 1
+            stage.emit(hit, node)
+
+        return start_cached
+
+
+async def _stored(awaitable: Any, store: Callable[[Any], None]) -> Any:
+    value = await awaitable
+    store(value)
+    return value
+
+
+async def _merged(awaitable: Any, merge: Callable[[Any], list[Any]]) -> list[Any]:
+    return merge(await awaitable)
+
+
+def _abandoned(awaitable: Any) -> None:
+    if type(awaitable) is CoroutineType and getcoroutinestate(awaitable) == CORO_CREATED:
+        awaitable.close()
