@@ -104,7 +104,7 @@ class connect:
     exit."""
 
     def __init__(self, path: str) -> None:
-        self.db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        self.db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")

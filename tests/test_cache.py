@@ -5,6 +5,7 @@ across tasks, batch tasks per item, every executor, statistics, errors at call t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sqlite3
 import subprocess
 import sys
@@ -146,7 +147,8 @@ def other(x: int) -> int:
 
 
 async def test_no_key_collisions_across_tasks(tmp_path: Path) -> None:
-    for cache in (Cache(), Cache(tmp_path / "c.db")):
+    # (With one version given, only the tasks' names tell their entries apart.)
+    for cache in (Cache(), Cache(tmp_path / "c.db"), Cache(version="1")):
         first = single_task(cache=cache)(counted)
         second = single_task(cache=cache)(other)
         assert await (first | second)([1, 2]).collect() == [101, 201]
@@ -210,6 +212,17 @@ async def test_every_executor(executor: str | None, tmp_path: Path) -> None:
     again = task(range(20))
     assert await again.collect() == [x * x for x in range(20)]
     assert (again.stats.stages[0].cache_hits, again.stats.stages[0].cache_misses) == (20, 0)
+
+
+async def test_a_pool_of_ours(tmp_path: Path) -> None:
+    """A concurrent.futures pool we pass: its Futures' results are stored by their done
+    callbacks, in the pool's threads."""
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        task = single_task(executor=pool, cache=Cache(tmp_path / "c.db"))(workers.square)
+        assert await task(range(10)).collect() == [x * x for x in range(10)]
+        again = task(range(10))
+        assert await again.collect() == [x * x for x in range(10)]
+    assert again.stats.stages[0].cache_hits == 10
 
 
 async def test_builtin_on_processes() -> None:
