@@ -175,6 +175,8 @@ class StageCache:
             return
         blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         with cache._lock:
+            if self.closed:  # (checked again here: ``over`` may have closed it meanwhile)
+                return
             self._db().execute(
                 "INSERT OR REPLACE INTO conveyor_cache VALUES (?, ?, ?, ?)",
                 (self.ns, key, blob, None if ttl is None else time.time() + ttl),
