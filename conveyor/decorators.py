@@ -38,6 +38,11 @@ function, and take the same error options:
     ``per_seconds``, across its concurrent calls; a :class:`~conveyor.RateLimit` given to
     several tasks is one quota for all of them. Waiting for a turn is not part of the
     call: the ``timeout`` does not count it. See ``conveyor.rate``.
+``cache``
+    A :class:`~conveyor.Cache`: an item whose result it holds is answered from it, with
+    no call (no executor, rate limit, retry or timeout); only successful results other
+    than ``None`` are stored; per item for batch tasks (which must then return one result
+    per item). See ``conveyor._engine._cache`` and docs/durable-runs.md.
 
 Every option is declared once, in ``conveyor._spec.TaskOptions``.
 """
