@@ -277,6 +277,19 @@ async def test_lru_bound() -> None:
     assert calls == [1, 2, 3, 1]
 
 
+@pytest.mark.parametrize("path", [None, "c.db"])
+async def test_equal_items_of_other_types_are_other_keys(path: str | None, tmp_path: Path) -> None:
+    cache = Cache(None if path is None else tmp_path / path)
+    task = single_task(cache=cache)(repr)
+    assert await task([1, True, 1.0, (1,), (True,)]).collect() == [
+        "1",
+        "True",
+        "1.0",
+        "(1,)",
+        "(True,)",
+    ]
+
+
 async def test_unstable_key_fails_naming_key() -> None:
     task = single_task(cache=Cache())(lambda x: x)
     with pytest.raises(TypeError, match=r"Cache\(key=\.\.\.\)"):

@@ -52,7 +52,7 @@ from inspect import CORO_CREATED, getcoroutinestate
 from types import AsyncGeneratorType, CoroutineType, GeneratorType, NoneType
 from typing import Any
 
-from ..cache import STABLE, Cache, connect, stable_key
+from ..cache import Cache, connect, stable_key
 from ..errors import Failure
 from ._calls import Answer, as_awaitable
 
@@ -102,25 +102,22 @@ class StageCache:
     # -- keys and the stores ---------------------------------------------------------
 
     def key_of(self, item: Any) -> Any:
-        """``item``'s key in the store (a str for SQLite), or a TypeError naming key=."""
+        """``item``'s key in the store, or a TypeError naming key=."""
         custom = self.key
         value = item if custom is None else custom(item)
-        if self.cache.path is None:
-            if custom is not None:
-                try:
-                    hash(value)
-                except TypeError:
-                    raise TypeError(
-                        f"task {self.task!r}: cache key {value!r} (of item {item!r}) is not "
-                        f"hashable: make Cache(key=...) return a str, int or tuple"
-                    ) from None
-                return value
-            if type(value) in STABLE or stable_key(value) is not None:
-                return value
-        else:
-            text = stable_key(value)
-            if text is not None:
-                return text
+        if custom is not None and self.cache.path is None:  # (any hashable key, as is)
+            try:
+                hash(value)
+            except TypeError:
+                raise TypeError(
+                    f"task {self.task!r}: cache key {value!r} (of item {item!r}) is not "
+                    f"hashable: make Cache(key=...) return a str, int or tuple"
+                ) from None
+            return value
+        # The item's text, its type in it: 1, 1.0 and True (equal in a dict) are three.
+        text = stable_key(value)
+        if text is not None:
+            return text
         what = "its key" if custom is not None else "the item"
         raise TypeError(
             f"task {self.task!r} has a cache, and {what} {value!r} (a {type(value).__name__}) "
