@@ -22,7 +22,8 @@ calls through and stores the result when it is out (a plain value at once; a Fut
 A batch stage's call looks each item up: the misses alone go to the function, and the
 results are put back in the batch's order (a cached batch task must return a list with one
 result per item it was given). Under a rate limit a single stage looks an item up before
-its turn too (``before``), so a hit never waits for the rate limit.
+its turn too (``before``), so a hit never waits for the rate limit (a batch still
+takes its turn).
 
 **What is stored.** Successful results only: not an exception (so not a Failure, nor
 what the error policy makes of one), not ``None`` (the item is dropped; the next run calls
