@@ -321,3 +321,28 @@ def test_bad_options() -> None:
 
     with pytest.raises(TypeError, match="generator function and has cache"):
         single_task(cache=Cache())(gen)
+
+
+async def test_sqlite_entries_are_written_a_group_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other processes see a run's entries a group at a time (one transaction each, not
+    one per entry), and the last group at the run's end."""
+    from conveyor._engine import _cache
+
+    monkeypatch.setattr(_cache, "WRITE_GROUP", 10)
+    cache = Cache(path=str(tmp_path / "c.db"))
+    seen: list[int] = []
+
+    @single_task(cache=cache)
+    def double(x: int) -> int:
+        return 2 * x
+
+    @single_task
+    def look(x: int) -> int:
+        seen.append(len(cache))  # (a connection of its own: what other processes see)
+        return x
+
+    await (double | look)(range(25)).collect()
+    assert seen == [(n + 1) // 10 * 10 for n in range(25)]
+    assert len(cache) == 25

@@ -59,6 +59,10 @@ from ._calls import Answer, as_awaitable
 
 __all__ = ["MISS", "StageCache", "namespace"]
 
+WRITE_GROUP = 256
+"""SQLite entries written in one transaction (and the rest at the run's end): other
+processes see a run's entries a group at a time; a run that dies loses its last group."""
+
 MISS: Any = object()
 """What a lookup returns when the cache holds no live entry."""
 _UNCACHED = (NoneType, GeneratorType, AsyncGeneratorType, Failure)
@@ -87,7 +91,18 @@ class StageCache:
     cache's lock, and closed when the run is over (:meth:`over`).
     """
 
-    __slots__ = ("cache", "closed", "db", "hits", "key", "loop", "misses", "ns", "task")
+    __slots__ = (
+        "cache",
+        "closed",
+        "db",
+        "hits",
+        "key",
+        "loop",
+        "misses",
+        "ns",
+        "task",
+        "unwritten",
+    )
 
     def __init__(self, cache: Cache, stage: Any) -> None:
         self.cache = cache
@@ -96,6 +111,9 @@ class StageCache:
         self.ns = namespace(stage.spec.func, cache.version)
         self.key = cache.key
         self.db: sqlite3.Connection | None = None
+        # SQLite entries stored but not yet written: one transaction per WRITE_GROUP of
+        # them, and the rest at the run's end (a commit per entry ran at 29k misses/s).
+        self.unwritten: dict[Any, tuple[Any, bytes, float | None]] = {}
         self.closed = False  # (the run is over: a late result is not stored)
         self.hits = 0
         self.misses = 0
@@ -143,6 +161,10 @@ class StageCache:
             self.misses += 1
             return MISS
         with cache._lock:
+            pending = self.unwritten.get(key)
+            if pending is not None and (pending[2] is None or time.time() < pending[2]):
+                self.hits += 1
+                return pending[0]
             row = (
                 self._db()
                 .execute(
@@ -175,10 +197,24 @@ class StageCache:
         with cache._lock:
             if self.closed:  # (checked again here: ``over`` may have closed it meanwhile)
                 return
-            self._db().execute(
-                "INSERT OR REPLACE INTO conveyor_cache VALUES (?, ?, ?, ?)",
-                (self.ns, key, blob, None if ttl is None else time.time() + ttl),
-            )
+            self.unwritten[key] = (value, blob, None if ttl is None else time.time() + ttl)
+            if len(self.unwritten) >= WRITE_GROUP:
+                self._write()
+
+    def _write(self) -> None:
+        """(Under the cache's lock.) Write the unwritten entries, in one transaction."""
+        if not self.unwritten:
+            return
+        rows = [(self.ns, key, blob, expires) for key, (_, blob, expires) in self.unwritten.items()]
+        self.unwritten.clear()
+        db = self._db()
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT OR REPLACE INTO conveyor_cache VALUES (?, ?, ?, ?)", rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def _db(self) -> sqlite3.Connection:
         """(Under the cache's lock.) This run's connection, opened on first use."""
@@ -192,6 +228,8 @@ class StageCache:
         """(``Run.on_over``.) Close the connection; results that come later (a thread's
         call the run did not wait for) are not stored."""
         with self.cache._lock:
+            if self.cache.path is not None:
+                self._write()  # (the entries of the run's last group)
             self.closed = True
             db, self.db = self.db, None
         if db is not None:
