@@ -39,7 +39,7 @@ function, and take the same error options:
     several tasks is one quota for all of them. Waiting for a turn is not part of the
     call: the ``timeout`` does not count it. See ``conveyor.rate``.
 ``cache``
-    A :class:`~conveyor.Cache`: an item whose result it holds is answered from it, with
+    A :class:`~conveyor.cache.Cache`: an item whose result it holds is answered from it, with
     no call (no executor, rate limit, retry or timeout); only successful results other
     than ``None`` are stored; per item for batch tasks (which must then return one result
     per item). See ``conveyor._engine._cache`` and docs/durable-runs.md.
