@@ -15,10 +15,11 @@ run. A crash repeats at most the items admitted since the last commit: the windo
 
 What a barrier costs: the run drains once per window of items (the stages idle while the
 last items of the window finish). Partial batches that wait for more items would never
-drain: when only they are left (no call running, every token in an accumulator), the
-barrier is passed without a commit, and the pending items are committed at the next
-barrier that drains, or at the run's end. (The design that removes the drain, an origin
-id counted down per input item, is in docs/checkpoint-design.md.)
+drain: when only they are left (no call running, every token in an accumulator), they
+are sent off as they are, one at a time, as the stall rule does (``Run.flush_a_batch``):
+on a checkpoint, the last batch of each window may be short. (The design that removes
+the drain and keeps batches whole, an origin id counted down per input item, is in
+docs/checkpoint-design.md.)
 
 **Failures.** A policy's outcome (``emitted``, ``skipped``) is told to
 :meth:`CheckpointInput.gave_up` by the stage's policy (composed when the run is built:
@@ -60,6 +61,9 @@ class Checkpointed(Protocol):
     def error(self) -> BaseException | None: ...
     @property
     def stages(self) -> Sequence[Flow]: ...
+    def flush_a_batch(self) -> bool:
+        """Send off a partial batch, if there is one."""
+        ...
 
 
 INTERVAL = 1.0
@@ -152,8 +156,9 @@ class CheckpointInput:
                 accumulated
                 and ledger.tokens <= accumulated
                 and not any(stage.running for stage in run.stages)
+                and not run.flush_a_batch()
             ):
-                break  # only partial batches, waiting for items: they cannot drain now
+                break  # (only partial batches left, and none could be sent off)
             # (The stages and the consumer go on meanwhile; a few turns of the loop first.)
             await asyncio.sleep(0 if spins < 32 else 0.001)
             spins += 1

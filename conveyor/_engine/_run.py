@@ -123,7 +123,7 @@ class Run:
             self.loop,
             run_plan.window,
             can_drain=self._can_drain,
-            flush_batch=self._flush_a_batch,
+            flush_batch=self.flush_a_batch,
             on_wait=waited_for_room(observer, None if stats is None else stats.room_waited),
             on_first=None if stats is None else stats.first_taken,
         )
@@ -317,10 +317,11 @@ class Run:
                 stage.executor = await stage.executor.open(stack, opened)
             stage.bind(invoke)
 
-    def _flush_a_batch(self) -> bool:
+    def flush_a_batch(self) -> bool:
         """Flush a partial batch, if there is one (see ``_ledger``): the run is stalled
         with the window full. The window has room for every batch, so only the byte bound
-        (admitting fewer large items than a batch holds) leads here."""
+        (admitting fewer large items than a batch holds) leads here; and a checkpoint's
+        barrier (``_checkpoint``), which drains the run."""
         for stage in self.stages:
             if isinstance(stage, BatchStage) and stage.acc:
                 stage.flush()
