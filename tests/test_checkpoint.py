@@ -8,6 +8,7 @@ a child killed with SIGKILL and restarted until complete repeats at most the win
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -35,7 +36,7 @@ def _fresh_calls() -> None:
 
 def recorded(cp: Checkpoint) -> dict[str, str]:
     """key -> state, as stored."""
-    with sqlite3.connect(cp.path) as db:
+    with contextlib.closing(sqlite3.connect(cp.path)) as db:
         return dict(db.execute("SELECT key, state FROM conveyor_checkpoint"))
 
 
@@ -240,7 +241,7 @@ async def test_exception_midway_then_resume(tmp_path: Path, mode: str) -> None:
 
 
 CHILD = """
-import asyncio, sqlite3, sys, time
+import asyncio, contextlib, sqlite3, sys, time
 import conveyor
 from conveyor import Checkpoint, batch_task, single_task
 
@@ -258,11 +259,12 @@ def score(batch):
 
 @batch_task(max_size=8)
 def sink(batch):
-    with sqlite3.connect(db_path) as db:  # plain INSERT: repeats show as duplicate rows
+    with contextlib.closing(sqlite3.connect(db_path)) as db, db:  # (a transaction)
+        # a plain INSERT: a repeated item shows as a second row
         db.executemany("INSERT INTO rows VALUES (?, ?)", [(x, attempt) for x in batch])
     return None
 
-with sqlite3.connect(db_path) as db:
+with contextlib.closing(sqlite3.connect(db_path)) as db:
     db.execute("CREATE TABLE IF NOT EXISTS rows (item INTEGER, attempt INTEGER)")
 pipeline = (fetch | score | sink).with_context(max_in_flight=32)
 asyncio.run(pipeline.with_checkpoint(Checkpoint(cp_path))(range(8000)).collect())
@@ -297,7 +299,7 @@ def test_sigkill_and_restart_until_complete(tmp_path: Path) -> None:
     else:
         pytest.fail("the child never completed")
     assert kills == 4  # (each killed mid-run: a run takes longer than the wait)
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         rows = conn.execute("SELECT item, attempt FROM rows").fetchall()
     assert {item for item, _ in rows} == set(range(8000))  # every item, at least once
     seen: set[int] = set()
