@@ -177,6 +177,9 @@ class RunStats:
     finished: bool = False
     elapsed: float = 0.0
     results: int = 0
+    done_earlier: int = 0
+    """Input items skipped without a call: a checkpoint holds them as done (or failed)
+    by an earlier run (``pipeline.with_checkpoint``)."""
     time_to_first_result: float | None = None
     items_per_second: float | None = None
     peak_reorder_buffer: int = 0  # results done, held back for order (sampled)

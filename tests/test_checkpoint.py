@@ -100,6 +100,25 @@ async def test_done_is_recorded_for_each_shape(tmp_path: Path) -> None:
         assert summary.last_run_started is not None and summary.last_run_ended is not None
 
 
+async def test_batches_across_barriers(tmp_path: Path) -> None:
+    """Batches of 3 in windows of 8: a barrier sends the window's partial batch off (the
+    run drains), every item is done, the results are the plain run's."""
+    pipeline = (double | plus_one).with_context(max_in_flight=8)
+    cp = Checkpoint(tmp_path / "cp.db")
+    plain = await pipeline(range(100)).collect()
+    stream = pipeline.with_checkpoint(cp)(range(100))
+    assert await stream.collect() == plain
+    assert recorded(cp) == dict.fromkeys(keys(range(100)), "done")
+    assert stream.stats.stage("plus_one").mean_batch_size < 5  # (short batches at barriers)
+
+
+async def test_a_run_without_checkpoint_pays_nothing() -> None:
+    stream = conveyor.Pipeline([single_task(on_error="emit")(boom_on_7)])(range(3))
+    await stream.collect()
+    assert stream._run is not None and stream._run.checkpoint is None
+    assert all(stage.policy.on_gave_up is None for stage in stream._run.stages)
+
+
 def boom_on_7(x: int) -> int:
     if x % 10 == 7:
         raise ValueError(f"no {x}")
@@ -144,8 +163,11 @@ async def test_resume_skips_done_items_without_calls(tmp_path: Path) -> None:
     pipeline = conveyor.Pipeline([double]).with_checkpoint(cp)
     assert await pipeline(range(10)).collect() == [x * 2 for x in range(10)]
     calls.clear()
-    assert await pipeline(range(15)).collect() == [x * 2 for x in range(10, 15)]
+    stream = pipeline(range(15))
+    assert await stream.collect() == [x * 2 for x in range(10, 15)]
     assert calls == list(range(10, 15))  # no call for the 10 done earlier
+    assert stream.stats.done_earlier == 10
+    assert stream.stats.stage("double").items_in == 5
     summary = cp.summary()
     assert (summary.done, summary.last_run_skipped) == (15, 10)
 
