@@ -112,6 +112,36 @@ async def test_batches_across_barriers(tmp_path: Path) -> None:
     assert stream.stats.stage("plus_one").mean_batch_size < 5  # (short batches at barriers)
 
 
+@pytest.mark.parametrize("mode", ["ordered", "as_completed"])
+async def test_generators_in_a_small_window_behind_a_limit(tmp_path: Path, mode: str) -> None:
+    """Generators of 20 in a window of 4, a stage at concurrency_limit=1: the barriers
+    drain the run and nothing stalls (the pump at a barrier is not working)."""
+
+    @single_task
+    def twenty(x: int) -> Iterator[tuple[int, int]]:
+        for i in range(20):
+            yield (x, i)
+
+    @single_task(concurrency_limit=1)
+    async def one_at_a_time(p: tuple[int, int]) -> tuple[int, int]:
+        await asyncio.sleep(0)
+        return p
+
+    pipeline = (twenty | one_at_a_time | counted_twice).with_context(
+        max_in_flight=4, execution_mode=mode
+    )
+    plain = await asyncio.wait_for(pipeline(range(10)).collect(), 30)
+    cp = Checkpoint(tmp_path / "cp.db")
+    assert await asyncio.wait_for(pipeline.with_checkpoint(cp)(range(10)).collect(), 30) == plain
+    assert recorded(cp) == dict.fromkeys(keys(range(10)), "done")
+
+
+@single_task
+def counted_twice(p: Any) -> Iterator[Any]:
+    yield p
+    yield p
+
+
 async def test_a_run_without_checkpoint_pays_nothing() -> None:
     stream = conveyor.Pipeline([single_task(on_error="emit")(boom_on_7)])(range(3))
     await stream.collect()

@@ -145,8 +145,25 @@ class CheckpointInput:
 
     async def barrier(self) -> None:
         """Wait until nothing is left in the run, then commit the pending items (see the
-        module's docstring); pass on without a commit if only partial batches are left."""
+        module's docstring)."""
         self.since_try = 0
+        run = self.run
+        ledger = run.ledger
+        # Waiting is not working (as a wait for room): with the pump off ``busy``, the
+        # ledger's stall rule still sees when nothing else works (a generator waiting
+        # for room whose item holds a slot that others wait for), and lets it on.
+        ledger.work_stopped()
+        try:
+            await self.drain()
+        finally:
+            ledger.work_started()
+        if not ledger.tokens and not run.closed and self.session is not None:
+            self.commit(self.session)
+        self.deadline = run.loop.time() + INTERVAL
+
+    async def drain(self) -> None:
+        """Until the ledger holds no token (partial batches left alone are sent off), or
+        only partial batches that cannot be sent are left."""
         run = self.run
         ledger = run.ledger
         spins = 0
@@ -162,9 +179,6 @@ class CheckpointInput:
             # (The stages and the consumer go on meanwhile; a few turns of the loop first.)
             await asyncio.sleep(0 if spins < 32 else 0.001)
             spins += 1
-        if not ledger.tokens and not run.closed and self.session is not None:
-            self.commit(self.session)
-        self.deadline = run.loop.time() + INTERVAL
 
     def commit(self, session: Session) -> None:
         """Every pending item is done: record them, in one transaction."""
