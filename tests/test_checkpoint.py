@@ -132,7 +132,8 @@ async def test_generators_in_a_small_window_behind_a_limit(tmp_path: Path, mode:
     )
     plain = await asyncio.wait_for(pipeline(range(10)).collect(), 30)
     cp = Checkpoint(tmp_path / "cp.db")
-    assert await asyncio.wait_for(pipeline.with_checkpoint(cp)(range(10)).collect(), 30) == plain
+    results = await asyncio.wait_for(pipeline.with_checkpoint(cp)(range(10)).collect(), 30)
+    assert sorted(results) == sorted(plain)  # (as completed: in another order)
     assert recorded(cp) == dict.fromkeys(keys(range(10)), "done")
 
 
