@@ -9,6 +9,7 @@ and call the pipeline on any iterable or async iterable::
 """
 
 from .cache import Cache
+from .checkpoint import Checkpoint, CheckpointBusy, CheckpointSummary
 from .context import (
     ContextManager,
     ExecutionMode,
@@ -31,6 +32,9 @@ __all__ = [
     "BaseTask",
     "BatchTask",
     "Cache",
+    "Checkpoint",
+    "CheckpointBusy",
+    "CheckpointSummary",
     "ContextManager",
     "ErrorAction",
     "ErrorHandler",

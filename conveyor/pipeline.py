@@ -6,9 +6,12 @@ from collections.abc import AsyncIterable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from . import _mermaid, _sync
+from ._engine._input import NO_INPUT
 from ._spec import StageSpec
+from .checkpoint import Checkpoint, Resumed
 from .context import ExecutionMode, PipelineContext, context_with
 from .errors import Failure
+from .feedback import Feedback
 from .stream import AsyncStream, check_input
 
 if TYPE_CHECKING:
@@ -39,6 +42,8 @@ class Pipeline(Generic[In, Out]):
             stages, context = None, stages
         self.stages: list[BaseTask[Any, Any]] = []
         self.context = context.copy() if context is not None else PipelineContext()
+        # The checkpoint its runs read their input through (``with_checkpoint``).
+        self.checkpoint: tuple[Checkpoint, bool] | None = None
         for task in stages or ():
             self._append(task)
 
@@ -71,6 +76,7 @@ class Pipeline(Generic[In, Out]):
         ):
             raise TypeError(_not_a_stage(other))
         result: Pipeline[In, Any] = Pipeline(self.stages, self.context)
+        result.checkpoint = self.checkpoint
         result._append(other)
         return result
 
@@ -85,7 +91,10 @@ class Pipeline(Generic[In, Out]):
         a *source* task, typically an async generator, feeding the rest.
         """
         specs = tuple(task.spec for task in self.stages)
-        return AsyncStream._for_pipeline(specs, check_input(items), self.context)
+        source = check_input(items)
+        if self.checkpoint is not None:
+            source = _resumed(source, *self.checkpoint)
+        return AsyncStream._for_pipeline(specs, source, self.context)
 
     def run(self, items: Iterable[In] | AsyncIterable[In] | Any = ..., /) -> list[Out]:
         """From plain synchronous code: run over ``items`` and return the results.
@@ -116,7 +125,25 @@ class Pipeline(Generic[In, Out]):
     def with_context(self, **updates: Any) -> Pipeline[In, Out]:
         """A copy whose context has ``updates``: context fields are set, other keys go in
         ``data``. E.g. ``with_context(max_in_flight=100, user="ann")``."""
-        return Pipeline(self.stages, context_with(self.context, **updates))
+        result: Pipeline[In, Out] = Pipeline(self.stages, context_with(self.context, **updates))
+        result.checkpoint = self.checkpoint
+        return result
+
+    def with_checkpoint(
+        self, checkpoint: Checkpoint | None, *, retry_failed: bool = False
+    ) -> Pipeline[In, Out]:
+        """A copy whose runs record, in ``checkpoint``, each input item they are done
+        with, and skip (without calling any task) the items it holds as done, or as
+        failed unless ``retry_failed``. ``None``: a copy without a checkpoint. See
+        docs/checkpoint-design.md."""
+        if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+            raise TypeError(
+                f"with_checkpoint(checkpoint=...) must be a conveyor.Checkpoint or None, "
+                f"got {checkpoint!r}; e.g. pipeline.with_checkpoint(Checkpoint('run.db'))"
+            )
+        result: Pipeline[In, Out] = Pipeline(self.stages, self.context)
+        result.checkpoint = None if checkpoint is None else (checkpoint, bool(retry_failed))
+        return result
 
     def to_mermaid(self) -> str:
         """A Mermaid flowchart (``flowchart LR``) of this pipeline, as text.
@@ -139,6 +166,16 @@ class Pipeline(Generic[In, Out]):
 
     def __repr__(self) -> str:
         return " | ".join(repr(task) for task in self.stages) or "Pipeline()"
+
+
+def _resumed(source: Any, checkpoint: Checkpoint, retry_failed: bool) -> Resumed:
+    if source is NO_INPUT or isinstance(source, Feedback):
+        what = "no input (a source task)" if source is NO_INPUT else "a Feedback input"
+        raise TypeError(
+            f"a checkpoint records input items: a run on {what} cannot have one; "
+            f"call pipeline.with_checkpoint(None), or give the pipeline an iterable of items"
+        )
+    return Resumed(source, checkpoint, retry_failed)
 
 
 def _not_a_stage(value: Any) -> str:

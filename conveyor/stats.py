@@ -177,6 +177,7 @@ class RunStats:
     finished: bool = False
     elapsed: float = 0.0
     results: int = 0
+    done_earlier: int = 0  # input items a checkpoint skipped, done by an earlier run
     time_to_first_result: float | None = None
     items_per_second: float | None = None
     peak_reorder_buffer: int = 0  # results done, held back for order (sampled)
@@ -313,7 +314,6 @@ class RunStats:
                     f"(fewer than min_size left at the end of the input)"
                 )
         if self.loop_lag_max >= LONG_LAG:
-            # (every latency above includes the time its call waited for the loop)
             lines.append(
                 f"event loop: blocked up to {_secs(self.loop_lag_max)} at a time, late "
                 f"{self.loop_lag_share or 0.0:.0%} of the run: the latencies above include "

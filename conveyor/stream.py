@@ -19,6 +19,7 @@ from ._engine._stats import Collector
 from ._progress import Progress, ProgressOptions
 from ._spec import StageSpec
 from .abc import RunObserver
+from .checkpoint import Resumed
 from .context import ExecutionMode, PipelineContext
 from .feedback import Feedback
 from .stats import RunStats
@@ -236,8 +237,11 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
             await self._run.shutdown()
         elif not self._started:
             self._started = True  # never ran: nothing to cancel, but it cannot run later
-            if self._source is not NO_INPUT:
-                await close_source(self._source)
+            source = self._source
+            if isinstance(source, Resumed):  # (a run on a checkpoint: the input it was given)
+                source = source.source
+            if source is not NO_INPUT:
+                await close_source(source)
 
     async def __aenter__(self) -> AsyncStream[T]:
         return self

@@ -467,6 +467,7 @@ LEDGER_ATTRIBUTES = frozenset(
         "busy",
         "expanding",
         "delivered",
+        "done_earlier",
         "source_done",
         "finished",
         # each stage's flow

@@ -20,6 +20,8 @@ that no other module assigns these attributes), through named transitions:
   on, dropped by the function, skipped, emitted, failed, or dropped by the remainder
   rule; and the retries. The statistics, the log's summary and the exporters read it.
 * **Delivered**: the results the consumer took.
+* **Done earlier**: input items a checkpoint holds as done, skipped without entering the
+  run (:meth:`Ledger.skipped_as_done`; see ``_checkpoint``).
 
 **The window's rules.** The input pump and generator expansions wait while
 ``tokens >= limit``, so memory is bounded whatever the input's length. Two rules keep the
@@ -160,6 +162,7 @@ class Ledger:
         "can_drain",
         "closed",
         "delivered",
+        "done_earlier",
         "expanding",
         "finished",
         "first_taken",
@@ -198,6 +201,7 @@ class Ledger:
         self.busy = 0
         self.expanding = 0  # generators under way (their own item keeps its token)
         self.delivered = 0  # results the consumer took
+        self.done_earlier = 0  # input items skipped: done in an earlier run (checkpoint)
         self.waiting: list[Waiter] = []
         self.closed = False
         self.source_done = False  # the input is read to its end
@@ -254,6 +258,11 @@ class Ledger:
             self.first_taken()
         if self.waiting:
             self.room_made()
+
+    def skipped_as_done(self, n: int = 1) -> None:
+        """The checkpoint holds ``n`` input items as done (or failed) by an earlier run:
+        they are not admitted (no token, no call)."""
+        self.done_earlier += n
 
     def hold(self, places: int) -> None:
         """Pickled copies of items, on their way to a worker, take ``places`` (the byte

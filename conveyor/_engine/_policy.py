@@ -68,6 +68,7 @@ class Policy:
         "handler",
         "log",
         "name",
+        "on_gave_up",
         "on_retry",
         "retry",
     )
@@ -89,6 +90,9 @@ class Policy:
         self.account = account
         self.log = log
         self.on_retry = on_retry
+        # The run's checkpoint, told of each outcome (``_checkpoint``; set by the stage
+        # when the run builds it; None: no checkpoint).
+        self.on_gave_up: Callable[[Any, BaseException, str, bool], None] | None = None
 
     def annotate(self, exc: BaseException, item: Any) -> BaseException:
         return annotate(exc, self.name, item, self.batch)
@@ -229,6 +233,8 @@ class Policy:
         batch, called alone once): count it, log it."""
         self.account.gave_up(outcome)
         self.log.gave_up(item, exc, outcome, self.batch and batch, attempt)
+        if self.on_gave_up is not None:
+            self.on_gave_up(item, exc, outcome, self.batch and batch)
 
 
 _OUTCOMES = {

@@ -14,13 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._calls import Executor
 from ._ledger import Flow, Ledger
 from ._log import RunLog
 from ._order import Node, OrderList, Sink
 from ._policy import Policy
+
+if TYPE_CHECKING:
+    from ._checkpoint import CheckpointInput
 
 
 class RunRole(Protocol):
@@ -43,6 +46,11 @@ class RunRole(Protocol):
     @property
     def closed(self) -> bool:
         """Whether the run is over (failed, or closed by its consumer)."""
+        ...
+
+    @property
+    def checkpoint(self) -> CheckpointInput | None:
+        """The run's input on a checkpoint (``_checkpoint``), told of policy outcomes."""
         ...
 
     @property

@@ -26,11 +26,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from .._spec import StageSpec
+from ..checkpoint import Resumed
 from ..context import PipelineContext, set_current_context
 from ..feedback import Feedback
 from ._batch import BatchStage
 from ._bind import bind_stage, close_resources
 from ._calls import discard, run_error
+from ._checkpoint import CheckpointInput
 from ._delivery import BatchFeeder, OrderedOutput, Output
 from ._fused import tight_loop
 from ._input import NO_INPUT, FeedbackPump, close_source, pump
@@ -78,6 +80,7 @@ class Run:
         "_ended",
         "_final_list",
         "_source",
+        "checkpoint",
         "closed",
         "completions",
         "consumer",
@@ -120,7 +123,7 @@ class Run:
             self.loop,
             run_plan.window,
             can_drain=self._can_drain,
-            flush_batch=self._flush_a_batch,
+            flush_batch=self.flush_a_batch,
             on_wait=waited_for_room(observer, None if stats is None else stats.room_waited),
             on_first=None if stats is None else stats.first_taken,
         )
@@ -155,6 +158,10 @@ class Run:
         self.error: BaseException | None = None
         self.closed = False  # (the window's flag, kept here too: read once per call)
         self._source = source
+        # The input read through a checkpoint (``with_checkpoint``, see ``_checkpoint``):
+        # its stages' policies tell it their outcomes; it takes the checkpoint's lock
+        # last, once the run is built.
+        self.checkpoint = CheckpointInput(self, source) if isinstance(source, Resumed) else None
         self._ended: asyncio.Future[None] | None = None
         # Called once when the run is over (abort: finished and drained, failed, closed or
         # dropped): the statistics' end, progress bars, the log's summary.
@@ -180,6 +187,10 @@ class Run:
             stats.attach(self)
         # The pump may call an unlimited first single stage directly (see ``_plan``).
         self.direct_entry = self.stages[0].start if run_plan.direct_entry else None
+        if self.checkpoint is not None:
+            self.checkpoint.open()
+            self._source = self.checkpoint
+            self.on_over.append(self.checkpoint.over)
 
     # -- wiring ----------------------------------------------------------------------
 
@@ -306,10 +317,11 @@ class Run:
                 stage.executor = await stage.executor.open(stack, opened)
             stage.bind(invoke)
 
-    def _flush_a_batch(self) -> bool:
+    def flush_a_batch(self) -> bool:
         """Flush a partial batch, if there is one (see ``_ledger``): the run is stalled
         with the window full. The window has room for every batch, so only the byte bound
-        (admitting fewer large items than a batch holds) leads here."""
+        (admitting fewer large items than a batch holds) leads here; and a checkpoint's
+        barrier (``_checkpoint``), which drains the run."""
         for stage in self.stages:
             if isinstance(stage, BatchStage) and stage.acc:
                 stage.flush()
@@ -319,6 +331,8 @@ class Run:
     @property
     def source(self) -> Any:
         """The run's input, as given (for its reading figures, in the statistics)."""
+        if self.checkpoint is not None:
+            return self.checkpoint.resumed.source
         return self._source
 
     @property

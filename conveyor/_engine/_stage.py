@@ -157,13 +157,9 @@ class Stage(Sink):
         # Where its calls count their items (a batch stage counts them as they arrive).
         self.tally = None if spec.batch else self.record
         self.observer = observer
-        self.policy = Policy(
-            spec,
-            self.attempt,
-            self.account,
-            run.log.stage(spec),
-            None if observer is None else observer.retried,
-        )
+        retried, checkpoint = None if observer is None else observer.retried, run.checkpoint
+        self.policy = Policy(spec, self.attempt, self.account, run.log.stage(spec), retried)
+        self.policy.on_gave_up = None if checkpoint is None else checkpoint.gave_up
         # What wraps its bound call in a span per call (see ``_trace``), if traced.
         self.traced = None if tracing is None else tracing.stage(self)
         # How an item's call starts (see ``_plan``): an async def on the loop skips the

@@ -311,6 +311,7 @@ class Collector:
             "elapsed": elapsed,
             "finished": run is not None and _over(run),
             "results": delivered,
+            "done_earlier": 0 if run is None else run.ledger.done_earlier,
             "time_to_first_result": (
                 None if self.first_result is None else _span(self.started, self.first_result)
             ),
