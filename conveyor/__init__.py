@@ -21,6 +21,7 @@ from .context import (
 from .decorators import batch_task, single_task
 from .errors import ErrorAction, ErrorHandler, Failure, LoggingErrorHandler, RetryConfig
 from .feedback import Feedback
+from .merge import merge
 from .pipeline import Pipeline
 from .rate import RateLimit
 from .runner import run
@@ -49,6 +50,7 @@ __all__ = [
     "SingleTask",
     "batch_task",
     "get_current_context",
+    "merge",
     "run",
     "set_current_context",
     "single_task",
