@@ -33,11 +33,15 @@ from pipeline_model import (
     stage_specs,
 )
 
+import conveyor
+
 # Not a real-time limit: virtual seconds after which a run counts as deadlocked.
 VIRTUAL_TIMEOUT = 100_000.0
 
 inputs = st.lists(st.integers(0, 60), max_size=25)
-input_kinds = st.sampled_from(["list", "generator", "async_generator"])
+# "merged": conveyor.merge of two plain inputs, the items at even places and those at odd
+# places: the inputs take turns, so the merged order is the items' own.
+input_kinds = st.sampled_from(["list", "generator", "async_generator", "merged"])
 
 
 class Outcome:
@@ -78,6 +82,12 @@ def run_virtual(
         finally:
             outcome.source_closed = True
 
+    def generator_of(part: list[int]) -> Iterator[int]:
+        try:
+            yield from part
+        finally:
+            outcome.source_closed = True
+
     async def async_generator() -> AsyncIterator[int]:
         try:
             for item in items:
@@ -92,6 +102,7 @@ def run_virtual(
             "list": items,
             "generator": generator(),
             "async_generator": async_generator(),
+            "merged": conveyor.merge(generator_of(items[0::2]), items[1::2]),
         }[kind]
         if kind == "list":
             outcome.source_closed = True
