@@ -21,6 +21,7 @@ from ._engine._registry import display_name
 if TYPE_CHECKING:
     from ._spec import StageSpec
     from .context import PipelineContext
+    from .stats import RunStats, StageStats
 
 __all__ = [
     "STAGE_SHAPE",
@@ -29,6 +30,7 @@ __all__ = [
     "count_label",
     "escape",
     "pipeline_chart",
+    "run_chart",
     "seconds",
 ]
 
@@ -144,3 +146,77 @@ def seconds(value: float) -> str:
     if value < 1:
         return f"{value * 1e3:.1f} ms"
     return f"{value:.2f} s"
+
+
+# -- the chart of a run's figures (RunStats.to_mermaid) -----------------------------------
+
+
+def run_chart(stats: RunStats) -> str:
+    """The chart of ``RunStats.to_mermaid`` (its docstring says what the labels hold)."""
+    if not stats.enabled:
+        return chain([("off", "box", ["statistics are off for this run", STATISTICS_OFF])])
+    source = ["input"]
+    if stats.input_held_back_seconds > 0:
+        source.append(f"held back {seconds(stats.input_held_back_seconds)}")
+    if stats.done_earlier:
+        source.append(f"{stats.done_earlier:,} done earlier, skipped")
+    rate = "" if stats.items_per_second is None else f", {stats.items_per_second:,.0f}/s"
+    output = [
+        "output",
+        f"{count_label(stats.results, 'result')} in {stats.elapsed:.2f} s{rate}",
+    ]
+    output += [] if stats.finished else ["running"]
+    nodes = [
+        ("input", "stadium", source),
+        *((f"s{i}", STAGE_SHAPE[s.batch], _figure_lines(s)) for i, s in enumerate(stats.stages)),
+        ("output", "stadium", output),
+    ]
+    # Edges: into the first stage, then out of each stage (out = what the next one got).
+    counts = [s.items_in for s in stats.stages[:1]] + [s.items_out for s in stats.stages]
+    labels = [count_label(n, "item") for n in counts or [stats.results]]
+    return chain(nodes, labels, _bottleneck_node(stats))
+
+
+def _figure_lines(s: StageStats) -> list[str]:
+    """A stage's label in a run: name, kind, executor and limit, then its figures."""
+    kind = "batch" if s.batch else "single"
+    if s.batches and s.mean_batch_size is not None:
+        kind += f" ({count_label(s.batches, 'batch')}, mean size {s.mean_batch_size:.1f})"
+    lines = [s.name, kind]
+    if s.executor != "inline":
+        lines.append(f"executor {s.executor}")
+    if s.limit is not None:
+        lines.append(f"concurrency {s.limit}")
+    if s.rate_limit is not None:
+        lines.append(f"rate limit {s.rate_limit}")
+    if s.latency.p50 is not None and s.latency.p95 is not None:
+        lines.append(f"p50 {seconds(s.latency.p50)}, p95 {seconds(s.latency.p95)}")
+    if s.busy_share is not None:
+        lines.append(f"busy {s.busy_share:.0%}")
+    if s.loop_share is not None and s.loop_share >= 0.05:
+        lines.append(f"on the event loop {s.loop_share:.0%}")
+    counts = ((s.failed, "failed"), (s.skipped, "skipped"), (s.emitted, "emitted"))
+    trouble = [f"{n:,} {what}" for n, what in (*counts, (s.retried, "retried")) if n]
+    if trouble:
+        lines.append(", ".join(trouble))
+    return lines
+
+
+def _bottleneck_node(stats: RunStats) -> str | None:
+    neck = stats.bottleneck
+    if neck is None:
+        return None
+    # A name can repeat (quick | slow | quick): the stage whose share is the one named.
+    named = [i for i, s in enumerate(stats.stages) if s.name == neck.where]
+    for i in named:
+        stage = stats.stages[i]
+        if neck.share in (
+            stage.at_limit_share,
+            stage.busy_share,
+            stage.loop_share,
+            stage.window_capped_share,
+        ):
+            return f"s{i}"
+    if neck.where in ("input", "consumer"):
+        return {"input": "input", "consumer": "output"}[neck.where]
+    return f"s{named[0]}" if named else None

@@ -91,6 +91,12 @@ class Figures:
     elapsed: float
     stages: list[dict[str, Any]]
     read: dict[str, Any] | None = None  # the input's own figures (a file source's)
+    earlier: int = 0  # input items done by an earlier run, skipped (a checkpoint)
+
+    @property
+    def skipped(self) -> str | None:
+        """``"12,000 done earlier, skipped"`` on a checkpoint that had done items."""
+        return f"{self.earlier:,} done earlier, skipped" if self.earlier else None
 
     @property
     def rate(self) -> float | None:
@@ -147,13 +153,17 @@ class Progress:
             read = snapshot["stages"][0]["items_in"] if snapshot["stages"] else 0
             done = read - self.run.ledger.tokens
         self.done = max(self.done, done)  # (expansions hold places: never go back)
+        # Items a checkpoint skips are not this run's work: the total is what is left.
+        earlier = self.run.ledger.done_earlier
+        total = None if self.total is None else max(self.total - earlier, self.done)
         return Figures(
             self.done,
-            self.total,
+            total,
             snapshot["results"],
             snapshot["elapsed"],
             snapshot["stages"],
             snapshot.get("input"),
+            earlier,
         )
 
     def tick(self) -> None:
@@ -167,8 +177,8 @@ class Progress:
             self.timer = None
         how = "finished" if run.finished else "failed" if run.error is not None else "closed"
         figures = self.figures()
-        if how == "finished" and self.total is not None and not self.by_results:
-            figures = dataclasses.replace(figures, done=max(figures.done, self.total))
+        if how == "finished" and figures.total is not None and not self.by_results:
+            figures = dataclasses.replace(figures, done=max(figures.done, figures.total))
         self.renderer.close(figures, how)
 
 
@@ -214,12 +224,10 @@ class Bars:
 
     def show(self, figures: Figures) -> None:
         bar = self.bar
+        if figures.total is not None:
+            bar.total = figures.total  # (less what a checkpoint skips, as it reads)
         bar.n = figures.done
-        extra = figures.bytes_read
-        bar.set_postfix_str(
-            f"{figures.results:,} results" + ("" if extra is None else f", {extra}"),
-            refresh=False,
-        )
+        bar.set_postfix_str(_postfix(figures), refresh=False)
         for line, stage in zip(self.lines, figures.stages, strict=False):
             line.n = stage["items_out"]
             line.set_postfix_str(
@@ -232,13 +240,7 @@ class Bars:
     def close(self, figures: Figures, how: str) -> None:
         self.show(figures)
         if how != "finished":
-            extra = figures.bytes_read
-            self.bar.set_postfix_str(
-                f"{figures.results:,} results"
-                + ("" if extra is None else f", {extra}")
-                + f" ({how})",
-                refresh=False,
-            )
+            self.bar.set_postfix_str(_postfix(figures) + f" ({how})", refresh=False)
         self.bar.close()  # (first: see the class's docstring)
         for line in self.lines:
             line.close()
@@ -268,6 +270,8 @@ class Lines:
         parts.append(f"{figures.results:,} results")
         if figures.bytes_read is not None:
             parts.append(figures.bytes_read)
+        if figures.skipped is not None:
+            parts.append(figures.skipped)
         if how is not None:
             parts.append(how)
         line = f"{self.desc}: {', '.join(parts)}"
@@ -282,6 +286,12 @@ class Lines:
 
     def close(self, figures: Figures, how: str) -> None:
         self.show(figures, how)
+
+
+def _postfix(figures: Figures) -> str:
+    """The run's bar's figures after the count: results, bytes read, items skipped."""
+    extras = (figures.bytes_read, figures.skipped)
+    return ", ".join([f"{figures.results:,} results", *(x for x in extras if x is not None)])
 
 
 def length_of(source: Any) -> int | None:

@@ -186,7 +186,7 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         self._ready = run.ready
         self._taken = run.ledger.taken
         if progress is not None and self._stats is not None:
-            Progress(run, self._stats, progress, self._source)
+            Progress(run, self._stats, progress, run.source)  # (a checkpoint's: its input)
         run.start()
         return run
 
