@@ -21,7 +21,6 @@ from ._engine._registry import display_name
 if TYPE_CHECKING:
     from ._spec import StageSpec
     from .context import PipelineContext
-    from .stats import RunStats, StageStats
 
 __all__ = [
     "STAGE_SHAPE",
@@ -151,8 +150,11 @@ def seconds(value: float) -> str:
 # -- the chart of a run's figures (RunStats.to_mermaid) -----------------------------------
 
 
-def run_chart(stats: RunStats) -> str:
-    """The chart of ``RunStats.to_mermaid`` (its docstring says what the labels hold)."""
+def run_chart(stats: Any) -> str:
+    """The chart of ``RunStats.to_mermaid`` (its docstring says what the labels hold).
+
+    (``stats`` is a :class:`conveyor.stats.RunStats`, its stages ``StageStats``: typed
+    ``Any`` here since ``conveyor.stats`` imports this module.)"""
     if not stats.enabled:
         return chain([("off", "box", ["statistics are off for this run", STATISTICS_OFF])])
     source = ["input"]
@@ -177,7 +179,7 @@ def run_chart(stats: RunStats) -> str:
     return chain(nodes, labels, _bottleneck_node(stats))
 
 
-def _figure_lines(s: StageStats) -> list[str]:
+def _figure_lines(s: Any) -> list[str]:
     """A stage's label in a run: name, kind, executor and limit, then its figures."""
     kind = "batch" if s.batch else "single"
     if s.batches and s.mean_batch_size is not None:
@@ -202,7 +204,7 @@ def _figure_lines(s: StageStats) -> list[str]:
     return lines
 
 
-def _bottleneck_node(stats: RunStats) -> str | None:
+def _bottleneck_node(stats: Any) -> str | None:
     neck = stats.bottleneck
     if neck is None:
         return None
