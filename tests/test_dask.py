@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import workers
+from pickled_copies import check_pickled_copies_are_counted
 
 from conveyor import Failure, batch_task, single_task
 from conveyor._engine import _dask
@@ -344,28 +345,8 @@ async def test_a_dask_stage_counts_its_pickled_copies_in_the_byte_bound(
 ) -> None:
     """A chunk's pickled copy, held until its answer is in, takes window places as a
     process pool's does (it was not counted on Dask), and gives them back."""
-    from conveyor._engine._weight import Weigher
-
-    taken: list[int] = []
-    hold = Weigher.hold
-
-    def counted(self: Weigher, copy: int) -> int:
-        places = hold(self, copy)
-        taken.append(places)
-        return places
-
-    monkeypatch.setattr(Weigher, "hold", counted)
-
-    def blocks() -> Any:
-        for n in range(40):
-            yield bytes([n]) * (1 << 20)
-
-    stream = single_task(executor=client)(len).with_context(max_in_flight_bytes=8 << 20)(blocks())
-    assert await stream.collect() == [1 << 20] * 40
+    stream = await check_pickled_copies_are_counted(client, 40, monkeypatch)
     assert stream.stats.input_admitted_at_once == 8
-    assert taken and all(places >= 1 for places in taken)  # a place per MiB copied
-    assert sum(taken) >= 40
-    assert stream._run is not None and stream._run.ledger.tokens == 0  # all given back
 
 
 async def test_a_dask_stage_has_a_span_per_call(client: Any) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pickled_copies import check_pickled_copies_are_counted
 
 from conveyor import Failure, single_task
 from conveyor._engine import _ray
@@ -163,27 +164,7 @@ async def test_a_ray_stage_counts_its_pickled_copies_in_the_byte_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A chunk's pickled copy holds window places until its answer is in, as on Dask."""
-    from conveyor._engine._weight import Weigher
-
-    taken: list[int] = []
-    hold = Weigher.hold
-
-    def counted(self: Weigher, copy: int) -> int:
-        places = hold(self, copy)
-        taken.append(places)
-        return places
-
-    monkeypatch.setattr(Weigher, "hold", counted)
-
-    def blocks() -> Any:
-        for n in range(24):
-            yield bytes([n]) * (1 << 20)
-
-    stream = single_task(executor=ray)(len).with_context(max_in_flight_bytes=8 << 20)(blocks())
-    assert await stream.collect() == [1 << 20] * 24
-    assert taken and all(places >= 1 for places in taken)  # a place per MiB copied
-    assert sum(taken) >= 24
-    assert stream._run is not None and stream._run.ledger.tokens == 0  # all given back
+    await check_pickled_copies_are_counted(ray, 24, monkeypatch)
 
 
 async def test_statistics_report_the_chunks() -> None:
