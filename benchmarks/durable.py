@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         rows = checkpoint_rows(args.items, args.reps, folder)
         rows += cache_rows(args.items, args.reps, folder)
-    print("| pipeline | run | items/s | × plain |")
+    print("| pipeline | run | items/s | ratio to plain |")
     print("|---|---|---:|---:|")
     for pipeline, run, figure, ratio in rows:
         print(f"| {pipeline} | {run} | {figure:,.0f} | {ratio:.2f} |")
