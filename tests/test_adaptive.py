@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
+import re
 import time
 from typing import Any
 
@@ -341,6 +343,16 @@ async def test_statistics_show_the_limit_now() -> None:
         async for _ in stream:
             break
     assert stream.stats.stage("call").concurrency_limit_now is None
+
+
+@pytest.mark.looptime
+async def test_progress_lines_show_the_limit_now() -> None:
+    service = Service(n=10, shed=15)
+    call = single_task(concurrency_limit="auto", task_name="call", retry_attempts=50)(service.call)
+    out = io.StringIO()
+    await call(range(200)).progress(file=out, stages=True, interval=0.5).collect()
+    last = out.getvalue().splitlines()[-1]
+    assert re.fullmatch(r"  call: 200 out, 0 running, 0 waiting, limit \d+ \(auto\)", last), last
 
 
 def test_the_bottleneck_names_an_adaptive_limit() -> None:
