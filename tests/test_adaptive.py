@@ -119,6 +119,9 @@ def test_drops_are_timeouts_connection_errors_and_429_503() -> None:
         httpx.HTTPStatusError("x", request=request, response=httpx.Response(500, request=request))
     )
     assert not is_drop(ValueError("the function's own"))
+    odd = ValueError("a status that is no HTTP status")
+    odd.status = ["429"]  # type: ignore[attr-defined]
+    assert not is_drop(odd)
 
 
 # -- options ---------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def is_drop(exc: BaseException) -> bool:
     status = getattr(exc, "status", None)
     if status is None:
         status = getattr(getattr(exc, "response", None), "status_code", None)
-    if status in DROP_STATUSES:
+    if isinstance(status, int) and status in DROP_STATUSES:
         return True
     return any(cls.__name__ in _CONNECTION_ERRORS for cls in type(exc).__mro__)
 
