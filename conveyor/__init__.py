@@ -8,6 +8,7 @@ and call the pipeline on any iterable or async iterable::
     async for result in pipeline.as_completed(items): ...   # completion order
 """
 
+from .adaptive import AdaptiveLimit
 from .cache import Cache
 from .checkpoint import Checkpoint, CheckpointBusy, CheckpointSummary
 from .context import (
@@ -29,6 +30,7 @@ from .stream import AsyncStream
 from .tasks import BaseTask, BatchTask, SingleTask
 
 __all__ = [
+    "AdaptiveLimit",
     "AsyncStream",
     "BaseTask",
     "BatchTask",

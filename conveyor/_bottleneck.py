@@ -42,6 +42,8 @@ class StageFigures(Protocol):
     @property
     def limit(self) -> int | None: ...
     @property
+    def concurrency_limit_now(self) -> int | None: ...
+    @property
     def pool_size(self) -> int | None: ...
     @property
     def executor(self) -> str: ...
@@ -189,6 +191,12 @@ def _at_its_limit(stage: StageFigures, share: float) -> str:
         return (
             f"at its limit ({pool} at once: its thread pool's size) {share:.0%} of the "
             f'time: a larger pool (executor="thread:N") or faster calls'
+        )
+    if stage.concurrency_limit_now is not None:
+        return (
+            f"at its adaptive limit ({stage.concurrency_limit_now} at once, tuned to the "
+            f"service's latency and errors) {share:.0%} of the time: the service it calls "
+            f"is the bottleneck; more at once would queue there or be refused"
         )
     limit = "its concurrency limit" if stage.limit is None else f"{stage.limit} at once"
     return (

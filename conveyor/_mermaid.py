@@ -188,7 +188,7 @@ def _figure_lines(s: Any) -> list[str]:
     if s.executor != "inline":
         lines.append(f"executor {s.executor}")
     if s.limit is not None:
-        lines.append(f"concurrency {s.limit}")
+        lines.append(f"concurrency {'auto, now ' if s.concurrency_limit_now else ''}{s.limit}")
     if s.rate_limit is not None:
         lines.append(f"rate limit {s.rate_limit}")
     if s.latency.p50 is not None and s.latency.p95 is not None:

@@ -231,7 +231,7 @@ class Bars:
         for line, stage in zip(self.lines, figures.stages, strict=False):
             line.n = stage["items_out"]
             line.set_postfix_str(
-                f"{stage['in_flight']} running, {stage['waiting_for_slot']} waiting",
+                f"{stage['in_flight']} running, {stage['waiting_for_slot']} waiting" + _auto(stage),
                 refresh=False,
             )
             line.refresh()
@@ -278,7 +278,7 @@ class Lines:
         if self.stages:
             line += "".join(
                 f"\n  {s['name']}: {s['items_out']:,} out, {s['in_flight']} running, "
-                f"{s['waiting_for_slot']} waiting"
+                f"{s['waiting_for_slot']} waiting{_auto(s)}"
                 for s in figures.stages
             )
         self.file.write(line + "\n")
@@ -345,3 +345,9 @@ def _unmonitored(bar_class: type[Any]) -> type[Any]:
     """
     bar_class.get_lock()  # (made on tqdm's class, so that it is shared with the user's bars)
     return type(bar_class.__name__, (bar_class,), {"monitor_interval": 0})
+
+
+def _auto(stage: dict[str, Any]) -> str:
+    """An adaptive limit's value now (``concurrency_limit="auto"``), or nothing."""
+    now = stage.get("concurrency_limit_now")
+    return "" if now is None else f", limit {now} (auto)"

@@ -17,10 +17,11 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 from ._engine._registry import AutoChoice, chunked_kinds, kind_of
 from ._engine._registry import check as check_executor
+from .adaptive import AdaptiveLimit, as_concurrency_limit
 from .cache import Cache
 from .errors import ErrorAction, ErrorHandler, RetryConfig
 from .rate import RateLimit, as_rate_limit
@@ -51,7 +52,7 @@ class TaskOptions:
     retry_jitter: float = 0.1
     error_handler: ErrorHandler | None = None
     task_name: str | None = None
-    concurrency_limit: int | None = None
+    concurrency_limit: int | AdaptiveLimit | None = None  # ("auto": AdaptiveLimit())
     timeout: float | None = None
     executor: Any = None
     chunk_size: int | None = None
@@ -88,7 +89,7 @@ class CommonOptions(TypedDict, total=False):
     retry_jitter: float
     error_handler: ErrorHandler | None
     task_name: str | None
-    concurrency_limit: int | None
+    concurrency_limit: int | AdaptiveLimit | Literal["auto"] | None
     timeout: float | None
     executor: Any
     chunk_size: int | None
@@ -223,7 +224,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "retry_jitter": _fraction,
     "error_handler": _error_handler,
     "task_name": _task_name,
-    "concurrency_limit": _int(1, optional=True),
+    "concurrency_limit": as_concurrency_limit,
     "timeout": _seconds(optional=True, positive=True),
     "chunk_size": _int(1, optional=True),
     "rate_limit": as_rate_limit,

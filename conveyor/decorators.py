@@ -19,7 +19,9 @@ function, and take the same error options:
     The name used in error notes and reprs (default: the function's name).
 ``concurrency_limit``
     Most calls of this task running at once (single tasks: unlimited within the run's
-    window; batch tasks: 1).
+    window; batch tasks: 1); ``"auto"`` or :class:`~conveyor.adaptive.AdaptiveLimit` for a limit
+    that tunes itself to the service's latency and errors, within the window (see
+    ``conveyor.adaptive``).
 ``timeout``
     Seconds allowed per call; a timeout is a ``TimeoutError``, retried and handled like
     any other error.

@@ -13,7 +13,7 @@ what is sampled:
   items per second, how long the window held the input back, and how many input items it
   admits at once (``input_admitted_at_once``: ``max_in_flight``, or fewer when
   ``max_in_flight_bytes`` bounds items of ``input_item_bytes`` each).
-* **Now:** calls in flight, items waiting for a concurrency slot.
+* **Now:** calls in flight, items waiting for a slot, an adaptive limit's value.
 * **Sampled** every 10 ms at first (the interval grows to 1/256 of the run so far, at most
   1 s; each sample counts for its interval): each stage's busy share (a call in flight) and
   at-limit share (every slot taken, or items waiting for one), the reorder buffer's peak,
@@ -155,6 +155,7 @@ class StageStats:
     half of it, below its own limit: the window capped its calls at once."""
     cache_hits: int | None = None  # items its result cache answered; None: no cache=
     cache_misses: int | None = None  # items its result cache did not hold (called)
+    concurrency_limit_now: int | None = None  # concurrency_limit="auto": its limit now (= limit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,8 +207,7 @@ class RunStats:
     def from_snapshot(cls, snapshot: dict[str, Any] | None, enabled: bool = True) -> RunStats:
         if snapshot is None:
             return cls(enabled=enabled)
-        fields = dict(snapshot)
-        fields["stages"] = tuple(
+        stages = tuple(
             StageStats(
                 **{
                     **stage,
@@ -217,7 +217,7 @@ class RunStats:
             )
             for stage in snapshot["stages"]
         )
-        return cls(enabled=enabled, **fields)
+        return cls(enabled=enabled, **{**snapshot, "stages": stages})
 
     def stage(self, name: str) -> StageStats:
         """The first stage of that task name."""
@@ -265,9 +265,10 @@ class RunStats:
         for s in self.stages:
             lat = s.latency
             failed = s.failed + s.skipped + s.emitted
+            auto = "" if s.concurrency_limit_now is None else f" [auto: {s.concurrency_limit_now}]"
             rows.append(
                 (
-                    s.name + (" [batch]" if s.batch else ""),
+                    s.name + (" [batch]" if s.batch else "") + auto,
                     str(s.items_in),
                     str(s.items_out),
                     str(s.in_flight),
@@ -335,8 +336,7 @@ def _latency(data: dict[str, Any]) -> Latency:
 def _cells(row: tuple[str, ...], widths: list[int]) -> list[str]:
     """The first column to the left, figures to the right."""
     return [
-        cell.rjust(w) if i else cell.ljust(w)
-        for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
     ]
 
 

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar, Unpack, overload
 
 from ._engine._registry import kind_of
 from ._spec import BatchTaskOptions, StageSpec, TaskOptions, make_options
+from .adaptive import AdaptiveLimit
 from .context import ExecutionMode, get_current_context
 from .errors import ErrorAction, ErrorHandler, Failure, RetryConfig
 from .pipeline import Pipeline
@@ -93,7 +94,7 @@ class BaseTask(Generic[In, Out]):
         return self.spec.options.timeout
 
     @property
-    def concurrency_limit(self) -> int | None:
+    def concurrency_limit(self) -> int | AdaptiveLimit | None:
         return self.spec.options.concurrency_limit
 
     # -- composition -----------------------------------------------------------------

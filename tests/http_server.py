@@ -17,7 +17,13 @@ Endpoints:
   once; too slow once (sleeps 30 s); 500 always; the connection dropped twice;
 - ``/site/{page}``: an HTML page of a small generated site (:class:`Site`) with links to
   other pages, some to pages that do not exist (404); some pages answer 500, drop the
-  connection or are too slow on their *first* request only.
+  connection or are too slow on their *first* request only;
+- ``/cap/{n}``: a service of limited capacity (:class:`Capacity`, ``server.capacity``,
+  settable while the server runs): with up to ``capacity.n`` of these requests in
+  progress it answers after ``capacity.base`` seconds; past that, each takes
+  ``base * in_progress / n`` (the service's throughput stays ``n / base``, the requests
+  queue); past ``capacity.shed`` in progress it answers 429 at once, with
+  ``Retry-After: 1``.
 
 "Once" is per path and counted by the server (``stats.by_path``), so a run is
 reproducible: the second request for the path gets the normal answer. Every request is
@@ -95,6 +101,35 @@ def api_delay(n: int) -> float:
     return 0.005 * (1 + n * 7 % 5)
 
 
+# -- the capacity-limited service: /cap/{n} ------------------------------------------------
+
+
+@dataclasses.dataclass
+class Capacity:
+    """What ``/cap/{n}`` serves at once (see the module's docstring); set its fields from
+    the test (e.g. halve ``n`` and ``shed`` mid-run): the server reads them per request."""
+
+    n: int = 16  # requests in progress at full speed
+    shed: int = 24  # more in progress than this: 429
+    base: float = 0.1  # seconds a request takes with at most ``n`` in progress
+    in_progress: int = 0  # (the server's)
+    shed_count: int = 0  # 429s sent
+
+    def routes(self) -> list[web.RouteDef]:
+        async def cap(request: web.Request) -> web.Response:
+            if self.in_progress >= self.shed:
+                self.shed_count += 1
+                return web.Response(status=429, text="busy", headers={"Retry-After": "1"})
+            self.in_progress += 1
+            try:
+                await asyncio.sleep(self.base * max(1.0, self.in_progress / self.n))
+            finally:
+                self.in_progress -= 1
+            return web.json_response({"n": int(request.match_info["n"])})
+
+        return [web.get("/cap/{n}", cap)]
+
+
 # -- the site: /site/{page} ---------------------------------------------------------------
 
 PAGE_BEHAVIOURS = ("ok", "500 once", "drop once", "slow once")
@@ -169,6 +204,7 @@ class LocalServer:
     url: str
     stats: ServerStats
     site: Site = dataclasses.field(default_factory=Site.generate)  # what /site/ serves
+    capacity: Capacity = dataclasses.field(default_factory=Capacity)  # what /cap/ serves
 
     async def wait_idle(self, timeout: float = 2.0) -> int:
         """Poll until no request is in progress; the number still in progress at the end."""
@@ -178,7 +214,9 @@ class LocalServer:
         return self.stats.in_flight
 
 
-def make_app(stats: ServerStats, site: Site | None = None) -> web.Application:
+def make_app(
+    stats: ServerStats, site: Site | None = None, capacity: Capacity | None = None
+) -> web.Application:
     site = site if site is not None else Site.generate()
 
     @web.middleware
@@ -274,17 +312,22 @@ def make_app(stats: ServerStats, site: Site | None = None) -> web.Application:
             web.get("/site/{page}", site_page),
         ]
     )
+    app.add_routes((capacity if capacity is not None else Capacity()).routes())
     return app
 
 
 def _serve_in_thread(
     stats: ServerStats,
     site: Site | None,
+    capacity: Capacity,
     started: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, asyncio.Event, str]],
 ) -> None:
     async def main() -> None:
         runner = web.AppRunner(
-            make_app(stats, site), handler_cancellation=True, access_log=None, shutdown_timeout=0.5
+            make_app(stats, site, capacity),
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=0.5,
         )
         await runner.setup()
         try:
@@ -312,17 +355,21 @@ async def serve(site: Site | None = None) -> AsyncIterator[LocalServer]:
     ``site`` is the web ``/site/{page}`` serves (default: ``Site.generate()``).
     """
     stats = ServerStats()
+    capacity = Capacity()
     site = site if site is not None else Site.generate()
     started: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, asyncio.Event, str]]
     started = concurrent.futures.Future()
     thread = threading.Thread(
-        target=_serve_in_thread, args=(stats, site, started), name="test-http-server", daemon=True
+        target=_serve_in_thread,
+        args=(stats, site, capacity, started),
+        name="test-http-server",
+        daemon=True,
     )
     thread.start()
     try:
         loop, stop, url = await asyncio.wrap_future(started)
         try:
-            yield LocalServer(url, stats, site)
+            yield LocalServer(url, stats, site, capacity)
         finally:
             loop.call_soon_threadsafe(stop.set)
     finally:

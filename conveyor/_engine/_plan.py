@@ -1,11 +1,12 @@
 """The plan of a run: what is decided once, from the specs and the context, before the run
 starts, and never changes while it runs.
 
-For each stage: its concurrency limit, whether it is a *plain* call (a plain function on
-the loop, whose result can go straight into the next function), whether it is *fused*
-with the next stage, how an item's call starts (``"coroutine"``: an ``async def`` on the
-loop, whose call always returns a coroutine; ``"turn"``: under a rate limit, when its
-turn comes; ``"call"``: the generic rules), and whether a user's observer watches it.
+For each stage: its concurrency limit (an adaptive one's bounds and start: ``_adaptive``),
+whether it is a *plain* call (a plain function on the loop, whose result can go straight
+into the next function), whether it is *fused* with the next stage, how an item's call
+starts (``"coroutine"``: an ``async def`` on the loop, whose call always returns a
+coroutine; ``"turn"``: under a rate limit, when its turn comes; ``"call"``: the generic
+rules), and whether a user's observer watches it.
 For the run: the window (``max_in_flight``, raised to hold a full batch of every batch
 stage: see ``_ledger``), the order, whether the pump may call the first stage directly,
 and whether it may run the whole chain as one composed function (the tight loop of
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .._spec import StageSpec
+from ..adaptive import AdaptiveLimit
 from ..context import ExecutionMode, PipelineContext
 from ._ledger import window_size
 from ._registry import kind_of
@@ -44,6 +46,7 @@ class StagePlan:
     plain: bool
     fused: bool
     starts: str  # "coroutine", "turn" or "call"
+    adaptive: tuple[int, int, int] | None = None  # an adaptive limit's (min, max, start)
 
     @property
     def batch(self) -> bool:
@@ -68,7 +71,13 @@ class Plan:
 
 def plan(specs: Sequence[StageSpec], context: PipelineContext, *, observed: bool) -> Plan:
     """The plan of a run of ``specs`` in ``context`` (``observed``: a user's observer)."""
-    limits = [_limit(spec, context) for spec in specs]
+    batch_sizes = [spec.options.max_size or 1 for spec in specs if spec.batch]
+    window = window_size(context.max_in_flight, batch_sizes)
+    adaptive = [_adaptive(spec, window) for spec in specs]
+    limits = [
+        _limit(spec, context) if bounds is None else bounds[2]
+        for spec, bounds in zip(specs, adaptive, strict=True)
+    ]
     plain = [_plain(spec, observed) for spec in specs]
     stages = tuple(
         StagePlan(
@@ -84,10 +93,10 @@ def plan(specs: Sequence[StageSpec], context: PipelineContext, *, observed: bool
                 and limits[index + 1] == UNLIMITED
             ),
             starts=_starts(spec),
+            adaptive=adaptive[index],
         )
         for index, spec in enumerate(specs)
     )
-    batch_sizes = [spec.options.max_size or 1 for spec in specs if spec.batch]
     first = stages[0] if stages else None
     direct_entry = (
         first is not None and not first.batch and first.limit == UNLIMITED and not observed
@@ -95,7 +104,7 @@ def plan(specs: Sequence[StageSpec], context: PipelineContext, *, observed: bool
     return Plan(
         stages=stages,
         ordered=context.execution_mode is ExecutionMode.ORDERED,
-        window=window_size(context.max_in_flight, batch_sizes),
+        window=window,
         max_in_flight=context.max_in_flight,
         direct_entry=direct_entry,
         # Every stage plain and fused into the next, from the input to the consumer: the
@@ -107,9 +116,18 @@ def plan(specs: Sequence[StageSpec], context: PipelineContext, *, observed: bool
 
 
 def _limit(spec: StageSpec, context: PipelineContext) -> int:
+    limit = spec.options.concurrency_limit
+    assert not isinstance(limit, AdaptiveLimit)  # (see _adaptive)
     if spec.batch:
-        return spec.options.concurrency_limit or 1
-    return spec.options.concurrency_limit or context.max_parallelism or UNLIMITED
+        return limit or 1
+    return limit or context.max_parallelism or UNLIMITED
+
+
+def _adaptive(spec: StageSpec, window: int) -> tuple[int, int, int] | None:
+    """An adaptive limit's bounds in a run of ``window`` items: it starts at ``start``
+    (``_adaptive`` changes the stage's limit as it runs, never past the window)."""
+    limit = spec.options.concurrency_limit
+    return limit.bounds(window) if isinstance(limit, AdaptiveLimit) else None
 
 
 def _inline(spec: StageSpec) -> bool:

@@ -33,6 +33,7 @@ from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import Failure
+from ._adaptive import Adaptive
 from ._cache import StageCache
 from ._calls import (
     AWAIT,
@@ -97,6 +98,7 @@ class Stage(Sink):
 
     __slots__ = (
         "account",
+        "adaptive",
         "cache",
         "call_fn",
         "chain",
@@ -145,7 +147,8 @@ class Stage(Sink):
         self.context = run.context
         self.name = spec.name
         self.timeout = spec.options.timeout
-        self.limit = plan.limit
+        self.limit = plan.limit  # (an adaptive limit's start: its ``Adaptive`` writes it)
+        self.adaptive = None if plan.adaptive is None else Adaptive(self, plan.adaptive)
         self.executor = executor
         self.invoke: Callable[[Any], Any] = spec.func  # bound to side inputs per run
         self.executor_call: Callable[[Any], Any] = spec.func  # the executor's call of invoke
@@ -174,8 +177,7 @@ class Stage(Sink):
         self.chain: Stage | None = None  # the next stage, if fused with it (``_plan``)
         self.downstream: Sink = Sink()
         self.list: OrderList | None = None  # the reorder list this stage emits into
-        self.running = 0
-        self.inflight = 0
+        self.running = self.inflight = 0
         self.pending: deque[tuple[Any, Any]] = deque()
         self.draining = False
         self.is_batch = spec.batch
@@ -187,6 +189,8 @@ class Stage(Sink):
         """Use ``invoke`` (the function with this run's side inputs) from now on."""
         self.invoke = invoke
         call = self.executor.bind(invoke)
+        if self.adaptive is not None:  # (each attempt timed: inside the span and cache)
+            call = self.adaptive.wrap(call)
         if self.traced is not None:
             call = self.traced(call)
         if self.cache is not None:  # (outside the span: a hit makes no call)

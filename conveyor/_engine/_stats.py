@@ -175,7 +175,7 @@ class Collector:
             if running > gated:
                 record.busy_seconds += dt
                 working = True
-            if stage.pending or running >= record.cap or gated:
+            if stage.pending or running >= min(record.cap, stage.limit) or gated:
                 record.full += dt
                 working = True
             elif window_full and running >= crowd:
@@ -260,6 +260,7 @@ class Collector:
                     "batch": stage.is_batch,
                     "executor": repr(stage.executor),
                     "limit": None if stage.limit >= UNLIMITED else stage.limit,
+                    "concurrency_limit_now": None if stage.adaptive is None else stage.limit,
                     "rate_limit": _rate(stage),
                     "items_in": ins[index],
                     "items_out": delivered if following is None else following,

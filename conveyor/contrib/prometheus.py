@@ -90,6 +90,11 @@ GAUGES: dict[str, tuple[str, Labels]] = {
         "Share of the latest run's time with a call of the stage in flight (sampled).",
         STAGE,
     ),
+    "stage_concurrency_limit": (
+        'An adaptive concurrency limit (concurrency_limit="auto") now, summed over the '
+        "runs in progress (stages with a fixed limit have no sample).",
+        STAGE,
+    ),
 }
 
 
@@ -179,6 +184,11 @@ class PipelineMetrics:
             for stage, s in _stages(stats):
                 in_flight[run.pipeline, stage] += s.in_flight
                 waiting[run.pipeline, stage] += s.waiting_for_slot
+                if s.concurrency_limit_now is not None:
+                    limits = gauges["stage_concurrency_limit"]
+                    limits[run.pipeline, stage] = (
+                        limits.get((run.pipeline, stage), 0) + s.concurrency_limit_now
+                    )
         busy.update((key, share) for key, (_, share) in self._busy.items())
         return view
 
