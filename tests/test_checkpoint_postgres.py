@@ -182,3 +182,20 @@ def test_missing_asyncpg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
         Checkpoint("postgresql://nowhere/db")
     monkeypatch.undo()
     importlib.import_module("conveyor._stores.postgres")
+
+
+def test_the_docs_postgresql_blocks(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/durable-runs.md's PostgreSQL blocks (``<!-- no-test -->`` there: they need a
+    server) run against this session's server, as ``DATABASE_URL``."""
+    from test_docs import ROOT, extract_blocks
+
+    blocks = [
+        block
+        for block in extract_blocks(ROOT / "docs" / "durable-runs.md")
+        if block.language == "python" and block.skipped and "DATABASE_URL" in block.code
+    ]
+    assert len(blocks) == 2
+    monkeypatch.setenv("DATABASE_URL", postgres_url)
+    for block in blocks:
+        exec(compile(block.code, block.id, "exec"), {"__name__": "__main__"})
+    assert Checkpoint(postgres_url, name="scores").summary().done == 10_000
