@@ -11,8 +11,8 @@ called by users; conveyor calls these methods on the objects users give it.
 * :class:`RunObserver` and :class:`StageObserver` -- what happens in a run, event by
   event (``stream.observe(observer)``).
 * :class:`CheckpointStore` and :class:`CheckpointRun` -- where a
-  :class:`~conveyor.Checkpoint` keeps its records (``Checkpoint(store)``), for a backend
-  other than the SQLite file and the PostgreSQL database conveyor has.
+  :class:`~conveyor.checkpoint.Checkpoint` keeps its records (``Checkpoint(store)``),
+  for a backend other than the SQLite file and the PostgreSQL database conveyor has.
 
 The optional parts are found by ``isinstance`` against these ``runtime_checkable``
 protocols, in one place of the engine (``conveyor._engine._registry``), never by probing
@@ -212,22 +212,24 @@ class CheckpointRun(Protocol):
 
 @runtime_checkable
 class CheckpointStore(Protocol):
-    """Where a :class:`~conveyor.Checkpoint` keeps its records: ``Checkpoint(store)``.
+    """Where a :class:`~conveyor.checkpoint.Checkpoint` keeps its records:
+    ``Checkpoint(store)``.
 
     conveyor has two: a SQLite file (``Checkpoint(path)``) and a PostgreSQL database
     (``Checkpoint("postgresql://...")``); implement this protocol for another backend.
     Keys are ``str`` (the ``Checkpoint``'s ``key_of(item)``).
 
     * ``open_run(retry_failed)`` -- take the store's lock for one run and return its
-      :class:`CheckpointRun`; raise :class:`~conveyor.CheckpointBusy` at once if another
-      run (in this process or another) holds it. The lock must be let go when the
-      process dies, however it dies (a file lock, a database session's lock), so that
-      a crash leaves no stale lock. Called on the run's checkpoint writer thread.
-    * ``summary()`` -- a :class:`~conveyor.CheckpointSummary`; ``failures()`` -- the
-      failed keys, ``{key: (exception type, message)}``; ``reset()`` -- forget every
-      key and run, raising :class:`~conveyor.CheckpointBusy` while a run holds the
-      lock. These three are called on the user's thread, which may be running an event
-      loop: they must not use (nor need) the caller's loop.
+      :class:`CheckpointRun`; raise :class:`~conveyor.checkpoint.CheckpointBusy` at once
+      if another run (in this process or another) holds it. The lock must be let go
+      when the process dies, however it dies (a file lock, a database session's lock),
+      so that a crash leaves no stale lock. Called on the run's checkpoint writer thread.
+    * ``summary()`` -- a :class:`~conveyor.checkpoint.CheckpointSummary`;
+      ``failures()`` -- the failed keys, ``{key: (exception type, message)}``;
+      ``reset()`` -- forget every key and run, raising
+      :class:`~conveyor.checkpoint.CheckpointBusy` while a run holds the lock. These
+      three are called on the user's thread, which may be running an event loop: they
+      must not use (nor need) the caller's loop.
     """
 
     def open_run(self, retry_failed: bool) -> CheckpointRun: ...
