@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from .checkpoint import CheckpointSummary
+    from ._stores.base import CheckpointSummary
 
 __all__ = [
     "CheckpointRun",

@@ -35,37 +35,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
+from ._stores.base import CheckpointBusy, CheckpointSummary
+from .abc import CheckpointStore
 from .cache import stable_key
 
 if TYPE_CHECKING:
-    from .abc import CheckpointRun, CheckpointStore
+    from .abc import CheckpointRun
 
 __all__ = ["Checkpoint", "CheckpointBusy", "CheckpointSummary"]
 
-DONE = "done"
-FAILED = "failed"
 _URL_SCHEMES = ("postgresql://", "postgres://")
-
-
-class CheckpointBusy(RuntimeError):
-    """Another run (in this process or another) is using the checkpoint."""
-
-
-@dataclass(frozen=True)
-class CheckpointSummary:
-    """What a checkpoint holds: items ``done`` and ``failed`` (handled by a policy),
-    and the last run's start, end (``None``: it did not end cleanly, or is running),
-    outcome (``"finished"``, ``"failed"``, ``"closed"``, ``None``) and the items it
-    skipped as done earlier. Times are ``time.time()`` values."""
-
-    done: int
-    failed: int
-    last_run_started: float | None
-    last_run_ended: float | None
-    last_run_outcome: str | None
-    last_run_skipped: int
 
 
 class Checkpoint:
@@ -160,8 +140,6 @@ def _store_for(where: Any, name: str | None) -> CheckpointStore:
         from ._stores.sqlite import SqliteStore
 
         return SqliteStore(os.fspath(where))
-    from .abc import CheckpointStore
-
     if isinstance(where, CheckpointStore):
         if name is not None:
             raise TypeError("Checkpoint(name=...) is for a database URL, not a store object")
@@ -170,16 +148,6 @@ def _store_for(where: Any, name: str | None) -> CheckpointStore:
         f"Checkpoint(where=...) must be a file path (SQLite), a postgresql:// URL or a "
         f"conveyor.abc.CheckpointStore, got {where!r}"
     )
-
-
-def masked(url: str) -> str:
-    """``url`` without its password (for messages and reprs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
 
 class _Group:

@@ -81,9 +81,12 @@ class Server:
 
 def start(binaries: Path) -> Server:
     """A running server (see the module's docstring); raises if it does not start."""
-    folder = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
+    root = os.geteuid() == 0
+    # (As root, in /tmp: the postgres user must reach the folder, and TMPDIR may be a
+    # folder of root's.)
+    folder = Path(tempfile.mkdtemp(prefix="conveyor-pg-", dir="/tmp" if root else None))
     user = None
-    if os.geteuid() == 0:
+    if root:
         try:
             account = pwd.getpwnam("postgres")
         except KeyError:

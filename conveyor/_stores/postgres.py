@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover (the extra is in the test depende
         "Checkpoint('postgresql://...') needs asyncpg: pip install 'conveyor[postgres]'"
     ) from exc
 
-from ..checkpoint import DONE, FAILED, CheckpointBusy, CheckpointSummary, masked
+from .base import DONE, FAILED, CheckpointBusy, CheckpointSummary, masked
 
 __all__ = ["PostgresRun", "PostgresStore"]
 
@@ -69,13 +69,16 @@ _RECORD = (
 
 def lock_id(name: str) -> int:
     """The advisory lock's number for checkpoint ``name`` (a signed 64-bit integer)."""
-    digest = hashlib.sha256(b"conveyor.checkpoint:" + name.encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+    return _number(b"conveyor.checkpoint:" + name.encode())
 
 
-# (A fixed number: the transaction that makes the tables holds it, so that two first
-# runs at once do not race on CREATE TABLE IF NOT EXISTS.)
-_SCHEMA_LOCK = lock_id("\0schema")
+def _number(text: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big", signed=True)
+
+
+# (A fixed number, no name's: the transaction that makes the tables holds it, so that
+# two first runs at once do not race on CREATE TABLE IF NOT EXISTS.)
+_SCHEMA_LOCK = _number(b"conveyor.checkpoint.schema")
 
 
 class PostgresStore:

@@ -16,7 +16,7 @@ import os
 import sqlite3
 import time
 
-from ..checkpoint import DONE, FAILED, CheckpointBusy, CheckpointSummary
+from .base import DONE, FAILED, CheckpointBusy, CheckpointSummary
 
 __all__ = ["SqliteRun", "SqliteStore"]
 
