@@ -187,8 +187,9 @@ class Session:
         try:
             run = opened.result()
         except BaseException:
-            if opened.done() and opened.exception() is None:
-                self._queue.put(_End("failed", (0, 0, 0)))  # (interrupted after it opened)
+            # Interrupted (a Ctrl-C) while the store's run opens, it may open yet: the
+            # writer then closes it at once. (A writer whose open failed has returned.)
+            self._queue.put(_End("failed", (0, 0, 0)))
             self._thread.join()
             raise
         self.skip: set[str] = run.skip
