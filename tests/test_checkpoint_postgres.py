@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,16 @@ def test_the_docs_postgresql_blocks(postgres_url: str, monkeypatch: pytest.Monke
     for block in blocks:
         exec(compile(block.code, block.id, "exec"), {"__name__": "__main__"})
     assert Checkpoint(postgres_url, name="scores").summary().done == 10_000
+
+
+def test_an_unreachable_database_fails_the_run_at_its_start() -> None:
+    """``Checkpoint(url)`` connects to nothing; the run does, at its start, and fails
+    there with the connection's error, before any call (no server needed)."""
+    from postgres_server import free_port
+
+    cp = Checkpoint(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
+    calls.clear()
+    with pytest.raises(OSError):
+        conveyor.Pipeline([double]).with_checkpoint(cp).run(range(3))
+    assert calls == []
+    assert not any(t.name == "conveyor-checkpoint" for t in threading.enumerate())
