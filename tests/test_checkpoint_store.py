@@ -29,6 +29,8 @@ def double(x: int) -> int:
 class MemoryStore:
     """A checkpoint store in memory: the protocol's smallest implementation."""
 
+    run_class: type[MemoryRun]
+
     def __init__(self) -> None:
         self.records: dict[str, tuple[str, str] | None] = {}
         self.runs: list[list[Any]] = []  # [started, ended, outcome, skipped]
@@ -42,7 +44,7 @@ class MemoryStore:
         self.threads.add(threading.current_thread().name)
         skip = {key for key, error in self.records.items() if error is None or not retry_failed}
         self.runs.append([1.0, None, None, 0])
-        return MemoryRun(self, skip)
+        return self.run_class(self, skip)
 
     def summary(self) -> CheckpointSummary:
         failed = sum(error is not None for error in self.records.values())
@@ -91,16 +93,32 @@ class GatedRun(MemoryRun):
         super().record(done, failed)
 
 
+MemoryStore.run_class = MemoryRun
+
+
 class GatedStore(MemoryStore):
+    run_class = GatedRun
+
     def __init__(self) -> None:
         super().__init__()
         GatedRun.gate = threading.Event()
         GatedRun.entered = threading.Event()
         GatedRun.error = None
 
-    def open_run(self, retry_failed: bool) -> MemoryRun:
-        run = super().open_run(retry_failed)
-        return GatedRun(self, run.skip)
+
+class FailsThirdRun(MemoryRun):
+    """Its store's third write fails."""
+
+    def record(self, done: list[str], failed: dict[str, tuple[str, str]]) -> None:
+        self.store.attempts += 1
+        if self.store.attempts == 3:
+            raise OSError("disk full")
+        super().record(done, failed)
+
+
+class FailsThirdStore(MemoryStore):
+    run_class = FailsThirdRun
+    attempts = 0
 
 
 @pytest.fixture(autouse=True)
@@ -157,11 +175,23 @@ async def test_a_store_error_fails_the_run() -> None:
     assert len(calls) == 4  # (nothing read past the window that could not be recorded)
     assert cp.summary().last_run_outcome == "failed"
     cp.reset()  # (the lock was let go)
-    # a store failing only the last group (written when the run ends): the run's row
-    # says "failed", and the error comes out of the run's end
     GatedRun.error = None
     assert await pipeline(range(3)).collect() == [0, 2, 4]
     assert cp.summary().last_run_outcome == "finished"
+
+
+async def test_a_store_failing_the_last_group() -> None:
+    """The last group is written when the run is over (its consumer has every result):
+    if that write fails, the run's row says ``failed`` and those items are not recorded
+    (the next run repeats them: at most the window); the lock is let go."""
+    store = FailsThirdStore()
+    cp = Checkpoint(store)
+    pipeline = conveyor.Pipeline([double]).with_context(max_in_flight=4).with_checkpoint(cp)
+    assert await pipeline(range(10)).collect() == [x * 2 for x in range(10)]
+    assert store.attempts == 3
+    assert set(store.records) == {f"int:{x}" for x in range(8)}  # (8 and 9: not recorded)
+    assert cp.summary().last_run_outcome == "failed"
+    cp.reset()  # (the lock was let go)
 
 
 def test_groups_queued_meanwhile_are_merged() -> None:
