@@ -99,73 +99,75 @@ def start(binaries: Path) -> Server:
         os.chown(folder, account.pw_uid, account.pw_gid)
         user = "postgres"
     data = folder / "data"
-    log = folder / "server.log"
+    initdb = [str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
     try:
         subprocess.run(
-            [
-                str(binaries / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ],
+            [*initdb, "--no-sync", "-E", "UTF8", "--locale=C"],
             user=user,
             cwd=folder,
             check=True,
             capture_output=True,
         )
-        port = free_port()
-        with open(log, "wb") as out:
-            if user is not None:
-                os.chown(log, account.pw_uid, account.pw_gid)
-            process = subprocess.Popen(
-                [
-                    str(binaries / "postgres"),
-                    "-D",
-                    str(data),
-                    "-p",
-                    str(port),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "unix_socket_directories=",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "max_connections=100",
-                ],
-                user=user,
-                cwd=folder,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    server = Server(process, folder, port)
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            text = log.read_text(errors="replace")
-            server.stop()
-            raise RuntimeError(f"the PostgreSQL server exited at its start:\n{text}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            if _accepts(server):
+    # (A free port may be taken by another process before the server binds it: then the
+    # server exits at its start, saying so, and another port is tried.)
+    for attempt in range(3):
+        server = _launch(binaries, folder, user)
+        try:
+            if _ready(server):
                 return server
-        if time.monotonic() > deadline:
+        except BaseException:
             server.stop()
+            raise
+        text = (folder / "server.log").read_text(errors="replace")
+        if attempt == 2 or "could not bind" not in text:
+            server.stop()
+            raise RuntimeError(f"the PostgreSQL server did not start:\n{text}")
+        server.process.wait()
+    raise AssertionError("unreachable")
+
+
+def _launch(binaries: Path, folder: Path, user: str | None) -> Server:
+    port = free_port()
+    log = folder / "server.log"
+    settings = {
+        "listen_addresses": "127.0.0.1",
+        "unix_socket_directories": "",
+        "fsync": "off",
+        "synchronous_commit": "off",
+        "full_page_writes": "off",
+        "max_connections": "100",
+    }
+    options = [f"-c{name}={value}" for name, value in settings.items()]
+    with open(log, "wb") as out:
+        if user is not None:
+            account = pwd.getpwnam(user)
+            os.chown(log, account.pw_uid, account.pw_gid)
+        process = subprocess.Popen(
+            [str(binaries / "postgres"), "-D", str(folder / "data"), "-p", str(port), *options],
+            user=user,
+            cwd=folder,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return Server(process, folder, port)
+
+
+def _ready(server: Server) -> bool:
+    """Wait until the server accepts a query (True), or exits (False); 60 s at most."""
+    deadline = time.monotonic() + 60
+    while server.process.poll() is None:
+        with contextlib.suppress(OSError):
+            with socket.create_connection(("127.0.0.1", server.port), 0.5):
+                pass
+            if _accepts(server):
+                return True
+        if time.monotonic() > deadline:
             raise RuntimeError("the PostgreSQL server did not start in 60 s")
         time.sleep(0.05)
+    return False
 
 
 def _accepts(server: Server) -> bool:
