@@ -10,6 +10,9 @@ called by users; conveyor calls these methods on the objects users give it.
   and reports where their time went (``stream.stats``'s ``offload``).
 * :class:`RunObserver` and :class:`StageObserver` -- what happens in a run, event by
   event (``stream.observe(observer)``).
+* :class:`CheckpointStore` and :class:`CheckpointRun` -- where a
+  :class:`~conveyor.checkpoint.Checkpoint` keeps its records (``Checkpoint(store)``),
+  for a backend other than the SQLite file and the PostgreSQL database conveyor has.
 
 The optional parts are found by ``isinstance`` against these ``runtime_checkable``
 protocols, in one place of the engine (``conveyor._engine._registry``), never by probing
@@ -20,9 +23,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ._stores.base import CheckpointSummary
 
 __all__ = [
+    "CheckpointRun",
+    "CheckpointStore",
     "ChunkFigures",
     "ChunkedExecutor",
     "Executor",
@@ -172,3 +180,59 @@ class RunObserver(Protocol):
 
     def stage(self, index: int, spec: TaskDescription) -> StageObserver: ...
     def waited_for_room(self, seconds: float) -> None: ...
+
+
+class CheckpointRun(Protocol):
+    """One run's hold on a :class:`CheckpointStore` (what ``open_run`` returns).
+
+    It holds the store's lock (one run at a time) from ``open_run`` until ``close``.
+    Every method is called on the thread that called ``open_run`` (the run's checkpoint
+    writer, never the event loop's thread), one call at a time; each may block on its
+    disk or its network.
+
+    * ``skip`` -- the keys recorded when the run opened: done ones, and failed ones
+      unless ``open_run`` was given ``retry_failed=True``. The run skips input items
+      whose key is in it.
+    * ``record(done, failed)`` -- record the keys of ``done`` as done and those of
+      ``failed`` as failed, with ``(exception type, message)``, **in one transaction**
+      (all or none: a crash in the middle must leave none of them recorded), replacing
+      what is recorded for them. The two are disjoint, without repeats. When it returns,
+      the records must survive the process's death (a crash of the machine may lose the
+      last ones if the store says so).
+    * ``close(outcome, done, failed, skipped)`` -- the run is over: keep its end,
+      ``outcome`` (``"finished"``, ``"closed"`` or ``"failed"``) and counts for
+      ``summary()``, and let the lock go, even if keeping them fails.
+    """
+
+    @property
+    def skip(self) -> set[str]: ...
+    def record(self, done: list[str], failed: dict[str, tuple[str, str]]) -> None: ...
+    def close(self, outcome: str, done: int, failed: int, skipped: int) -> None: ...
+
+
+@runtime_checkable
+class CheckpointStore(Protocol):
+    """Where a :class:`~conveyor.checkpoint.Checkpoint` keeps its records:
+    ``Checkpoint(store)``.
+
+    conveyor has two: a SQLite file (``Checkpoint(path)``) and a PostgreSQL database
+    (``Checkpoint("postgresql://...")``); implement this protocol for another backend.
+    Keys are ``str`` (the ``Checkpoint``'s ``key_of(item)``).
+
+    * ``open_run(retry_failed)`` -- take the store's lock for one run and return its
+      :class:`CheckpointRun`; raise :class:`~conveyor.checkpoint.CheckpointBusy` at once
+      if another run (in this process or another) holds it. The lock must be let go
+      when the process dies, however it dies (a file lock, a database session's lock),
+      so that a crash leaves no stale lock. Called on the run's checkpoint writer thread.
+    * ``summary()`` -- a :class:`~conveyor.checkpoint.CheckpointSummary`;
+      ``failures()`` -- the failed keys, ``{key: (exception type, message)}``;
+      ``reset()`` -- forget every key and run, raising
+      :class:`~conveyor.checkpoint.CheckpointBusy` while a run holds the lock. These
+      three are called on the user's thread, which may be running an event loop: they
+      must not use (nor need) the caller's loop.
+    """
+
+    def open_run(self, retry_failed: bool) -> CheckpointRun: ...
+    def summary(self) -> CheckpointSummary: ...
+    def failures(self) -> dict[str, tuple[str, str]]: ...
+    def reset(self) -> None: ...

@@ -1,89 +1,91 @@
-"""The checkpoint's store: :class:`Checkpoint`, given to ``pipeline.with_checkpoint``.
+"""The checkpoint: :class:`Checkpoint`, given to ``pipeline.with_checkpoint``, and a
+run's :class:`Session` on it.
 
-One SQLite file (stdlib ``sqlite3``, WAL): which input items are **done** (every result
-derived from them has left the pipeline) and which were handled by an error policy
-(``failed``: the exception's type and message), by key; and the runs made on it. When
-an item is done, and how a run skips them, is the engine's: ``conveyor._engine._checkpoint``
-and docs/checkpoint-design.md.
+A checkpoint records which input items are **done** (every result derived from them has
+left the pipeline) and which were handled by an error policy (``failed``: the
+exception's type and message), by key; and the runs made on it. When an item is done,
+and how a run skips them, is the engine's: ``conveyor._engine._checkpoint`` and
+docs/checkpoint-design.md.
 
-One run per checkpoint at a time: a run holds an exclusive lock on ``<path>.lock``
-(``fcntl.flock``: released by the OS when the process dies, even by SIGKILL); a second
-run on the same file, in this process or another, fails at its start with
-:class:`CheckpointBusy`.
+Where it keeps them is its store (``conveyor.abc.CheckpointStore``), found by the
+argument: a file path is a SQLite file (``conveyor._stores.sqlite``), a
+``postgresql://`` or ``postgres://`` URL a PostgreSQL database
+(``conveyor._stores.postgres``, with ``conveyor[postgres]``), any other object
+implementing the protocol is used as it is.
+
+One run per checkpoint at a time: a run holds the store's lock (a file lock, a database
+session's advisory lock: let go when the process dies, even by SIGKILL); a second run
+fails at its start with :class:`CheckpointBusy`.
+
+**The writer.** A run's :class:`Session` owns one thread, the checkpoint's writer: it
+opens the store's run (the lock, the keys to skip), makes every write, and closes it.
+``record`` queues a group of keys and returns a ``concurrent.futures.Future``, done when
+the group is committed: the event loop never waits on the disk or the network (the
+engine awaits the Future before reading more input, which keeps the crash bound).
+Groups queued while the writer was busy are merged into one transaction. ``close``
+flushes what is queued, ends the run's row, lets the lock go and joins the thread.
 """
 
 from __future__ import annotations
 
-import fcntl
+import concurrent.futures
 import os
-import sqlite3
-import time
-from collections.abc import Callable, Iterable
+import queue
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._stores.base import CheckpointBusy, CheckpointSummary
+from .abc import CheckpointStore
 from .cache import stable_key
+
+if TYPE_CHECKING:
+    from .abc import CheckpointRun
 
 __all__ = ["Checkpoint", "CheckpointBusy", "CheckpointSummary"]
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS conveyor_checkpoint (key TEXT PRIMARY KEY, "
-    "state TEXT NOT NULL, error_type TEXT, error_message TEXT, at REAL NOT NULL) "
-    "WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS conveyor_checkpoint_runs (id INTEGER PRIMARY KEY, "
-    "started REAL NOT NULL, ended REAL, outcome TEXT, done INTEGER NOT NULL DEFAULT 0, "
-    "failed INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0)",
-)
-
-DONE = "done"
-FAILED = "failed"
-
-
-class CheckpointBusy(RuntimeError):
-    """Another run (in this process or another) is using the checkpoint."""
-
-
-@dataclass(frozen=True)
-class CheckpointSummary:
-    """What a checkpoint holds: items ``done`` and ``failed`` (handled by a policy),
-    and the last run's start, end (``None``: it did not end cleanly, or is running),
-    outcome (``"finished"``, ``"failed"``, ``"closed"``, ``None``) and the items it
-    skipped as done earlier. Times are ``time.time()`` values."""
-
-    done: int
-    failed: int
-    last_run_started: float | None
-    last_run_ended: float | None
-    last_run_outcome: str | None
-    last_run_skipped: int
+_URL_SCHEMES = ("postgresql://", "postgres://")
 
 
 class Checkpoint:
     """Where a pipeline records the input items it is done with, to resume after a crash.
 
-    ``path``: the SQLite file (made if missing). ``key``: ``key(item)`` is the item's
-    key; by default the item itself, which must then be a ``str``, ``bytes``, ``int``,
-    ``float``, ``bool``, ``None`` or a tuple of them (its text is the same in every
-    process, as ``conveyor.Cache``'s rule); ``key`` must return such a value too.
+    ``where``: a file path (a SQLite file, made if missing); a ``postgresql://`` or
+    ``postgres://`` URL (a PostgreSQL database shared by machines; needs
+    ``pip install 'conveyor[postgres]'``), where ``name`` tells this checkpoint from the
+    others kept in the same database (default ``"default"``); or an object implementing
+    :class:`conveyor.abc.CheckpointStore`.
+
+    ``key``: ``key(item)`` is the item's key; by default the item itself, which must then
+    be a ``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None`` or a tuple of them
+    (its text is the same in every process, as ``conveyor.Cache``'s rule); ``key`` must
+    return such a value too.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], key: Callable[[Any], Any] | None = None
+        self,
+        where: str | os.PathLike[str] | CheckpointStore,
+        key: Callable[[Any], Any] | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"Checkpoint(path=...) must be a file path, got {path!r}")
         if key is not None and not callable(key):
             raise TypeError(
                 f"Checkpoint(key=...) must be a function of an input item returning its key, "
                 f"got {key!r}; e.g. key=lambda row: row['id']"
             )
-        self.path = os.fspath(path)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"Checkpoint(name=...) must be a non-empty str, got {name!r}")
         self.key = key
-        with _connect(self.path):  # (made now: a bad path fails here, not mid-run)
-            pass
+        self.store: CheckpointStore = _store_for(where, name)
+        # The SQLite file's path, or the database's URL (None for a store object).
+        self.path: str | None = (
+            None if not isinstance(where, (str, os.PathLike)) else (os.fspath(where))
+        )
 
     def __repr__(self) -> str:
-        return f"Checkpoint({self.path!r})"
+        return f"Checkpoint({self.store!r})"
 
     def key_of(self, item: Any) -> str:
         """``item``'s key, as stored; a ``TypeError`` naming ``key=`` if it has none."""
@@ -106,149 +108,169 @@ class Checkpoint:
 
     def summary(self) -> CheckpointSummary:
         """Items done and failed, and the last run's start, end, outcome and skips."""
-        with _connect(self.path) as db:
-            counts = dict(
-                db.execute("SELECT state, count(*) FROM conveyor_checkpoint GROUP BY state")
-            )
-            last = db.execute(
-                "SELECT started, ended, outcome, skipped FROM conveyor_checkpoint_runs "
-                "ORDER BY id DESC LIMIT 1"
-            ).fetchone()
-        started, ended, outcome, skipped = last if last is not None else (None, None, None, 0)
-        return CheckpointSummary(
-            counts.get(DONE, 0), counts.get(FAILED, 0), started, ended, outcome, skipped
-        )
+        return self.store.summary()
 
     def failures(self) -> dict[str, tuple[str, str]]:
         """The items handled by a policy: key -> (exception type, message)."""
-        with _connect(self.path) as db:
-            rows = db.execute(
-                "SELECT key, error_type, error_message FROM conveyor_checkpoint WHERE state = ?",
-                (FAILED,),
-            )
-            return {key: (kind, message) for key, kind, message in rows}
+        return self.store.failures()
 
     def reset(self) -> None:
-        """Forget every item and run (refused while a run uses the checkpoint)."""
-        with _Lock(self.path), _connect(self.path) as db:
-            db.execute("DELETE FROM conveyor_checkpoint")
-            db.execute("DELETE FROM conveyor_checkpoint_runs")
+        """Forget every item and run (:class:`CheckpointBusy` while a run uses it)."""
+        self.store.reset()
 
     def open_session(self, retry_failed: bool) -> Session:
-        """Start a run on this checkpoint (the engine's: see ``_engine._checkpoint``)."""
-        return Session(self, retry_failed)
+        """Start a run on this checkpoint (the engine's: see ``_engine._checkpoint``):
+        blocks until the store's run is open; :class:`CheckpointBusy` if it is taken."""
+        return Session(self.store, retry_failed)
+
+
+def _store_for(where: Any, name: str | None) -> CheckpointStore:
+    """The store ``Checkpoint(where, name=name)`` names (see :class:`Checkpoint`)."""
+    if isinstance(where, str) and where.startswith(_URL_SCHEMES):
+        from ._stores.postgres import PostgresStore  # (asyncpg: only when asked for)
+
+        return PostgresStore(where, "default" if name is None else name)
+    if isinstance(where, (str, os.PathLike)):
+        if name is not None:
+            raise TypeError(
+                f"Checkpoint(name=...) names a checkpoint in a database shared by several; "
+                f"a SQLite checkpoint is its file: give each checkpoint a file of its own "
+                f"(got a path, {os.fspath(where)!r}, and name={name!r})"
+            )
+        from ._stores.sqlite import SqliteStore
+
+        return SqliteStore(os.fspath(where))
+    if isinstance(where, CheckpointStore):
+        if name is not None:
+            raise TypeError("Checkpoint(name=...) is for a database URL, not a store object")
+        return where
+    raise TypeError(
+        f"Checkpoint(where=...) must be a file path (SQLite), a postgresql:// URL or a "
+        f"conveyor.abc.CheckpointStore, got {where!r}"
+    )
+
+
+class _Group:
+    """A group of keys to record (``Session.record``), and its Future."""
+
+    __slots__ = ("future", "rows")
+
+    def __init__(self, rows: dict[str, tuple[str, str] | None]) -> None:
+        self.rows = rows  # key -> None (done) or (exception type, message) (failed)
+        self.future: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+
+class _End:
+    """The run is over (``Session.close``)."""
+
+    __slots__ = ("counts", "outcome")
+
+    def __init__(self, outcome: str, counts: tuple[int, int, int]) -> None:
+        self.outcome = outcome
+        self.counts = counts
 
 
 class Session:
-    """One run's use of a checkpoint: the lock, the keys to skip, the group commits."""
+    """One run's use of a checkpoint: its writer thread (the store's run: the lock, the
+    keys to skip, the group commits). See the module's docstring."""
 
-    __slots__ = ("checkpoint", "db", "lock", "run_id", "skip")
+    __slots__ = ("_error", "_queue", "_thread", "skip")
 
-    def __init__(self, checkpoint: Checkpoint, retry_failed: bool) -> None:
-        self.checkpoint = checkpoint
-        self.lock = _Lock(checkpoint.path)
-        self.lock.__enter__()
+    def __init__(self, store: CheckpointStore, retry_failed: bool) -> None:
+        self._queue: queue.SimpleQueue[_Group | _End] = queue.SimpleQueue()
+        self._error: BaseException | None = None  # close's, raised by close
+        opened: concurrent.futures.Future[CheckpointRun] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._write, args=(store, retry_failed, opened), name="conveyor-checkpoint"
+        )
+        self._thread.start()
         try:
-            self.db = sqlite3.connect(
-                checkpoint.path, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            _prepare(self.db)
-            query = "SELECT key FROM conveyor_checkpoint"
-            if retry_failed:
-                query += f" WHERE state = '{DONE}'"
-            # (Loaded once: the resume's skips are a set lookup each.)
-            self.skip: set[str] = {key for (key,) in self.db.execute(query)}
-            self.run_id = self.db.execute(
-                "INSERT INTO conveyor_checkpoint_runs (started) VALUES (?)", (time.time(),)
-            ).lastrowid
+            run = opened.result()
         except BaseException:
-            self.lock.__exit__()
+            # Interrupted (a Ctrl-C) while the store's run opens, it may open yet: the
+            # writer then closes it at once. (A writer whose open failed has returned.)
+            self._queue.put(_End("failed", (0, 0, 0)))
+            self._thread.join()
             raise
+        self.skip: set[str] = run.skip
 
-    def record(self, done: Iterable[str], failed: dict[str, BaseException]) -> None:
-        """Record ``done`` keys and ``failed`` ones (with their exception), in one
-        transaction (a group commit)."""
-        now = time.time()
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany(
-                "INSERT OR REPLACE INTO conveyor_checkpoint (key, state, at) VALUES (?, ?, ?)",
-                [(key, DONE, now) for key in done],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO conveyor_checkpoint VALUES (?, ?, ?, ?, ?)",
-                [
-                    (key, FAILED, type(exc).__qualname__, str(exc), now)
-                    for key, exc in failed.items()
-                ],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+    def record(
+        self, done: list[str], failed: dict[str, BaseException]
+    ) -> concurrent.futures.Future[None]:
+        """Queue ``done`` keys and ``failed`` ones (with their exception's type and
+        message) for one transaction; the Future is done when it is committed (its
+        exception: the store's error). A Future cancelled before the writer takes it
+        is not written."""
+        rows: dict[str, tuple[str, str] | None] = dict.fromkeys(done)
+        for key, exc in failed.items():
+            rows[key] = (type(exc).__qualname__, str(exc))
+        group = _Group(rows)
+        self._queue.put(group)
+        return group.future
 
     def close(self, outcome: str, done: int, failed: int, skipped: int) -> None:
-        """The run is over: its row gets its end, and the lock is let go."""
+        """The run is over: what is queued is written, then the run's row gets its end
+        (``outcome`` is written ``"failed"`` if a group could not be), the lock is let go
+        and the writer is joined. Raises the store's error at closing, if any."""
+        self._queue.put(_End(outcome, (done, failed, skipped)))
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _write(
+        self,
+        store: CheckpointStore,
+        retry_failed: bool,
+        opened: concurrent.futures.Future[CheckpointRun],
+    ) -> None:
+        """(The writer thread.) Open the store's run, commit the queued groups (those
+        queued meanwhile merged into one transaction), close it at the end."""
         try:
-            self.db.execute(
-                "UPDATE conveyor_checkpoint_runs SET ended = ?, outcome = ?, done = ?, "
-                "failed = ?, skipped = ? WHERE id = ?",
-                (time.time(), outcome, done, failed, skipped, self.run_id),
-            )
-        finally:
-            self.db.close()
-            self.lock.__exit__()
-
-
-class _Lock:
-    """The exclusive lock of one run on a checkpoint (``<path>.lock``, ``flock``)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path + ".lock"
-        self.fd = -1
-
-    def __enter__(self) -> _Lock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            run = store.open_run(retry_failed)
+        except BaseException as exc:
+            opened.set_exception(exc)
+            return
+        opened.set_result(run)
+        failed_once = False
+        while True:
+            item: _Group | _End | None = self._queue.get()
+            groups: list[_Group] = []
+            while isinstance(item, _Group):
+                groups.append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+                    break
+            if groups and not self._commit(run, groups):
+                failed_once = True
+            if isinstance(item, _End):
+                break
+        assert isinstance(item, _End)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise CheckpointBusy(
-                f"the checkpoint {self.path[:-5]!r} is in use by another run (in this "
-                f"process or another): one run per checkpoint at a time; wait for it to "
-                f"end, or give this run a Checkpoint of its own"
-            ) from None
-        self.fd = fd
-        return self
+            run.close("failed" if failed_once else item.outcome, *item.counts)
+        except BaseException as exc:
+            self._error = exc
 
-    def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)  # (closing the descriptor lets the lock go)
-
-
-def _prepare(db: sqlite3.Connection) -> None:
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    for statement in _SCHEMA:
-        db.execute(statement)
-
-
-class _connect:
-    def __init__(self, path: str) -> None:
-        self.db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    @staticmethod
+    def _commit(run: CheckpointRun, groups: list[_Group]) -> bool:
+        """Write ``groups`` in one transaction; False if the store failed."""
+        live = [group for group in groups if group.future.set_running_or_notify_cancel()]
+        rows: dict[str, tuple[str, str] | None] = {}
+        for group in live:
+            rows.update(group.rows)  # (a key in two groups: the later one's state)
+        done = [key for key, error in rows.items() if error is None]
+        failed = {key: error for key, error in rows.items() if error is not None}
         try:
-            _prepare(self.db)
-        except BaseException:
-            self.db.close()
-            raise
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self.db
-
-    def __exit__(self, *exc: object) -> None:
-        self.db.close()
+            if rows:
+                run.record(done, failed)
+        except BaseException as exc:
+            for group in live:
+                group.future.set_exception(exc)
+            return False
+        for group in live:
+            group.future.set_result(None)
+        return True
 
 
 @dataclass(frozen=True)

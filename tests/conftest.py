@@ -157,3 +157,19 @@ def _close_the_models_pools() -> Any:
     model = sys.modules.get("pipeline_model")
     if model is not None:
         model.shut_down()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Any:
+    """The URL of a throwaway PostgreSQL server for the session (``postgres_server``);
+    the test skips, saying why, where the server's binaries are missing."""
+    import postgres_server
+
+    binaries = postgres_server.find_binaries()
+    if binaries is None:
+        pytest.skip(postgres_server.MISSING)
+    server = postgres_server.start(binaries)
+    try:
+        yield server.url
+    finally:
+        server.stop()

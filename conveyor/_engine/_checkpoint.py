@@ -8,7 +8,8 @@ commit (``pending``); every ``window`` items (or every ``INTERVAL`` seconds) it 
 reading until the ledger holds no token at all (``Ledger.tokens == 0``: no item, no
 result, no Failure is left anywhere in the run, and the consumer took every result).
 Then every pending item is done, whatever expansions, filters, batches or policies did
-to it, and the pending keys are committed in one transaction (a group commit). The rule
+to it, and the pending keys are committed in one transaction (a group commit, made by
+the session's writer thread; the barrier waits for it before reading on). The rule
 reads the ledger's one count and writes nothing of its accounting, so it is exact by
 construction: an item is never recorded done while something derived from it is in the
 run. A crash repeats at most the items admitted since the last commit: the window.
@@ -40,6 +41,7 @@ again next time.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -158,7 +160,12 @@ class CheckpointInput:
         finally:
             ledger.work_started()
         if not ledger.tokens and not run.closed and self.session is not None:
-            self.commit(self.session)
+            written = self.commit(self.session)
+            if written is not None:
+                # The session's writer thread commits the group; reading on only once
+                # it is committed keeps the crash bound (at most a window not recorded),
+                # and the loop never waits on the disk or the network.
+                await asyncio.wrap_future(written)
         self.deadline = run.loop.time() + INTERVAL
 
     async def drain(self) -> None:
@@ -180,17 +187,19 @@ class CheckpointInput:
             await asyncio.sleep(0 if spins < 32 else 0.001)
             spins += 1
 
-    def commit(self, session: Session) -> None:
-        """Every pending item is done: record them, in one transaction."""
+    def commit(self, session: Session) -> concurrent.futures.Future[None] | None:
+        """Every pending item is done: record them, in one transaction (queued to the
+        session's writer; the Future is done when it is committed)."""
         if not self.pending:
-            return
+            return None
         failures = {key: exc for key, exc in self.failures.items() if key in self.pending}
         done = [key for key in self.pending if key not in failures]
-        session.record(done, failures)
+        written = session.record(done, failures)
         self.n_done += len(done)
         self.n_failed += len(failures)
         self.pending = {}
         self.failures = {}
+        return written
 
     def gave_up(self, item: Any, exc: BaseException, outcome: str, batch: bool) -> None:
         """A stage's policy gave up on ``item`` (a batch's list if ``batch``) with
@@ -211,16 +220,16 @@ class CheckpointInput:
         session, self.session = self.session, None
         if session is None:
             return
+        written = None
         if run.error is None and not run.ledger.tokens and self.items is not None:
             outcome = "finished" if run.ledger.finished else "closed"
-            try:
-                self.commit(session)
-            except BaseException:
-                session.close("failed", self.n_done, self.n_failed, self.run.ledger.done_earlier)
-                raise
+            written = self.commit(session)
         else:
             outcome = "failed" if run.error is not None else "closed"
+        # (Flushes the last group, then lets the lock go: the writer thread is joined.)
         session.close(outcome, self.n_done, self.n_failed, self.run.ledger.done_earlier)
+        if written is not None:
+            written.result()  # (the store's error, if the last group could not be written)
 
     async def aclose(self) -> None:
         """Close the input the run was given (see ``_input.close_source``)."""
