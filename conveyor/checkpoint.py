@@ -14,6 +14,7 @@ run on the same file, in this process or another, fails at its start with
 
 from __future__ import annotations
 
+import concurrent.futures
 import fcntl
 import os
 import sqlite3
@@ -165,9 +166,12 @@ class Session:
             self.lock.__exit__()
             raise
 
-    def record(self, done: Iterable[str], failed: dict[str, BaseException]) -> None:
+    def record(
+        self, done: Iterable[str], failed: dict[str, BaseException]
+    ) -> concurrent.futures.Future[None] | None:
         """Record ``done`` keys and ``failed`` ones (with their exception), in one
-        transaction (a group commit)."""
+        transaction (a group commit). None: committed when it returns; a store that
+        writes on a thread returns a Future, done when the group is committed."""
         now = time.time()
         db = self.db
         db.execute("BEGIN IMMEDIATE")
@@ -187,6 +191,7 @@ class Session:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return None
 
     def close(self, outcome: str, done: int, failed: int, skipped: int) -> None:
         """The run is over: its row gets its end, and the lock is let go."""
