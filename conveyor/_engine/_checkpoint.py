@@ -94,6 +94,7 @@ class CheckpointInput:
         "admitted",
         "committed",
         "done_keys",
+        "ended",
         "failed_keys",
         "let_through",
         "n_done",
@@ -115,6 +116,7 @@ class CheckpointInput:
         self.writing: list[tuple[concurrent.futures.Future[Any], int]] = []  # groups
         self.admitted = 0  # items admitted by this run
         self.committed = 0  # of those, done and known to be committed
+        self.ended = 0  # of those, done (or failed)
         self.n_done = 0  # keys handed to the store, done
         self.n_failed = 0  # ... and failed
         self.timer: asyncio.TimerHandle | None = None
@@ -217,28 +219,41 @@ class CheckpointInput:
         self.let_through = False
 
     def idle(self) -> None:
-        """(The ledger's ``on_idle``: nothing works.) The pump at the crash bound, with
-        no item done and nothing for the consumer to take: the run is stalled (partial
-        batches wait for items the bound holds back): let the pump through one item."""
+        """(The ledger's ``on_idle``, and the consumer's wait.) The pump at the crash
+        bound, with nothing working, no item done and nothing for the consumer to take:
+        the run is stalled (partial batches wait for items the bound holds back, behind
+        Failures or batch results that stand for more items than the window): let the
+        pump through one item, as a plain run would have admitted it."""
         waiter = self.waiter
         ledger = self.run.ledger
-        if waiter is None or waiter.done() or ledger.can_drain() or self.done_keys:
+        if waiter is None or waiter.done() or ledger.busy or ledger.can_drain():
             return
         self.let_through = True
         ledger.wake(waiter, None)
 
     # -- what is done -----------------------------------------------------------------------
 
+    @property
+    def in_flight(self) -> int:
+        """Items admitted and not done yet (what a crash now would repeat, with the done
+        ones not committed)."""
+        return self.admitted - self.ended
+
     def done(self, origin: Origin) -> None:
         """(The ledger's ``on_done``.) Nothing derived from ``origin`` is left in the run:
         queue its key (failed if a policy gave up on something derived from it)."""
         if self.run.closed or self.session is None:
             return  # (the run is unwinding: nothing more is done)
+        self.ended += 1
         if origin.error is None:
             self.done_keys.append(origin.key)
         else:
             self.failed_keys[origin.key] = origin.error
-        if len(self.done_keys) + len(self.failed_keys) >= GROUP:
+        if (
+            len(self.done_keys) + len(self.failed_keys) >= GROUP
+            # (past the window, let through a stall: what is done must not wait)
+            or self.admitted - self.committed > self.run.ledger.limit
+        ):
             self.flush()
         elif self.timer is None:
             self.timer = self.run.loop.call_later(INTERVAL, self.flush)

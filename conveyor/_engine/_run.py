@@ -176,6 +176,8 @@ class Run:
         # A Feedback input's pump: told when the consumer waits, and when nothing works.
         self.feedback = FeedbackPump(self, source) if isinstance(source, Feedback) else None
         self.on_consumer_wait = None if self.feedback is None else self.feedback.idle
+        if self.checkpoint is not None:  # (the pump at its crash bound: is the run stalled?)
+            self.on_consumer_wait = self.checkpoint.idle
 
         self.context = contextvars.copy_context()
         self.context.run(set_current_context, context)
@@ -192,7 +194,7 @@ class Run:
         ledger.watch(
             self.stages,
             self._finished,
-            self.on_consumer_wait if self.checkpoint is None else self.checkpoint.idle,
+            self.on_consumer_wait,
         )
         if stats is not None:
             stats.attach(self)
