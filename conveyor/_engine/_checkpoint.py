@@ -45,6 +45,7 @@ import concurrent.futures
 from collections.abc import AsyncIterable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..cache import stable_key
 from ..checkpoint import Resumed, Session
 from ._input import PUMP_SLICE, close_source
 from ._ledger import Flow, Ledger
@@ -72,6 +73,8 @@ class Checkpointed(Protocol):
     def entry(self) -> Sink: ...
     @property
     def weigher(self) -> Weigher | None: ...
+    @property
+    def direct_entry(self) -> Callable[[Any, Any, Any], None] | None: ...
     def fail(self, exc: BaseException) -> None: ...
 
 
@@ -154,46 +157,54 @@ class CheckpointInput:
         session = self.session
         assert session is not None  # (closed only when the run is over)
         skip = session.skip
-        key_of = self.resumed.checkpoint.key_of
-        push = run.entry.push
+        checkpoint = self.resumed.checkpoint
+        key_fn = checkpoint.key
+        # The first stage's call, when the pump may make it (as ``_input``'s pump does).
+        push = run.entry.push if run.direct_entry is None else run.direct_entry
         weigher = run.weigher
         loop_time = run.loop.time
         deadline = loop_time() + PUMP_SLICE
         count = skipped = 0
-        while not run.closed:
-            try:
-                item = await anext(items) if is_async else next(items)
-            except (StopIteration, StopAsyncIteration):
-                return
-            except Exception as exc:
-                exc.add_note(_NOTE)
-                raise
-            key = key_of(item)
-            if key in skip:
-                ledger.skipped_as_done()
-                skipped += 1
-                if not skipped & _SKIP_YIELD:
-                    await asyncio.sleep(0)
-                continue
-            if self.admitted - self.committed >= ledger.limit:
-                await self.bound()
-            if ledger.full():
-                await ledger.wait_for_room()
-                deadline = loop_time() + PUMP_SLICE
-            if run.closed:
-                return
-            if weigher is not None:
-                if weigher.active:
+        try:
+            while not run.closed:
+                try:
+                    item = await anext(items) if is_async else next(items)
+                except (StopIteration, StopAsyncIteration):
+                    return
+                except Exception as exc:
+                    exc.add_note(_NOTE)
+                    raise
+                # (``Checkpoint.key_of`` inlined: it raises what it must for an item
+                # without a stable key; a resume's skips cost this and a set lookup.)
+                key = stable_key(item if key_fn is None else key_fn(item))
+                if key is None:
+                    key = checkpoint.key_of(item)
+                if key in skip:
+                    skipped += 1
+                    if not skipped & _SKIP_YIELD:
+                        ledger.skipped_as_done(skipped)
+                        skipped = 0
+                        await asyncio.sleep(0)
+                    continue
+                if self.admitted - self.committed >= ledger.limit:
+                    await self.bound()
+                if ledger.tokens >= ledger.admit:
+                    await ledger.wait_for_room()
+                    deadline = loop_time() + PUMP_SLICE
+                if run.closed:
+                    return
+                if weigher is not None and weigher.active:
                     weigher.weigh(item)
-                else:
-                    weigher = None
-            ledger.admitted()
-            self.admitted += 1
-            push(item, None, ledger.origin_admitted(key))
-            count += 1
-            if not count & 63 and loop_time() >= deadline:
-                await asyncio.sleep(0)
-                deadline = loop_time() + PUMP_SLICE
+                ledger.admitted()
+                self.admitted += 1
+                push(item, None, ledger.origin_admitted(key))
+                count += 1
+                if not count & 63 and loop_time() >= deadline:
+                    await asyncio.sleep(0)
+                    deadline = loop_time() + PUMP_SLICE
+        finally:
+            if skipped:
+                ledger.skipped_as_done(skipped)
 
     async def bound(self) -> None:
         """Until ``admitted - committed`` is below the window: commit what is done, wait
@@ -242,24 +253,28 @@ class CheckpointInput:
     def done(self, origin: Origin) -> None:
         """(The ledger's ``on_done``.) Nothing derived from ``origin`` is left in the run:
         queue its key (failed if a policy gave up on something derived from it)."""
-        if self.run.closed or self.session is None:
+        run = self.run
+        if run.closed:
             return  # (the run is unwinding: nothing more is done)
         self.ended += 1
         if origin.error is None:
-            self.done_keys.append(origin.key)
+            done = self.done_keys
+            done.append(origin.key)
+            queued = len(done)
         else:
             self.failed_keys[origin.key] = origin.error
+            queued = len(self.failed_keys)
         if (
-            len(self.done_keys) + len(self.failed_keys) >= GROUP
+            queued >= GROUP
             # (past the window, let through a stall: what is done must not wait)
-            or self.admitted - self.committed > self.run.ledger.limit
+            or self.admitted - self.committed > run.ledger.limit
         ):
             self.flush()
         elif self.timer is None:
-            self.timer = self.run.loop.call_later(INTERVAL, self.flush)
+            self.timer = run.loop.call_later(INTERVAL, self.flush)
         waiter = self.waiter
         if waiter is not None and not waiter.done():
-            self.run.ledger.wake(waiter, None)
+            run.ledger.wake(waiter, None)
 
     def flush(self) -> None:
         """Hand the queued keys to the store, as one group (one transaction)."""

@@ -101,7 +101,20 @@ class OrderedOriginsOutput(OrderedOutput):
     __slots__ = ()
 
     def push(self, item: Any, node: Any, origin: Any) -> None:
-        SegmentEnd.push(self, item, node, origin)  # (its ready: Run.deliver)
+        # SegmentEnd.push with Run.deliver inlined (as OrderedOutput.push).
+        if node is not None:
+            node.origin = origin
+            self.list.resolve(node, item)
+        elif self.list.head.next is None:
+            run = self.run
+            run.ready_origins.append(origin)
+            run.ready.append(item)
+            if run.consumer is not None:
+                run.wake_consumer()
+        else:
+            node = self.list.append()
+            node.origin = origin
+            node.value = item
 
 
 class BatchFeeder:

@@ -295,6 +295,11 @@ class Ledger:
     def left(self, origin: Origins, n: int = 1) -> None:
         """``n`` things of ``origin`` left the run (taken, dropped, handed over to a
         batch's result): an origin with nothing left is done (``on_done``)."""
+        if type(origin) is Origin:  # (the common case: one origin)
+            origin.live -= n
+            if not origin.live:
+                self.on_done(origin)
+            return
         for one in each(origin):
             one.live -= n
             if not one.live:

@@ -466,7 +466,9 @@ class Run:
     def _taken_from(self) -> None:
         """(``on_taken`` on a checkpoint.) The consumer took the first result of
         ``ready``: the ledger's ``taken``, with its origins."""
-        self.ledger.taken_from(self.ready_origins.popleft())
+        ledger = self.ledger
+        ledger.taken()
+        ledger.left(self.ready_origins.popleft())
 
     def take(self) -> Any:
         """The next result if one is ready, else :data:`NOTHING`."""
