@@ -116,8 +116,8 @@ async def test_batches_stay_whole(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["ordered", "as_completed"])
 async def test_generators_in_a_small_window_behind_a_limit(tmp_path: Path, mode: str) -> None:
-    """Generators of 20 in a window of 4, a stage at concurrency_limit=1: the barriers
-    drain the run and nothing stalls (the pump at a barrier is not working)."""
+    """Generators of 20 in a window of 4, a stage at concurrency_limit=1: nothing stalls
+    (the pump waiting at the crash bound is not working, and the stall rule applies)."""
 
     @single_task
     def twenty(x: int) -> Iterator[tuple[int, int]]:
