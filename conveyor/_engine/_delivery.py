@@ -9,7 +9,7 @@ is fed by a :class:`BatchFeeder`, which reads its segment's list in order
 
 On a run with a checkpoint, the consumer's ends keep each result's origins beside it
 (:class:`OriginsOutput`, :class:`OrderedOriginsOutput`: ``Consumer.ready_origins``, in
-step with ``ready``), for the ledger's ``taken_from``; a run without one uses the plain
+step with ``ready``), for the ledger's ``taken`` and ``left``; a run without one uses the plain
 ends (composed when the run is built: nothing is paid for it).
 """
 

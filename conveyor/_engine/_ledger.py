@@ -276,13 +276,6 @@ class Ledger:
         if self.waiting:
             self.room_made()
 
-    def taken_from(self, origin: Origins) -> None:
-        """The consumer took a result of ``origin`` (:meth:`taken`, and its count on
-        each origin comes back)."""
-        self.taken()
-        if origin is not None:
-            self.left(origin)
-
     # -- origins (a run with a checkpoint: see ``_origin``) -----------------------------
 
     def origin_admitted(self, key: str) -> Origin:
