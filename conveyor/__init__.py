@@ -8,6 +8,7 @@ and call the pipeline on any iterable or async iterable::
     async for result in pipeline.as_completed(items): ...   # completion order
 """
 
+from ._engine._origin import current_keys
 from .adaptive import AdaptiveLimit
 from .cache import Cache
 from .checkpoint import Checkpoint, CheckpointBusy, CheckpointSummary
@@ -51,6 +52,7 @@ __all__ = [
     "RetryConfig",
     "SingleTask",
     "batch_task",
+    "current_keys",
     "get_current_context",
     "merge",
     "run",

@@ -184,7 +184,7 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         run = Run(self._specs, self._source, context, self._observer, self._stats)
         self._run = run
         self._ready = run.ready
-        self._taken = run.ledger.taken
+        self._taken = run.on_taken
         if progress is not None and self._stats is not None:
             Progress(run, self._stats, progress, run.source)  # (a checkpoint's: its input)
         run.start()

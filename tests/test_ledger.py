@@ -482,6 +482,8 @@ LEDGER_ATTRIBUTES = frozenset(
         "failed",
         "retried",
         "remainder_dropped",
+        # each admitted input item's origin, on a checkpoint (``_origin``)
+        "live",
     }
 )
 """What no engine module but ``conveyor/_engine/_ledger.py`` may write (a constructor may

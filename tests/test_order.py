@@ -85,7 +85,7 @@ class Pushed(list[Any], Sink):
         super().__init__()
         self.on_push = on_push
 
-    def push(self, item: Any, node: Any) -> None:
+    def push(self, item: Any, node: Any, origin: Any = None) -> None:
         assert node is None  # taken in order: next in order, it needs no place
         self.append(item)
         if self.on_push is not None:
@@ -268,11 +268,11 @@ def test_children_of_the_last_node_stay_before_its_sentinel() -> None:
 def test_segment_end_push_with_a_node_resolves_it() -> None:
     order, on_front, _ = make()
     ready: list[Any] = []
-    end = SegmentEnd(order, ready.append)
+    end = SegmentEnd(order, lambda item, origin: ready.append(item))
     a, b = order.append(), order.append()
-    end.push("b", b)
+    end.push("b", b, None)
     assert b.value == "b" and on_front.calls == 0
-    end.push("a", a)
+    end.push("a", a, None)
     assert a.value == "a" and on_front.calls == 1
     assert ready == []
 
@@ -280,7 +280,7 @@ def test_segment_end_push_with_a_node_resolves_it() -> None:
 def test_segment_end_push_without_a_node_on_an_empty_list_is_ready() -> None:
     order, on_front, _ = make()
     ready: list[Any] = []
-    SegmentEnd(order, ready.append).push("x", None)
+    SegmentEnd(order, lambda item, origin: ready.append(item)).push("x", None, None)
     assert ready == ["x"]
     assert is_empty(order)
     assert on_front.calls == 0
@@ -289,9 +289,9 @@ def test_segment_end_push_without_a_node_on_an_empty_list_is_ready() -> None:
 def test_segment_end_push_without_a_node_behind_others_appends() -> None:
     order = make()[0]
     ready: list[Any] = []
-    end = SegmentEnd(order, ready.append)
+    end = SegmentEnd(order, lambda item, origin: ready.append(item))
     pending = order.append()
-    end.push("x", None)
+    end.push("x", None, None)
     assert ready == []
     assert values(order) == [PENDING, "x"]
     assert nodes(order)[0] is pending

@@ -14,6 +14,10 @@ passed since its first item, if it holds at least ``min_size``; when the input h
 (a remainder smaller than ``min_size`` is dropped, see :meth:`BatchStage.close_input`);
 and when the run is stalled with the window full of items waiting here (a window smaller
 than the batch: see ``_ledger``).
+
+On a run with a checkpoint, each accumulated item's origin is kept beside it
+(``origins``); the batch's result carries them all (``_origin.BatchOrigins``: merged,
+each once, in order), and its call's context has each item's.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from typing import TYPE_CHECKING, Any
 from ..errors import Failure
 from ._calls import Executor
 from ._order import EMPTY
+from ._origin import BatchOrigins, Origins
 from ._plan import StagePlan
-from ._stage import Stage, Statistics, Tracing
+from ._roles import Statistics, Tracing
+from ._stage import Stage
 
 if TYPE_CHECKING:
     from ._observe import StageObserver
@@ -42,6 +48,7 @@ class BatchStage(Stage):
         "max_size",
         "max_wait",
         "min_size",
+        "origins",
     )
 
     def __init__(
@@ -59,6 +66,8 @@ class BatchStage(Stage):
         self.max_size = spec.options.max_size
         self.max_wait = spec.options.max_wait
         self.acc: list[Any] = []
+        # The accumulated items' origins, on a checkpoint (None: no checkpoint).
+        self.origins: list[Origins] | None = None if run.checkpoint is None else []
         # In an ordered run, the place of the accumulating batch's result, reserved when
         # the batch opens: a Failure that arrives meanwhile goes after it, where its
         # item's result would be. The place takes its window token only when the batch
@@ -76,7 +85,7 @@ class BatchStage(Stage):
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
 
-    def push(self, item: Any, node: Any) -> None:
+    def push(self, item: Any, node: Any, origin: Any) -> None:
         if self.observer is not None:
             self.observer.items_in(1)
         record = self.record  # (items count as they arrive: a batch is one call)
@@ -88,12 +97,14 @@ class BatchStage(Stage):
                     self.ledger.lent(self)  # (see above)
                 else:
                     self.flush()  # too many wait: the batch goes, this one after it
-            self.downstream.push(item, None if self.list is None else self.list.append())
+            self.downstream.push(item, None if self.list is None else self.list.append(), origin)
             return
         if record is not None:  # (the one cheap check, as a single stage's call has)
             record.items_in += 1
         acc = self.acc
         acc.append(item)
+        if self.origins is not None:
+            self.origins.append(origin)
         self.ledger.queued(self)
         n = len(acc)
         if n == 1 and self.list is not None:
@@ -112,6 +123,9 @@ class BatchStage(Stage):
     def flush(self) -> None:
         """Send the accumulated items off as one batch (even if fewer than ``min_size``)."""
         batch, self.acc = self.acc, []
+        origins = self.origins
+        if origins is not None:
+            self.origins = []
         if batch and self.record is not None:
             self.record.flushed(len(batch), self._expired)
         self._expired = False
@@ -120,12 +134,13 @@ class BatchStage(Stage):
             return
         # The batch's result (the items' tokens go when it is done), and the Failures'
         # that waited behind its place (their reader gives them back).
-        self.ledger.batch_sent(self)
+        origin = None if origins is None else BatchOrigins(batch, origins)
+        self.ledger.batch_sent(self, origin, origins)
         node, self.acc_node = self.acc_node, None
         if self.running < self.limit:
-            self.start(batch, node)
+            self.start(batch, node, origin)
         else:
-            self.pending.append((batch, node))
+            self.pending.append((batch, node, origin))
 
     def cancel_timer(self) -> None:
         if self._timer is not None:
@@ -141,9 +156,12 @@ class BatchStage(Stage):
             self.flush()
         elif self.acc:
             dropped, self.acc = len(self.acc), []
+            origins = self.origins
+            if origins is not None:
+                self.origins = []
             node, self.acc_node = self.acc_node, None
             # (A placed batch: its reader gives back a token for the place, and for the
             # Failures behind it.)
-            self.ledger.remainder_dropped(self, dropped, placed=node is not None)
+            self.ledger.remainder_dropped(self, dropped, node is not None, origins)
             if node is not None:
                 self.list.resolve(node, EMPTY)  # type: ignore[union-attr]

@@ -312,12 +312,14 @@ class StageCache:
         store(result)
         return result
 
-    def before(self, stage: Any, start: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    def before(
+        self, stage: Any, start: Callable[[Any, Any, Any], None]
+    ) -> Callable[[Any, Any, Any], None]:
         """A rate-limited single stage's ``start``: a hit is handed on at once, without
         waiting for a turn; a miss starts as before (its call counts it)."""
         key_of, get = self.key_of, self.get
 
-        def start_cached(item: Any, node: Any) -> None:
+        def start_cached(item: Any, node: Any, origin: Any) -> None:
             try:
                 hit = get(key_of(item))
             except Exception:  # (the call raises it again, under the error policy)
@@ -325,11 +327,11 @@ class StageCache:
             else:
                 self.misses -= hit is MISS  # (counted by its call's lookup)
             if hit is MISS:
-                start(item, node)
+                start(item, node, origin)
                 return
             if stage.tally is not None:
                 stage.tally.items_in += 1
-            stage.emit(hit, node)
+            stage.emit(hit, node, origin)
 
         return start_cached
 

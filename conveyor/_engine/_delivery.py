@@ -6,6 +6,11 @@ waits in the last segment's reorder list until the straggler is through (the con
 reads the list: see ``Run.take`` and ``OrderList.take``). A batch stage of an ordered run
 is fed by a :class:`BatchFeeder`, which reads its segment's list in order
 (``OrderList.drain``), so batches are composed in input order.
+
+On a run with a checkpoint, the consumer's ends keep each result's origins beside it
+(:class:`OriginsOutput`, :class:`OrderedOriginsOutput`: ``Consumer.ready_origins``, in
+step with ``ready``), for the ledger's ``taken`` and ``left``; a run without one uses the plain
+ends (composed when the run is built: nothing is paid for it).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ class Consumer(Protocol):
     """The run's consumer side (``_run.Run``), as the ends of a run see it."""
 
     ready: deque[Any]  # results the consumer can take, in order
+    ready_origins: deque[Any]  # their origins, on a checkpoint (see above)
     ledger: Ledger
     closed: bool
 
@@ -31,7 +37,7 @@ class Consumer(Protocol):
         ...
 
     def wake_consumer(self) -> None: ...
-    def deliver(self, item: Any) -> None:
+    def deliver(self, item: Any, origin: Any) -> None:
         """A result is next in order: hand it to the consumer."""
         ...
 
@@ -45,7 +51,23 @@ class Output(Sink):
         self.run = run
         self.ready: deque[Any] = run.ready
 
-    def push(self, item: Any, node: Any) -> None:
+    def push(self, item: Any, node: Any, origin: Any) -> None:
+        self.ready.append(item)
+        if self.run.consumer is not None:
+            self.run.wake_consumer()
+
+
+class OriginsOutput(Output):
+    """:class:`Output` on a checkpoint: each result's origins beside it."""
+
+    __slots__ = ("origins",)
+
+    def __init__(self, run: Consumer) -> None:
+        super().__init__(run)
+        self.origins = run.ready_origins
+
+    def push(self, item: Any, node: Any, origin: Any) -> None:
+        self.origins.append(origin)
         self.ready.append(item)
         if self.run.consumer is not None:
             self.run.wake_consumer()
@@ -60,7 +82,7 @@ class OrderedOutput(SegmentEnd):
         super().__init__(order, run.deliver)
         self.run = run
 
-    def push(self, item: Any, node: Any) -> None:
+    def push(self, item: Any, node: Any, origin: Any) -> None:
         # SegmentEnd.push with Run.deliver inlined: this runs once per result.
         if node is not None:
             self.list.resolve(node, item)
@@ -72,6 +94,29 @@ class OrderedOutput(SegmentEnd):
             self.list.append().value = item
 
 
+class OrderedOriginsOutput(OrderedOutput):
+    """:class:`OrderedOutput` on a checkpoint: each result's origins beside it (on its
+    node, or in ``ready_origins``)."""
+
+    __slots__ = ()
+
+    def push(self, item: Any, node: Any, origin: Any) -> None:
+        # SegmentEnd.push with Run.deliver inlined (as OrderedOutput.push).
+        if node is not None:
+            node.origin = origin
+            self.list.resolve(node, item)
+        elif self.list.head.next is None:
+            run = self.run
+            run.ready_origins.append(origin)
+            run.ready.append(item)
+            if run.consumer is not None:
+                run.wake_consumer()
+        else:
+            node = self.list.append()
+            node.origin = origin
+            node.value = item
+
+
 class BatchFeeder:
     """Reads a segment's reorder list in order and feeds the batch stage that ends it.
 
@@ -80,18 +125,23 @@ class BatchFeeder:
 
     __slots__ = ("batch", "list", "run")
 
-    def __init__(self, run: Consumer, batch: Sink) -> None:
+    def __init__(self, run: Consumer, batch: Sink, origins: bool = False) -> None:
         self.run = run
         self.batch = batch
-        self.list = OrderList(self.walk, run.ledger.released, reader_keeps_tokens=True)
+        self.list = OrderList(
+            self.walk,
+            run.ledger.released,
+            reader_keeps_tokens=True,
+            left=run.ledger.left if origins else None,  # (on a checkpoint: see _order)
+        )
 
     def sink(self) -> SegmentEnd:
         """What the segment's last stage sends its results to."""
         return SegmentEnd(self.list, self.ready)
 
-    def ready(self, item: Any) -> None:
+    def ready(self, item: Any, origin: Any) -> None:
         """An item that is next in order, with no node (see ``SegmentEnd``)."""
-        self.batch.push(item, None)
+        self.batch.push(item, None, origin)
 
     def walk(self) -> None:
         self.list.drain(self.batch, self.run)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from ._calls import as_awaitable
 from ._input import PUMP_SLICE
 from ._order import CLOSED, Sentinel
+from ._origin import ORIGIN
 from ._pools import PoolCalls, PoolExecutor
 from ._threads import ThreadPool
 
@@ -46,19 +47,24 @@ if TYPE_CHECKING:
     from ._roles import StageRole
 
 
-def expand(stage: StageRole, gen: Any, node: Any) -> None:
-    """Start expanding ``gen``, the result of one of ``stage``'s calls, at ``node``."""
+def expand(stage: StageRole, gen: Any, node: Any, origin: Any) -> None:
+    """Start expanding ``gen``, the result of one of ``stage``'s calls on an item of
+    ``origin``, at ``node`` (its children carry the origin, its context has it)."""
     stage.ledger.expansion_started(stage)  # (a concurrency slot until it ends, too)
     sentinel: Sentinel | None = None
     if stage.list is not None:
         sentinel = stage.list.open_sentinel(stage.place(node))  # type: ignore[arg-type]
-    stage.run.spawn(_expand(stage, gen, sentinel), stage.context.copy())
+    context = stage.context.copy()
+    if origin is not None:
+        context.run(ORIGIN.set, origin)
+    stage.run.spawn(_expand(stage, gen, sentinel, origin), context)
 
 
 async def _expand(
     stage: StageRole,
     gen: Generator[Any, Any, Any] | AsyncGenerator[Any, Any],
     sentinel: Sentinel | None,
+    origin: Any,
 ) -> None:
     run = stage.run
     ledger = stage.ledger
@@ -92,7 +98,7 @@ async def _expand(
             count += 1
             if child is not None:
                 produced += 1
-                _produce(stage, sentinel, child)
+                _produce(stage, sentinel, child, origin)
             if not count & 63 and loop_time() >= deadline:
                 await asyncio.sleep(0)  # let the consumer (and everyone else) run
                 deadline = loop_time() + PUMP_SLICE
@@ -110,7 +116,7 @@ async def _expand(
             stage.account.policy_passed_nothing()  # (skipped: not the function's drop)
         for child in stand_ins:
             produced += 1
-            _produce(stage, sentinel, child)
+            _produce(stage, sentinel, child, origin)
     finally:
         if is_async:
             await gen.aclose()  # type: ignore[union-attr]
@@ -120,7 +126,7 @@ async def _expand(
             gen.close()  # type: ignore[union-attr]
     if sentinel is not None:
         stage.list.resolve(sentinel, CLOSED)  # type: ignore[union-attr]
-    ledger.expansion_ended(stage, produced)
+    ledger.expansion_ended(stage, produced, origin)
     ledger.slot_freed(stage)  # the slot it held is free
     if stage.gate is not None:
         stage.gate.call_ended()  # (a rate-limited pool's worker too)
@@ -196,14 +202,15 @@ class Steps:
             raise
 
 
-def _produce(stage: StageRole, sentinel: Sentinel | None, child: Any) -> None:
-    """Hand one child on: it takes a token, and its place before the sentinel."""
-    stage.ledger.produced(1)
+def _produce(stage: StageRole, sentinel: Sentinel | None, child: Any, origin: Any) -> None:
+    """Hand one child on: it takes a token (and a count on ``origin``), and its place
+    before the sentinel."""
+    stage.ledger.produced(1, origin)
     if sentinel is None:
-        stage.downstream.push(child, None)
+        stage.downstream.push(child, None, origin)
     else:
         assert stage.list is not None and sentinel.prev is not None
-        stage.downstream.push(child, stage.list.insert_after(sentinel.prev))
+        stage.downstream.push(child, stage.list.insert_after(sentinel.prev), origin)
 
 
 def _as_items(result: Any) -> list[Any]:

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import Failure
 from ._calls import VALUE, VALUE_TYPES, kind_of
 from ._delivery import OrderedOutput, Output
-from ._roles import RunRole
-from ._stage import SingleStage, Tally
+from ._roles import RunRole, Tally
+from ._stage import SingleStage
 
 if TYPE_CHECKING:
     from collections import deque
@@ -163,7 +163,7 @@ class TightLoop:
                     for item in source:  # one item, by the stage's own call: it is timed
                         settled += 1
                         self.settle(results, 1, 0)
-                        self.first.push(item, None)
+                        self.first.push(item, None, None)
                         break
                 calls = map(Context.run, contexts, chain, source)
                 while not run.closed:
@@ -205,20 +205,20 @@ class TightLoop:
             self.escaped = _NOT_ESCAPED
             if index < 0:  # a Failure: the first stage passes it on
                 self.settle(results, 1, 0)
-                self.first.push(item, None)
+                self.first.push(item, None, None)
                 return
             stage = self.stages[index]
             if raised:
                 self.settle(results, 1, index + 1)
                 if isinstance(outcome, Exception):
-                    stage.failed(outcome, item, None, context)
+                    stage.failed(outcome, item, None, context, None)
                 else:
                     stage.crashed(outcome, item)
                 return
             kind = kind_of(type(outcome))  # (a type not seen before is learnt here)
             if kind != VALUE:
                 self.settle(results, 1, index + 1)
-                stage.settle_call(kind, outcome, context, item, None)
+                stage.settle_call(kind, outcome, context, item, None, None)
                 return
             following = index + 1
             if following < len(self.stages):

@@ -38,11 +38,13 @@ class Gate:
 
     __slots__ = ("call", "queue", "stage", "timer", "window")
 
-    def __init__(self, stage: StageRole, window: Window, call: Callable[[Any, Any], None]) -> None:
+    def __init__(
+        self, stage: StageRole, window: Window, call: Callable[[Any, Any, Any], None]
+    ) -> None:
         self.stage = stage
         self.window = window
         self.call = call  # what starts a call, once its turn has come
-        self.queue: deque[tuple[Any, Any]] = deque()
+        self.queue: deque[tuple[Any, Any, Any]] = deque()
         self.timer: Any = None
 
     def room(self) -> bool:
@@ -54,15 +56,15 @@ class Gate:
         capacity = capacity_of(self.stage.executor)
         return capacity is None or self.stage.running - len(self.queue) < capacity
 
-    def start(self, item: Any, node: Any) -> None:
+    def start(self, item: Any, node: Any, origin: Any) -> None:
         """Installed as the stage's ``start``: call now, or queue for a turn."""
         if not self.queue and self.window.wait() == 0 and self.room():
             self.window.take()
-            self.call(item, node)
+            self.call(item, node, origin)
             return
         stage = self.stage
         stage.ledger.gated(stage)  # the slot is held while waiting (concurrency bounded)
-        self.queue.append((item, stage.place(node)))
+        self.queue.append((item, stage.place(node), origin))
         if self.timer is None and self.room():
             self.arm()  # (else the end of a call goes on: ``call_ended``)
 
@@ -92,10 +94,10 @@ class Gate:
         run = stage.run
         window = self.window
         while self.queue and not run.closed and window.wait() == 0 and self.room():
-            item, node = self.queue.popleft()
+            item, node, origin = self.queue.popleft()
             stage.ledger.ungated(stage)
             window.take()
-            self.call(item, node)
+            self.call(item, node, origin)
         if run.closed:
             return
         if self.queue and self.room():

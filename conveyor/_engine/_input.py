@@ -47,7 +47,7 @@ class Fed(Protocol):
         ...
 
     @property
-    def direct_entry(self) -> Callable[[Any, Any], None] | None:
+    def direct_entry(self) -> Callable[[Any, Any, Any], None] | None:
         """The first stage's call, when the pump may make it directly."""
         ...
 
@@ -81,7 +81,7 @@ async def pump(run: Fed, source: Any, fused: Loop | None = None) -> None:
     through ``fused``, if the run has a tight loop (see ``_fused``)."""
     if source is NO_INPUT:
         run.ledger.admitted()
-        run.entry.push(NO_ITEM, None)
+        run.entry.push(NO_ITEM, None, None)
     elif isinstance(source, Feedback):
         assert run.feedback is not None  # (built with the run: see Run.__init__)
         await run.feedback.pump()
@@ -128,7 +128,7 @@ async def _pump_weighed(run: Fed, items: Iterator[Any], weigher: Weigher) -> boo
             raise
         weigher.weigh(item)
         ledger.admitted()
-        run.entry.push(item, None)
+        run.entry.push(item, None, None)
     return not run.closed
 
 
@@ -149,9 +149,9 @@ async def _pump_plain(run: Fed, source: Iterator[Any]) -> None:
         for item in source:
             admitted()
             if direct is not None and type(item) is not Failure:
-                direct(item, None)
+                direct(item, None, None)
             else:
-                push(item, None)
+                push(item, None, None)
             if run.closed:  # a task failed the run while the item went through
                 return
             # Wait before reading on: the input is not read ahead of the window.
@@ -207,7 +207,7 @@ async def _pump_iterator(run: Fed, iterator: AsyncIterator[Any]) -> None:
             else:
                 weigher = None
         ledger.admitted()
-        push(item, None)
+        push(item, None, None)
         count += 1
         if not count & 63 and loop_time() >= deadline:
             await asyncio.sleep(0)
@@ -268,7 +268,7 @@ class FeedbackPump:
                     if weigher is not None and weigher.active:
                         weigher.weigh(item)
                     ledger.admitted()
-                    push(item, None)
+                    push(item, None, None)
                     count += 1
                     if not count & 63:
                         await asyncio.sleep(0)

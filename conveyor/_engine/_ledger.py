@@ -22,6 +22,15 @@ that no other module assigns these attributes), through named transitions:
 * **Delivered**: the results the consumer took.
 * **Done earlier**: input items a checkpoint holds as done, skipped without entering the
   run (:meth:`Ledger.skipped_as_done`; see ``_checkpoint``).
+* **Origins** (a run with a checkpoint only; see ``_origin``): each admitted input item's
+  ``Origin.live``, the things derived from it still in the run, kept beside the tokens by
+  the same transitions (an ``origin`` argument: ``None`` on a run without a checkpoint,
+  which counts nothing); and ``Origin.error``, the failure a policy handled on something
+  derived from it. When ``live`` comes back to 0 the item is done: ``on_done``. Tokens
+  and origins differ only where one token stands for several items: a batch's result
+  (one token, one count on each of its items' origins) and a batch's items between the
+  batch's sending off (their origins go over to the result at once) and its end (their
+  tokens come back then). At rest (nothing in the run) both are zero.
 
 **The window's rules.** The input pump and generator expansions wait while
 ``tokens >= limit``, so memory is bounded whatever the input's length. Two rules keep the
@@ -58,6 +67,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from ._order import Sentinel
+from ._origin import Origin, Origins, each
 
 Waiter = tuple["asyncio.Future[bool]", "Sentinel | None", bool]
 """``(future, sentinel, expansion)``: the future's result is True for a waiter let through
@@ -77,7 +87,7 @@ class Flow(Protocol):
     inflight: int
     is_batch: bool
     account: Account
-    pending: deque[tuple[Any, Any]]  # items (or batches) waiting for a concurrency slot
+    pending: deque[tuple[Any, Any, Any]]  # (item, node, origin) waiting for a slot
     draining: bool  # (start_pending is under way: it goes on by itself)
 
     def accumulated(self) -> int:
@@ -170,6 +180,7 @@ class Ledger:
         "limit",
         "loop",
         "low_water",
+        "on_done",
         "on_finished",
         "on_idle",
         "on_wait",
@@ -218,6 +229,8 @@ class Ledger:
         self.on_finished: Callable[[], None] = lambda: None
         # Told when nothing is working (a Feedback input's pump: is the run over?).
         self.on_idle: Callable[[], None] | None = None
+        # Told when an input item is done (a run with a checkpoint: see ``_origin``).
+        self.on_done: Callable[[Origin], None] = lambda origin: None
 
     def watch(
         self,
@@ -238,10 +251,14 @@ class Ledger:
         for)."""
         self.tokens += n
 
-    def produced(self, n: int = 1) -> None:
+    def produced(self, n: int = 1, origin: Origins = None) -> None:
         """A call's result made ``n`` more items (a list's elements, a generator's
-        children, a batch's result place): each holds a token."""
+        children, a batch's result place): each holds a token (and a count on the
+        call's item's ``origin``)."""
         self.tokens += n
+        if origin is not None:
+            for one in each(origin):
+                one.live += n
 
     def released(self, n: int = 1) -> None:
         """``n`` items are accounted for without reaching the consumer (dropped, left
@@ -258,6 +275,35 @@ class Ledger:
             self.first_taken()
         if self.waiting:
             self.room_made()
+
+    # -- origins (a run with a checkpoint: see ``_origin``) -----------------------------
+
+    def origin_admitted(self, key: str) -> Origin:
+        """The input put an item of key ``key`` into the run (its :meth:`admitted` too):
+        its origin, with the item itself live."""
+        origin = Origin(key)
+        origin.live = 1
+        return origin
+
+    def left(self, origin: Origins, n: int = 1) -> None:
+        """``n`` things of ``origin`` left the run (taken, dropped, handed over to a
+        batch's result): an origin with nothing left is done (``on_done``)."""
+        if type(origin) is Origin:  # (the common case: one origin)
+            origin.live -= n
+            if not origin.live:
+                self.on_done(origin)
+            return
+        for one in each(origin):
+            one.live -= n
+            if not one.live:
+                self.on_done(one)
+
+    def origin_failed(self, origins: tuple[Origin, ...], exc: BaseException) -> None:
+        """A policy gave up on something derived from ``origins`` (the item goes on, as
+        the policy says: a Failure, or nothing): each is recorded failed when done."""
+        for one in origins:
+            if one.error is None:
+                one.error = exc
 
     def skipped_as_done(self, n: int = 1) -> None:
         """The checkpoint holds ``n`` input items as done (or failed) by an earlier run:
@@ -369,12 +415,14 @@ class Ledger:
         if stage.pending and not stage.draining:
             stage.start_pending()
 
-    def dropped(self, stage: Flow, placed: bool) -> None:
-        """A call of ``stage`` passed nothing on: its item's token comes back (through
-        its node's reader when it has one: ``placed``)."""
+    def dropped(self, stage: Flow, placed: bool, origin: Origins = None) -> None:
+        """A call of ``stage`` passed nothing on: its item's token (and its count on its
+        ``origin``) comes back (through its node's reader when it has one: ``placed``)."""
         stage.account.dropped += 1
         if not placed:
             self.released(1)
+            if origin is not None:
+                self.left(origin)
 
     def gated(self, stage: Flow) -> None:
         """An item waits for its turn under a rate limit, holding a concurrency slot."""
@@ -395,14 +443,17 @@ class Ledger:
         stage.running += 1
         self.expanding += 1
 
-    def expansion_ended(self, stage: Flow, produced: int) -> None:
-        """A generator ended after passing ``produced`` items on."""
+    def expansion_ended(self, stage: Flow, produced: int, origin: Origins = None) -> None:
+        """A generator ended after passing ``produced`` items on (its item, of
+        ``origin``, leaves)."""
         if not produced:  # a generator that passed nothing on dropped its item
             stage.account.dropped += 1
         self.expanding -= 1
         stage.running -= 1
         stage.inflight -= 1
         self.released(1)
+        if origin is not None:
+            self.left(origin)
 
     # -- batches ------------------------------------------------------------------------
 
@@ -412,22 +463,36 @@ class Ledger:
         stage.held += 1
         self.released(1)
 
-    def batch_sent(self, stage: BatchFlow) -> None:
+    def batch_sent(
+        self, stage: BatchFlow, origin: Origins = None, items: list[Origins] | None = None
+    ) -> None:
         """A batch is sent off: its result's place takes a token, and the Failures that
-        waited behind it take theirs again (their reader gives them back)."""
+        waited behind it take theirs again (their reader gives them back). On a
+        checkpoint, the result counts once on each of the batch's ``origin`` (its items'
+        origins, merged) and the ``items`` hand their counts over to it (their tokens
+        come back when the batch is done)."""
         self.tokens += 1 + stage.held
         stage.held = 0
+        if origin is not None:
+            for one in each(origin):
+                one.live += 1
+            for item_origin in items or ():
+                self.left(item_origin)
 
-    def remainder_dropped(self, stage: BatchFlow, n: int, placed: bool) -> None:
+    def remainder_dropped(
+        self, stage: BatchFlow, n: int, placed: bool, origins: list[Origins] | None = None
+    ) -> None:
         """The remainder rule dropped the ``n`` items accumulated in ``stage`` (if the
         batch had a ``placed`` result, its reader gives back a token for it, and for the
-        Failures behind it)."""
+        Failures behind it); on a checkpoint, each item's count on its ``origins``."""
         stage.account.remainder_dropped += n
         stage.inflight -= n
         self.released(n)
         if placed:
             self.tokens += 1 + stage.held
             stage.held = 0
+        for origin in origins or ():
+            self.left(origin)
 
     # -- the end ------------------------------------------------------------------------
 

@@ -66,9 +66,9 @@ class Counted(Sink):
         self.inner = inner
         self.count = count
 
-    def push(self, item: Any, node: Any) -> None:
+    def push(self, item: Any, node: Any, origin: Any) -> None:
         self.count(1)
-        self.inner.push(item, node)
+        self.inner.push(item, node, origin)
 
 
 class ObservedExecutor:

@@ -36,6 +36,11 @@ unlinks, and only at the front, through :meth:`~OrderList.take`,
 :meth:`~OrderList.settle` and :meth:`~OrderList.drain`. When the front node is settled,
 ``resolve`` calls the list's ``on_front``: the reader's cue.
 
+**Origins.** On a run with a checkpoint, a node also holds its value's origin(s)
+(``Node.origin``, see ``_origin``; ``None`` otherwise): when a node with one leaves, its
+count on them comes back too (``left``), as its token does; a result a batch feeder
+takes is pushed on with it.
+
 **Tokens.** A node gives its token back when it leaves the list, exactly once, through
 the one ``release`` callback given at construction (the only way this module gives tokens
 back): an EMPTY node always; a result only if the reader gives tokens back (the consumer:
@@ -111,12 +116,13 @@ class Closing(Protocol):
 
 
 class Node:
-    __slots__ = ("next", "prev", "value")
+    __slots__ = ("next", "origin", "prev", "value")
 
     def __init__(self, value: Any, prev: Node | None, next: Node | None) -> None:
         self.value = value
         self.prev = prev
         self.next = next
+        self.origin: Any = None  # (its value's origins, on a checkpoint: see above)
 
 
 _new_node = Node.__new__
@@ -140,7 +146,7 @@ class Sentinel(Node):
 
 
 class OrderList:
-    __slots__ = ("head", "keeps", "on_front", "reading", "release", "tail", "taken")
+    __slots__ = ("head", "keeps", "left", "on_front", "reading", "release", "tail", "taken")
 
     def __init__(
         self,
@@ -149,6 +155,7 @@ class OrderList:
         *,
         reader_keeps_tokens: bool = False,
         taken: Callable[[], None] | None = None,
+        left: Callable[[Any], None] | None = None,
     ) -> None:
         # The dummy (head.next is the front); its value says whether the list's reader
         # gives an item's token back when it takes it (the consumer) or keeps it (a batch
@@ -161,6 +168,8 @@ class OrderList:
         # (The consumer's list: a result it takes is delivered, its token given back.)
         self.taken: Callable[[], None] = taken if taken is not None else lambda: release(1)
         self.reading = False  # (see settle and drain: not re-entered)
+        # A node's origins leave with it (the ledger's ``left``: see "Origins" above).
+        self.left: Callable[[Any], None] = left if left is not None else lambda origin: None
 
     # -- the writers' side ---------------------------------------------------------------
 
@@ -168,6 +177,7 @@ class OrderList:
         # Node.__new__ and three stores: half the cost of a call to Node.__init__.
         node = _new_node(Node)
         node.value = PENDING
+        node.origin = None
         node.next = None
         node.prev = tail = self.tail
         tail.next = node
@@ -220,9 +230,9 @@ class OrderList:
 
     def drain(self, to: Sink, run: Closing) -> None:
         """Take every result at the front, in order, and push each on ``to`` (as an item
-        with no node: next in order), until none is left or ``run`` is closed. A push (or
-        a token given back) that settles the front again leaves it to this call: the inner
-        call returns at once."""
+        with no node: next in order; with its origins), until none is left or ``run`` is
+        closed. A push (or a token given back) that settles the front again leaves it to
+        this call: the inner call returns at once."""
         if self.reading or run.closed:
             return
         self.reading = True
@@ -264,14 +274,19 @@ class OrderList:
             node.prev = node.next = None
             if value is CLOSED:
                 continue
+            origin = node.origin
             if value is EMPTY:
                 release(1)
+                if origin is not None:
+                    self.left(origin)
             else:
                 if not self.keeps:
                     self.taken()
+                    if origin is not None:
+                        self.left(origin)
                 if to is None:
                     return value
-                to.push(value, None)
+                to.push(value, None, origin)
             if run is not None and run.closed:  # (drain: the push, or a release, failed it)
                 return NOTHING
         return NOTHING
@@ -304,17 +319,18 @@ class OrderList:
 
 
 class Sink:
-    """Anything a stage can send results to: ``push(item, node)``.
+    """Anything a stage can send results to: ``push(item, node, origin)``.
 
     ``node`` is the item's place in its segment's reorder list in an ordered run; it is
     ``None`` in an as-completed run, and also, in an ordered run, for an item that has not
     needed a place yet: such an item belongs at the tail of the list, because nothing can
-    be appended behind it while it is passed on synchronously.
+    be appended behind it while it is passed on synchronously. ``origin`` is the item's
+    origin(s) on a run with a checkpoint, else ``None`` (see ``_origin``).
     """
 
     __slots__ = ()
 
-    def push(self, item: Any, node: Any) -> None:
+    def push(self, item: Any, node: Any, origin: Any) -> None:
         raise NotImplementedError
 
 
@@ -327,14 +343,17 @@ class SegmentEnd(Sink):
 
     __slots__ = ("list", "ready")
 
-    def __init__(self, order: OrderList, ready: Callable[[Any], None]) -> None:
+    def __init__(self, order: OrderList, ready: Callable[[Any, Any], None]) -> None:
         self.list = order
         self.ready = ready
 
-    def push(self, item: Any, node: Any) -> None:
+    def push(self, item: Any, node: Any, origin: Any) -> None:
         if node is not None:
+            node.origin = origin
             self.list.resolve(node, item)
         elif self.list.head.next is None:
-            self.ready(item)
+            self.ready(item, origin)
         else:
-            self.list.append().value = item
+            node = self.list.append()
+            node.origin = origin
+            node.value = item

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._calls import Executor
@@ -109,11 +109,11 @@ class StageRole(Flow, Protocol):
         """The item's node, created at the list's tail if it has none yet."""
         ...
 
-    def emit(self, result: Any, node: Any) -> None:
+    def emit(self, result: Any, node: Any, origin: Any) -> None:
         """Hand a call's result on, by the result-kind rules."""
         ...
 
-    def emit_kind(self, kind: int, result: Any, node: Any) -> None:
+    def emit_kind(self, kind: int, result: Any, node: Any, origin: Any) -> None:
         """Hand on a result whose kind (``_calls``: none, a list, a generator) is known."""
         ...
 
@@ -123,4 +123,36 @@ class StageRole(Flow, Protocol):
 
     def crashed(self, exc: BaseException, item: Any) -> None:
         """A call raised a BaseException: fail the run with it."""
+        ...
+
+
+class Tally(Protocol):
+    """What a stage tells its statistics (``_stats.StageRecord`` is one): the items it
+    calls (single stages count them at the call, batch stages as they arrive: one cheap
+    check on the path), the Failures that pass through, and each batch sent off."""
+
+    items_in: int
+
+    def passed_through(self) -> None:
+        """A Failure from an earlier stage reached the stage: passed on as is."""
+        ...
+
+    def flushed(self, size: int, expired: bool) -> None:
+        """A batch of ``size`` items was sent off (``expired``: by ``max_wait``)."""
+        ...
+
+
+class Statistics(Protocol):
+    """A run's statistics as its stages see them (``_stats.Collector`` is one)."""
+
+    def record(self, stage: Any) -> Tally:
+        """The tally of ``stage`` (made once, when the run builds the stage)."""
+        ...
+
+
+class Tracing(Protocol):
+    """A run's traces as its stages see them (``_trace.RunTracing`` is one)."""
+
+    def stage(self, stage: Any) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]] | None:
+        """What ``stage`` wraps its bound call in, once (``None``: not traced)."""
         ...

@@ -33,7 +33,7 @@ from ._batch import BatchStage
 from ._bind import bind_stage, close_resources
 from ._calls import discard, run_error
 from ._checkpoint import CheckpointInput
-from ._delivery import BatchFeeder, OrderedOutput, Output
+from ._delivery import BatchFeeder, OrderedOriginsOutput, OrderedOutput, OriginsOutput, Output
 from ._fused import tight_loop
 from ._input import NO_INPUT, FeedbackPump, close_source, pump
 from ._ledger import Ledger
@@ -43,7 +43,8 @@ from ._order import NOTHING, OrderList, Sink
 from ._plan import UNLIMITED, Plan, plan
 from ._registry import build as executor_for
 from ._registry import run_scoped
-from ._stage import SingleStage, Stage, Statistics
+from ._roles import Statistics
+from ._stage import SingleStage, Stage
 from ._trace import traced_run
 from ._waiting import Completions
 from ._weight import WEIGHER, Weigher
@@ -94,9 +95,11 @@ class Run:
         "loop",
         "on_consumer_wait",
         "on_over",
+        "on_taken",
         "ordered",
         "plan",
         "ready",
+        "ready_origins",
         "stages",
         "stats",
         "tasks",
@@ -155,13 +158,17 @@ class Run:
         # Every task of the run, with the awaitable a call's task was given (see abort).
         self.tasks: dict[asyncio.Task[Any], Any] = {}
         self.ready: deque[Any] = deque()  # results the consumer can take, in order
+        self.ready_origins: deque[Any] = deque()  # their origins (on a checkpoint only)
         self.error: BaseException | None = None
         self.closed = False  # (the window's flag, kept here too: read once per call)
         self._source = source
         # The input read through a checkpoint (``with_checkpoint``, see ``_checkpoint``):
-        # its stages' policies tell it their outcomes; it takes the checkpoint's lock
-        # last, once the run is built.
+        # its items carry origins (``_origin``), its stages' policies tell it their
+        # outcomes; it takes the checkpoint's lock last, once the run is built.
         self.checkpoint = CheckpointInput(self, source) if isinstance(source, Resumed) else None
+        # What the consumer's taking a result is: the ledger's ``taken`` (with the
+        # result's origins, on a checkpoint).
+        self.on_taken = ledger.taken if self.checkpoint is None else self._taken_from
         self._ended: asyncio.Future[None] | None = None
         # Called once when the run is over (abort: finished and drained, failed, closed or
         # dropped): the statistics' end, progress bars, the log's summary.
@@ -169,6 +176,8 @@ class Run:
         # A Feedback input's pump: told when the consumer waits, and when nothing works.
         self.feedback = FeedbackPump(self, source) if isinstance(source, Feedback) else None
         self.on_consumer_wait = None if self.feedback is None else self.feedback.idle
+        if self.checkpoint is not None:  # (the pump at its crash bound: is the run stalled?)
+            self.on_consumer_wait = self.checkpoint.idle
 
         self.context = contextvars.copy_context()
         self.context.run(set_current_context, context)
@@ -182,14 +191,19 @@ class Run:
         self.stages: list[Stage] = []
         self.stats = stats
         self._build(run_plan, observer)
-        ledger.watch(self.stages, self._finished, self.on_consumer_wait)
+        ledger.watch(
+            self.stages,
+            self._finished,
+            self.on_consumer_wait,
+        )
         if stats is not None:
             stats.attach(self)
         # The pump may call an unlimited first single stage directly (see ``_plan``).
         self.direct_entry = self.stages[0].start if run_plan.direct_entry else None
         if self.checkpoint is not None:
+            ledger.on_done = self.checkpoint.done
             self.checkpoint.open()
-            self._source = self.checkpoint
+            self._source = source.source
             self.on_over.append(self.checkpoint.over)
 
     # -- wiring ----------------------------------------------------------------------
@@ -199,13 +213,23 @@ class Run:
         observes it (the statistics, a user's observer: see ``_observe``), its rate gate,
         where its results go, and the next stage if it is fused with it."""
         ledger = self.ledger
+        checkpoint = self.checkpoint is not None  # (items carry origins: see ``_origin``)
         order = (
-            OrderList(self._front_changed, ledger.released, taken=ledger.taken)
+            OrderList(
+                self._front_changed,
+                ledger.released,
+                taken=ledger.taken,
+                left=ledger.left if checkpoint else None,
+            )
             if self.ordered
             else None
         )
         self._final_list = order
-        sink: Sink = OrderedOutput(self, order) if order is not None else Output(self)
+        sink: Sink
+        if order is not None:
+            sink = OrderedOriginsOutput(self, order) if checkpoint else OrderedOutput(self, order)
+        else:
+            sink = OriginsOutput(self) if checkpoint else Output(self)
         stats = self.stats
         plans = run_plan.stages
         probes = [None if observer is None else observer.stage(p.index, p.spec) for p in plans]
@@ -220,7 +244,7 @@ class Run:
                 stage.list = order
                 stage.downstream = sink
                 if order is not None:
-                    feeder = BatchFeeder(self, stage)
+                    feeder = BatchFeeder(self, stage, checkpoint)
                     order = feeder.list
                     sink = feeder.sink()
                 else:
@@ -281,10 +305,15 @@ class Run:
                 self.log.executors(self)
                 if self.stats is not None:
                     self.stats.bound()
-                fused = tight_loop(self)  # (composed from the calls just bound)
+                # (Composed from the calls just bound; not on a checkpoint: the tight
+                # loop carries no origins.)
+                fused = tight_loop(self) if self.checkpoint is None else None
                 if fused is not None:
                     fused.bind()
-                await pump(self, source, fused)
+                if self.checkpoint is not None:
+                    await self.checkpoint.pump(source)
+                else:
+                    await pump(self, source, fused)
             finally:
                 await close_source(source)
             ledger = self.ledger
@@ -320,8 +349,7 @@ class Run:
     def flush_a_batch(self) -> bool:
         """Flush a partial batch, if there is one (see ``_ledger``): the run is stalled
         with the window full. The window has room for every batch, so only the byte bound
-        (admitting fewer large items than a batch holds) leads here; and a checkpoint's
-        barrier (``_checkpoint``), which drains the run."""
+        (admitting fewer large items than a batch holds) leads here."""
         for stage in self.stages:
             if isinstance(stage, BatchStage) and stage.acc:
                 stage.flush()
@@ -331,8 +359,6 @@ class Run:
     @property
     def source(self) -> Any:
         """The run's input, as given (for its reading figures, in the statistics)."""
-        if self.checkpoint is not None:
-            return self.checkpoint.resumed.source
         return self._source
 
     @property
@@ -415,6 +441,7 @@ class Run:
 
     def _discard_results(self) -> None:
         self.ready.clear()
+        self.ready_origins.clear()
         self._final_list = None
 
     async def shutdown(self) -> None:
@@ -428,18 +455,27 @@ class Run:
 
     # -- the consumer side -----------------------------------------------------------
 
-    def deliver(self, item: Any) -> None:
-        """A result is next in order (or, as-completed, just completed): hand it over."""
+    def deliver(self, item: Any, origin: Any) -> None:
+        """A result of ``origin`` is next in order: hand it over (a checkpointed run's
+        ordered end: see ``_delivery.OrderedOriginsOutput``)."""
+        self.ready_origins.append(origin)
         self.ready.append(item)
         if self.consumer is not None:
             self.wake_consumer()
+
+    def _taken_from(self) -> None:
+        """(``on_taken`` on a checkpoint.) The consumer took the first result of
+        ``ready``: the ledger's ``taken``, with its origins."""
+        ledger = self.ledger
+        ledger.taken()
+        ledger.left(self.ready_origins.popleft())
 
     def take(self) -> Any:
         """The next result if one is ready, else :data:`NOTHING`."""
         ready = self.ready
         if ready:
             item = ready.popleft()  # (before the release: a stall check may look at ready)
-            self.ledger.taken()
+            self.on_taken()
             return item
         order = self._final_list  # (results that reached the end behind others)
         return NOTHING if order is None else order.take()

@@ -1,8 +1,10 @@
 """The runtime of one task within one run (batch tasks add to it: see ``_batch``).
 
-A stage receives items through ``push(item, node)`` (see ``_order.Sink`` for ``node``)
-and sends results on with ``downstream.push(result, node)``. An item gets a node
-(``place``) only when it has to wait: a call that suspends, a queue, a generator.
+A stage receives items through ``push(item, node, origin)`` (see ``_order.Sink``) and
+sends results on with ``downstream.push(result, node, origin)``. An item gets a node
+(``place``) only when it has to wait: a call that suspends, a queue, a generator. Its
+``origin`` (a checkpoint's, see ``_origin``; else None) goes to its results, and into its
+call's context (:meth:`Stage.call_context`).
 
 **Calls.** :meth:`Stage.call` is the one place a stage's call is made: ``self.call_fn``,
 the executor's per-item callable (see ``_calls``), runs in a fresh copy of the run's
@@ -30,7 +32,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ..errors import Failure
 from ._adaptive import Adaptive
@@ -50,8 +52,10 @@ from ._expand import expand
 from ._gate import Gate
 from ._ledger import Account
 from ._order import EMPTY, Node, OrderList, Sink
+from ._origin import ORIGIN
 from ._plan import StagePlan
 from ._policy import Policy
+from ._roles import Statistics, Tracing
 from ._waiting import Completions, Recovery, await_future, go_async
 
 if TYPE_CHECKING:
@@ -59,38 +63,6 @@ if TYPE_CHECKING:
 
     from ._observe import StageObserver
     from ._roles import RunRole
-
-
-class Tally(Protocol):
-    """What a stage tells its statistics (``_stats.StageRecord`` is one): the items it
-    calls (single stages count them at the call, batch stages as they arrive: one cheap
-    check on the path), the Failures that pass through, and each batch sent off."""
-
-    items_in: int
-
-    def passed_through(self) -> None:
-        """A Failure from an earlier stage reached the stage: passed on as is."""
-        ...
-
-    def flushed(self, size: int, expired: bool) -> None:
-        """A batch of ``size`` items was sent off (``expired``: by ``max_wait``)."""
-        ...
-
-
-class Statistics(Protocol):
-    """A run's statistics as its stages see them (``_stats.Collector`` is one)."""
-
-    def record(self, stage: Stage) -> Tally:
-        """The tally of ``stage`` (made once, when the run builds the stage)."""
-        ...
-
-
-class Tracing(Protocol):
-    """A run's traces as its stages see them (``_trace.RunTracing`` is one)."""
-
-    def stage(self, stage: Stage) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]] | None:
-        """What ``stage`` wraps its bound call in, once (``None``: not traced)."""
-        ...
 
 
 class Stage(Sink):
@@ -162,13 +134,13 @@ class Stage(Sink):
         self.observer = observer
         retried, checkpoint = None if observer is None else observer.retried, run.checkpoint
         self.policy = Policy(spec, self.attempt, self.account, run.log.stage(spec), retried)
-        self.policy.on_gave_up = None if checkpoint is None else checkpoint.gave_up
+        self.policy.on_gave_up = None if checkpoint is None else checkpoint.on_gave_up(spec.batch)
         # What wraps its bound call in a span per call (see ``_trace``), if traced.
         self.traced = None if tracing is None else tracing.stage(self)
         # How an item's call starts (see ``_plan``): an async def on the loop skips the
         # generic result handling (its call always returns a coroutine); under a rate
         # limit, the gate starts it when its turn comes.
-        call: Callable[[Any, Any], None] = (
+        call: Callable[[Any, Any, Any], None] = (
             self.call_coroutine if plan.starts == "coroutine" else self.call
         )
         rate = spec.options.rate_limit
@@ -178,7 +150,7 @@ class Stage(Sink):
         self.downstream: Sink = Sink()
         self.list: OrderList | None = None  # the reorder list this stage emits into
         self.running = self.inflight = 0
-        self.pending: deque[tuple[Any, Any]] = deque()
+        self.pending: deque[tuple[Any, Any, Any]] = deque()
         self.draining = False
         self.is_batch = spec.batch
         # Where a call's Future waits without a task (``_futures``; set by the run),
@@ -215,11 +187,20 @@ class Stage(Sink):
 
     # -- calling ---------------------------------------------------------------------
 
-    def call(self, item: Any, node: Any) -> None:
+    def call_context(self, origin: Any) -> contextvars.Context:
+        """A call's own copy of the run's context (with its item's ``origin``, if any)."""
+        context = self.context.copy()
+        if origin is not None:
+            context.run(ORIGIN.set, origin)
+        return context
+
+    def call(self, item: Any, node: Any, origin: Any) -> None:
         """Make this stage's call on ``item`` (and the fused plain calls after it)."""
         # Every call runs in its own copy of the run's context, as a task would: what a
         # call sets in a ContextVar stays with that call (and the calls fused after it).
         context = self.context.copy()
+        if origin is not None:  # (a checkpoint's: see ``_origin``)
+            context.run(ORIGIN.set, origin)
         stage = self
         while True:
             tally = stage.tally
@@ -228,7 +209,7 @@ class Stage(Sink):
             try:
                 result = context.run(stage.call_fn, item)
             except Exception as exc:
-                stage.failed(exc, item, node, context)
+                stage.failed(exc, item, node, context, origin)
                 return
             except BaseException as exc:
                 stage.crashed(exc, item)
@@ -241,33 +222,39 @@ class Stage(Sink):
                 break
             stage, item = following, result
         if kind == AWAIT:
-            stage.settle_call(kind, result, context, item, node)
+            stage.settle_call(kind, result, context, item, node, origin)
             return
         if kind:  # (settle_call's other kinds, in place: a filter's None costs one call)
-            stage.emit_kind(kind, result, node)
+            stage.emit_kind(kind, result, node, origin)
         else:
-            stage.downstream.push(result, node)
+            stage.downstream.push(result, node, origin)
         if stage.is_batch:
             stage.call_done(item)
 
     def settle_call(
-        self, kind: int, result: Any, context: contextvars.Context, item: Any, node: Any
+        self,
+        kind: int,
+        result: Any,
+        context: contextvars.Context,
+        item: Any,
+        node: Any,
+        origin: Any,
     ) -> None:
         """Hand on what the call on ``item`` (in ``context``) returned, of ``kind``: not
         a plain value (see ``_calls``): awaited, dropped, or several items."""
         if kind == AWAIT:
             if type(result) is not CoroutineType:
                 if self.futures is not None:
-                    await_future(self, result, context, item, node)
+                    await_future(self, result, context, item, node, origin)
                     return
                 result = as_awaitable(result)
-            go_async(self, result, context, item, node)
+            go_async(self, result, context, item, node, origin)
             return
-        self.emit_kind(kind, result, node)
+        self.emit_kind(kind, result, node, origin)
         if self.is_batch:
             self.call_done(item)
 
-    def call_coroutine(self, item: Any, node: Any) -> None:
+    def call_coroutine(self, item: Any, node: Any, origin: Any) -> None:
         """:meth:`call` for an ``async def`` on the loop (its call returns a coroutine)."""
         tally = self.tally
         if tally is not None:
@@ -275,22 +262,25 @@ class Stage(Sink):
         try:
             coro = self.call_fn(item)  # (creating a coroutine runs none of its code)
         except Exception as exc:
-            self.failed(exc, item, node, self.context.copy())
+            self.failed(exc, item, node, self.call_context(origin), origin)
             return
         except BaseException as exc:
             self.crashed(exc, item)
             return
         if type(coro) is CoroutineType:
-            go_async(self, coro, self.context.copy(), item, node)
+            context = self.context.copy()
+            if origin is not None:
+                context.run(ORIGIN.set, origin)
+            go_async(self, coro, context, item, node, origin)
         else:  # not what it looked like: the generic rules
-            self.emit_result(coro, item, node)
+            self.emit_result(coro, item, node, origin)
 
-    def emit_result(self, result: Any, item: Any, node: Any) -> None:
+    def emit_result(self, result: Any, item: Any, node: Any, origin: Any) -> None:
         kind = kind_of(type(result))
         if kind == AWAIT:
-            go_async(self, as_awaitable(result), self.context.copy(), item, node)
+            go_async(self, as_awaitable(result), self.call_context(origin), item, node, origin)
         else:
-            self.emit(result, node)
+            self.emit(result, node, origin)
             if self.is_batch:
                 self.call_done(item)
 
@@ -301,18 +291,21 @@ class Stage(Sink):
             raise exc
         self.run.fail(self.policy.annotate(exc, item))
 
-    def failed(self, exc: Exception, item: Any, node: Any, context: contextvars.Context) -> None:
-        """The call raised before returning: settle it now, or recover in a task."""
+    def failed(
+        self, exc: Exception, item: Any, node: Any, context: contextvars.Context, origin: Any
+    ) -> None:
+        """The call raised before returning: settle it now, or recover in a task (the
+        policy decides in the call's context: a checkpoint reads its origins there)."""
         policy = self.policy
         if not policy.settles_at_once(exc, item):
-            go_async(self, Recovery(exc), context, item, node)
+            go_async(self, Recovery(exc), context, item, node, origin)
             return
         try:
-            result = policy.final(exc, item, 1)
+            result = context.run(policy.final, exc, item, 1)
         except BaseException as final:
             self.run.fail(final)
             return
-        self.emit(result, node)
+        self.emit(result, node, origin)
         if self.is_batch:
             self.call_done(item)
 
@@ -342,8 +335,8 @@ class Stage(Sink):
         self.draining = True
         try:
             while self.pending and self.running < self.limit and not self.run.closed:
-                item, node = self.pending.popleft()
-                self.start(item, node)
+                item, node, origin = self.pending.popleft()
+                self.start(item, node, origin)
                 if not self.is_batch:
                     self.ledger.dequeued(self)  # only now: counted during its call
         finally:
@@ -351,37 +344,38 @@ class Stage(Sink):
 
     # -- results ---------------------------------------------------------------------
 
-    def emit(self, result: Any, node: Any) -> None:
+    def emit(self, result: Any, node: Any, origin: Any) -> None:
         """Send a call's result downstream; ``node`` carries one window token."""
         kind = KINDS_GET(type(result))
         if kind is None:
             kind = kind_of(type(result))
         if kind and kind != AWAIT:
-            self.emit_kind(kind, result, node)
+            self.emit_kind(kind, result, node, origin)
         else:
-            self.downstream.push(result, node)
+            self.downstream.push(result, node, origin)
 
-    def emit_kind(self, kind: int, result: Any, node: Any) -> None:
+    def emit_kind(self, kind: int, result: Any, node: Any, origin: Any) -> None:
         if kind == NONE:
-            self.drop(node)
+            self.drop(node, origin)
         elif kind == LIST:
-            self.emit_list(result, node)
+            self.emit_list(result, node, origin)
         elif kind == EXPAND:
-            expand(self, result, node)
+            expand(self, result, node, origin)
         else:
-            self.downstream.push(result, node)
+            self.downstream.push(result, node, origin)
 
-    def drop(self, node: Any) -> None:
-        self.ledger.dropped(self, placed=node is not None)
-        if node is not None:  # (its reader gives the token back)
+    def drop(self, node: Any, origin: Any) -> None:
+        self.ledger.dropped(self, node is not None, origin)
+        if node is not None:  # (its reader gives the token back, and the origin's count)
+            node.origin = origin
             self.list.resolve(node, EMPTY)  # type: ignore[union-attr]
 
-    def emit_list(self, results: list[Any], node: Any) -> None:
+    def emit_list(self, results: list[Any], node: Any, origin: Any) -> None:
         n = len(results)
         if n == 0:
-            self.drop(node)
+            self.drop(node, origin)
             return
-        self.ledger.produced(n - 1)
+        self.ledger.produced(n - 1, origin)
         push = self.downstream.push
         if node is None:
             run = self.run
@@ -390,7 +384,7 @@ class Stage(Sink):
                 # with no node, nothing else would hold them back.
                 if run.closed:
                     return
-                push(value, None)
+                push(value, None, origin)
             return
         order = self.list
         assert order is not None
@@ -399,22 +393,22 @@ class Stage(Sink):
             node = order.insert_after(node)
             nodes.append(node)
         for value, node in zip(results, nodes, strict=True):
-            push(value, node)
+            push(value, node, origin)
 
 
 class SingleStage(Stage):
     __slots__ = ()
 
-    def push(self, item: Any, node: Any) -> None:
+    def push(self, item: Any, node: Any, origin: Any) -> None:
         if self.observer is not None:
             self.observer.items_in(1)
         if type(item) is Failure:
             if self.record is not None:
                 self.record.passed_through()
-            self.downstream.push(item, node)
+            self.downstream.push(item, node, origin)
             return
         if self.running < self.limit:
-            self.start(item, node)
+            self.start(item, node, origin)
         else:
             self.ledger.queued(self)
-            self.pending.append((item, self.place(node)))
+            self.pending.append((item, self.place(node), origin))

@@ -76,7 +76,12 @@ __all__ = ["Completions", "Recovery", "await_future", "drive", "finish", "go_asy
 
 
 def go_async(
-    stage: Caller, awaitable: Any, context: contextvars.Context, item: Any, node: Any
+    stage: Caller,
+    awaitable: Any,
+    context: contextvars.Context,
+    item: Any,
+    node: Any,
+    origin: Any = None,
 ) -> None:
     """Await a call's result in a real task of its own, counted while it waits.
 
@@ -92,8 +97,8 @@ def go_async(
         discard(awaitable)
         return
     # The item's node, whether the call waits (counted, its task listed by the run),
-    # the task, and the result of a call done in its first step.
-    place = [node, False, None, _NO_RESULT]
+    # the task, the result of a call done in its first step, and the item's origin.
+    place = [node, False, None, _NO_RESULT, origin]
     task = start_task(drive(stage, awaitable, item, place), loop=stage.loop, context=context)
     place[2] = task
     if not task.done():
@@ -117,9 +122,9 @@ def go_async(
             return
         result = place[3]
         if KINDS_GET(type(result)) == VALUE:
-            stage.downstream.push(result, node)
+            stage.downstream.push(result, node, origin)
         else:
-            stage.emit(result, node)
+            stage.emit(result, node, origin)
         if stage.is_batch:
             stage.call_done(item)
 
@@ -128,7 +133,7 @@ _NO_RESULT: Any = object()
 
 
 def await_future(
-    stage: Caller, future: Any, context: contextvars.Context, item: Any, node: Any
+    stage: Caller, future: Any, context: contextvars.Context, item: Any, node: Any, origin: Any
 ) -> None:
     """Wait for a call's Future without a task, counted as :func:`go_async` counts one."""
     if stage.run.closed:
@@ -140,18 +145,19 @@ def await_future(
     completions: Completions = stage.futures  # type: ignore[assignment]
     if type(future) is Answer and future.waiter is None and not future.state:
         # (``Completions.add``'s common case, inline: one call fewer per item)
-        completions.waiting[future] = (stage, item, node, context)
+        completions.waiting[future] = (stage, item, node, context, origin)
         future.waiter = completions.on_answer
     else:
-        completions.add(stage, future, context, item, node)
+        completions.add(stage, future, context, item, node, origin)
 
 
 async def drive(stage: Caller, awaitable: Any, item: Any, place: list[Any]) -> None:
     """The coroutine of a call's task: await the call, recover, hand the result on.
 
-    ``place`` is ``[node, waits, task, result]``: the item's node when the result is
-    handed on, whether the call waits (counted, the task in the run's list), the task,
-    and the result of a call done in its first step (see ``go_async``).
+    ``place`` is ``[node, waits, task, result, origin]``: the item's node when the
+    result is handed on, whether the call waits (counted, the task in the run's list),
+    the task, the result of a call done in its first step (see ``go_async``), and the
+    item's origin.
     """
     run = stage.run
     try:
@@ -197,7 +203,7 @@ async def drive(stage: Caller, awaitable: Any, item: Any, place: list[Any]) -> N
             else:
                 stage.crashed(exc, item)
             return
-        _hand_on(stage, result, place[0], item)
+        _hand_on(stage, result, place[0], item, place[4])
         place[3] = None  # (its work stopped with it)
     finally:
         if place[1]:
@@ -206,13 +212,13 @@ async def drive(stage: Caller, awaitable: Any, item: Any, place: list[Any]) -> N
             stage.ledger.work_stopped()
 
 
-def _hand_on(stage: Caller, result: Any, node: Any, item: Any) -> None:
+def _hand_on(stage: Caller, result: Any, node: Any, item: Any, origin: Any) -> None:
     """A waited call's result goes on; its slot is free, and its work stops."""
     if not stage.run.closed:  # else a call that ignored its cancellation: start nothing
         if KINDS_GET(type(result)) == VALUE:
-            stage.downstream.push(result, node)
+            stage.downstream.push(result, node, origin)
         else:
-            stage.emit(result, node)
+            stage.emit(result, node, origin)
     gate = stage.gate
     if gate is None:
         stage.ledger.waited(stage, item, True)
@@ -239,7 +245,7 @@ class Completions:
     def __init__(self, loop: asyncio.AbstractEventLoop, context: contextvars.Context) -> None:
         self.loop = loop
         self.context = context
-        self.waiting: dict[Any, tuple[Caller, Any, Any, contextvars.Context]] = {}
+        self.waiting: dict[Any, tuple[Caller, Any, Any, contextvars.Context, Any]] = {}
         self.done: deque[Any] = deque()  # completed in threads, not yet settled
         self.scheduled = False  # whether a drain is on its way to the loop
         # Futures of calls that were running in a thread when the run ended (see cancel)
@@ -247,9 +253,15 @@ class Completions:
         self.on_answer = self.settle  # (an Answer's waiter: bound once, not per item)
 
     def add(
-        self, stage: Caller, future: AnyFuture, context: contextvars.Context, item: Any, node: Any
+        self,
+        stage: Caller,
+        future: AnyFuture,
+        context: contextvars.Context,
+        item: Any,
+        node: Any,
+        origin: Any,
     ) -> None:
-        self.waiting[future] = (stage, item, node, context)
+        self.waiting[future] = (stage, item, node, context, origin)
         if isinstance(future, Answer):  # (its sender settles it on the loop, and tells us)
             if future.state:  # settled already (a pool being torn down cancelled it)
                 self.loop.call_soon(self.settle, future, context=self.context)
@@ -281,8 +293,8 @@ class Completions:
     def settle(self, future: Any) -> None:
         entry = self.waiting.pop(future, None)
         if entry is not None:  # (else cancelled with the run: nothing to settle)
-            stage, item, node, context = entry
-            finish(stage, future, item, node, context)
+            stage, item, node, context, origin = entry
+            finish(stage, future, item, node, context, origin)
 
     def cancel(self) -> None:
         """The run is over: cancel every Future still waiting, and forget them all."""
@@ -296,7 +308,12 @@ class Completions:
 
 
 def finish(
-    stage: Caller, future: AnyFuture, item: Any, node: Any, context: contextvars.Context
+    stage: Caller,
+    future: AnyFuture,
+    item: Any,
+    node: Any,
+    context: contextvars.Context,
+    origin: Any,
 ) -> None:
     """Settle a call whose Future is done: ``Stage.drive``'s rules, without its task."""
     run = stage.run
@@ -318,25 +335,25 @@ def finish(
             if kind is None:
                 kind = kind_of(type(result))
             if kind == AWAIT:  # the call gave back an awaitable: awaited in a task
-                _to_task(stage, result, context, item, node)
+                _to_task(stage, result, context, item, node, origin)
                 return
             if kind:
-                stage.emit_kind(kind, result, node)
+                stage.emit_kind(kind, result, node, origin)
             else:  # (one item: ``Stage.emit`` without its second look at the kind)
-                stage.downstream.push(result, node)
+                stage.downstream.push(result, node, origin)
         elif not isinstance(error, Exception):
             stage.crashed(error, item)
             return
         elif not stage.policy.settles_at_once(error, item):
-            _to_task(stage, Recovery(error), context, item, node)
+            _to_task(stage, Recovery(error), context, item, node, origin)
             return
         else:
-            try:
-                result = stage.policy.final(error, item, 1)
+            try:  # (in the call's context: a checkpoint reads its origins there)
+                result = context.run(stage.policy.final, error, item, 1)
             except BaseException as final:
                 run.fail(final)
                 return
-            stage.emit(result, node)
+            stage.emit(result, node, origin)
         gate = stage.gate
         if gate is None:
             stage.ledger.waited(stage, item, True)
@@ -350,8 +367,13 @@ def finish(
 
 
 def _to_task(
-    stage: Caller, awaitable: Any, context: contextvars.Context, item: Any, node: Any
+    stage: Caller,
+    awaitable: Any,
+    context: contextvars.Context,
+    item: Any,
+    node: Any,
+    origin: Any,
 ) -> None:
     """Go on in a call's task (``go_async`` counts the item again: uncount it here)."""
     stage.ledger.call_moves_to_task(stage)
-    go_async(stage, awaitable, context, item, node)
+    go_async(stage, awaitable, context, item, node, origin)
