@@ -100,6 +100,22 @@ def test_bounds_hold() -> None:
     assert control.limit == 3
 
 
+def test_an_executors_capacity_caps_the_limit_and_the_min() -> None:
+    control = Controller(1, 100, 8)
+    control.cap(4)
+    assert control.limit == 4
+    feed(control, 0.1, rounds=5)
+    assert control.limit == 4  # (slow start would double it)
+    control.cap(None)  # ("auto" left the pool)
+    feed(control, 0.1, rounds=2)
+    assert control.limit > 4
+    floored = Controller(10, 100, 10)  # (min 10 on a pool of 3: the min is 3, as the window)
+    floored.cap(3)
+    assert floored.limit == 3
+    floored.drop(floored.epoch)
+    assert floored.limit == 3
+
+
 def test_drops_are_timeouts_connection_errors_and_429_503() -> None:
     request = httpx.Request("GET", "http://x")
     aio = aiohttp.RequestInfo(
@@ -489,3 +505,34 @@ async def test_auto_against_the_capacity_limited_server() -> None:
         # Halved at 9 s to 8 (429 past 12): by 13 s the limit is at most 1.5x the new one.
         after = [limit for t, limit in auto.limits if t >= 13.0]
         assert after and all(limit is not None and limit <= 12 for limit in after), report
+
+
+# -- on executors of bounded capacity ----------------------------------------------------------
+
+
+def sleep_and_return(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.mark.parametrize("executor", ["thread:4", "process:2"])
+def test_the_limit_never_passes_the_executors_capacity(executor: str) -> None:
+    """Calls past a pool's size wait in its queue: the pool busy, every call's latency
+    rises evenly, and the limit climbed past the pool's size (38 on ``"thread:32"``)."""
+    capacity = int(executor.partition(":")[2])
+    task = single_task(
+        executor=executor, concurrency_limit=AdaptiveLimit(start=8), task_name="sleep"
+    )(sleep_and_return)
+
+    async def main() -> list[int]:
+        stream = task.as_completed([0.002] * 400)
+        seen: list[int] = []
+        async with stream:
+            async for _ in stream:
+                limit = stream.stats.stage("sleep").concurrency_limit_now
+                assert limit is not None
+                seen.append(limit)
+        return seen
+
+    seen = asyncio.run(main())
+    assert len(seen) == 400 and max(seen) <= capacity, sorted(set(seen))

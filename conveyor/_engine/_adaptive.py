@@ -31,6 +31,12 @@ it still backs off on drops. So conveyor uses Vegas, with TCP's discipline:
   the limit by ``BACKOFF`` (0.75) at once, and the drops of calls that started before
   that are not counted again (one backoff per round trip, as TCP: a burst of 429s is one
   signal). A drop's latency is not a sample (a 429 comes back fast).
+* **Capacity.** On an executor that runs at most ``n`` calls at once (``"thread:N"``,
+  ``"process:N"``, a user's pool: ``_gate.capacity_of``, read at each call's end, as
+  ``"auto"`` moves between executors) the limit never goes past ``n``: calls past it wait
+  in the executor's queue, and when every call waits as long as the pool is busy the
+  latency rises evenly, the ratio stays in the band, and the limit would climb past the
+  pool's size with nothing to gain (it reached 38 on ``"thread:32"``).
 
 Other errors (a 404, the function's own exception) are neither a sample nor a drop.
 
@@ -63,6 +69,7 @@ from types import CoroutineType
 from typing import Any, Protocol
 
 from ._calls import Answer, as_awaitable
+from ._gate import capacity_of
 
 __all__ = ["Adaptive", "Controller", "is_drop"]
 
@@ -103,12 +110,14 @@ class Controller:
         "low",
         "recovering",
         "slow_start",
+        "top",
         "total",
         "used",
     )
 
     def __init__(self, low: int, high: int, start: int) -> None:
         self.low, self.high = low, high
+        self.top = high  # (the bounds' max: ``high`` is it, or the executor's capacity)
         self.estimate = float(start)
         self.limit = start
         self.base: float | None = None  # the lowest round latency (drifting up slowly)
@@ -157,10 +166,20 @@ class Controller:
         self._set(self.estimate * BACKOFF)
         self.recovering = self.epoch
 
+    def cap(self, capacity: int | None) -> None:
+        """The executor runs at most ``capacity`` calls at once (None: no such bound):
+        the limit stays at or under it (and the bounds' min too, as under the window)."""
+        high = self.top if capacity is None else max(1, min(self.top, capacity))
+        if high != self.high:
+            self.high = high
+            if self.limit > high or self.low > high:
+                self._set(self.estimate)  # (clamped to it: a new round)
+
     def _set(self, estimate: float) -> None:
         """A new round: the estimate within the bounds, the limit its whole part."""
-        self.estimate = min(float(self.high), max(float(self.low), estimate))
-        self.limit = max(self.low, int(self.estimate))
+        low = min(self.low, self.high)
+        self.estimate = min(float(self.high), max(float(low), estimate))
+        self.limit = max(low, int(self.estimate))
         self.epoch += 1
         self.total = 0.0
         self.count = self.used = 0
@@ -170,6 +189,7 @@ class Limited(Protocol):
     """A stage, as its adaptive limit sees it (``_stage.Stage`` is one)."""
 
     limit: int  # written here only (see the module's docstring)
+    executor: Any  # (its capacity bounds the limit: see the module's docstring)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
@@ -200,6 +220,9 @@ class Adaptive:
         loop = stage.loop
         clock = time.perf_counter
         timeout = stage.timeout
+        # The run has opened the stage's executor: its capacity bounds the first calls.
+        control.cap(capacity_of(stage.executor))
+        stage.limit = control.limit
 
         def ended(epoch: int, started: tuple[float, float], exc: BaseException | None) -> None:
             """(On the loop.) A call started in ``epoch`` at ``started`` is over."""
@@ -219,6 +242,7 @@ class Adaptive:
                 control.drop(epoch)
             else:
                 return
+            control.cap(capacity_of(stage.executor))  # (read each time: "auto" moves)
             if stage.limit != control.limit:
                 stage.limit = control.limit  # (this module is its one writer: see above)
 
