@@ -31,6 +31,12 @@ again), not a generator (its values are read lazily): a generator function with 
 refused when the task is made. The memory store keeps the result object itself (do not
 mutate it); the SQLite store its pickle.
 
+**Counted once per item.** ``hits`` and ``misses`` count items, not lookups: a retry
+and a batch's isolation (``Stage.attempt``) call the wrapped call again, so a key whose
+call failed is kept in ``again`` and its next lookup (the same item's next attempt) is
+not counted (10 items retried once counted 20 misses). A key whose item gave up stays
+there: another item of the same key in the same run is then not counted.
+
 **Expiry.** ``ttl`` seconds after it was stored an entry is a miss. The memory store
 measures it on the clock of the event loop that stored it (``loop.time()``: a virtual
 clock in tests drives it); the SQLite store stores the wall-clock (``time.time()``)
@@ -92,6 +98,7 @@ class StageCache:
     """
 
     __slots__ = (
+        "again",
         "cache",
         "closed",
         "db",
@@ -115,6 +122,9 @@ class StageCache:
         # them, and the rest at the run's end (a commit per entry ran at 29k misses/s).
         self.unwritten: dict[Any, tuple[Any, bytes, float | None]] = {}
         self.closed = False  # (the run is over: a late result is not stored)
+        # Keys whose call failed: their next lookup is a retry's (see the module doc).
+        # (A set: its add, from a thread's done callback, and discard are atomic.)
+        self.again: set[Any] = set()
         self.hits = 0
         self.misses = 0
 
@@ -242,26 +252,44 @@ class StageCache:
         result (see the module docstring)."""
         if batch:
             return self.wrap_batch(call)
-        key_of, get, keep = self.key_of, self.get, self.keep
+        key_of, get, keep, recount, again = (
+            self.key_of,
+            self.get,
+            self.keep,
+            self.recount,
+            self.again,
+        )
 
         def cached(item: Any) -> Any:
             key = key_of(item)
+            retry = key in again
             hit = get(key)
+            if retry:
+                recount(key, hit)
             if hit is not MISS:
                 return hit
-            return keep(call(item), lambda value: self.store(key, value))
+            try:
+                result = call(item)
+            except BaseException:
+                again.add(key)
+                raise
+            return keep(result, lambda value: self.store(key, value), lambda: again.add(key))
 
         return cached
 
     def wrap_batch(self, call: Callable[[Any], Any]) -> Callable[[Any], Any]:
         """A batch stage's bound ``call``: its items' hits from the cache, the misses
         alone given to the function, the results in the batch's order."""
-        key_of, get = self.key_of, self.get
+        key_of, get, recount, again = self.key_of, self.get, self.recount, self.again
         task = self.task
 
         def cached(batch: list[Any]) -> Any:
             keys = [key_of(item) for item in batch]
+            retries = [key in again for key in keys]
             found = [get(key) for key in keys]
+            for key, retry, hit in zip(keys, retries, found, strict=True):
+                if retry:
+                    recount(key, hit)
             missed = [i for i, hit in enumerate(found) if hit is MISS]
             if not missed:
                 return found
@@ -279,24 +307,40 @@ class StageCache:
                     self.store(keys[i], value)
                 return found
 
-            result = call(misses)
-            if type(result) is not CoroutineType and not isinstance(result, _FUTURES):
-                return merge(result)
-            wrapper = _merged(as_awaitable(result), merge)
+            def failed() -> None:  # (isolation looks each of them up again)
+                again.update(keys)
+
+            try:
+                result = call(misses)
+                if type(result) is not CoroutineType and not isinstance(result, _FUTURES):
+                    return merge(result)
+            except BaseException:
+                failed()
+                raise
+            wrapper = _merged(as_awaitable(result), merge, failed)
             weakref.finalize(wrapper, _abandoned, result)
             return wrapper
 
         return cached
+
+    def recount(self, key: Any, hit: Any) -> None:
+        """``key``'s lookup was its item's retry: not counted again (see the module doc)."""
+        self.again.discard(key)
+        if hit is MISS:
+            self.misses -= 1
+        else:
+            self.hits -= 1
 
     def store(self, key: Any, value: Any) -> None:
         # (A result that cannot be pickled is handed on, not stored.)
         with contextlib.suppress(pickle.PicklingError, TypeError, AttributeError):
             self.put(key, value)
 
-    def keep(self, result: Any, store: Callable[[Any], None]) -> Any:
-        """``result`` (a call's), its value stored when it is out."""
+    def keep(self, result: Any, store: Callable[[Any], None], failed: Callable[[], None]) -> Any:
+        """``result`` (a call's), its value stored when it is out (``failed()`` if it
+        fails or is cancelled)."""
         if type(result) is CoroutineType:
-            wrapper = _stored(result, store)
+            wrapper = _stored(result, store, failed)
             # A wrapper closed before it starts (the run ended) never awaits the call's
             # coroutine: close that too, or it warns "never awaited".
             weakref.finalize(wrapper, _abandoned, result)
@@ -306,6 +350,8 @@ class StageCache:
             def done(future: Any) -> None:
                 if not future.cancelled() and future.exception() is None:
                     store(future.result())
+                else:
+                    failed()
 
             result.add_done_callback(done)
             return result
@@ -334,14 +380,24 @@ class StageCache:
         return start_cached
 
 
-async def _stored(awaitable: Any, store: Callable[[Any], None]) -> Any:
-    value = await awaitable
+async def _stored(awaitable: Any, store: Callable[[Any], None], failed: Callable[[], None]) -> Any:
+    try:
+        value = await awaitable
+    except BaseException:
+        failed()
+        raise
     store(value)
     return value
 
 
-async def _merged(awaitable: Any, merge: Callable[[Any], list[Any]]) -> list[Any]:
-    return merge(await awaitable)
+async def _merged(
+    awaitable: Any, merge: Callable[[Any], list[Any]], failed: Callable[[], None]
+) -> list[Any]:
+    try:
+        return merge(await awaitable)
+    except BaseException:
+        failed()
+        raise
 
 
 def _abandoned(awaitable: Any) -> None:
