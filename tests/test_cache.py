@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import sqlite3
 import subprocess
 import sys
@@ -378,3 +379,31 @@ async def test_hits_and_misses_count_items_not_attempts(executor: str | None) ->
         assert len(await stream.collect()) == 11
         figures = stream.stats.stages[0]
         assert (figures.cache_hits, figures.cache_misses) == (hits, misses)
+
+
+def scale(x: int, k: int) -> int:
+    calls.append((x, k))
+    return x * k
+
+
+async def test_functions_made_with_other_values_do_not_share_entries(tmp_path: Path) -> None:
+    """``make(2)`` and ``make(3)`` have one source and one qualified name: they shared
+    entries, and ``make(3)`` answered with ``make(2)``'s results."""
+    cache = Cache(tmp_path / "made.db")
+
+    def make(k: int) -> conveyor.Pipeline:
+        @single_task(cache=cache)
+        def times(x: int) -> int:
+            return x * k
+
+        return conveyor.Pipeline([times])
+
+    assert await make(2)([1, 2]).collect() == [2, 4]
+    assert await make(3)([1, 2]).collect() == [3, 6]
+    defaults = [single_task(cache=cache)(lambda x, k=k: x * k) for k in (2, 3)]
+    assert [await task([5]).collect() for task in defaults] == [[10], [15]]
+    partials = [single_task(cache=cache)(functools.partial(scale, k=k)) for k in (2, 3)]
+    assert [await task([5]).collect() for task in partials] == [[10], [15]]
+    # The same values again: hits (a partial's namespace holds no address).
+    again = single_task(cache=cache)(functools.partial(scale, k=3))
+    assert await again([5]).collect() == [15] and calls == [(5, 2), (5, 3)]

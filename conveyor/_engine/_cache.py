@@ -9,7 +9,12 @@ pickled), shared across runs and processes.
 the function's module and qualified name and a version: ``version=`` if given, else a hash
 of the function's source (``inspect.getsource``; its qualified name when it has none, as a
 builtin): changing the function's code invalidates its entries, and two tasks never share
-one. The item's key is ``key(item)`` if ``key=`` is given, else the item itself, which
+one. The values a function is *made with* are part of it too, when they are stable (see
+below): what it closes over, its default arguments, a ``functools.partial``'s arguments
+and a callable object's attributes (``make(2)`` and ``make(3)`` of one ``def make(k)``
+have one source: they shared entries, and the second answered with the first's
+results). Other values (a client, a connection) are not part of it.
+The item's key is ``key(item)`` if ``key=`` is given, else the item itself, which
 must then be *stable*: a ``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None`` or a
 tuple of them (its ``repr`` is the same in every process). Anything else fails the call,
 with a ``TypeError`` naming ``key=``. (Side inputs and resources are not part of the key.)
@@ -48,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import inspect
 import pickle
@@ -76,7 +82,22 @@ _FUTURES = (Answer, asyncio.Future, concurrent.futures.Future)
 
 
 def namespace(func: Callable[..., Any], version: str | None) -> str:
-    """A task's part of its entries' keys: module, qualified name, version."""
+    """A task's part of its entries' keys: module, qualified name, version, and a hash of
+    the stable values it was made with (see the module's docstring)."""
+    made_with: list[Any] = []
+    while isinstance(func, functools.partial):
+        made_with += [*func.args, *sorted(func.keywords.items())]
+        func = func.func
+    if not hasattr(func, "__code__") and not hasattr(func, "__qualname__"):
+        made_with += sorted(getattr(func, "__dict__", {}).items())  # (a callable object)
+        func = type(func)  # (its repr holds its address: no two processes share it)
+    for cell in getattr(func, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # (an empty cell)
+            made_with.append(cell.cell_contents)
+    made_with += [*(getattr(func, "__defaults__", None) or ())]
+    made_with += sorted((getattr(func, "__kwdefaults__", None) or {}).items())
+    texts = [text for text in map(stable_key, made_with) if text is not None]
+    values = ":" + hashlib.sha256("|".join(texts).encode()).hexdigest()[:16] if texts else ""
     module = getattr(func, "__module__", None) or "?"
     qualname = getattr(func, "__qualname__", None) or repr(func)
     if version is None:
@@ -86,7 +107,7 @@ def namespace(func: Callable[..., Any], version: str | None) -> str:
             version = "qualname"
         else:
             version = hashlib.sha256(source.encode()).hexdigest()[:16]
-    return f"{module}:{qualname}:{version}"
+    return f"{module}:{qualname}:{version}{values}"
 
 
 class StageCache:
