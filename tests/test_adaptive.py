@@ -536,3 +536,33 @@ def test_the_limit_never_passes_the_executors_capacity(executor: str) -> None:
 
     seen = asyncio.run(main())
     assert len(seen) == 400 and max(seen) <= capacity, sorted(set(seen))
+
+
+async def values_of(x: int) -> Any:
+    for value in range(3):
+        await asyncio.sleep(0.001)
+        yield value
+
+
+def values_on_a_thread(x: int) -> Any:
+    for value in range(3):
+        time.sleep(0.001)
+        yield value
+
+
+@pytest.mark.parametrize("executor", [None, "thread:8"])
+async def test_a_generators_call_is_no_sample(executor: str | None) -> None:
+    """A generator function's call returns at once (its values come as the run reads
+    them): its microseconds, taken as latency, walked the limit down to 1 (19x slower)."""
+    function = values_on_a_thread if executor else values_of
+    task = single_task(
+        concurrency_limit=AdaptiveLimit(start=6), executor=executor, task_name="values"
+    )(function)
+    stream = task(range(300))
+    seen: set[int | None] = set()
+    count = 0
+    async with stream:
+        async for _ in stream:
+            count += 1
+            seen.add(stream.stats.stage("values").concurrency_limit_now)
+    assert count == 900 and seen == {6}
