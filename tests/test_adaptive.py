@@ -566,3 +566,24 @@ async def test_a_generators_call_is_no_sample(executor: str | None) -> None:
             count += 1
             seen.add(stream.stats.stage("values").concurrency_limit_now)
     assert count == 900 and seen == {6}
+
+
+def slow_when_odd(x: int) -> int:
+    time.sleep(0.3 if x % 2 else 0.002)
+    return x
+
+
+async def test_timeouts_on_threads_are_drops() -> None:
+    """A thread's call is awaited as an Answer, which the timeout cancels without telling
+    its done callbacks: timeouts on threads were never drops (the limit stayed at 16)."""
+    task = single_task(
+        concurrency_limit=AdaptiveLimit(max=16, start=16),
+        timeout=0.05,
+        on_error="skip_item",
+        executor="thread:64",
+        task_name="slow",
+    )(slow_when_odd)
+    stream = task(range(32))
+    assert await stream.collect() == list(range(0, 32, 2))
+    limit = stream.stats.stage("slow").concurrency_limit_now
+    assert limit is not None and limit <= 16 * BACKOFF, limit

@@ -50,8 +50,10 @@ itself still back it off).
 **What is timed** is each attempt of a call: the stage's bound call is wrapped once per
 run (:meth:`Adaptive.wrap`, ``Stage.bind``, inside the cache and the span), and the
 wrapper times from the call being made to its result or error coming back (a coroutine
-to its end, a Future until it is done). A rate limit's wait (``_gate``) happens before
-the call is made, a retry's delay (``_policy``) between two calls: neither is timed.
+to its end, a Future until it is done; on a task with a timeout, a Future is awaited in
+the wrapper, so that the timeout's cancellation is seen: a cancelled Answer tells no one).
+A rate limit's wait (``_gate``) happens before the call is made, a retry's delay
+(``_policy``) between two calls: neither is timed.
 
 **Who writes the limit.** An adaptive stage's ``limit`` (``Stage.limit``, read where
 calls start: ``SingleStage.push``, ``Stage.start_pending``, the batch stage and the
@@ -87,6 +89,7 @@ DRIFT = 1 / 256
 DROP_STATUSES = frozenset({429, 503})
 # Connection errors of the HTTP clients that are not OSErrors, by class name (no import).
 _GENERATORS = (GeneratorType, AsyncGeneratorType)
+_FUTURES = (Answer, asyncio.Future, concurrent.futures.Future)
 _CONNECTION_ERRORS = frozenset({"ClientConnectionError", "TransportError", "TimeoutException"})
 
 
@@ -291,6 +294,11 @@ class Adaptive:
                 # call's coroutine: close that too, or it warns "never awaited".
                 weakref.finalize(wrapper, _abandoned, result)
                 return wrapper
+            if timeout is not None and isinstance(result, _FUTURES):
+                # Awaited in the call's task, which the timeout cancels: a cancelled
+                # Answer tells no one (``_calls.Answer.cancel``), so a done callback never
+                # saw a thread's timeout, and timeouts on threads were never drops.
+                return measured(result, epoch, started)
             if isinstance(result, (Answer, asyncio.Future)):
                 result.add_done_callback(functools.partial(on_future, epoch, started))
             elif isinstance(result, concurrent.futures.Future):
