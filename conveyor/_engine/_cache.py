@@ -36,11 +36,10 @@ again), not a generator (its values are read lazily): a generator function with 
 refused when the task is made. The memory store keeps the result object itself (do not
 mutate it); the SQLite store its pickle.
 
-**Counted once per item.** ``hits`` and ``misses`` count items, not lookups: a retry
-and a batch's isolation (``Stage.attempt``) call the wrapped call again, so a key whose
-call failed is kept in ``again`` and its next lookup (the same item's next attempt) is
-not counted (10 items retried once counted 20 misses). A key whose item gave up stays
-there: another item of the same key in the same run is then not counted.
+**Counted once per item.** ``hits`` and ``misses`` count items, not lookups: a retry and
+a batch's isolation (``Stage.attempt``) call again, so a failed call's key is kept in
+``again``, and its next lookup (the item's next attempt) is not counted (10 items retried
+once counted 20 misses; the key of an item that gave up stays, uncounting a duplicate).
 
 **Expiry.** ``ttl`` seconds after it was stored an entry is a miss. The memory store
 measures it on the clock of the event loop that stored it (``loop.time()``: a virtual
@@ -143,8 +142,8 @@ class StageCache:
         # them, and the rest at the run's end (a commit per entry ran at 29k misses/s).
         self.unwritten: dict[Any, tuple[Any, bytes, float | None]] = {}
         self.closed = False  # (the run is over: a late result is not stored)
-        # Keys whose call failed: their next lookup is a retry's (see the module doc).
-        # (A set: its add, from a thread's done callback, and discard are atomic.)
+        # Keys whose call failed: their next lookup is a retry's (see the module doc; a
+        # set's add, from a thread's done callback, and discard are atomic).
         self.again: set[Any] = set()
         self.hits = 0
         self.misses = 0
@@ -273,13 +272,8 @@ class StageCache:
         result (see the module docstring)."""
         if batch:
             return self.wrap_batch(call)
-        key_of, get, keep, recount, again = (
-            self.key_of,
-            self.get,
-            self.keep,
-            self.recount,
-            self.again,
-        )
+        key_of, get, keep, recount = self.key_of, self.get, self.keep, self.recount
+        again = self.again
 
         def cached(item: Any) -> Any:
             key = key_of(item)
