@@ -515,8 +515,24 @@ def sleep_and_return(seconds: float) -> float:
     return seconds
 
 
-@pytest.mark.parametrize("executor", ["thread:4", "process:2"])
-def test_the_limit_never_passes_the_executors_capacity(executor: str) -> None:
+class Quiet:
+    """A user's observer that watches nothing (its stages' executors are wrapped)."""
+
+    def stage(self, index: int, spec: Any) -> Quiet:
+        return self
+
+    def waited_for_room(self, seconds: float) -> None: ...
+    def items_in(self, n: int) -> None: ...
+    def items_out(self, n: int) -> None: ...
+    def call_started(self) -> None: ...
+    def call_ended(self, seconds: float, error: BaseException | None) -> None: ...
+    def retried(self, error: BaseException, attempt: int) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("executor", "observed"), [("thread:4", False), ("process:2", False), ("thread:4", True)]
+)
+def test_the_limit_never_passes_the_executors_capacity(executor: str, observed: bool) -> None:
     """Calls past a pool's size wait in its queue: the pool busy, every call's latency
     rises evenly, and the limit climbed past the pool's size (38 on ``"thread:32"``)."""
     capacity = int(executor.partition(":")[2])
@@ -526,6 +542,8 @@ def test_the_limit_never_passes_the_executors_capacity(executor: str) -> None:
 
     async def main() -> list[int]:
         stream = task.as_completed([0.002] * 400)
+        if observed:  # (the observer wraps the executor: its capacity was not seen)
+            stream = stream.observe(Quiet())
         seen: list[int] = []
         async with stream:
             async for _ in stream:
