@@ -196,6 +196,7 @@ def merge(*inputs: Iterable[T] | AsyncIterable[T]) -> Merged[T]:
     """
     if not inputs:
         raise TypeError("conveyor.merge needs at least one input: merge(a, b, ...)")
+    readers: dict[int, int] = {}  # id of an async iterator -> its input's index
     for index, given in enumerate(inputs):
         if not hasattr(given, "__aiter__") and not isinstance(given, Iterable):
             raise TypeError(
@@ -203,4 +204,13 @@ def merge(*inputs: Iterable[T] | AsyncIterable[T]) -> Merged[T]:
                 f"iterable nor an async iterable; give lists, generators, async "
                 f"generators or streams"
             )
+        if hasattr(given, "__anext__"):
+            # Two reads of one async generator at once fail deep in the run ("anext():
+            # asynchronous generator is already running"): say so here.
+            first = readers.setdefault(id(given), index)
+            if first != index:
+                raise TypeError(
+                    f"conveyor.merge: input {index} is input {first} again ({given!r:.60}); "
+                    f"an async iterator has one reader: give it once"
+                )
     return Merged(inputs)

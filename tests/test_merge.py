@@ -224,3 +224,15 @@ async def test_closing_a_merge_ends_a_read_waiting_for_its_inputs() -> None:
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(reader, 5)
     assert slow.closed
+
+
+async def test_one_async_iterator_given_twice_is_refused() -> None:
+    """Its two reads at once failed in the run: 'anext(): asynchronous generator is
+    already running'."""
+    source = Source([1, 2])
+    gen = source.gen()
+    with pytest.raises(TypeError, match="input 2 is input 0 again"):
+        conveyor.merge(gen, [5], gen)
+    await gen.aclose()
+    lists = [1, 2]
+    assert [x async for x in conveyor.merge(lists, lists)] == [1, 1, 2, 2]  # (each its own)
