@@ -12,7 +12,9 @@ What is measured is each attempt's own time: from when the call is made to when 
 result (or error) is out. Waiting for a rate limit's turn and the delay between retries
 are not part of it, so ``rate_limit=`` and ``retry_*`` work beside an adaptive limit
 without feeding it false latency; a call waiting for its turn does hold a slot, as with
-a fixed limit. The limit never exceeds the run's window (``max_in_flight``).
+a fixed limit. The limit never exceeds the run's window (``max_in_flight``), nor the
+number of calls the task's executor runs at once where it has such a size
+(``"thread:N"``, ``"process:N"``, a user's pool).
 
 The current limit is in the statistics (``StageStats.concurrency_limit_now``; ``limit``
 is the bound, ``max``), in ``str(stats)``, in the bottleneck's verdict and in
@@ -33,8 +35,9 @@ class AdaptiveLimit:
 
     ``min``: the limit never goes below it (default 1). ``max``: never above it (default
     ``None``: the run's window, ``max_in_flight``; a larger ``max`` is capped by the window
-    too). ``start``: the limit of a run's first calls (default ``None``: 4, within the
-    bounds). ``concurrency_limit="auto"`` is ``AdaptiveLimit()``.
+    too, and by the executor's size: ``"thread:N"``, ``"process:N"``, a user's pool).
+    ``start``: the limit of a run's first calls (default ``None``: 4, within the bounds).
+    ``concurrency_limit="auto"`` is ``AdaptiveLimit()``.
     """
 
     min: int = 1

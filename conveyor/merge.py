@@ -26,7 +26,8 @@ plain input's error, and closes the others.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, Generic, TypeVar
 
 from ._engine._input import close_source
@@ -48,17 +49,19 @@ async def _read(iterator: AsyncIterator[Any]) -> Any:
 class _Input:
     """One input of a merge, and its read in progress (async inputs)."""
 
-    __slots__ = ("given", "index", "iterator", "reading")
+    __slots__ = ("given", "index", "iterator", "reading", "sync")
 
     def __init__(self, index: int, given: Any) -> None:
         self.index = index
         self.given = given
-        self.iterator: Iterator[Any] | AsyncIterator[Any] | None = None
+        # Decided by what was given, not by what ``iter`` returns: an iterable's iterator
+        # need not be a ``collections.abc.Iterator`` (``__next__`` without ``__iter__``).
+        self.sync = not hasattr(given, "__aiter__")
+        self.iterator: Any = None
         self.reading: asyncio.Task[Any] | None = None
 
     def open(self) -> None:
-        given = self.given
-        self.iterator = aiter(given) if hasattr(given, "__aiter__") else iter(given)
+        self.iterator = iter(self.given) if self.sync else aiter(self.given)
 
     def note(self, exc: BaseException) -> None:
         exc.add_note(f"(raised by conveyor.merge's input {self.index}: {self.given!r:.80})")
@@ -77,69 +80,90 @@ class _Input:
 
 class Merged(Generic[T]):
     """The merge of several inputs: an async iterator a pipeline takes as its input (see
-    the module's docstring). Made by :func:`merge`; read once."""
+    the module's docstring). Made by :func:`merge`; read once.
+
+    **Turns.** ``_turns`` is the line of inputs with an item ready: every plain iterable
+    (always ready) and each async input whose read has ended (its read's done callback
+    puts it at the end of the line). The input at the head is served and goes to the end
+    again (a plain one at once, an async one when its next read ends), so each input
+    with an item ready is served once before any is served twice, and an input with
+    nothing ready is simply not in the line. Serving an item is O(1) whatever the
+    number of inputs (a scan of every input per item made 20,000 lists of 3 items take
+    8 minutes).
+    """
 
     def __init__(self, inputs: tuple[Any, ...]) -> None:
         self._inputs = [_Input(index, given) for index, given in enumerate(inputs)]
-        self._live: list[_Input] | None = None  # (opened at the first read)
-        self._turn = 0
+        self._turns: deque[_Input] | None = None  # (opened at the first read)
+        self._left = 0  # inputs not at their end yet
+        self._waiter: asyncio.Future[None] | None = None  # the reader, while none is ready
         self._closed = False
 
     def __aiter__(self) -> Merged[T]:
         return self
 
+    def _read(self, one: _Input) -> None:
+        """Start ``one``'s next read (an async input): it joins the line when it ends."""
+        one.reading = reading = asyncio.ensure_future(_read(one.iterator))
+        reading.add_done_callback(lambda _: self._ready(one))
+
+    def _ready(self, one: _Input) -> None:
+        if self._closed or self._turns is None:
+            return  # (cancelled by aclose: nobody reads on)
+        self._turns.append(one)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def __anext__(self) -> T:
-        live = self._live
-        if live is None:
+        turns = self._turns
+        if turns is None:
             if self._closed:
                 raise StopAsyncIteration
             for one in self._inputs:
                 one.open()
-            live = self._live = list(self._inputs)
-        while live:
-            # Each async input has its next read going (at most one each).
-            for one in live:
-                if one.reading is None and not isinstance(one.iterator, Iterator):
-                    one.reading = asyncio.ensure_future(_read(one.iterator))  # type: ignore[arg-type]
-            # Round robin, from the input after the one served last: the first with an
-            # item ready is served (a plain iterable always is).
-            count = len(live)
-            for step in range(count):
-                position = (self._turn + step) % count
-                one = live[position]
-                iterator = one.iterator
-                if isinstance(iterator, Iterator):
-                    try:
-                        item = next(iterator)
-                    except StopIteration:
-                        del live[position]
-                        self._turn = position
-                        break
-                    except Exception as exc:
-                        one.note(exc)
-                        raise
-                    self._turn = position + 1
-                    return item  # type: ignore[no-any-return]
-                reading = one.reading
-                assert reading is not None
-                if not reading.done():
-                    continue
-                one.reading = None
+            turns = self._turns = deque()
+            self._left = len(self._inputs)
+            for one in self._inputs:
+                if one.sync:
+                    turns.append(one)
+                else:
+                    self._read(one)
+        while self._left and not self._closed:
+            if not turns:
+                # Nothing ready: wait for a read to end.
+                self._waiter = waiter = asyncio.get_running_loop().create_future()
                 try:
-                    item = reading.result()
+                    await waiter
+                finally:
+                    self._waiter = None
+                continue
+            one = turns.popleft()
+            if one.sync:
+                try:
+                    item = next(one.iterator)
+                except StopIteration:
+                    self._left -= 1
+                    continue
                 except Exception as exc:
+                    self._left -= 1  # (a generator that raised is over)
                     one.note(exc)
                     raise
-                if item is _END:
-                    del live[position]
-                    self._turn = position
-                    break
-                self._turn = position + 1
+                turns.append(one)
                 return item  # type: ignore[no-any-return]
-            else:
-                # Nothing ready: wait for the first read to end.
-                waiting = [one.reading for one in live if one.reading is not None]
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            reading, one.reading = one.reading, None
+            assert reading is not None and reading.done()
+            try:
+                item = reading.result()
+            except Exception as exc:
+                self._left -= 1
+                one.note(exc)
+                raise
+            if item is _END:
+                self._left -= 1
+                continue
+            self._read(one)  # (its next item, read ahead: at most one per input)
+            return item  # type: ignore[no-any-return]
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
@@ -149,13 +173,16 @@ class Merged(Generic[T]):
         if self._closed:
             return
         self._closed = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # (a reader waiting for a read: it ends, as they do)
         error: BaseException | None = None
         for one in self._inputs:
             try:
                 await one.close()
             except BaseException as exc:  # (every input is closed first)
                 error = error or exc
-        self._live = []
+        self._turns = deque()
         if error is not None:
             raise error
 
@@ -169,6 +196,7 @@ def merge(*inputs: Iterable[T] | AsyncIterable[T]) -> Merged[T]:
     """
     if not inputs:
         raise TypeError("conveyor.merge needs at least one input: merge(a, b, ...)")
+    readers: dict[int, int] = {}  # id of an async iterator -> its input's index
     for index, given in enumerate(inputs):
         if not hasattr(given, "__aiter__") and not isinstance(given, Iterable):
             raise TypeError(
@@ -176,4 +204,13 @@ def merge(*inputs: Iterable[T] | AsyncIterable[T]) -> Merged[T]:
                 f"iterable nor an async iterable; give lists, generators, async "
                 f"generators or streams"
             )
+        if hasattr(given, "__anext__"):
+            # Two reads of one async generator at once fail deep in the run ("anext():
+            # asynchronous generator is already running"): say so here.
+            first = readers.setdefault(id(given), index)
+            if first != index:
+                raise TypeError(
+                    f"conveyor.merge: input {index} is input {first} again ({given!r:.60}); "
+                    f"an async iterator has one reader: give it once"
+                )
     return Merged(inputs)

@@ -100,6 +100,22 @@ def test_bounds_hold() -> None:
     assert control.limit == 3
 
 
+def test_an_executors_capacity_caps_the_limit_and_the_min() -> None:
+    control = Controller(1, 100, 8)
+    control.cap(4)
+    assert control.limit == 4
+    feed(control, 0.1, rounds=5)
+    assert control.limit == 4  # (slow start would double it)
+    control.cap(None)  # ("auto" left the pool)
+    feed(control, 0.1, rounds=2)
+    assert control.limit > 4
+    floored = Controller(10, 100, 10)  # (min 10 on a pool of 3: the min is 3, as the window)
+    floored.cap(3)
+    assert floored.limit == 3
+    floored.drop(floored.epoch)
+    assert floored.limit == 3
+
+
 def test_drops_are_timeouts_connection_errors_and_429_503() -> None:
     request = httpx.Request("GET", "http://x")
     aio = aiohttp.RequestInfo(
@@ -489,3 +505,103 @@ async def test_auto_against_the_capacity_limited_server() -> None:
         # Halved at 9 s to 8 (429 past 12): by 13 s the limit is at most 1.5x the new one.
         after = [limit for t, limit in auto.limits if t >= 13.0]
         assert after and all(limit is not None and limit <= 12 for limit in after), report
+
+
+# -- on executors of bounded capacity ----------------------------------------------------------
+
+
+def sleep_and_return(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+class Quiet:
+    """A user's observer that watches nothing (its stages' executors are wrapped)."""
+
+    def stage(self, index: int, spec: Any) -> Quiet:
+        return self
+
+    def waited_for_room(self, seconds: float) -> None: ...
+    def items_in(self, n: int) -> None: ...
+    def items_out(self, n: int) -> None: ...
+    def call_started(self) -> None: ...
+    def call_ended(self, seconds: float, error: BaseException | None) -> None: ...
+    def retried(self, error: BaseException, attempt: int) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("executor", "observed"), [("thread:4", False), ("process:2", False), ("thread:4", True)]
+)
+def test_the_limit_never_passes_the_executors_capacity(executor: str, observed: bool) -> None:
+    """Calls past a pool's size wait in its queue: the pool busy, every call's latency
+    rises evenly, and the limit climbed past the pool's size (38 on ``"thread:32"``)."""
+    capacity = int(executor.partition(":")[2])
+    task = single_task(
+        executor=executor, concurrency_limit=AdaptiveLimit(start=8), task_name="sleep"
+    )(sleep_and_return)
+
+    async def main() -> list[int]:
+        stream = task.as_completed([0.002] * 400)
+        if observed:  # (the observer wraps the executor: its capacity was not seen)
+            stream = stream.observe(Quiet())
+        seen: list[int] = []
+        async with stream:
+            async for _ in stream:
+                limit = stream.stats.stage("sleep").concurrency_limit_now
+                assert limit is not None
+                seen.append(limit)
+        return seen
+
+    seen = asyncio.run(main())
+    assert len(seen) == 400 and max(seen) <= capacity, sorted(set(seen))
+
+
+async def values_of(x: int) -> Any:
+    for value in range(3):
+        await asyncio.sleep(0.001)
+        yield value
+
+
+def values_on_a_thread(x: int) -> Any:
+    for value in range(3):
+        time.sleep(0.001)
+        yield value
+
+
+@pytest.mark.parametrize("executor", [None, "thread:8"])
+async def test_a_generators_call_is_no_sample(executor: str | None) -> None:
+    """A generator function's call returns at once (its values come as the run reads
+    them): its microseconds, taken as latency, walked the limit down to 1 (19x slower)."""
+    function = values_on_a_thread if executor else values_of
+    task = single_task(
+        concurrency_limit=AdaptiveLimit(start=6), executor=executor, task_name="values"
+    )(function)
+    stream = task(range(300))
+    seen: set[int | None] = set()
+    count = 0
+    async with stream:
+        async for _ in stream:
+            count += 1
+            seen.add(stream.stats.stage("values").concurrency_limit_now)
+    assert count == 900 and seen == {6}
+
+
+def slow_when_odd(x: int) -> int:
+    time.sleep(0.3 if x % 2 else 0.002)
+    return x
+
+
+async def test_timeouts_on_threads_are_drops() -> None:
+    """A thread's call is awaited as an Answer, which the timeout cancels without telling
+    its done callbacks: timeouts on threads were never drops (the limit stayed at 16)."""
+    task = single_task(
+        concurrency_limit=AdaptiveLimit(max=16, start=16),
+        timeout=0.05,
+        on_error="skip_item",
+        executor="thread:64",
+        task_name="slow",
+    )(slow_when_odd)
+    stream = task(range(32))
+    assert await stream.collect() == list(range(0, 32, 2))
+    limit = stream.stats.stage("slow").concurrency_limit_now
+    assert limit is not None and limit <= 16 * BACKOFF, limit

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import sqlite3
 import subprocess
 import sys
@@ -346,3 +347,63 @@ async def test_sqlite_entries_are_written_a_group_at_a_time(
     await (double | look)(range(25)).collect()
     assert seen == [(n + 1) // 10 * 10 for n in range(25)]
     assert len(cache) == 25
+
+
+@pytest.mark.parametrize("executor", [None, "thread"])
+async def test_hits_and_misses_count_items_not_attempts(executor: str | None) -> None:
+    """A retry and a batch's isolation look the item up again: 10 items retried once
+    counted 20 misses, and a batch isolated to its failing item counted hits twice."""
+    tries: dict[int, int] = {}
+
+    @single_task(
+        cache=Cache(), retry_attempts=3, retry_delay=0, executor=executor, task_name="flaky"
+    )
+    def flaky(x: int) -> int:
+        tries[x] = tries.get(x, 0) + 1
+        if tries[x] == 1:
+            raise ValueError(x)
+        return x
+
+    stream = flaky(range(10))
+    assert await stream.collect() == list(range(10))
+    assert (stream.stats.stages[0].cache_hits, stream.stats.stages[0].cache_misses) == (0, 10)
+
+    @batch_task(max_size=4, cache=Cache(), on_error="skip_item", task_name="batch")
+    def batch(xs: list[int]) -> list[int]:
+        if 5 in xs:
+            raise ValueError(5)
+        return [x + 100 for x in xs]
+
+    for hits, misses in [(0, 12), (11, 1)]:
+        stream = batch(range(12))
+        assert len(await stream.collect()) == 11
+        figures = stream.stats.stages[0]
+        assert (figures.cache_hits, figures.cache_misses) == (hits, misses)
+
+
+def scale(x: int, k: int) -> int:
+    calls.append((x, k))
+    return x * k
+
+
+async def test_functions_made_with_other_values_do_not_share_entries(tmp_path: Path) -> None:
+    """``make(2)`` and ``make(3)`` have one source and one qualified name: they shared
+    entries, and ``make(3)`` answered with ``make(2)``'s results."""
+    cache = Cache(tmp_path / "made.db")
+
+    def make(k: int) -> conveyor.Pipeline:
+        @single_task(cache=cache)
+        def times(x: int) -> int:
+            return x * k
+
+        return conveyor.Pipeline([times])
+
+    assert await make(2)([1, 2]).collect() == [2, 4]
+    assert await make(3)([1, 2]).collect() == [3, 6]
+    defaults = [single_task(cache=cache)(lambda x, k=k: x * k) for k in (2, 3)]
+    assert [await task([5]).collect() for task in defaults] == [[10], [15]]
+    partials = [single_task(cache=cache)(functools.partial(scale, k=k)) for k in (2, 3)]
+    assert [await task([5]).collect() for task in partials] == [[10], [15]]
+    # The same values again: hits (a partial's namespace holds no address).
+    again = single_task(cache=cache)(functools.partial(scale, k=3))
+    assert await again([5]).collect() == [15] and calls == [(5, 2), (5, 3)]

@@ -31,14 +31,29 @@ it still backs off on drops. So conveyor uses Vegas, with TCP's discipline:
   the limit by ``BACKOFF`` (0.75) at once, and the drops of calls that started before
   that are not counted again (one backoff per round trip, as TCP: a burst of 429s is one
   signal). A drop's latency is not a sample (a 429 comes back fast).
+* **Capacity.** On an executor that runs at most ``n`` calls at once (``"thread:N"``,
+  ``"process:N"``, a user's pool: ``_gate.capacity_of``, read at each call's end, as
+  ``"auto"`` moves between executors) the limit never goes past ``n``: calls past it wait
+  in the executor's queue, and when every call waits as long as the pool is busy the
+  latency rises evenly, the ratio stays in the band, and the limit would climb past the
+  pool's size with nothing to gain (it reached 38 on ``"thread:32"``).
 
 Other errors (a 404, the function's own exception) are neither a sample nor a drop.
+
+**Generators.** A generator function's call returns its generator at once, and its values
+come as the run reads them, paced by the window: the call's time (microseconds, noise)
+says nothing of the service, and taken as latency it walked the limit down to 1 (300
+items of 3 values, 5 ms each: 4.9 s against 0.26 s at a fixed 32). So a generator is no
+sample: the limit of a generator task stays at ``start`` (drops raised by the call
+itself still back it off).
 
 **What is timed** is each attempt of a call: the stage's bound call is wrapped once per
 run (:meth:`Adaptive.wrap`, ``Stage.bind``, inside the cache and the span), and the
 wrapper times from the call being made to its result or error coming back (a coroutine
-to its end, a Future until it is done). A rate limit's wait (``_gate``) happens before
-the call is made, a retry's delay (``_policy``) between two calls: neither is timed.
+to its end, a Future until it is done; on a task with a timeout, a Future is awaited in
+the wrapper, so that the timeout's cancellation is seen: a cancelled Answer tells no one).
+A rate limit's wait (``_gate``) happens before the call is made, a retry's delay
+(``_policy``) between two calls: neither is timed.
 
 **Who writes the limit.** An adaptive stage's ``limit`` (``Stage.limit``, read where
 calls start: ``SingleStage.push``, ``Stage.start_pending``, the batch stage and the
@@ -59,10 +74,11 @@ import time
 import weakref
 from collections.abc import Callable
 from inspect import CORO_CREATED, getcoroutinestate
-from types import CoroutineType
+from types import AsyncGeneratorType, CoroutineType, GeneratorType
 from typing import Any, Protocol
 
 from ._calls import Answer, as_awaitable
+from ._gate import capacity_of
 
 __all__ = ["Adaptive", "Controller", "is_drop"]
 
@@ -72,6 +88,8 @@ BACKOFF = 0.75
 DRIFT = 1 / 256
 DROP_STATUSES = frozenset({429, 503})
 # Connection errors of the HTTP clients that are not OSErrors, by class name (no import).
+_GENERATORS = (GeneratorType, AsyncGeneratorType)
+_FUTURES = (Answer, asyncio.Future, concurrent.futures.Future)
 _CONNECTION_ERRORS = frozenset({"ClientConnectionError", "TransportError", "TimeoutException"})
 
 
@@ -103,12 +121,14 @@ class Controller:
         "low",
         "recovering",
         "slow_start",
+        "top",
         "total",
         "used",
     )
 
     def __init__(self, low: int, high: int, start: int) -> None:
         self.low, self.high = low, high
+        self.top = high  # (the bounds' max: ``high`` is it, or the executor's capacity)
         self.estimate = float(start)
         self.limit = start
         self.base: float | None = None  # the lowest round latency (drifting up slowly)
@@ -157,10 +177,20 @@ class Controller:
         self._set(self.estimate * BACKOFF)
         self.recovering = self.epoch
 
+    def cap(self, capacity: int | None) -> None:
+        """The executor runs at most ``capacity`` calls at once (None: no such bound):
+        the limit stays at or under it (and the bounds' min too, as under the window)."""
+        high = self.top if capacity is None else max(1, min(self.top, capacity))
+        if high != self.high:
+            self.high = high
+            if self.limit > high or self.low > high:
+                self._set(self.estimate)  # (clamped to it: a new round)
+
     def _set(self, estimate: float) -> None:
         """A new round: the estimate within the bounds, the limit its whole part."""
-        self.estimate = min(float(self.high), max(float(self.low), estimate))
-        self.limit = max(self.low, int(self.estimate))
+        low = min(self.low, self.high)
+        self.estimate = min(float(self.high), max(float(low), estimate))
+        self.limit = max(low, int(self.estimate))
         self.epoch += 1
         self.total = 0.0
         self.count = self.used = 0
@@ -170,6 +200,7 @@ class Limited(Protocol):
     """A stage, as its adaptive limit sees it (``_stage.Stage`` is one)."""
 
     limit: int  # written here only (see the module's docstring)
+    executor: Any  # (its capacity bounds the limit: see the module's docstring)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
@@ -200,6 +231,9 @@ class Adaptive:
         loop = stage.loop
         clock = time.perf_counter
         timeout = stage.timeout
+        # The run has opened the stage's executor: its capacity bounds the first calls.
+        control.cap(capacity_of(stage.executor))
+        stage.limit = control.limit
 
         def ended(epoch: int, started: tuple[float, float], exc: BaseException | None) -> None:
             """(On the loop.) A call started in ``epoch`` at ``started`` is over."""
@@ -219,6 +253,7 @@ class Adaptive:
                 control.drop(epoch)
             else:
                 return
+            control.cap(capacity_of(stage.executor))  # (read each time: "auto" moves)
             if stage.limit != control.limit:
                 stage.limit = control.limit  # (this module is its one writer: see above)
 
@@ -228,13 +263,17 @@ class Adaptive:
             except BaseException as exc:
                 ended(epoch, started, exc)
                 raise
-            ended(epoch, started, None)
+            if not isinstance(result, _GENERATORS):  # (no sample: see the module's doc)
+                ended(epoch, started, None)
             return result
 
         def on_future(epoch: int, started: tuple[float, float], future: Any) -> None:
             if future.cancelled():
                 return  # (the run's end)
-            ended(epoch, started, future.exception())
+            exc = future.exception()
+            if exc is None and isinstance(future.result(), _GENERATORS):
+                return  # (a generator made on a thread: no sample, see the module's doc)
+            ended(epoch, started, exc)
 
         def on_thread(epoch: int, started: tuple[float, float], future: Any) -> None:
             # (In the pool's thread: the controller is the loop's.)
@@ -255,12 +294,19 @@ class Adaptive:
                 # call's coroutine: close that too, or it warns "never awaited".
                 weakref.finalize(wrapper, _abandoned, result)
                 return wrapper
+            if timeout is not None and isinstance(result, _FUTURES):
+                # Awaited in the call's task, which the timeout cancels: a cancelled
+                # Answer tells no one (``_calls.Answer.cancel``), so a done callback never
+                # saw a thread's timeout, and timeouts on threads were never drops.
+                return measured(result, epoch, started)
             if isinstance(result, (Answer, asyncio.Future)):
                 result.add_done_callback(functools.partial(on_future, epoch, started))
             elif isinstance(result, concurrent.futures.Future):
                 result.add_done_callback(functools.partial(on_thread, epoch, started))
             elif hasattr(result, "__await__"):
                 return measured(result, epoch, started)
+            elif isinstance(result, _GENERATORS):
+                pass  # (no sample: see the module's docstring)
             else:
                 ended(epoch, started, None)  # (a call made at once)
             return result

@@ -9,7 +9,12 @@ pickled), shared across runs and processes.
 the function's module and qualified name and a version: ``version=`` if given, else a hash
 of the function's source (``inspect.getsource``; its qualified name when it has none, as a
 builtin): changing the function's code invalidates its entries, and two tasks never share
-one. The item's key is ``key(item)`` if ``key=`` is given, else the item itself, which
+one. The values a function is *made with* are part of it too, when they are stable (see
+below): what it closes over, its default arguments, a ``functools.partial``'s arguments
+and a callable object's attributes (``make(2)`` and ``make(3)`` of one ``def make(k)``
+have one source: they shared entries, and the second answered with the first's
+results). Other values (a client, a connection) are not part of it.
+The item's key is ``key(item)`` if ``key=`` is given, else the item itself, which
 must then be *stable*: a ``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None`` or a
 tuple of them (its ``repr`` is the same in every process). Anything else fails the call,
 with a ``TypeError`` naming ``key=``. (Side inputs and resources are not part of the key.)
@@ -31,6 +36,11 @@ again), not a generator (its values are read lazily): a generator function with 
 refused when the task is made. The memory store keeps the result object itself (do not
 mutate it); the SQLite store its pickle.
 
+**Counted once per item.** ``hits`` and ``misses`` count items, not lookups: a retry and
+a batch's isolation (``Stage.attempt``) call again, so a failed call's key is kept in
+``again``, and its next lookup (the item's next attempt) is not counted (10 items retried
+once counted 20 misses; the key of an item that gave up stays, uncounting a duplicate).
+
 **Expiry.** ``ttl`` seconds after it was stored an entry is a miss. The memory store
 measures it on the clock of the event loop that stored it (``loop.time()``: a virtual
 clock in tests drives it); the SQLite store stores the wall-clock (``time.time()``)
@@ -42,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import inspect
 import pickle
@@ -70,7 +81,22 @@ _FUTURES = (Answer, asyncio.Future, concurrent.futures.Future)
 
 
 def namespace(func: Callable[..., Any], version: str | None) -> str:
-    """A task's part of its entries' keys: module, qualified name, version."""
+    """A task's part of its entries' keys: module, qualified name, version, and a hash of
+    the stable values it was made with (see the module's docstring)."""
+    made_with: list[Any] = []
+    while isinstance(func, functools.partial):
+        made_with += [*func.args, *sorted(func.keywords.items())]
+        func = func.func
+    if not hasattr(func, "__code__") and not hasattr(func, "__qualname__"):
+        made_with += sorted(getattr(func, "__dict__", {}).items())  # (a callable object)
+        func = type(func)  # (its repr holds its address: no two processes share it)
+    for cell in getattr(func, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # (an empty cell)
+            made_with.append(cell.cell_contents)
+    made_with += [*(getattr(func, "__defaults__", None) or ())]
+    made_with += sorted((getattr(func, "__kwdefaults__", None) or {}).items())
+    texts = [text for text in map(stable_key, made_with) if text is not None]
+    values = ":" + hashlib.sha256("|".join(texts).encode()).hexdigest()[:16] if texts else ""
     module = getattr(func, "__module__", None) or "?"
     qualname = getattr(func, "__qualname__", None) or repr(func)
     if version is None:
@@ -80,7 +106,7 @@ def namespace(func: Callable[..., Any], version: str | None) -> str:
             version = "qualname"
         else:
             version = hashlib.sha256(source.encode()).hexdigest()[:16]
-    return f"{module}:{qualname}:{version}"
+    return f"{module}:{qualname}:{version}{values}"
 
 
 class StageCache:
@@ -92,6 +118,7 @@ class StageCache:
     """
 
     __slots__ = (
+        "again",
         "cache",
         "closed",
         "db",
@@ -115,6 +142,9 @@ class StageCache:
         # them, and the rest at the run's end (a commit per entry ran at 29k misses/s).
         self.unwritten: dict[Any, tuple[Any, bytes, float | None]] = {}
         self.closed = False  # (the run is over: a late result is not stored)
+        # Keys whose call failed: their next lookup is a retry's (see the module doc; a
+        # set's add, from a thread's done callback, and discard are atomic).
+        self.again: set[Any] = set()
         self.hits = 0
         self.misses = 0
 
@@ -242,26 +272,39 @@ class StageCache:
         result (see the module docstring)."""
         if batch:
             return self.wrap_batch(call)
-        key_of, get, keep = self.key_of, self.get, self.keep
+        key_of, get, keep, recount = self.key_of, self.get, self.keep, self.recount
+        again = self.again
 
         def cached(item: Any) -> Any:
             key = key_of(item)
+            retry = key in again
             hit = get(key)
+            if retry:
+                recount(key, hit)
             if hit is not MISS:
                 return hit
-            return keep(call(item), lambda value: self.store(key, value))
+            try:
+                result = call(item)
+            except BaseException:
+                again.add(key)
+                raise
+            return keep(result, lambda value: self.store(key, value), lambda: again.add(key))
 
         return cached
 
     def wrap_batch(self, call: Callable[[Any], Any]) -> Callable[[Any], Any]:
         """A batch stage's bound ``call``: its items' hits from the cache, the misses
         alone given to the function, the results in the batch's order."""
-        key_of, get = self.key_of, self.get
+        key_of, get, recount, again = self.key_of, self.get, self.recount, self.again
         task = self.task
 
         def cached(batch: list[Any]) -> Any:
             keys = [key_of(item) for item in batch]
+            retries = [key in again for key in keys]
             found = [get(key) for key in keys]
+            for key, retry, hit in zip(keys, retries, found, strict=True):
+                if retry:
+                    recount(key, hit)
             missed = [i for i, hit in enumerate(found) if hit is MISS]
             if not missed:
                 return found
@@ -279,24 +322,40 @@ class StageCache:
                     self.store(keys[i], value)
                 return found
 
-            result = call(misses)
-            if type(result) is not CoroutineType and not isinstance(result, _FUTURES):
-                return merge(result)
-            wrapper = _merged(as_awaitable(result), merge)
+            def failed() -> None:  # (isolation looks each of them up again)
+                again.update(keys)
+
+            try:
+                result = call(misses)
+                if type(result) is not CoroutineType and not isinstance(result, _FUTURES):
+                    return merge(result)
+            except BaseException:
+                failed()
+                raise
+            wrapper = _merged(as_awaitable(result), merge, failed)
             weakref.finalize(wrapper, _abandoned, result)
             return wrapper
 
         return cached
+
+    def recount(self, key: Any, hit: Any) -> None:
+        """``key``'s lookup was its item's retry: not counted again (see the module doc)."""
+        self.again.discard(key)
+        if hit is MISS:
+            self.misses -= 1
+        else:
+            self.hits -= 1
 
     def store(self, key: Any, value: Any) -> None:
         # (A result that cannot be pickled is handed on, not stored.)
         with contextlib.suppress(pickle.PicklingError, TypeError, AttributeError):
             self.put(key, value)
 
-    def keep(self, result: Any, store: Callable[[Any], None]) -> Any:
-        """``result`` (a call's), its value stored when it is out."""
+    def keep(self, result: Any, store: Callable[[Any], None], failed: Callable[[], None]) -> Any:
+        """``result`` (a call's), its value stored when it is out (``failed()`` if it
+        fails or is cancelled)."""
         if type(result) is CoroutineType:
-            wrapper = _stored(result, store)
+            wrapper = _stored(result, store, failed)
             # A wrapper closed before it starts (the run ended) never awaits the call's
             # coroutine: close that too, or it warns "never awaited".
             weakref.finalize(wrapper, _abandoned, result)
@@ -306,6 +365,8 @@ class StageCache:
             def done(future: Any) -> None:
                 if not future.cancelled() and future.exception() is None:
                     store(future.result())
+                else:
+                    failed()
 
             result.add_done_callback(done)
             return result
@@ -336,14 +397,24 @@ class StageCache:
         return start_cached
 
 
-async def _stored(awaitable: Any, store: Callable[[Any], None]) -> Any:
-    value = await awaitable
+async def _stored(awaitable: Any, store: Callable[[Any], None], failed: Callable[[], None]) -> Any:
+    try:
+        value = await awaitable
+    except BaseException:
+        failed()
+        raise
     store(value)
     return value
 
 
-async def _merged(awaitable: Any, merge: Callable[[Any], list[Any]]) -> list[Any]:
-    return merge(await awaitable)
+async def _merged(
+    awaitable: Any, merge: Callable[[Any], list[Any]], failed: Callable[[], None]
+) -> list[Any]:
+    try:
+        return merge(await awaitable)
+    except BaseException:
+        failed()
+        raise
 
 
 def _abandoned(awaitable: Any) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._auto import Auto
+from ._observe import ObservedExecutor
 from ._pools import ChunkedCalls, PoolCalls, PoolExecutor, cores
 from ._threads import THREADS, ThreadPool
 
@@ -127,6 +128,8 @@ def capacity_of(executor: Any) -> int | None:
     A user's ``ThreadPoolExecutor`` or ``ProcessPoolExecutor`` does not make its size
     public: ``_max_workers`` has been their attribute since Python 3.2 (if it ever goes:
     a thread pool counts as unbounded, a process pool as one worker per core)."""
+    if isinstance(executor, ObservedExecutor):  # (a user's observer times its calls)
+        executor = executor.inner
     if isinstance(executor, Auto):  # where its calls go now
         if executor.choice == "thread":
             return THREADS
