@@ -9,11 +9,10 @@ pickled), shared across runs and processes.
 the function's module and qualified name and a version: ``version=`` if given, else a hash
 of the function's source (``inspect.getsource``; its qualified name when it has none, as a
 builtin): changing the function's code invalidates its entries, and two tasks never share
-one. The values a function is *made with* are part of it too, when they are stable (see
-below): what it closes over, its default arguments, a ``functools.partial``'s arguments
-and a callable object's attributes (``make(2)`` and ``make(3)`` of one ``def make(k)``
-have one source: they shared entries, and the second answered with the first's
-results). Other values (a client, a connection) are not part of it.
+one. The stable values a function is *made with* (see below) are part of it too: what it
+closes over, its defaults, a ``functools.partial``'s arguments and a callable object's
+attributes (``make(2)`` and ``make(3)`` of one ``def make(k)`` have one source: they
+shared entries). Others (a client, a connection) are not.
 The item's key is ``key(item)`` if ``key=`` is given, else the item itself, which
 must then be *stable*: a ``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None`` or a
 tuple of them (its ``repr`` is the same in every process). Anything else fails the call,
