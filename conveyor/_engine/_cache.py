@@ -36,9 +36,8 @@ refused when the task is made. The memory store keeps the result object itself (
 mutate it); the SQLite store its pickle.
 
 **Counted once per item.** ``hits`` and ``misses`` count items, not lookups: a retry and
-a batch's isolation (``Stage.attempt``) call again, so a failed call's key is kept in
-``again`` and its next lookup (the item's next attempt, or a later duplicate's) is not
-counted.
+a batch's isolation (``Stage.attempt``) call again: a failed call's key is kept in
+``again``, and its next lookup (a next attempt, or a later duplicate's) is not counted.
 
 **Expiry.** ``ttl`` seconds after it was stored an entry is a miss. The memory store
 measures it on the clock of the event loop that stored it (``loop.time()``: a virtual
