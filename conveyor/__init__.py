@@ -8,6 +8,7 @@ and call the pipeline on any iterable or async iterable::
     async for result in pipeline.as_completed(items): ...   # completion order
 """
 
+from .breaker import CircuitBreaker, CircuitOpenError
 from .cache import Cache
 from .checkpoint import Checkpoint, CheckpointBusy, CheckpointSummary
 from .context import (
@@ -23,6 +24,7 @@ from .errors import ErrorAction, ErrorHandler, Failure, LoggingErrorHandler, Ret
 from .feedback import Feedback
 from .pipeline import Pipeline
 from .rate import RateLimit
+from .retry_after import read_retry_after
 from .runner import run
 from .stream import AsyncStream
 from .tasks import BaseTask, BatchTask, SingleTask
@@ -35,6 +37,8 @@ __all__ = [
     "Checkpoint",
     "CheckpointBusy",
     "CheckpointSummary",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "ContextManager",
     "ErrorAction",
     "ErrorHandler",
@@ -49,6 +53,7 @@ __all__ = [
     "SingleTask",
     "batch_task",
     "get_current_context",
+    "read_retry_after",
     "run",
     "set_current_context",
     "single_task",

@@ -21,9 +21,11 @@ from typing import Any, TypedDict
 
 from ._engine._registry import AutoChoice, chunked_kinds, kind_of
 from ._engine._registry import check as check_executor
+from .breaker import CircuitBreaker, as_breaker
 from .cache import Cache
 from .errors import ErrorAction, ErrorHandler, RetryConfig
 from .rate import RateLimit, as_rate_limit
+from .retry_after import check_retry_after, read_retry_after
 
 __all__ = [
     "AutoChoice",
@@ -49,6 +51,7 @@ class TaskOptions:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     retry_if: Callable[[BaseException], bool] | None = None
     retry_jitter: float = 0.1
+    retry_after: Callable[[BaseException], float | None] | None = read_retry_after
     error_handler: ErrorHandler | None = None
     task_name: str | None = None
     concurrency_limit: int | None = None
@@ -57,6 +60,7 @@ class TaskOptions:
     chunk_size: int | None = None
     rate_limit: RateLimit | None = None
     cache: Cache | None = None
+    circuit_breaker: CircuitBreaker | None = None
     # Batch tasks only:
     min_size: int = 1
     max_size: int = 1
@@ -72,6 +76,7 @@ class TaskOptions:
             retry_on=self.retry_on,
             retry_if=self.retry_if,
             jitter=self.retry_jitter,
+            retry_after=self.retry_after,
         )
 
 
@@ -86,6 +91,7 @@ class CommonOptions(TypedDict, total=False):
     retry_on: type[BaseException] | tuple[type[BaseException], ...]
     retry_if: Callable[[BaseException], bool] | None
     retry_jitter: float
+    retry_after: Callable[[BaseException], float | None] | None
     error_handler: ErrorHandler | None
     task_name: str | None
     concurrency_limit: int | None
@@ -94,6 +100,7 @@ class CommonOptions(TypedDict, total=False):
     chunk_size: int | None
     rate_limit: RateLimit | tuple[int, float] | None
     cache: Cache | None
+    circuit_breaker: CircuitBreaker | None
 
 
 class BatchOnlyOptions(CommonOptions, total=False):
@@ -221,6 +228,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "retry_on": _retry_on,
     "retry_if": _retry_if,
     "retry_jitter": _fraction,
+    "retry_after": check_retry_after,
     "error_handler": _error_handler,
     "task_name": _task_name,
     "concurrency_limit": _int(1, optional=True),
@@ -228,6 +236,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "chunk_size": _int(1, optional=True),
     "rate_limit": as_rate_limit,
     "cache": _cache,
+    "circuit_breaker": as_breaker,
     "min_size": _int(1),
     "max_size": _int(1, optional=True),
     "max_wait": _seconds(optional=True),
