@@ -42,14 +42,21 @@ from __future__ import annotations
 import asyncio
 import math
 import weakref
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from ._engine._breaker import BreakerState
+from typing import Any, Literal, Protocol
 
 __all__ = ["CircuitBreaker", "CircuitOpenError"]
 
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
 OnOpen = Literal["fail", "wait"]
+
+
+class Caller(Protocol):
+    """Who asks a breaker's state (``_engine._breaker.StageBreaker``): told of the state
+    changes its calls make, to log and count them."""
+
+    def changed(self, state: str, exc: BaseException | None, failures: int) -> None: ...
 
 
 class CircuitBreaker:
@@ -118,8 +125,6 @@ class CircuitBreaker:
         """The breaker's state on ``loop`` (made closed on first use)."""
         state = self._states.get(loop)
         if state is None:
-            from ._engine._breaker import BreakerState  # (the engine imports this module)
-
             state = self._states[loop] = BreakerState(self, loop)
         return state
 
@@ -168,3 +173,105 @@ def as_breaker(name: str, value: Any) -> CircuitBreaker | None:
         f"{name}=conveyor.CircuitBreaker(failure_threshold=5, recovery_timeout=30.0), "
         f"one object shared by the tasks that call the same service"
     )
+
+
+class BreakerState:
+    """A breaker's state on one loop (times are ``loop.time()``). A call asks
+    :meth:`admit` for a ticket (the state's generation; a probe's is negative) or is
+    refused (``None``), and hands its outcome back with it; a ticket of an earlier
+    generation changes nothing (see ``conveyor._engine._breaker``)."""
+
+    __slots__ = (
+        "breaker",
+        "failures",
+        "generation",
+        "loop",
+        "probed",
+        "probing",
+        "reopens_at",
+        "state",
+        "waiters",
+    )
+
+    def __init__(self, breaker: CircuitBreaker, loop: asyncio.AbstractEventLoop) -> None:
+        self.breaker = breaker
+        self.loop = loop
+        self.state = CLOSED
+        self.generation = 1
+        self.failures = 0  # consecutive counted failures (closed)
+        self.reopens_at = 0.0  # when an open breaker lets probes start
+        self.probing = 0  # probes out (half-open)
+        self.probed = 0  # probes that succeeded (half-open)
+        self.waiters: list[asyncio.Future[None]] = []  # calls waiting (on_open="wait")
+
+    def admit(self, who: Caller) -> int | None:
+        """A ticket for a call to start now, or ``None``: refused."""
+        state = self.state
+        if state == CLOSED:
+            return self.generation
+        if state == OPEN:
+            if self.loop.time() < self.reopens_at:
+                return None
+            self._to(HALF_OPEN, who, None)
+        if self.probing + self.probed < self.breaker.half_open_calls:
+            self.probing += 1
+            return -self.generation
+        return None
+
+    def succeeded(self, ticket: int, who: Caller) -> None:
+        if ticket == self.generation:  # (closed)
+            self.failures = 0
+        elif ticket == -self.generation:  # a probe of this half-open state
+            self.probing -= 1
+            self.probed += 1
+            if self.probed >= self.breaker.half_open_calls:
+                self._to(CLOSED, who, None)
+
+    def failed(self, ticket: int, exc: BaseException, who: Caller) -> None:
+        """A counted failure."""
+        if ticket == self.generation:
+            self.failures += 1
+            if self.failures >= self.breaker.failure_threshold:
+                self._to(OPEN, who, exc)
+        elif ticket == -self.generation:
+            self._to(OPEN, who, exc)
+
+    def neutral(self, ticket: int) -> None:
+        """The call ended with no outcome for the breaker: a probe frees its place."""
+        if ticket == -self.generation:
+            self.probing -= 1
+            self._wake()
+
+    def refusal(self) -> CircuitOpenError:
+        now = self.loop.time()
+        at = self.reopens_at if self.state == OPEN else now
+        return CircuitOpenError(self.breaker, at, max(0.0, at - now))
+
+    async def wait(self) -> None:
+        """(A refused call, under ``on_open="wait"``.) Until the state may admit it."""
+        if self.state == OPEN:
+            await asyncio.sleep(max(0.0, self.reopens_at - self.loop.time()))
+            return
+        waiter = self.loop.create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if not waiter.done():  # (cancelled while it waited)
+                self.waiters.remove(waiter)
+
+    def _to(self, state: str, who: Caller, exc: BaseException | None) -> None:
+        failures = self.failures
+        self.state = state
+        self.generation += 1
+        self.failures = self.probing = self.probed = 0
+        if state == OPEN:
+            self.reopens_at = self.loop.time() + self.breaker.recovery_timeout
+        who.changed(state, exc, failures)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

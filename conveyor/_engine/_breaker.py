@@ -32,7 +32,7 @@ from inspect import CORO_CREATED, getcoroutinestate
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
-from ..breaker import CircuitBreaker, CircuitOpenError
+from ..breaker import HALF_OPEN, OPEN, BreakerState, CircuitBreaker
 from ._calls import AWAIT, discard, kind_of, settle
 
 if TYPE_CHECKING:
@@ -40,112 +40,11 @@ if TYPE_CHECKING:
     from ._log import RunLog
     from ._roles import RunRole
 
-__all__ = ["BreakerState", "StageBreaker"]
-
-CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+__all__ = ["StageBreaker"]
 
 SLACK = 1e-3
 """Seconds by which a cancellation may come before the timeout's own deadline and still
 be the timeout (the engine enters its timeout a moment before the wrapped call starts)."""
-
-
-class BreakerState:
-    """A breaker's state on one loop (times are ``loop.time()``)."""
-
-    __slots__ = (
-        "breaker",
-        "failures",
-        "generation",
-        "loop",
-        "probed",
-        "probing",
-        "reopens_at",
-        "state",
-        "waiters",
-    )
-
-    def __init__(self, breaker: CircuitBreaker, loop: asyncio.AbstractEventLoop) -> None:
-        self.breaker = breaker
-        self.loop = loop
-        self.state = CLOSED
-        self.generation = 1
-        self.failures = 0  # consecutive counted failures (closed)
-        self.reopens_at = 0.0  # when an open breaker lets probes start
-        self.probing = 0  # probes out (half-open)
-        self.probed = 0  # probes that succeeded (half-open)
-        self.waiters: list[asyncio.Future[None]] = []  # calls waiting (on_open="wait")
-
-    def admit(self, who: StageBreaker) -> int | None:
-        """A ticket for a call to start now, or ``None``: refused."""
-        state = self.state
-        if state == CLOSED:
-            return self.generation
-        if state == OPEN:
-            if self.loop.time() < self.reopens_at:
-                return None
-            self._to(HALF_OPEN, who, None)
-        if self.probing + self.probed < self.breaker.half_open_calls:
-            self.probing += 1
-            return -self.generation
-        return None
-
-    def succeeded(self, ticket: int, who: StageBreaker) -> None:
-        if ticket == self.generation:  # (closed)
-            self.failures = 0
-        elif ticket == -self.generation:  # a probe of this half-open state
-            self.probing -= 1
-            self.probed += 1
-            if self.probed >= self.breaker.half_open_calls:
-                self._to(CLOSED, who, None)
-
-    def failed(self, ticket: int, exc: BaseException, who: StageBreaker) -> None:
-        """A counted failure."""
-        if ticket == self.generation:
-            self.failures += 1
-            if self.failures >= self.breaker.failure_threshold:
-                self._to(OPEN, who, exc)
-        elif ticket == -self.generation:
-            self._to(OPEN, who, exc)
-
-    def neutral(self, ticket: int) -> None:
-        """The call ended with no outcome for the breaker: a probe frees its place."""
-        if ticket == -self.generation:
-            self.probing -= 1
-            self._wake()
-
-    def refusal(self) -> CircuitOpenError:
-        now = self.loop.time()
-        at = self.reopens_at if self.state == OPEN else now
-        return CircuitOpenError(self.breaker, at, max(0.0, at - now))
-
-    async def wait(self) -> None:
-        """(A refused call, under ``on_open="wait"``.) Until the state may admit it."""
-        if self.state == OPEN:
-            await asyncio.sleep(max(0.0, self.reopens_at - self.loop.time()))
-            return
-        waiter = self.loop.create_future()
-        self.waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            if not waiter.done():  # (cancelled while it waited)
-                self.waiters.remove(waiter)
-
-    def _to(self, state: str, who: StageBreaker, exc: BaseException | None) -> None:
-        failures = self.failures
-        self.state = state
-        self.generation += 1
-        self.failures = self.probing = self.probed = 0
-        if state == OPEN:
-            self.reopens_at = self.loop.time() + self.breaker.recovery_timeout
-        who.changed(state, exc, failures)
-        self._wake()
-
-    def _wake(self) -> None:
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
 
 class StageBreaker:
