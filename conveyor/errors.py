@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from ._engine._log_fields import run_fields
 from .breaker import CircuitOpenError
+from .retry_after import read_retry_after
 
 __all__ = [
     "ErrorAction",
@@ -66,7 +67,8 @@ class RetryConfig:
     default) it is drawn uniformly from ``[d * (1 - j), d * (1 + j)]``, so that calls
     failing together do not retry in lockstep; never more than ``max_delay``.
 
-    ``retry_after(exc)`` (when given) comes first: a number of seconds is the delay,
+    ``retry_after(exc)`` (by default the ``Retry-After`` header of an HTTP client's
+    exception; ``None``: none) comes first: a number of seconds is the delay,
     without backoff or jitter, capped by ``max_delay``; ``None`` falls back to the backoff
     (see ``conveyor.retry_after``). A :class:`~conveyor.CircuitOpenError` is never
     retried: the breaker refused the call, and would refuse its retry.
@@ -80,7 +82,7 @@ class RetryConfig:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     retry_if: Callable[[BaseException], bool] | None = None
     jitter: float = 0.1
-    retry_after: Callable[[BaseException], float | None] | None = None
+    retry_after: Callable[[BaseException], float | None] | None = read_retry_after
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
         """Whether failed attempt number ``attempt`` (1-based) is tried again."""
