@@ -40,6 +40,7 @@ them (``StageStats.circuit_opened``, ``circuit_rejected``). See
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import weakref
 from typing import Any, Literal, Protocol
@@ -182,10 +183,10 @@ class BreakerState:
     generation changes nothing (see ``conveyor._engine._breaker``)."""
 
     __slots__ = (
+        "_loop",
         "breaker",
         "failures",
         "generation",
-        "loop",
         "probed",
         "probing",
         "reopens_at",
@@ -195,7 +196,9 @@ class BreakerState:
 
     def __init__(self, breaker: CircuitBreaker, loop: asyncio.AbstractEventLoop) -> None:
         self.breaker = breaker
-        self.loop = loop
+        # (Weakly: the breaker keeps its states by loop in a WeakKeyDictionary, which a
+        # strong reference from the state to its key would keep alive for ever.)
+        self._loop = weakref.ref(loop)
         self.state = CLOSED
         self.generation = 1
         self.failures = 0  # consecutive counted failures (closed)
@@ -203,6 +206,12 @@ class BreakerState:
         self.probing = 0  # probes out (half-open)
         self.probed = 0  # probes that succeeded (half-open)
         self.waiters: list[asyncio.Future[None]] = []  # calls waiting (on_open="wait")
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop()
+        assert loop is not None  # (used only on its loop, which is then alive)
+        return loop
 
     def admit(self, who: Caller) -> int | None:
         """A ticket for a call to start now, or ``None``: refused."""
@@ -241,6 +250,14 @@ class BreakerState:
         if ticket == -self.generation:
             self.probing -= 1
             self._wake()
+
+    def abandoned(self, ticket: int) -> None:
+        """A call admitted with ``ticket`` will never be made (its run ended first): as
+        :meth:`neutral`, on the loop (this may be called by a finalizer, in any thread)."""
+        loop = self._loop()
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: its state with it
+                loop.call_soon_threadsafe(self.neutral, ticket)
 
     def refusal(self) -> CircuitOpenError:
         now = self.loop.time()

@@ -14,6 +14,7 @@ lose or duplicate an item, and sequential runs match a reference model of the br
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -375,6 +376,22 @@ async def test_a_batch_task_behind_a_breaker_skips_refused_items_once() -> None:
     # [2, 3] fails, is split: [2] refused, [3] refused; then [4, 5], [6, 7] refused (split).
     assert calls == [[0, 1], [2, 3]]
     assert stream.stats.stage("store").skipped == 6
+
+
+def test_a_breaker_keeps_no_event_loop_alive() -> None:
+    breaker = CircuitBreaker(failure_threshold=1)
+
+    async def once() -> None:
+        @single_task(circuit_breaker=breaker, on_error="emit")
+        async def fail(x: int) -> int:
+            raise Down(x)
+
+        assert kinds(await fail(range(3)).collect()) == ["error", "open", "open"]
+
+    for _ in range(2):  # (each asyncio.run: a new loop, a fresh state)
+        asyncio.run(once())
+    gc.collect()
+    assert len(breaker._states) == 0
 
 
 def test_bad_options_name_the_parameter_and_the_fix() -> None:

@@ -178,4 +178,4 @@ def _abandoned(result: Any, state: BreakerState, ticket: int, started: list[bool
             result.close()
     else:
         discard(result)
-    state.neutral(ticket)
+    state.abandoned(ticket)
