@@ -378,6 +378,27 @@ async def test_a_batch_task_behind_a_breaker_skips_refused_items_once() -> None:
     assert stream.stats.stage("store").skipped == 6
 
 
+@pytest.mark.parametrize("executor", ["inline", "thread"])
+async def test_plain_functions_inline_fused_and_on_threads(executor: str) -> None:
+    """A plain def on the loop (its calls fused into the pump's tight loop) and on
+    threads (a Future: awaited in the call's task) ask the breaker too."""
+    called: list[int] = []
+
+    def double(x: int) -> int:
+        called.append(x)
+        if x in (2, 3):
+            raise Down(x)
+        return 2 * x
+
+    breaker = CircuitBreaker(failure_threshold=2, recovery_timeout=100.0)
+    task = single_task(
+        circuit_breaker=breaker, on_error="emit", executor=executor, concurrency_limit=1
+    )(double)
+    results = await (task | single_task(lambda y: y + 1))(range(6)).collect()
+    assert kinds(results) == ["ok", "ok", "error", "error", "open", "open"]
+    assert results[:2] == [1, 3] and called == [0, 1, 2, 3]
+
+
 def test_a_breaker_keeps_no_event_loop_alive() -> None:
     breaker = CircuitBreaker(failure_threshold=1)
 
