@@ -356,6 +356,25 @@ async def test_on_open_wait_waits_on_the_virtual_clock_and_is_cancellable() -> N
     assert loop.time() - start < 100
 
 
+def test_a_waiting_call_starts_when_the_reopening_time_is_not_on_the_clock() -> None:
+    """Open at 0.2 for 0.1 s: until 0.30000000000000004, which a virtual clock (rounding
+    to its resolution) never shows. The waiting call starts at 0.3 all the same (it used
+    to sleep for ever shorter times, the clock standing still)."""
+    errors: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        service = Service(lambda t: t < 0.25)
+        breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=0.1, on_open="wait")
+        task = single_task(circuit_breaker=breaker, on_error="emit", concurrency_limit=1)
+        await asyncio.sleep(0.2)
+        results = await task(service)(range(2)).collect()
+        assert kinds(results) == ["error", "ok"]
+        assert service.calls == [0.2, 0.3]
+
+    run_on_virtual_clock(main(), errors, real_timeout=10.0)
+    assert not errors
+
+
 @pytest.mark.looptime
 async def test_a_batch_task_behind_a_breaker_skips_refused_items_once() -> None:
     calls: list[list[int]] = []
@@ -589,5 +608,5 @@ def test_no_item_is_lost_or_duplicated(
         assert stats.items_in == n
         assert stats.circuit_rejected is not None and stats.circuit_opened is not None
 
-    run_on_virtual_clock(main(), errors)
+    run_on_virtual_clock(main(), errors, real_timeout=20.0)
     assert not errors
