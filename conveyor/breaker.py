@@ -53,6 +53,13 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 OnOpen = Literal["fail", "wait"]
 
 
+CLOCK_SLACK = 1e-6
+"""Seconds by which an open breaker may be asked early and still let a probe start: a
+waiting call sleeps until it reopens, and a loop's timer may fire up to its clock's
+resolution early (a virtual clock rounds its time), which would leave it to sleep for
+ever shorter times without the clock moving."""
+
+
 class Caller(Protocol):
     """Who asks a breaker's state (``_engine._breaker.StageBreaker``): told of the state
     changes its calls make, to log and count them."""
@@ -219,7 +226,7 @@ class BreakerState:
         if state == CLOSED:
             return self.generation
         if state == OPEN:
-            if self.loop.time() < self.reopens_at:
+            if self.loop.time() < self.reopens_at - CLOCK_SLACK:
                 return None
             self._to(HALF_OPEN, who, None)
         if self.probing + self.probed < self.breaker.half_open_calls:
