@@ -10,6 +10,7 @@ and call the pipeline on any iterable or async iterable::
 
 from ._engine._origin import current_keys
 from .adaptive import AdaptiveLimit
+from .breaker import CircuitBreaker, CircuitOpenError
 from .cache import Cache
 from .checkpoint import Checkpoint, CheckpointBusy, CheckpointSummary
 from .context import (
@@ -26,6 +27,7 @@ from .feedback import Feedback
 from .merge import merge
 from .pipeline import Pipeline
 from .rate import RateLimit
+from .retry_after import read_retry_after
 from .runner import run
 from .stream import AsyncStream
 from .tasks import BaseTask, BatchTask, SingleTask
@@ -39,6 +41,8 @@ __all__ = [
     "Checkpoint",
     "CheckpointBusy",
     "CheckpointSummary",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "ContextManager",
     "ErrorAction",
     "ErrorHandler",
@@ -55,6 +59,7 @@ __all__ = [
     "current_keys",
     "get_current_context",
     "merge",
+    "read_retry_after",
     "run",
     "set_current_context",
     "single_task",

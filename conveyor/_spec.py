@@ -22,9 +22,11 @@ from typing import Any, Literal, TypedDict
 from ._engine._registry import AutoChoice, chunked_kinds, kind_of
 from ._engine._registry import check as check_executor
 from .adaptive import AdaptiveLimit, as_concurrency_limit
+from .breaker import CircuitBreaker, as_breaker
 from .cache import Cache
 from .errors import ErrorAction, ErrorHandler, RetryConfig
 from .rate import RateLimit, as_rate_limit
+from .retry_after import check_retry_after, read_retry_after
 
 __all__ = [
     "AutoChoice",
@@ -50,6 +52,7 @@ class TaskOptions:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     retry_if: Callable[[BaseException], bool] | None = None
     retry_jitter: float = 0.1
+    retry_after: Callable[[BaseException], float | None] | None = read_retry_after
     error_handler: ErrorHandler | None = None
     task_name: str | None = None
     concurrency_limit: int | AdaptiveLimit | None = None  # ("auto": AdaptiveLimit())
@@ -58,6 +61,7 @@ class TaskOptions:
     chunk_size: int | None = None
     rate_limit: RateLimit | None = None
     cache: Cache | None = None
+    circuit_breaker: CircuitBreaker | None = None
     # Batch tasks only:
     min_size: int = 1
     max_size: int = 1
@@ -73,6 +77,7 @@ class TaskOptions:
             retry_on=self.retry_on,
             retry_if=self.retry_if,
             jitter=self.retry_jitter,
+            retry_after=self.retry_after,
         )
 
 
@@ -87,6 +92,7 @@ class CommonOptions(TypedDict, total=False):
     retry_on: type[BaseException] | tuple[type[BaseException], ...]
     retry_if: Callable[[BaseException], bool] | None
     retry_jitter: float
+    retry_after: Callable[[BaseException], float | None] | None
     error_handler: ErrorHandler | None
     task_name: str | None
     concurrency_limit: int | AdaptiveLimit | Literal["auto"] | None
@@ -95,6 +101,7 @@ class CommonOptions(TypedDict, total=False):
     chunk_size: int | None
     rate_limit: RateLimit | tuple[int, float] | None
     cache: Cache | None
+    circuit_breaker: CircuitBreaker | None
 
 
 class BatchOnlyOptions(CommonOptions, total=False):
@@ -222,6 +229,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "retry_on": _retry_on,
     "retry_if": _retry_if,
     "retry_jitter": _fraction,
+    "retry_after": check_retry_after,
     "error_handler": _error_handler,
     "task_name": _task_name,
     "concurrency_limit": as_concurrency_limit,
@@ -229,6 +237,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "chunk_size": _int(1, optional=True),
     "rate_limit": as_rate_limit,
     "cache": _cache,
+    "circuit_breaker": as_breaker,
     "min_size": _int(1),
     "max_size": _int(1, optional=True),
     "max_wait": _seconds(optional=True),

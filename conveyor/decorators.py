@@ -45,6 +45,14 @@ function, and take the same error options:
     no call (no executor, rate limit, retry or timeout); only successful results other
     than ``None`` are stored; per item for batch tasks (which must then return one result
     per item). See ``conveyor._engine._cache`` and docs/durable-runs.md.
+``retry_after``
+    A function of a retried exception: seconds to wait before the retry (capped by
+    ``retry_max_delay``), or ``None`` for the backoff. Default: the ``Retry-After`` header
+    of an HTTP client's exception (:func:`~conveyor.read_retry_after`); ``None``: ignore it.
+``circuit_breaker``
+    A :class:`~conveyor.CircuitBreaker`, shared by the tasks calling one service: while it
+    is open, calls fail at once with :class:`~conveyor.CircuitOpenError` (under
+    ``on_error``) or wait. See ``conveyor.breaker``.
 
 Every option is declared once, in ``conveyor._spec.TaskOptions``.
 """

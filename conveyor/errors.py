@@ -10,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import math
 import random
 import reprlib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ._engine._log_fields import run_fields
+from .breaker import CircuitOpenError
+from .retry_after import read_retry_after
 
 __all__ = [
     "ErrorAction",
@@ -63,6 +66,12 @@ class RetryConfig:
     1)`` with exponential backoff, else ``d = base_delay``; with ``jitter`` ``j`` (0.1 by
     default) it is drawn uniformly from ``[d * (1 - j), d * (1 + j)]``, so that calls
     failing together do not retry in lockstep; never more than ``max_delay``.
+
+    ``retry_after(exc)`` (by default the ``Retry-After`` header of an HTTP client's
+    exception; ``None``: none) comes first: a number of seconds is the delay,
+    without backoff or jitter, capped by ``max_delay``; ``None`` falls back to the backoff
+    (see ``conveyor.retry_after``). A :class:`~conveyor.CircuitOpenError` is never
+    retried: the breaker refused the call, and would refuse its retry.
     """
 
     max_attempts: int = 3
@@ -73,14 +82,34 @@ class RetryConfig:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     retry_if: Callable[[BaseException], bool] | None = None
     jitter: float = 0.1
+    retry_after: Callable[[BaseException], float | None] | None = read_retry_after
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
         """Whether failed attempt number ``attempt`` (1-based) is tried again."""
         return (
             attempt < self.max_attempts
             and isinstance(exc, self.retry_on)
+            and not isinstance(exc, CircuitOpenError)
             and (self.retry_if is None or bool(self.retry_if(exc)))
         )
+
+    def delay_for(self, exc: BaseException, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` raised ``exc``: what
+        ``retry_after`` says, else the backoff's :meth:`delay_after`."""
+        if self.retry_after is not None:
+            seconds = self.retry_after(exc)
+            if seconds is not None:
+                if (
+                    isinstance(seconds, bool)
+                    or not isinstance(seconds, (int, float))
+                    or math.isnan(seconds)
+                ):
+                    raise TypeError(
+                        f"retry_after returned {seconds!r} for {type(exc).__name__}; it must "
+                        f"return a number of seconds, or None to use the backoff"
+                    )
+                return min(max(0.0, float(seconds)), self.max_delay)
+        return self.delay_after(attempt)
 
     def delay_after(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""

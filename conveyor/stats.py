@@ -3,14 +3,14 @@
 Every run collects them unless ``PipelineContext(statistics=False)``. What is exact and
 what is sampled:
 
-* **Exact:** items into and out of each stage (out = what the next stage received, or
-  the results of the last stage), retries, and calls that failed for good (``failed``,
-  ``skipped``, ``emitted`` as a :class:`~conveyor.errors.Failure`), calls whose function
-  passed nothing on (``dropped``: ``None``, ``[]``, an empty generator); batches, their mean
-  size, how many ``max_wait`` flushed, and the items the remainder rule dropped
-  (``remainder_dropped``); result cache hits and misses (``cache_hits``, ``cache_misses``);
+* **Exact:** items into and out of each stage (out = what the next stage received, or the
+  results of the last stage), retries, calls that failed for good (``failed``, ``skipped``,
+  ``emitted`` as a Failure), calls whose function passed nothing on (``dropped``: ``None``,
+  ``[]``, an empty generator); batches, their mean size, how many ``max_wait`` flushed,
+  the items the remainder rule dropped (``remainder_dropped``); result cache hits and
+  misses; circuit breaker openings and refused calls (``circuit_opened``, ``_rejected``);
   the run's window (``max_in_flight``, raised to fit batches); results, time to the first,
-  items per second, how long the window held the input back, and how many input items it
+  items per second, how long the window held the input back, and the input items it
   admits at once (``input_admitted_at_once``: ``max_in_flight``, or fewer when
   ``max_in_flight_bytes`` bounds items of ``input_item_bytes`` each).
 * **Now:** calls in flight, items waiting for a slot, an adaptive limit's value.
@@ -21,8 +21,8 @@ what is sampled:
   after each sample is timed, so a fast stage has hundreds of calls timed per second,
   a slow one every call.
 * ``peak_rss_bytes``: the process's peak resident memory, as the OS reports it.
-* ``StageStats.offload`` (stages whose calls go to other processes, in chunks): time in
-  the workers' calls against time pickling and unpickling, exact per chunk (:class:`Offload`).
+* ``StageStats.offload`` (calls sent to other processes, in chunks): time in the workers'
+  calls against time pickling and unpickling, exact per chunk (:class:`Offload`).
 * **The event loop** (sampled): each timed call's time on the loop, step by step (a
   plain call; each resumption of an ``async def``'s coroutine; each value of a
   generator expanded on the loop; the hand-off of a call sent elsewhere): a stage's
@@ -92,8 +92,8 @@ class Offload:
     ``work_seconds`` is the workers' time in the function; ``transfer_seconds`` pickling
     and unpickling items, results and the function, on both sides; ``queued_seconds``
     the rest of the chunks' round trips: pipes, the pool's queue, a worker still busy
-    with the chunk before. All are sums over chunks, so with several workers they add up
-    to more than the run's elapsed time. ``chunk_size`` is the size chosen last.
+    with the chunk before. All are sums over chunks (with several workers: more than the
+    run's elapsed time). ``chunk_size`` is the size chosen last.
     """
 
     chunks: int
@@ -150,12 +150,12 @@ class StageStats:
     loop_share: float | None = None
     loop_call_seconds: float | None = None  # the mean of its timed calls' time on the loop
     loop_step_seconds: float | None = None  # ... of one step (a resumption, a value)
-    window_capped_share: float | None = None
-    """Share of the samples with the window (``max_in_flight``) full, this stage holding
-    half of it, below its own limit: the window capped its calls at once."""
+    window_capped_share: float | None = None  # window full, it half of it, below its limit
     cache_hits: int | None = None  # items its result cache answered; None: no cache=
     cache_misses: int | None = None  # items its result cache did not hold (called)
     concurrency_limit_now: int | None = None  # concurrency_limit="auto": its limit now (= limit)
+    circuit_opened: int | None = None  # times its calls opened its breaker; None: none
+    circuit_rejected: int | None = None  # its calls the open breaker refused (or held)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,10 @@ Endpoints:
 
 - ``/item/{n}?delay=s``: sleeps ``s`` seconds (default 0), then returns ``{"n": n}``;
 - ``/flaky/{n}?fail=k``: 500 the first ``k`` times for this ``n``, then ``{"n": n}``;
-- ``/status/{code}``: ``{"status": code}`` with that status;
+- ``/status/{code}?retry_after=v``: ``{"status": code}`` with that status (and a
+  ``Retry-After: v`` header when ``retry_after`` is given: seconds or an HTTP date);
+- ``/service/{n}``: ``{"n": n}``, or 503 while ``stats.outage`` is true (a test switches
+  it on and off: a service that goes down and comes back);
 - ``/slow``: sleeps 30 s (clients are meant to time out first);
 - ``/drop``: closes the connection without sending any response;
 - ``/api/{n}``: ``{"n": n, "title": ..., "words": [...]}`` after a few ms, with a failure
@@ -73,6 +76,7 @@ class ServerStats:
     )
     log: list[LoggedRequest] = dataclasses.field(default_factory=list)
     by_path: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    outage: bool = False  # /service/ answers 503 while true (set by the test's thread)
 
     def requests_for(self, prefix: str) -> list[LoggedRequest]:
         """The logged requests whose path starts with ``prefix``, in arrival order."""
@@ -288,7 +292,14 @@ def make_app(
 
     async def status(request: web.Request) -> web.Response:
         code = int(request.match_info["code"])
-        return web.json_response({"status": code}, status=code)
+        retry_after = request.query.get("retry_after")
+        headers = None if retry_after is None else {"Retry-After": retry_after}
+        return web.json_response({"status": code}, status=code, headers=headers)
+
+    async def service(request: web.Request) -> web.Response:
+        if stats.outage:
+            return web.Response(status=503, text="service unavailable")
+        return web.json_response({"n": int(request.match_info["n"])})
 
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(SLOW_SECONDS)
@@ -306,6 +317,7 @@ def make_app(
             web.get("/item/{n}", item),
             web.get("/flaky/{n}", flaky),
             web.get("/status/{code}", status),
+            web.get("/service/{n}", service),
             web.get("/slow", slow),
             web.get("/drop", drop),
             web.get("/api/{n}", api),

@@ -9,6 +9,7 @@ Only the failure path and a run's edges log, never an item on the happy path:
 * **INFO** a call that failed for good and was skipped or emitted as a ``Failure``; a run's
   end when anything was retried, skipped or emitted (a count per task); which executor a
   stage runs on when it is not the loop (once per run), and each choice of ``"auto"``.
+* **WARNING** a circuit breaker opened; **INFO** it is half-open, or closed again.
 * **DEBUG** a call that failed for good under ``on_error="fail"`` (its exception reaches
   the consumer, annotated); the end of a run that had no failures; chunk sizes.
 
@@ -50,7 +51,8 @@ OUTCOMES = ("retried", "skipped", "emitted", "failed")
 # applies), with what they hold. docs/logging.md has the same table; a test checks it.
 FIELDS = {
     "conveyor_event": "what happened: retry, gave_up, retry_summary, run_end, executor, "
-    "auto, window, limit_capped, loop_blocked, chunk, callback_failed, handler",
+    "auto, window, limit_capped, loop_blocked, chunk, callback_failed, handler, "
+    "circuit_open, circuit_half_open, circuit_closed",
     "conveyor_run_id": "the run's id (its context's pipeline_id)",
     "conveyor_pipeline": "the run's stages, 'fetch | parse'",
     "conveyor_task": "the task's name",
@@ -58,8 +60,9 @@ FIELDS = {
     "conveyor_batch_size": "the batch's length (batch tasks)",
     "conveyor_attempt": "the attempt that failed (1 is the first call)",
     "conveyor_max_attempts": "retry_attempts: the attempts allowed in all",
-    "conveyor_delay": "seconds until the next attempt",
-    "conveyor_outcome": "retried, skipped, emitted, failed; a run's end: finished, failed, closed",
+    "conveyor_delay": "seconds until the next attempt (circuit_open: until a probe may start)",
+    "conveyor_outcome": "retried, skipped, emitted, failed; a run's end: finished, failed, "
+    "closed; a circuit breaker's new state: open, half_open, closed",
     "conveyor_error_type": "the exception's class name",
     "conveyor_error": "'Type: message', the message cut at 200 characters",
     "conveyor_executor": "where the task runs ('thread:4', 'process:2', auto's choice)",
@@ -68,6 +71,8 @@ FIELDS = {
     "conveyor_items": "a retry summary: the items (or batches) retried at least once",
     "conveyor_errors": "a retry summary: {exception class: retries}, commonest first",
     "conveyor_chunk_size": "process chunks: the next chunk's size",
+    "conveyor_circuit": "a circuit breaker: its name, or its repr",
+    "conveyor_failures": "circuit_open: the consecutive failures that opened it",
 }
 
 

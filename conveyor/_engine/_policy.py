@@ -130,7 +130,7 @@ class Policy:
         while not isinstance(exc, Unrecoverable) and retry.should_retry(exc, attempt):
             if self.on_retry is not None:
                 self.on_retry(exc, attempt)
-            delay = retry.delay_after(attempt)
+            delay = retry.delay_for(exc, attempt)
             self.account.retried_once()
             self.log.retrying(item, exc, attempt, delay)
             await asyncio.sleep(delay)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import Failure
 from ._adaptive import Adaptive
+from ._breaker import StageBreaker
 from ._cache import StageCache
 from ._calls import (
     AWAIT,
@@ -71,6 +72,7 @@ class Stage(Sink):
     __slots__ = (
         "account",
         "adaptive",
+        "breaker",
         "cache",
         "call_fn",
         "chain",
@@ -126,11 +128,11 @@ class Stage(Sink):
         self.executor_call: Callable[[Any], Any] = spec.func  # the executor's call of invoke
         self.call_fn = self.executor_call  # (or, for one sampled call, a timed one)
         self.cache = None if spec.options.cache is None else StageCache(spec.options.cache, self)
+        breaker = spec.options.circuit_breaker
+        self.breaker = None if breaker is None else StageBreaker(breaker, run, spec)
         self.account = Account()  # where its items went (the ledger writes it)
-        # What observes it (see ``_observe``): its statistics' record, a user's observer.
-        self.record = None if stats is None else stats.record(self)
-        # Where its calls count their items (a batch stage counts them as they arrive).
-        self.tally = None if spec.batch else self.record
+        self.record = None if stats is None else stats.record(self)  # (see ``_observe``)
+        self.tally = None if spec.batch else self.record  # (a batch stage's count as they come)
         self.observer = observer
         retried, checkpoint = None if observer is None else observer.retried, run.checkpoint
         self.policy = Policy(spec, self.attempt, self.account, run.log.stage(spec), retried)
@@ -165,6 +167,8 @@ class Stage(Sink):
             call = self.adaptive.wrap(call)
         if self.traced is not None:
             call = self.traced(call)
+        if self.breaker is not None:  # (outside the span, inside the cache: see _breaker)
+            call = self.breaker.wrap(call)
         if self.cache is not None:  # (outside the span: a hit makes no call)
             call = self.cache.wrap(call, self.is_batch)
         self.call_fn = self.executor_call = call

@@ -305,6 +305,8 @@ class Collector:
                     "dropped": stage.account.dropped_by_function,
                     "cache_hits": None if stage.cache is None else stage.cache.hits,
                     "cache_misses": None if stage.cache is None else stage.cache.misses,
+                    "circuit_opened": None if stage.breaker is None else stage.breaker.opened,
+                    "circuit_rejected": None if stage.breaker is None else stage.breaker.rejected,
                     "offload": _offload(stage),
                 }
             )
