@@ -218,7 +218,7 @@ def _hand_on(stage: Caller, result: Any, node: Any, item: Any) -> None:
         stage.ledger.waited(stage, item, True)
     else:  # (its next turn may start before the run looks for a stall)
         stage.ledger.waited(stage, item, False)
-        gate.call_ended()
+        gate.call_ended(item)
         stage.ledger.work_stopped()
 
 
@@ -343,7 +343,7 @@ def finish(
             working = False
         else:  # (as ``_hand_on``)
             stage.ledger.waited(stage, item, False)
-            gate.call_ended()
+            gate.call_ended(item)
     finally:
         if working:
             stage.ledger.work_stopped()
