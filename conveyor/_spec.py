@@ -318,13 +318,15 @@ def make_options(given: Mapping[str, Any], *, batch: bool, where: str) -> TaskOp
 def _single_only(values: Mapping[str, Any]) -> None:
     """Per-key limits and priority order single items: a batch task's calls take lists."""
     rate = values.get("rate_limit")
-    given = [name for name in ("concurrency_limit_per_key", "priority") if values.get(name)]
+    given = [f"{name}=" for name in ("concurrency_limit_per_key", "priority") if values.get(name)]
     if rate is not None and rate.key is not None:
         given.append("rate_limit=RateLimit(..., key=...)")
     if given:
         raise ValueError(
-            f"{given[0]} applies to @single_task: a batch task's calls take lists of items. "
-            f"Put a @single_task before the batch task to pace or order the items."
+            f"{given[0]} applies to @single_task only: a batch task's calls take lists of "
+            f"items, of any keys. A batch task takes rate_limit= without key= (smooth "
+            f"with burst=) and concurrency_limit=; to pace items per key, give them a "
+            f"@single_task."
         )
 
 

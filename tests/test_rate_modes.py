@@ -9,6 +9,7 @@ arrival times); the exact spacing is checked on looptime's virtual clock.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -134,7 +135,7 @@ async def test_burst_1_spaces_starts_evenly() -> None:
     # (looptime's timers fire on its resolution, a microsecond late at most: a late start
     # moves the next ones, never earlier than the spacing)
     assert starts == pytest.approx([0.1 * i for i in range(25)], abs=1e-4)
-    assert all(b - a >= 0.1 - EPS for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a >= 0.1 - EPS for a, b in itertools.pairwise(starts))
 
 
 @pytest.mark.looptime
@@ -215,7 +216,7 @@ async def test_one_keyed_limit_shared_by_two_tasks() -> None:
     for key in (0, 1):
         times = sorted(t for k, t in starts if k == key)
         assert len(times) == 6
-        assert all(b - a >= 0.5 - EPS for a, b in zip(times, times[1:], strict=False))
+        assert all(b - a >= 0.5 - EPS for a, b in itertools.pairwise(times))
 
 
 @pytest.mark.looptime
@@ -281,7 +282,7 @@ async def test_forgetting_a_key_changes_nothing_it_allows(mode: int | None) -> N
         if mode is None:
             assert all(times[i + 2] - times[i] >= 1.0 - EPS for i in range(4))
         else:
-            assert all(b - a >= 0.5 - EPS for a, b in zip(times, times[1:], strict=False))
+            assert all(b - a >= 0.5 - EPS for a, b in itertools.pairwise(times))
 
 
 # -- per-key concurrency -----------------------------------------------------------------
