@@ -115,6 +115,13 @@ class RateLimit:
             quotas = self._quotas[loop] = Keyed(self, loop)
         return quotas
 
+    def describe(self) -> str:
+        """For statistics and charts: ``"10 calls per 1 s"``, and the mode and key."""
+        text = f"{self.calls} calls per {self.per_seconds:g} s"
+        if self.burst is not None:
+            text += f", smooth (burst {self.burst})"
+        return text if self.key is None else text + ", per key"
+
     def __repr__(self) -> str:
         extra = "" if self.burst is None else f", burst={self.burst}"
         if self.key is not None:

@@ -422,3 +422,21 @@ async def test_a_rate_limited_batch_task_in_smooth_mode() -> None:
 
     assert await call(range(12)).collect() == list(range(12))
     assert starts == pytest.approx([0.0, 0.5, 1.0, 1.5])
+
+
+@pytest.mark.looptime
+async def test_statistics_and_charts_name_the_mode() -> None:
+    limit = RateLimit(2, 1.0, burst=1, key=lambda i: i % 2)
+
+    @single_task(rate_limit=limit, concurrency_limit_per_key=(lambda i: i % 2, 1))
+    async def call(i: int) -> int:
+        await asyncio.sleep(0.1)
+        return i
+
+    stream = call(range(8))
+    assert await stream.collect() == list(range(8))
+    stats = stream.stats.stages[0]
+    assert stats.rate_limit == "2 calls per 1 s, smooth (burst 1), per key"
+    chart = call._pipeline().to_mermaid()
+    assert "rate limit 2 calls per 1 s, smooth (burst 1), per key" in chart
+    assert "1 at once per key" in chart

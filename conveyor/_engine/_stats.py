@@ -375,7 +375,7 @@ def _input_figures(run: Run | None) -> dict[str, Any] | None:
 
 def _rate(stage: Stage) -> str | None:
     limit = stage.spec.options.rate_limit
-    return None if limit is None else f"{limit.calls} calls per {limit.per_seconds:g} s"
+    return None if limit is None else limit.describe()
 
 
 def _gated(stage: Stage) -> int:
