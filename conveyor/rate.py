@@ -51,6 +51,13 @@ __all__ = ["RateLimit"]
 SWEEP_MIN = 64
 """Keys kept before the first sweep of idle keys (see the module's docstring)."""
 
+SLACK = 0.0
+"""A wait this short counts as none. The smooth mode's schedule is a float sum
+(``tat + interval``, over and over) that can end an ulp past the loop's time when its
+timer fires (asyncio fires a timer up to its clock's resolution early; a virtual clock
+such as looptime's counts whole microseconds): waiting again for 1e-16 s would spin
+without the clock moving."""
+
 
 class RateLimit:
     """At most ``calls`` call starts in any ``per_seconds`` (window mode), or starts
@@ -173,8 +180,9 @@ class Cell:
         self.tat = float("-inf")
 
     def wait(self) -> float:
-        """Seconds until a call may start (0: now)."""
-        return max(0.0, self.tat - self.tolerance - self.loop.time())
+        """Seconds until a call may start (0: now, or within ``SLACK``)."""
+        wait = self.tat - self.tolerance - self.loop.time()
+        return wait if wait > SLACK else 0.0
 
     def take(self) -> None:
         """A call starts now."""

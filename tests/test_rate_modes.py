@@ -440,3 +440,33 @@ async def test_statistics_and_charts_name_the_mode() -> None:
     chart = call._pipeline().to_mermaid()
     assert "rate limit 2 calls per 1 s, smooth (burst 1), per key" in chart
     assert "1 at once per key" in chart
+
+
+@pytest.mark.looptime
+async def test_a_retry_and_the_lanes_share_smooth_turns_without_spinning() -> None:
+    """Found by the property of test_priority: a smooth schedule is a float sum that can
+    end an ulp past the clock when its timer fires; waiting again for 1e-16 s spun
+    forever on looptime's clock (which counts microseconds). Retries and queued items
+    now share the turns, one every 0.1 s."""
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+
+    @single_task(
+        rate_limit=RateLimit(1, 0.1, burst=1, key=lambda x: 0),
+        concurrency_limit_per_key=(lambda x: x % 4, 1),
+        retry_attempts=2,
+        retry_delay=0.25,
+        retry_jitter=0.0,
+    )
+    async def call(x: int) -> list[int]:
+        starts.append(loop.time())
+        if x in (50, 15) and starts.count(-x) == 0:
+            starts.append(-x)  # (fails once)
+            raise ValueError(x)
+        return [x, x]  # (two items)
+
+    items = [47, 39, 58, 37, 45, 30, 18, 30, 50, 48, 15, 2, 44, 60, 55, 49, 13, 10, 19]
+    assert sorted(await call.as_completed(items).collect()) == sorted(items * 2)
+    times = [t for t in starts if t >= 0]
+    assert len(times) == len(items) + 2
+    assert all(b - a >= 0.1 - 1e-6 for a, b in itertools.pairwise(times))

@@ -31,12 +31,14 @@ call, which keeps its key's slot.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Failure
+from ..rate import SLACK
 from ._gate import capacity_of
 from ._roles import NO_ITEM
 from ._stage import SingleStage
@@ -116,7 +118,10 @@ class Lanes:
         if self.per_key and self.calls.get(slot_key, 0) >= self.per_key:
             return math.inf
         quota = self._quota(rate_key)
-        return 0.0 if quota is None else quota.wait()
+        if quota is None:
+            return 0.0
+        wait = quota.wait()  # (a window's too, as the smooth mode's: see ``SLACK``)
+        return wait if wait > SLACK else 0.0
 
     def room(self) -> bool:
         """A free concurrency slot, and a worker to start the call at once (``_gate``)."""
@@ -305,7 +310,9 @@ class Lanes:
         """A retry of the call on ``item`` waits for its rate key's turn, and takes it."""
         quota = self._quota(None if self.rate_key is None else self.rate_key(item))
         if quota is not None:
-            await quota.acquire()
+            while (delay := quota.wait()) > SLACK:
+                await asyncio.sleep(delay)
+            quota.take()
 
     def over(self, run: object) -> None:
         """The run is over: drop the timer (waiting items go with the run)."""
