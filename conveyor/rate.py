@@ -51,7 +51,7 @@ __all__ = ["RateLimit"]
 SWEEP_MIN = 64
 """Keys kept before the first sweep of idle keys (see the module's docstring)."""
 
-SLACK = 0.0
+SLACK = 1e-6
 """A wait this short counts as none. The smooth mode's schedule is a float sum
 (``tat + interval``, over and over) that can end an ulp past the loop's time when its
 timer fires (asyncio fires a timer up to its clock's resolution early; a virtual clock
