@@ -112,9 +112,9 @@ async def test_per_host_limits_hold_per_host() -> None:
     assert [len(times) for times in by_host] == [n, n]
     for times in by_host:
         assert worst_window(times) <= 1.05 * per_host
-    assert elapsed < SECONDS + 1.0  # side by side (one after the other: 6 s)
+    assert elapsed < 2 * SECONDS - 1.0  # side by side (one after the other: 6 s)
     # Both hosts started at once: localhost's first request did not wait for 127.0.0.1's.
-    assert min(by_host[1]) - min(by_host[0]) < 0.5
+    assert min(by_host[1]) - min(by_host[0]) < 1.0  # (it would be 3 s; margin for load)
 
 
 # -- on the virtual clock: the exact spacing --------------------------------------------
