@@ -110,8 +110,11 @@ def option_lines(spec: StageSpec) -> list[str]:
     if o.concurrency_limit is not None:
         lines.append(f"concurrency {o.concurrency_limit}")
     if o.rate_limit is not None:
-        rate = o.rate_limit
-        lines.append(f"rate limit {rate.calls} calls per {rate.per_seconds:g} s")
+        lines.append(f"rate limit {o.rate_limit.describe()}")
+    if o.concurrency_limit_per_key is not None:
+        lines.append(f"{o.concurrency_limit_per_key[1]} at once per key")
+    if o.priority is not None:
+        lines.append("by priority")
     executor = executor_name(o.executor)
     if executor is not None:
         chunks = "" if o.chunk_size is None else f", chunk_size {o.chunk_size}"

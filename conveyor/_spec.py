@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Literal, TypedDict
 
 from ._engine._registry import AutoChoice, chunked_kinds, kind_of
@@ -62,6 +62,8 @@ class TaskOptions:
     rate_limit: RateLimit | None = None
     cache: Cache | None = None
     circuit_breaker: CircuitBreaker | None = None
+    concurrency_limit_per_key: tuple[Callable[[Any], Hashable], int] | None = None
+    priority: Callable[[Any], Any] | None = None
     # Batch tasks only:
     min_size: int = 1
     max_size: int = 1
@@ -102,6 +104,8 @@ class CommonOptions(TypedDict, total=False):
     rate_limit: RateLimit | tuple[int, float] | None
     cache: Cache | None
     circuit_breaker: CircuitBreaker | None
+    concurrency_limit_per_key: tuple[Callable[[Any], Hashable], int] | None
+    priority: Callable[[Any], Any] | None
 
 
 class BatchOnlyOptions(CommonOptions, total=False):
@@ -220,6 +224,33 @@ def _cache(name: str, value: Any) -> Any:
     return value
 
 
+def _per_key(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, tuple)
+        or len(value) != 2
+        or not callable(value[0])
+        or isinstance(value[1], bool)
+        or not isinstance(value[1], int)
+        or value[1] < 1
+    ):
+        raise TypeError(
+            f"{name} must be (key_function, n): at most n calls at once per key, e.g. "
+            f"{name}=(lambda url: urlsplit(url).hostname, 2); got {value!r}"
+        )
+    return value
+
+
+def _priority(name: str, value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"{name} must be a function of the item returning a comparable value (higher "
+            f"starts first), or None; e.g. {name}=lambda job: job.urgency; got {value!r}"
+        )
+    return value
+
+
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "executor": check_executor,
     "retry_attempts": _int(1),
@@ -238,6 +269,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "rate_limit": as_rate_limit,
     "cache": _cache,
     "circuit_breaker": as_breaker,
+    "concurrency_limit_per_key": _per_key,
+    "priority": _priority,
     "min_size": _int(1),
     "max_size": _int(1, optional=True),
     "max_wait": _seconds(optional=True),
@@ -281,6 +314,8 @@ def make_options(given: Mapping[str, Any], *, batch: bool, where: str) -> TaskOp
         elif max_size < min_size:
             raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
         values["max_size"] = max_size
+    if batch:
+        _single_only(values)
     executor = values.get("executor")
     if values.get("chunk_size") is not None and not kind_of(executor).chunked:
         raise ValueError(
@@ -288,6 +323,21 @@ def make_options(given: Mapping[str, Any], *, batch: bool, where: str) -> TaskOp
             f"executor={chunked_kinds()} (got executor={executor!r})"
         )
     return TaskOptions(**values)
+
+
+def _single_only(values: Mapping[str, Any]) -> None:
+    """Per-key limits and priority order single items: a batch task's calls take lists."""
+    rate = values.get("rate_limit")
+    given = [f"{name}=" for name in ("concurrency_limit_per_key", "priority") if values.get(name)]
+    if rate is not None and rate.key is not None:
+        given.append("rate_limit=RateLimit(..., key=...)")
+    if given:
+        raise ValueError(
+            f"{given[0]} applies to @single_task only: a batch task's calls take lists of "
+            f"items, of any keys. A batch task takes rate_limit= without key= (smooth "
+            f"with burst=) and concurrency_limit=; to pace items per key, give them a "
+            f"@single_task."
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

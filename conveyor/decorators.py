@@ -39,7 +39,17 @@ function, and take the same error options:
     ``(calls, per_seconds)``: at most ``calls`` calls of this task start in any
     ``per_seconds``, across its concurrent calls; a :class:`~conveyor.RateLimit` given to
     several tasks is one quota for all of them. Waiting for a turn is not part of the
-    call: the ``timeout`` does not count it. See ``conveyor.rate``.
+    call: the ``timeout`` does not count it. ``RateLimit(calls, per, burst=b)`` spaces
+    starts evenly (at most ``b`` at once); ``RateLimit(..., key=f)`` keeps one quota per
+    key ``f(item)`` (single tasks). See ``conveyor.rate``.
+``concurrency_limit_per_key``
+    ``(key_function, n)``: at most ``n`` calls at once per key (e.g. per host), besides
+    ``concurrency_limit``; items waiting for one key hold no slot and never hold up
+    other keys (single tasks). See ``conveyor._engine._lanes``.
+``priority``
+    A function of the item returning a number: among items waiting for this task's
+    slots or turns, the highest starts first (FIFO among equals); an ordered run's
+    output order is unchanged (single tasks).
 ``cache``
     A :class:`~conveyor.cache.Cache`: an item whose result it holds is answered from it, with
     no call (no executor, rate limit, retry or timeout); only successful results other

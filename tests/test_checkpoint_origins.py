@@ -361,12 +361,19 @@ def _run_once(
                         checkpoint = stream._run.checkpoint  # type: ignore[union-attr]
                         attempt.in_flight = checkpoint.in_flight
                         uncommitted = checkpoint.admitted - checkpoint.committed
-                        assert uncommitted <= max(stream._run.ledger.limit, attempt.in_flight), (
+                        # (Past the window, after a stall let the pump through, each done
+                        # item is handed to the store at once: only the groups the
+                        # session's writer thread is committing now are not in flight.)
+                        writing = sum(n for _, n in checkpoint.writing)
+                        bound = max(stream._run.ledger.limit, attempt.in_flight + writing)
+                        assert uncommitted <= bound, (
                             uncommitted,
                             attempt.in_flight,
                             checkpoint.ended,
                             checkpoint.committed,
                             checkpoint.done_keys,
+                            checkpoint.failed_keys,
+                            checkpoint.writing,
                         )
                         raise KeyboardInterrupt  # (thrown into the run by its consumer)
         except KeyboardInterrupt:

@@ -214,9 +214,9 @@ class CheckpointInput:
         while self.admitted - self.committed >= ledger.limit and not run.closed:
             self.flush()
             if self.writing:
-                future, n = self.writing.pop(0)
-                await asyncio.wrap_future(future)  # (raises the store's error: the run fails)
-                self.committed += n
+                # (Left in ``writing`` until committed: what a crash would repeat.)
+                await asyncio.wrap_future(self.writing[0][0])  # (the store's error: raised)
+                self.collect()
                 continue
             if self.let_through:
                 break

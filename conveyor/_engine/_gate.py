@@ -30,7 +30,7 @@ from ._pools import ChunkedCalls, PoolCalls, PoolExecutor, cores
 from ._threads import THREADS, ThreadPool
 
 if TYPE_CHECKING:
-    from ..rate import Window
+    from ..rate import Cell, Window
     from ._roles import StageRole
 
 
@@ -40,13 +40,24 @@ class Gate:
     __slots__ = ("call", "queue", "stage", "timer", "window")
 
     def __init__(
-        self, stage: StageRole, window: Window, call: Callable[[Any, Any, Any], None]
+        self, stage: StageRole, window: Window | Cell, call: Callable[[Any, Any, Any], None]
     ) -> None:
         self.stage = stage
         self.window = window
         self.call = call  # what starts a call, once its turn has come
         self.queue: deque[tuple[Any, Any, Any]] = deque()
         self.timer: Any = None
+
+    @property
+    def held(self) -> int:
+        """Items waiting for their turn (each holds a concurrency slot)."""
+        return len(self.queue)
+
+    waiting = held
+
+    async def acquire(self, item: Any) -> None:
+        """A retry waits for its turn, then takes it."""
+        await self.window.acquire()
 
     def room(self) -> bool:
         """Whether a call handed to the executor now would start at once: the stage's
@@ -82,7 +93,7 @@ class Gate:
         self.stage.ledger.work_ended_quietly()  # (go_on looks for the end, or a stall)
         self.go_on()
 
-    def call_ended(self) -> None:
+    def call_ended(self, item: Any = None) -> None:
         """(From ``_waiting`` and ``_expand``.) One of the stage's calls is over (its
         ``running`` count is down): a worker is free for the next in the queue."""
         if self.queue and self.timer is None and not self.stage.run.closed:

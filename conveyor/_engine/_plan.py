@@ -5,8 +5,9 @@ For each stage: its concurrency limit (an adaptive one's bounds and start: ``_ad
 whether it is a *plain* call (a plain function on the loop, whose result can go straight
 into the next function), whether it is *fused* with the next stage, how an item's call
 starts (``"coroutine"``: an ``async def`` on the loop, whose call always returns a
-coroutine; ``"turn"``: under a rate limit, when its turn comes; ``"call"``: the generic
-rules), and whether a user's observer watches it.
+coroutine; ``"turn"``: under a rate limit, when its turn comes; ``"lanes"``: under a
+keyed rate limit, a per-key concurrency limit or a priority, by ``_lanes``; ``"call"``:
+the generic rules), and whether a user's observer watches it.
 For the run: the window (``max_in_flight``, raised to hold a full batch of every batch
 stage: see ``_ledger``), the order, whether the pump may call the first stage directly,
 and whether it may run the whole chain as one composed function (the tight loop of
@@ -45,7 +46,7 @@ class StagePlan:
     observed: bool
     plain: bool
     fused: bool
-    starts: str  # "coroutine", "turn" or "call"
+    starts: str  # "coroutine", "turn", "lanes" or "call"
     adaptive: tuple[int, int, int] | None = None  # an adaptive limit's (min, max, start)
 
     @property
@@ -135,18 +136,27 @@ def _inline(spec: StageSpec) -> bool:
 
 
 def _plain(spec: StageSpec, observed: bool) -> bool:
-    """A plain function on the loop, not under a rate limit (its calls wait for their
-    turn) nor watched by a user's observer (told of every call)."""
+    """A plain function on the loop, not under a rate limit, a per-key limit or a
+    priority (its calls wait for their turn) nor watched by a user's observer (told of
+    every call)."""
     return (
         not spec.batch
         and _inline(spec)
         and not spec.is_async
-        and spec.options.rate_limit is None
+        and _starts(spec) == "call"
         and not observed
     )
 
 
 def _starts(spec: StageSpec) -> str:
-    if spec.options.rate_limit is not None:
+    options = spec.options
+    rate = options.rate_limit
+    if (
+        options.priority is not None
+        or options.concurrency_limit_per_key is not None
+        or (rate is not None and rate.key is not None)
+    ):
+        return "lanes"
+    if rate is not None:
         return "turn"
     return "coroutine" if _inline(spec) and spec.is_async else "call"

@@ -67,11 +67,40 @@ class RunRole(Protocol):
         ...
 
 
-class Turns(Protocol):
-    """A stage's rate limit (``_gate.Gate``), as the end of a call sees it."""
+NO_ITEM: Any = object()
+"""``Turns.call_ended``'s item when the end is not one call's (an expansion's)."""
 
-    def call_ended(self) -> None:
-        """One of the stage's calls is over: a worker may be free for the next turn."""
+
+class Turns(Protocol):
+    """What decides when a stage's calls start: its rate limit (``_gate.Gate``), or its
+    lanes (``_lanes.Lanes``: keyed limits, priority), as the stage and the end of a call
+    see it."""
+
+    @property
+    def held(self) -> int:
+        """Items waiting here that hold a concurrency slot."""
+        ...
+
+    @property
+    def waiting(self) -> int:
+        """Items waiting here for their turn."""
+        ...
+
+    def start(self, item: Any, node: Any, origin: Any) -> None:
+        """Installed as the stage's ``start``: call now, or wait for a turn."""
+        ...
+
+    def call_ended(self, item: Any = NO_ITEM) -> None:
+        """One of the stage's calls is over (the call on ``item``; ``NO_ITEM``: an
+        expansion): a worker, or a key's slot, may be free for the next turn."""
+        ...
+
+    async def acquire(self, item: Any) -> None:
+        """A retry of the call on ``item`` waits for its turn, then takes it."""
+        ...
+
+    def over(self, run: object) -> None:
+        """The run is over: drop the timer (waiting items go with the run)."""
         ...
 
 

@@ -36,6 +36,7 @@ from ._checkpoint import CheckpointInput
 from ._delivery import BatchFeeder, OrderedOriginsOutput, OrderedOutput, OriginsOutput, Output
 from ._fused import tight_loop
 from ._input import NO_INPUT, FeedbackPump, close_source, pump
+from ._lanes import LanedStage
 from ._ledger import Ledger
 from ._log import RunLog
 from ._observe import Counted, ObservedExecutor, RunObserver, waited_for_room
@@ -250,7 +251,9 @@ class Run:
                 else:
                     sink = stage
             else:
-                stage = SingleStage(self, stage_plan, executor, stats, probe, self.tracing)
+                # (keyed limits, priority: the lanes start its calls, see ``_lanes``)
+                kind = LanedStage if stage_plan.starts == "lanes" else SingleStage
+                stage = kind(self, stage_plan, executor, stats, probe, self.tracing)
                 stage.list = order
                 stage.downstream = sink
                 if stage_plan.fused:  # (the next stage is the sink: see _plan)

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     import contextvars
 
     from ._observe import StageObserver
-    from ._roles import RunRole
+    from ._roles import RunRole, Turns
 
 
 class Stage(Sink):
@@ -141,12 +141,14 @@ class Stage(Sink):
         self.traced = None if tracing is None else tracing.stage(self)
         # How an item's call starts (see ``_plan``): an async def on the loop skips the
         # generic result handling (its call always returns a coroutine); under a rate
-        # limit, the gate starts it when its turn comes.
+        # limit, the gate starts it when its turn comes (keys, priority: ``_lanes``).
         call: Callable[[Any, Any, Any], None] = (
             self.call_coroutine if plan.starts == "coroutine" else self.call
         )
         rate = spec.options.rate_limit
-        self.gate = None if rate is None else Gate(self, rate.window(run.loop), call)
+        self.gate: Turns | None = None
+        if rate is not None and plan.starts == "turn":
+            self.gate = Gate(self, rate.window(run.loop), call)
         self.start = call if self.gate is None else self.gate.start
         self.chain: Stage | None = None  # the next stage, if fused with it (``_plan``)
         self.downstream: Sink = Sink()
@@ -316,7 +318,7 @@ class Stage(Sink):
     async def attempt(self, item: Any) -> Any:
         """One complete call again, inside the call's task (retries, batch isolation)."""
         if self.gate is not None:
-            await self.gate.window.acquire()  # (before the timeout: the wait is no call)
+            await self.gate.acquire(item)  # (before the timeout: the wait is no call)
         result = self.call_fn(item)
         if self.timeout is None:
             return (await settle(result, None))[0]

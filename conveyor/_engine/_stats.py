@@ -175,7 +175,7 @@ class Collector:
             if running > gated:
                 record.busy_seconds += dt
                 working = True
-            if stage.pending or running >= min(record.cap, stage.limit) or gated:
+            if running >= min(record.cap, stage.limit) or _waiting(stage):
                 record.full += dt
                 working = True
             elif window_full and running >= crowd:
@@ -378,17 +378,17 @@ def _input_figures(run: Run | None) -> dict[str, Any] | None:
 
 def _rate(stage: Stage) -> str | None:
     limit = stage.spec.options.rate_limit
-    return None if limit is None else f"{limit.calls} calls per {limit.per_seconds:g} s"
+    return None if limit is None else limit.describe()
 
 
 def _gated(stage: Stage) -> int:
-    """Items waiting for their turn under a rate limit (each holds a slot)."""
-    return len(stage.gate.queue) if stage.gate is not None else 0
+    """Items waiting for their turn under a rate limit that hold a slot (see ``_gate``)."""
+    return stage.gate.held if stage.gate is not None else 0
 
 
 def _waiting(stage: Stage) -> int:
-    """Items waiting for a concurrency slot, or for their turn under a rate limit."""
-    return len(stage.pending) + _gated(stage)
+    """Items waiting for a concurrency slot, or for their turn (rate, key, priority)."""
+    return len(stage.pending) + (stage.gate.waiting if stage.gate is not None else 0)
 
 
 def _offload(stage: Stage) -> dict[str, Any] | None:

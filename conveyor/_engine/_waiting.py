@@ -224,7 +224,7 @@ def _hand_on(stage: Caller, result: Any, node: Any, item: Any, origin: Any) -> N
         stage.ledger.waited(stage, item, True)
     else:  # (its next turn may start before the run looks for a stall)
         stage.ledger.waited(stage, item, False)
-        gate.call_ended()
+        gate.call_ended(item)
         stage.ledger.work_stopped()
 
 
@@ -360,7 +360,7 @@ def finish(
             working = False
         else:  # (as ``_hand_on``)
             stage.ledger.waited(stage, item, False)
-            gate.call_ended()
+            gate.call_ended(item)
     finally:
         if working:
             stage.ledger.work_stopped()
