@@ -7,7 +7,7 @@ Two modes, chosen by ``burst=``:
   starts: exact, and bounded in memory by ``calls``). After a pause a full ``calls``
   start at once, and the next ``calls`` one window later: a server that sees each
   request a variable time after its start can count up to ``2 * calls`` in one of its
-  windows (measured: see docs/flow-control-rates.md).
+  windows (measured: see docs/flow-control.md).
 - **Smooth** (``burst=b``, an int ``>= 1``): a generic cell rate algorithm (GCRA).
   Starts are spaced ``per_seconds / calls`` apart, and at most ``b`` may come at once
   after a pause: a start is allowed at ``t`` when ``t >= tat - (b - 1) * interval``,
