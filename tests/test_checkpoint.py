@@ -2,21 +2,15 @@
 input item is recorded done exactly when everything derived from it has left the run
 (single, filter, list and generator expansions, batches, Failures under each policy);
 a resumed run skips done items without calling any task; an exception midway, then a
-resume, delivers the plain run's results with nothing delivered twice once recorded done;
-a child killed with SIGKILL and restarted until complete repeats at most the window."""
+resume, delivers the plain run's results with nothing delivered twice once recorded done.
+(A child killed with SIGKILL and restarted until complete: tests/test_crash.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
-import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,75 +287,3 @@ async def test_exception_midway_then_resume(tmp_path: Path, mode: str) -> None:
             if cp.summary().last_run_outcome == "finished":
                 break
         assert sorted(set(delivered)) == plain
-
-
-CHILD = """
-import asyncio, contextlib, sqlite3, sys, time
-import conveyor
-from conveyor import Checkpoint, batch_task, single_task
-
-db_path, cp_path, attempt = sys.argv[1], sys.argv[2], int(sys.argv[3])
-
-@single_task
-async def fetch(x):
-    await asyncio.sleep(0.0002)
-    return x
-
-@batch_task(max_size=8, executor="thread")
-def score(batch):
-    time.sleep(0.001)
-    return batch
-
-@batch_task(max_size=8)
-def sink(batch):
-    with contextlib.closing(sqlite3.connect(db_path)) as db, db:  # (a transaction)
-        # a plain INSERT: a repeated item shows as a second row
-        db.executemany("INSERT INTO rows VALUES (?, ?)", [(x, attempt) for x in batch])
-    return None
-
-with contextlib.closing(sqlite3.connect(db_path)) as db:
-    db.execute("CREATE TABLE IF NOT EXISTS rows (item INTEGER, attempt INTEGER)")
-pipeline = (fetch | score | sink).with_context(max_in_flight=32)
-asyncio.run(pipeline.with_checkpoint(Checkpoint(cp_path))(range(8000)).collect())
-print("complete")
-"""
-
-
-def test_sigkill_and_restart_until_complete(tmp_path: Path) -> None:
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(CHILD))
-    db, cp = tmp_path / "rows.db", tmp_path / "cp.db"
-    env = {**os.environ, "PYTHONPATH": str(Path(conveyor.__file__).parent.parent)}
-    rng = random.Random(7)
-    kills = 0
-    for attempt in range(30):
-        child = subprocess.Popen(
-            [sys.executable, str(script), str(db), str(cp), str(attempt)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        if kills < 4:
-            time.sleep(0.5 + rng.random())
-            if child.poll() is None:
-                child.send_signal(signal.SIGKILL)
-                kills += 1
-        out, err = child.communicate(timeout=120)
-        if child.returncode == 0:
-            assert b"complete" in out
-            break
-        assert child.returncode == -signal.SIGKILL, err.decode()
-    else:
-        pytest.fail("the child never completed")
-    # (A run may end before its kill comes on a fast machine, the wait being random:
-    # tests/test_crash.py kills 50 times at chosen moments.)
-    assert kills >= 1
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        rows = conn.execute("SELECT item, attempt FROM rows").fetchall()
-    assert {item for item, _ in rows} == set(range(8000))  # every item, at least once
-    seen: set[int] = set()
-    for run in sorted({a for _, a in rows}):
-        mine = {item for item, a in rows if a == run}
-        assert len(mine & seen) <= 32  # a crash repeats at most the window
-        seen |= mine
-    assert Checkpoint(cp).summary().done == 8000
