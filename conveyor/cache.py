@@ -9,6 +9,7 @@ docs/durable-runs.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -16,6 +17,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from types import NoneType
 from typing import Any
+
+from ._sqlite import open_database
 
 __all__ = ["Cache"]
 
@@ -88,33 +91,17 @@ class Cache:
         with self._lock:
             self._entries.clear()
         if self.path is not None:
-            with connect(self.path) as db:
+            with contextlib.closing(connect(self.path)) as db:
                 db.execute("DELETE FROM conveyor_cache")
 
     def __len__(self) -> int:
         """Entries stored (expired ones included until they are looked up)."""
         if self.path is None:
             return len(self._entries)
-        with connect(self.path) as db:
+        with contextlib.closing(connect(self.path)) as db:
             return int(db.execute("SELECT count(*) FROM conveyor_cache").fetchone()[0])
 
 
-class connect:
-    """A connection to a SQLite cache file (autocommit, WAL, the table made), closed on
-    exit."""
-
-    def __init__(self, path: str) -> None:
-        self.db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        try:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute(_SCHEMA)
-        except BaseException:
-            self.db.close()
-            raise
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self.db
-
-    def __exit__(self, *exc: object) -> None:
-        self.db.close()
+def connect(path: str) -> sqlite3.Connection:
+    """A connection to a SQLite cache file (see ``_sqlite.open_database``), its table made."""
+    return open_database(path, _SCHEMA)

@@ -248,7 +248,7 @@ class StageCache:
         """(Under the cache's lock.) This run's connection, opened on first use."""
         if self.db is None:
             assert self.cache.path is not None
-            connection = connect(self.cache.path).db
+            connection = connect(self.cache.path)
             self.db = connection
         return self.db
 

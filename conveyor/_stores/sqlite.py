@@ -11,11 +11,13 @@ SIGKILL included); ``reset()`` takes it too.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
 import time
 
+from .._sqlite import open_database
 from .base import DONE, FAILED, CheckpointBusy, CheckpointSummary
 
 __all__ = ["SqliteRun", "SqliteStore"]
@@ -82,9 +84,8 @@ class SqliteRun:
         self.lock = _Lock(path)
         self.lock.__enter__()
         try:
-            self.db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+            self.db = open_database(path, *_SCHEMA)
             try:
-                _prepare(self.db)
                 query = "SELECT key FROM conveyor_checkpoint"
                 if retry_failed:
                     query += f" WHERE state = '{DONE}'"
@@ -159,24 +160,6 @@ class _Lock:
             os.close(fd)  # (closing the descriptor lets the lock go)
 
 
-def _prepare(db: sqlite3.Connection) -> None:
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    for statement in _SCHEMA:
-        db.execute(statement)
-
-
-class _connect:
-    def __init__(self, path: str) -> None:
-        self.db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-        try:
-            _prepare(self.db)
-        except BaseException:
-            self.db.close()
-            raise
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self.db
-
-    def __exit__(self, *exc: object) -> None:
-        self.db.close()
+def _connect(path: str) -> contextlib.closing[sqlite3.Connection]:
+    """A connection to the checkpoint's file (its tables made), closed on exit."""
+    return contextlib.closing(open_database(path, *_SCHEMA))
