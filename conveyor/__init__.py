@@ -13,6 +13,7 @@ from .adaptive import AdaptiveLimit
 from .breaker import CircuitBreaker, CircuitOpenError
 from .cache import Cache
 from .checkpoint import Checkpoint, CheckpointBusy, CheckpointSummary
+from .compose import parallel, route
 from .context import (
     ContextManager,
     ExecutionMode,
@@ -59,7 +60,9 @@ __all__ = [
     "current_keys",
     "get_current_context",
     "merge",
+    "parallel",
     "read_retry_after",
+    "route",
     "run",
     "set_current_context",
     "single_task",

@@ -34,6 +34,7 @@ __all__ = [
     "BatchTaskOptions",
     "CommonOptions",
     "SingleTaskOptions",
+    "BranchesSpec",
     "StageSpec",
     "TaskOptions",
     "make_options",
@@ -356,6 +357,8 @@ class StageSpec:
     args: tuple[Any, ...] = ()
     kwargs: tuple[tuple[str, Any], ...] = ()
     resources: tuple[tuple[str, Any], ...] = ()
+    # A stage that gives its items to other pipelines (``conveyor.parallel``, ``route``).
+    branches: BranchesSpec | None = None
 
     def __post_init__(self) -> None:
         executor = self.options.executor
@@ -396,3 +399,22 @@ class StageSpec:
     def is_async(self) -> bool:
         """Whether calls return coroutines (``async def``; not async generators)."""
         return inspect.iscoroutinefunction(self.func)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BranchesSpec:
+    """The branches of a ``conveyor.parallel`` or ``conveyor.route`` stage (see
+    ``_engine._branch``): each a label and the specs of its stages.
+
+    ``parallel``: every item goes to every branch, and ``combine(item, *results)`` (or
+    the tuple of the results) is its result. ``route``: ``key(item)`` picks the branch
+    (``routes``: a value and its branch's index); an item of no route goes to branch
+    ``default``, or on unchanged when ``default`` is None.
+    """
+
+    kind: Literal["parallel", "route"]
+    branches: tuple[tuple[str, tuple[StageSpec, ...]], ...]
+    combine: Callable[..., Any] | None = None
+    key: Callable[[Any], Any] | None = None
+    routes: tuple[tuple[Any, int], ...] = ()
+    default: int | None = None

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from . import _mermaid, _sync
 from ._engine._input import NO_INPUT
+from ._engine._origin import items_of
 from ._spec import StageSpec
 from .checkpoint import Checkpoint, Resumed
 from .context import ExecutionMode, PipelineContext, context_with
@@ -44,6 +45,8 @@ class Pipeline(Generic[In, Out]):
         self.context = context.copy() if context is not None else PipelineContext()
         # The checkpoint its runs read their input through (``with_checkpoint``).
         self.checkpoint: tuple[Checkpoint, bool] | None = None
+        # Whether its runs pair each result with its input item(s) (``with_items``).
+        self.paired = False
         for task in stages or ():
             self._append(task)
 
@@ -75,9 +78,15 @@ class Pipeline(Generic[In, Out]):
             getattr(other, "spec", None), StageSpec
         ):
             raise TypeError(_not_a_stage(other))
-        result: Pipeline[In, Any] = Pipeline(self.stages, self.context)
-        result.checkpoint = self.checkpoint
+        result: Pipeline[In, Any] = self._copy(self.context)
         result._append(other)
+        return result
+
+    def _copy(self, context: PipelineContext) -> Pipeline[Any, Any]:
+        """A copy of this pipeline in ``context``, with its run options."""
+        result: Pipeline[Any, Any] = Pipeline(self.stages, context)
+        result.checkpoint = self.checkpoint
+        result.paired = self.paired
         return result
 
     def __ror__(self, other: Any) -> Any:
@@ -94,7 +103,15 @@ class Pipeline(Generic[In, Out]):
         source = check_input(items)
         if self.checkpoint is not None:
             source = _resumed(source, *self.checkpoint)
-        return AsyncStream._for_pipeline(specs, source, self.context)
+        if self.paired and isinstance(source, Feedback):
+            raise TypeError(
+                "with_items() pairs each result with the input item it comes from: a run "
+                "on a Feedback input cannot (its items come back from its own results); "
+                "pair them yourself, or give the pipeline an iterable of items"
+            )
+        return AsyncStream._for_pipeline(
+            specs, source, self.context, items_of if self.paired else None
+        )
 
     def run(self, items: Iterable[In] | AsyncIterable[In] | Any = ..., /) -> list[Out]:
         """From plain synchronous code: run over ``items`` and return the results.
@@ -125,9 +142,7 @@ class Pipeline(Generic[In, Out]):
     def with_context(self, **updates: Any) -> Pipeline[In, Out]:
         """A copy whose context has ``updates``: context fields are set, other keys go in
         ``data``. E.g. ``with_context(max_in_flight=100, user="ann")``."""
-        result: Pipeline[In, Out] = Pipeline(self.stages, context_with(self.context, **updates))
-        result.checkpoint = self.checkpoint
-        return result
+        return self._copy(context_with(self.context, **updates))
 
     def with_checkpoint(
         self, checkpoint: Checkpoint | None, *, retry_failed: bool = False
@@ -141,8 +156,20 @@ class Pipeline(Generic[In, Out]):
                 f"with_checkpoint(checkpoint=...) must be a conveyor.Checkpoint or None, "
                 f"got {checkpoint!r}; e.g. pipeline.with_checkpoint(Checkpoint('run.db'))"
             )
-        result: Pipeline[In, Out] = Pipeline(self.stages, self.context)
+        result: Pipeline[In, Out] = self._copy(self.context)
         result.checkpoint = None if checkpoint is None else (checkpoint, bool(retry_failed))
+        return result
+
+    def with_items(self) -> Pipeline[In, tuple[Any, Out]]:
+        """A copy whose runs yield ``(item, result)`` pairs: ``item`` is the input item
+        the result descends from, whatever the stages made of it (for a batch's result,
+        the list of the batch's input items, in its order; for a source task's result,
+        ``None``). A :class:`~conveyor.errors.Failure` comes paired too (its ``.item`` is
+        the item at the stage that failed; the pair's, the input item). Order, bounds
+        and policies are unchanged; a result dropped or filtered out makes no pair. See
+        docs/composition.md."""
+        result: Pipeline[In, tuple[Any, Out]] = self._copy(self.context)
+        result.paired = True
         return result
 
     def to_mermaid(self) -> str:

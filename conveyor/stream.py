@@ -68,12 +68,18 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         self._observer: RunObserver | None = None
         self._stats: Collector | None = None
         self._progress: ProgressOptions | None = None
+        self._paired: Callable[[Any], Any] | None = None  # (``Pipeline.with_items``)
 
     @classmethod
     def _for_pipeline(
-        cls, specs: Sequence[StageSpec], source: Any, context: PipelineContext
+        cls,
+        specs: Sequence[StageSpec],
+        source: Any,
+        context: PipelineContext,
+        paired: Callable[[Any], Any] | None = None,
     ) -> AsyncStream[Any]:
         stream: AsyncStream[Any] = cls.__new__(cls)
+        stream._paired = paired
         stream._specs = specs
         stream._source = source
         stream._context = context
@@ -181,7 +187,9 @@ class AsyncStream(AsyncIterator[T], Generic[T]):
         if progress is not None:
             progress.check()  # (progress=True in the context: checked here, at the start)
         self._stats = Collector() if context.statistics or progress is not None else None
-        run = Run(self._specs, self._source, context, self._observer, self._stats)
+        run = Run(
+            self._specs, self._source, context, self._observer, self._stats, paired=self._paired
+        )
         self._run = run
         self._ready = run.ready
         self._taken = run.on_taken

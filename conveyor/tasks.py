@@ -20,10 +20,10 @@ import contextlib
 import dataclasses
 import types
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
-from typing import Any, ClassVar, Generic, Self, TypeVar, Unpack, overload
+from typing import Any, ClassVar, Generic, Literal, Self, TypeVar, Unpack, overload
 
 from ._engine._registry import kind_of
-from ._spec import BatchTaskOptions, StageSpec, TaskOptions, make_options
+from ._spec import BatchTaskOptions, BranchesSpec, StageSpec, TaskOptions, make_options
 from .adaptive import AdaptiveLimit
 from .context import ExecutionMode, get_current_context
 from .errors import ErrorAction, ErrorHandler, Failure, RetryConfig
@@ -115,6 +115,13 @@ class BaseTask(Generic[In, Out]):
 
     def __ror__(self, other: Any) -> Any:
         return Pipeline.__ror__(self._pipeline(), other)
+
+    def __and__(self, other: BaseTask[In, R] | Pipeline[In, R]) -> SingleTask[In, tuple[Out, R]]:
+        """``a & b``: ``conveyor.parallel(a, b)`` (see :mod:`conveyor.compose`)."""
+        return branch_task("parallel", [self, other])
+
+    def __rand__(self, other: Pipeline[In, R]) -> SingleTask[In, tuple[R, Out]]:
+        return branch_task("parallel", [other, self])
 
     def __call__(self, items: Iterable[In] | AsyncIterable[In] | Any = ..., /) -> AsyncStream[Out]:
         """Run this task alone over ``items`` (see :meth:`Pipeline.__call__`)."""
@@ -254,6 +261,53 @@ class BatchTask(BaseTask[In, Out]):
         if self.max_wait is not None:
             parts.append(f"max_wait={self.max_wait}")
         return parts + super()._options_repr()
+
+
+def branch_task(
+    kind: Literal["parallel", "route"],
+    branches: list[Any],
+    *,
+    name: str | None = None,
+    on_error: ErrorAction | str = ErrorAction.FAIL,
+    **shape: Any,
+) -> SingleTask[Any, Any]:
+    """The task of a branch stage (``conveyor.parallel``, ``conveyor.route``: see
+    :mod:`conveyor.compose`): each branch a task or a pipeline."""
+    lines = tuple((_label(branch, kind), _specs(branch, kind)) for branch in branches)
+    if name is None:
+        name = f"{kind}({', '.join(label for label, _ in lines)})"
+    task: SingleTask[Any, Any] = SingleTask(_branches, task_name=name, on_error=on_error)
+    task.spec = dataclasses.replace(task.spec, branches=BranchesSpec(kind, lines, **shape))
+    return task
+
+
+async def _branches(item: Any) -> Any:
+    """(A branch stage's function: the engine's branch stage makes its calls instead.)"""
+    raise RuntimeError("a branch stage's calls are made by its run (conveyor._engine._branch)")
+
+
+def _label(branch: Any, kind: str) -> str:
+    stages = branch.stages if isinstance(branch, Pipeline) else [branch]
+    return " | ".join(stage.spec.name for stage in stages)
+
+
+def _specs(branch: Any, kind: str) -> tuple[StageSpec, ...]:
+    if isinstance(branch, Pipeline):
+        if branch.checkpoint is not None or branch.paired:
+            raise TypeError(
+                f"a branch of {kind}() runs as part of the run it is in: give it the "
+                f"pipeline without with_checkpoint() or with_items() (set those on the "
+                f"whole pipeline)"
+            )
+        if not branch.stages:
+            raise ValueError(f"a branch of {kind}() has no stage: give it a task or a pipeline")
+        return tuple(task.spec for task in branch.stages)
+    if isinstance(getattr(branch, "spec", None), StageSpec):
+        return (branch.spec,)
+    raise TypeError(
+        f"a branch of {kind}() must be a task (@single_task, @batch_task) or a Pipeline, "
+        f"got {type(branch).__name__}: {branch!r}"
+    )
 
 
 def check_callable(func: Any, decorator: str) -> None:

@@ -49,6 +49,7 @@ class BatchStage(Stage):
         "max_wait",
         "min_size",
         "origins",
+        "per_item",
     )
 
     def __init__(
@@ -66,8 +67,10 @@ class BatchStage(Stage):
         self.max_size = spec.options.max_size
         self.max_wait = spec.options.max_wait
         self.acc: list[Any] = []
-        # The accumulated items' origins, on a checkpoint (None: no checkpoint).
-        self.origins: list[Origins] | None = None if run.checkpoint is None else []
+        # The accumulated items' origins, on a run that tracks them (else None).
+        self.origins: list[Origins] | None = [] if run.origins else None
+        # In a branch's run, a result per item is each item's own (see ``emit_list``).
+        self.per_item = run.branch
         # In an ordered run, the place of the accumulating batch's result, reserved when
         # the batch opens: a Failure that arrives meanwhile goes after it, where its
         # item's result would be. The place takes its window token only when the batch
@@ -141,6 +144,35 @@ class BatchStage(Stage):
             self.start(batch, node, origin)
         else:
             self.pending.append((batch, node, origin))
+
+    def emit_list(self, results: list[Any], node: Any, origin: Any) -> None:
+        """A batch's list of results; in a branch's run, one result per item goes on as
+        each item's own (see ``_branch``)."""
+        if (
+            self.per_item
+            and type(origin) is BatchOrigins
+            and len(results) == len(origin.origins)
+            and len(origin) > 1
+        ):
+            self.ledger.produced(len(results) - 1)
+            self.ledger.attributed(origin, origin.origins)
+            push = self.downstream.push
+            if node is None:
+                for value, one in zip(results, origin.origins, strict=True):
+                    if self.run.closed:  # (as Stage.emit_list)
+                        return
+                    push(value, None, one)
+                return
+            order = self.list
+            assert order is not None
+            nodes = [node]
+            for _ in range(len(results) - 1):
+                node = order.insert_after(node)
+                nodes.append(node)
+            for value, node, one in zip(results, nodes, origin.origins, strict=True):
+                push(value, node, one)
+            return
+        super().emit_list(results, node, origin)
 
     def cancel_timer(self) -> None:
         if self._timer is not None:

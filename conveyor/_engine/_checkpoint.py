@@ -197,7 +197,7 @@ class CheckpointInput:
                     weigher.weigh(item)
                 ledger.admitted()
                 self.admitted += 1
-                push(item, None, ledger.origin_admitted(key))
+                push(item, None, ledger.origin_admitted(key, item))
                 count += 1
                 if not count & 63 and loop_time() >= deadline:
                     await asyncio.sleep(0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._ledger import Ledger
@@ -115,6 +116,20 @@ class OrderedOriginsOutput(OrderedOutput):
             node = self.list.append()
             node.origin = origin
             node.value = item
+
+
+class Paired(Sink):
+    """The end of a run whose results are paired (``with_items()``, a branch's run): each
+    result goes on as ``(label(origin), result)``, with its origins (see ``_origin``)."""
+
+    __slots__ = ("label", "sink")
+
+    def __init__(self, sink: Sink, label: Callable[[Any], Any]) -> None:
+        self.sink = sink
+        self.label = label
+
+    def push(self, item: Any, node: Any, origin: Any) -> None:
+        self.sink.push((self.label(origin), item), node, origin)
 
 
 class BatchFeeder:

@@ -214,6 +214,54 @@ async def _pump_iterator(run: Fed, iterator: AsyncIterator[Any]) -> None:
             deadline = loop_time() + PUMP_SLICE
 
 
+async def pump_origins(run: Fed, source: Any, tagged: bool) -> None:
+    """Feed ``source`` with an origin for each item (``pipeline.with_items()``, a
+    branch's run: see ``_origin``), item by item as the async pump does. ``tagged``: the
+    input gives ``(item, tag)`` pairs, and each item's origin stands for its tag."""
+    if source is NO_INPUT:  # (a source task's results descend from no input item)
+        await pump(run, source)
+        return
+    is_async = isinstance(source, AsyncIterable)
+    try:
+        items: Any = aiter(source) if is_async else iter(source)
+    except Exception as exc:
+        exc.add_note(_NOTE)
+        raise
+    ledger = run.ledger
+    push = run.entry.push
+    weigher = run.weigher
+    loop_time = run.loop.time
+    deadline = loop_time() + PUMP_SLICE
+    count = 0
+    try:
+        while not run.closed:
+            if ledger.full():
+                await ledger.wait_for_room()
+                deadline = loop_time() + PUMP_SLICE
+                continue
+            try:
+                item = await anext(items) if is_async else next(items)
+            except (StopIteration, StopAsyncIteration):
+                return
+            except Exception as exc:
+                exc.add_note(_NOTE)
+                raise
+            tag = item
+            if tagged:
+                item, tag = item
+            if weigher is not None and weigher.active:
+                weigher.weigh(item)
+            ledger.admitted()
+            push(item, None, ledger.origin_admitted(None, tag))
+            count += 1
+            if not count & 63 and loop_time() >= deadline:
+                await asyncio.sleep(0)
+                deadline = loop_time() + PUMP_SLICE
+    finally:
+        if is_async and items is not source:  # (an iterable's iterator is the run's own)
+            await close_source(items)
+
+
 class FeedbackPump:
     """Feeds a :class:`~conveyor.feedback.Feedback` until no work is left.
 

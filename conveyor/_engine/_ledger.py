@@ -278,12 +278,21 @@ class Ledger:
 
     # -- origins (a run with a checkpoint: see ``_origin``) -----------------------------
 
-    def origin_admitted(self, key: str) -> Origin:
-        """The input put an item of key ``key`` into the run (its :meth:`admitted` too):
-        its origin, with the item itself live."""
-        origin = Origin(key)
+    def origin_admitted(self, key: Any, item: Any = None) -> Origin:
+        """The input put ``item``, of key ``key``, into the run (its :meth:`admitted`
+        too): its origin, with the item itself live."""
+        origin = Origin(key, item)
         origin.live = 1
         return origin
+
+    def attributed(self, merged: Origins, parts: list[Origins]) -> None:
+        """A batch's result of one element per item goes on as its items' own results
+        (a branch's run: see ``_branch``): each element counts on its item's origins
+        (``parts``), and the result's count on the batch's (``merged``) goes."""
+        for part in parts:
+            for one in each(part):
+                one.live += 1
+        self.left(merged)
 
     def left(self, origin: Origins, n: int = 1) -> None:
         """``n`` things of ``origin`` left the run (taken, dropped, handed over to a
@@ -523,6 +532,8 @@ class Ledger:
                     return False  # batches still running: the remainder waits for them
                 stage.close_input()
             if stage.inflight:
+                if self.source_done and not stage.is_batch:
+                    stage.close_input()  # (a branch stage's branches: see ``_branch``)
                 return False
         return True
 

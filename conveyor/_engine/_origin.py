@@ -1,17 +1,22 @@
-"""Origins: which input items of a checkpointed run a live thing descends from.
+"""Origins: which input items a live thing of a run descends from.
 
-On a run with a checkpoint (``pipeline.with_checkpoint``), each admitted input item gets
-an :class:`Origin` (its key and ``live``, the count of things derived from it still in
-the run). The origin travels *beside* the item on the engine's one item path
-(``push(item, node, origin)``): a call's results carry its item's origin, a list's
+On a run that tracks them — a run with a checkpoint (``pipeline.with_checkpoint``), a
+run whose results are paired with their items (``pipeline.with_items()``), a branch's
+run (``conveyor.parallel``, ``conveyor.route``: see ``_branch``) — each admitted input
+item gets an :class:`Origin` (its key, its item, and ``live``, the count of things
+derived from it still in the run). The origin travels *beside* the item on the engine's
+one item path (``push(item, node, origin)``): a call's results carry its item's origin, a list's
 elements and a generator's children their parent's, a Failure its item's, and a batch's
 result the tuple of its items' origins (flattened, each once, in order). What travels is
-therefore ``None`` (a run without a checkpoint: nothing is counted), an ``Origin``, or a
+therefore ``None`` (a run that does not track them: nothing is counted), an ``Origin``, or a
 tuple of them (:data:`Origins`).
 
 Only the ledger writes ``live`` and ``error`` (its origin transitions: ``_ledger``); an
-origin whose ``live`` comes back to 0 is done, and the ledger tells the run's checkpoint
-(``Ledger.on_done``, see ``_checkpoint``).
+origin whose ``live`` comes back to 0 is done, and the ledger tells who asked
+(``Ledger.on_done``: the run's checkpoint, see ``_checkpoint``; a branch's join).
+
+A run that pairs its results (:func:`items_of`) hands the consumer ``(label, result)``
+where ``label`` is what the result's origins stand for.
 
 The call being made knows the origins of its item(s) through :data:`ORIGIN`, set in the
 call's own context (each call runs in a copy of the run's context; a call on a thread of
@@ -24,18 +29,29 @@ from __future__ import annotations
 import contextvars
 from typing import Any
 
-__all__ = ["ORIGIN", "BatchOrigins", "Origin", "Origins", "current_keys", "each", "merged"]
+__all__ = [
+    "ORIGIN",
+    "BatchOrigins",
+    "Origin",
+    "Origins",
+    "current_keys",
+    "each",
+    "items_of",
+    "merged",
+]
 
 
 class Origin:
-    """One admitted input item: its key, how many things derived from it are live, and
-    the first failure a policy handled on something derived from it (written by the
-    ledger only)."""
+    """One admitted input item: its key (a checkpoint's; else None), what it stands for
+    (``item``: the input item, or a branch's join handle: see ``_branch``), how many
+    things derived from it are live, and the first failure a policy handled on something
+    derived from it (``live`` and ``error`` are written by the ledger only)."""
 
-    __slots__ = ("error", "key", "live")
+    __slots__ = ("error", "item", "key", "live")
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: Any, item: Any = None) -> None:
         self.key = key
+        self.item = item
         self.live = 0
         self.error: BaseException | None = None
 
@@ -54,6 +70,17 @@ def each(origin: Origins) -> tuple[Origin, ...]:
     if type(origin) is Origin:
         return (origin,)
     return origin  # type: ignore[return-value]
+
+
+def items_of(origin: Origins) -> Any:
+    """The input item(s) a result descends from (``pipeline.with_items()``): its origin's
+    item; a batch's result, its items' list (in the batch's order); ``None`` for a result
+    of a source task (no input item)."""
+    if type(origin) is Origin:
+        return origin.item
+    if origin is None:
+        return None
+    return [one.item for one in origin]  # type: ignore[union-attr]
 
 
 def merged(origins: list[Origins]) -> tuple[Origin, ...]:

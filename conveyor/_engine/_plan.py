@@ -67,13 +67,24 @@ class Plan:
 
     @property
     def batch_sizes(self) -> list[int]:
-        return [stage.spec.options.max_size or 1 for stage in self.stages if stage.batch]
+        return batch_sizes([stage.spec for stage in self.stages])
+
+
+def batch_sizes(specs: Sequence[StageSpec]) -> list[int]:
+    """The ``max_size`` of each batch stage, those in branches too (``_branch``): the
+    window holds a full batch of each."""
+    sizes = []
+    for spec in specs:
+        if spec.batch:
+            sizes.append(spec.options.max_size or 1)
+        if spec.branches is not None:
+            sizes.extend(batch_sizes([one for _, line in spec.branches.branches for one in line]))
+    return sizes
 
 
 def plan(specs: Sequence[StageSpec], context: PipelineContext, *, observed: bool) -> Plan:
     """The plan of a run of ``specs`` in ``context`` (``observed``: a user's observer)."""
-    batch_sizes = [spec.options.max_size or 1 for spec in specs if spec.batch]
-    window = window_size(context.max_in_flight, batch_sizes)
+    window = window_size(context.max_in_flight, batch_sizes(specs))
     adaptive = [_adaptive(spec, window) for spec in specs]
     limits = [
         _limit(spec, context) if bounds is None else bounds[2]
@@ -100,7 +111,11 @@ def plan(specs: Sequence[StageSpec], context: PipelineContext, *, observed: bool
     )
     first = stages[0] if stages else None
     direct_entry = (
-        first is not None and not first.batch and first.limit == UNLIMITED and not observed
+        first is not None
+        and not first.batch
+        and first.limit == UNLIMITED
+        and not observed
+        and first.spec.branches is None  # (its push counts its items: see ``_branch``)
     )
     return Plan(
         stages=stages,

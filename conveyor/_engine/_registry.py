@@ -342,3 +342,21 @@ def figures(executor: Any) -> ChunkFigures | None:
     if isinstance(executor, ChunkedExecutor):
         return executor.chunker
     return None
+
+
+def offload(executor: Any) -> dict[str, Any] | None:
+    """Work ``executor`` sent to other processes in chunks (``_chunks``): where its time
+    went (a stage's ``offload`` statistics), or None."""
+    chunker = figures(executor)
+    if chunker is None:
+        return None
+    return {
+        "chunks": chunker.chunks,
+        "items": chunker.items,
+        "work_seconds": chunker.work_total,
+        "transfer_seconds": chunker.transfer_total,
+        "queued_seconds": max(
+            0.0, chunker.round_trip_total - chunker.work_total - chunker.transfer_total
+        ),
+        "chunk_size": chunker.size,
+    }

@@ -54,6 +54,16 @@ class RunRole(Protocol):
         ...
 
     @property
+    def origins(self) -> bool:
+        """Whether the run's items carry origins (see ``_origin``)."""
+        ...
+
+    @property
+    def branch(self) -> bool:
+        """Whether the run is a branch's (``_branch``)."""
+        ...
+
+    @property
     def tasks(self) -> dict[asyncio.Task[Any], Any]:
         """The run's tasks (each with the awaitable a call's task was given)."""
         ...

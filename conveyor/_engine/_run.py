@@ -31,11 +31,19 @@ from ..context import PipelineContext, set_current_context
 from ..feedback import Feedback
 from ._batch import BatchStage
 from ._bind import bind_stage, close_resources
+from ._branch import BranchStage
 from ._calls import discard, run_error
 from ._checkpoint import CheckpointInput
-from ._delivery import BatchFeeder, OrderedOriginsOutput, OrderedOutput, OriginsOutput, Output
+from ._delivery import (
+    BatchFeeder,
+    OrderedOriginsOutput,
+    OrderedOutput,
+    OriginsOutput,
+    Output,
+    Paired,
+)
 from ._fused import tight_loop
-from ._input import NO_INPUT, FeedbackPump, close_source, pump
+from ._input import NO_INPUT, FeedbackPump, close_source, pump, pump_origins
 from ._lanes import LanedStage
 from ._ledger import Ledger
 from ._log import RunLog
@@ -71,6 +79,11 @@ class RunStatistics(Statistics, Protocol):
         """The input (or a generator) waited ``seconds`` for room in the window."""
         ...
 
+    def branch(self, stage: Stage, label: str) -> RunStatistics:
+        """The statistics of a branch run of ``stage`` (see ``_branch``), listed with
+        this run's."""
+        ...
+
 
 __all__ = ["NOTHING", "Run"]  # NOTHING: what ``Run.take`` returns when no result is ready
 
@@ -82,6 +95,7 @@ class Run:
         "_ended",
         "_final_list",
         "_source",
+        "branch",
         "checkpoint",
         "closed",
         "completions",
@@ -98,9 +112,11 @@ class Run:
         "on_over",
         "on_taken",
         "ordered",
+        "origins",
         "plan",
         "ready",
         "ready_origins",
+        "settings",
         "stages",
         "stats",
         "tasks",
@@ -115,7 +131,15 @@ class Run:
         context: PipelineContext,
         observer: RunObserver | None = None,
         stats: RunStatistics | None = None,
+        *,
+        paired: Callable[[Any], Any] | None = None,
+        branch: bool = False,
     ) -> None:
+        """``paired``: each result is handed over as ``(paired(origins), result)``
+        (``with_items()``, a branch's run); ``branch``: a branch's run (see ``_branch``):
+        the input gives ``(item, join)`` pairs, each item's origin standing for its join,
+        and a batch's result of one element per item goes on as each item's own.
+        """
         self.loop = asyncio.get_running_loop()
         # (Before anything logs: the fields of every record of this run.)
         self.log = RunLog(context.pipeline_id, [spec.name for spec in specs], context.retry_log)
@@ -167,9 +191,14 @@ class Run:
         # its items carry origins (``_origin``), its stages' policies tell it their
         # outcomes; it takes the checkpoint's lock last, once the run is built.
         self.checkpoint = CheckpointInput(self, source) if isinstance(source, Resumed) else None
+        # Whether items carry origins (see ``_origin``): on a checkpoint, or for results
+        # paired with what they descend from.
+        self.origins = self.checkpoint is not None or paired is not None
+        self.branch = branch
+        self.settings = context
         # What the consumer's taking a result is: the ledger's ``taken`` (with the
-        # result's origins, on a checkpoint).
-        self.on_taken = ledger.taken if self.checkpoint is None else self._taken_from
+        # result's origins, when items carry them).
+        self.on_taken = self._taken_from if self.origins else ledger.taken
         self._ended: asyncio.Future[None] | None = None
         # Called once when the run is over (abort: finished and drained, failed, closed or
         # dropped): the statistics' end, progress bars, the log's summary.
@@ -191,7 +220,7 @@ class Run:
         self.completions = Completions(self.loop, self.context)
         self.stages: list[Stage] = []
         self.stats = stats
-        self._build(run_plan, observer)
+        self._build(run_plan, observer, paired)
         ledger.watch(
             self.stages,
             self._finished,
@@ -209,12 +238,14 @@ class Run:
 
     # -- wiring ----------------------------------------------------------------------
 
-    def _build(self, run_plan: Plan, observer: RunObserver | None) -> None:
+    def _build(
+        self, run_plan: Plan, observer: RunObserver | None, paired: Callable[[Any], Any] | None
+    ) -> None:
         """Build the stages of ``run_plan``, each composed once: its executor, what
         observes it (the statistics, a user's observer: see ``_observe``), its rate gate,
         where its results go, and the next stage if it is fused with it."""
         ledger = self.ledger
-        checkpoint = self.checkpoint is not None  # (items carry origins: see ``_origin``)
+        checkpoint = self.origins  # (items carry origins: see ``_origin``)
         order = (
             OrderList(
                 self._front_changed,
@@ -231,6 +262,8 @@ class Run:
             sink = OrderedOriginsOutput(self, order) if checkpoint else OrderedOutput(self, order)
         else:
             sink = OriginsOutput(self) if checkpoint else Output(self)
+        if paired is not None:  # (each result with what its origins stand for)
+            sink = Paired(sink, paired)
         stats = self.stats
         plans = run_plan.stages
         probes = [None if observer is None else observer.stage(p.index, p.spec) for p in plans]
@@ -251,9 +284,13 @@ class Run:
                 else:
                     sink = stage
             else:
-                # (keyed limits, priority: the lanes start its calls, see ``_lanes``)
-                kind = LanedStage if stage_plan.starts == "lanes" else SingleStage
-                stage = kind(self, stage_plan, executor, stats, probe, self.tracing)
+                if spec.branches is not None:  # (parallel, route: see ``_branch``)
+                    stage = BranchStage(
+                        self, stage_plan, executor, stats, probe, self.tracing, new_run=Run
+                    )
+                else:  # (keyed limits, priority: the lanes start its calls, see ``_lanes``)
+                    kind = LanedStage if stage_plan.starts == "lanes" else SingleStage
+                    stage = kind(self, stage_plan, executor, stats, probe, self.tracing)
                 stage.list = order
                 stage.downstream = sink
                 if stage_plan.fused:  # (the next stage is the sink: see _plan)
@@ -310,11 +347,13 @@ class Run:
                     self.stats.bound()
                 # (Composed from the calls just bound; not on a checkpoint: the tight
                 # loop carries no origins.)
-                fused = tight_loop(self) if self.checkpoint is None else None
+                fused = None if self.origins else tight_loop(self)
                 if fused is not None:
                     fused.bind()
                 if self.checkpoint is not None:
                     await self.checkpoint.pump(source)
+                elif self.origins:
+                    await pump_origins(self, source, self.branch)
                 else:
                     await pump(self, source, fused)
             finally:
@@ -356,6 +395,8 @@ class Run:
         for stage in self.stages:
             if isinstance(stage, BatchStage) and stage.acc:
                 stage.flush()
+                return True
+            if isinstance(stage, BranchStage) and stage.flush_a_batch():
                 return True
         return False
 
@@ -421,6 +462,8 @@ class Run:
         for stage in self.stages:
             if isinstance(stage, BatchStage):
                 stage.cancel_timer()
+            elif isinstance(stage, BranchStage):
+                stage.abort()
         for task, awaitable in list(self.tasks.items()):
             task.cancel()
             # A call's task cancelled before its first step (3.11 starts tasks lazily)
@@ -467,7 +510,7 @@ class Run:
             self.wake_consumer()
 
     def _taken_from(self) -> None:
-        """(``on_taken`` on a checkpoint.) The consumer took the first result of
+        """(``on_taken`` when items carry origins.) The consumer took the first result of
         ``ready``: the ledger's ``taken``, with its origins."""
         ledger = self.ledger
         ledger.taken()

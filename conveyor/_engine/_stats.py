@@ -28,7 +28,7 @@ from ._histogram import Histogram
 from ._loop import LagProbe, LoopTime, culprit, timed_call
 from ._observe import ObservedExecutor
 from ._plan import UNLIMITED
-from ._registry import figures
+from ._registry import offload
 from ._threads import RunThreads, ThreadPool
 
 if TYPE_CHECKING:
@@ -110,6 +110,7 @@ class Collector:
         self.peak_reorder = 0
         self.lag = LagProbe()
         self._timer: Any = None
+        self.branches: list[tuple[Stage, Collector]] = []  # (see ``branch``)
 
     # -- wiring (the run, as it builds its stages) ------------------------------------
 
@@ -117,6 +118,12 @@ class Collector:
         record = StageRecord(stage)
         self.records.append(record)
         return record
+
+    def branch(self, stage: Stage, label: str) -> Collector:
+        """The statistics of a branch run of ``stage`` (``_branch``), in this run's."""
+        child = Collector()
+        self.branches.append((stage, child))
+        return child
 
     def attach(self, run: Run) -> None:
         """Start sampling ``run`` (once its stages have their records)."""
@@ -307,9 +314,13 @@ class Collector:
                     "cache_misses": None if stage.cache is None else stage.cache.misses,
                     "circuit_opened": None if stage.breaker is None else stage.breaker.opened,
                     "circuit_rejected": None if stage.breaker is None else stage.breaker.rejected,
-                    "offload": _offload(stage),
+                    "offload": offload(stage.executor),
                 }
             )
+            for owner, child in self.branches:  # (its branch runs' stages: ``_branch``)
+                if owner is stage:
+                    for one in child.snapshot()["stages"]:
+                        stages.append({**one, "name": f"{stage.name}/{one['name']}"})
         return {
             "elapsed": elapsed,
             "finished": run is not None and _over(run),
@@ -389,23 +400,6 @@ def _gated(stage: Stage) -> int:
 def _waiting(stage: Stage) -> int:
     """Items waiting for a concurrency slot, or for their turn (rate, key, priority)."""
     return len(stage.pending) + (stage.gate.waiting if stage.gate is not None else 0)
-
-
-def _offload(stage: Stage) -> dict[str, Any] | None:
-    """Work sent to other processes in chunks (``_chunks``): where its time went."""
-    chunker = figures(stage.executor)
-    if chunker is None:
-        return None
-    return {
-        "chunks": chunker.chunks,
-        "items": chunker.items,
-        "work_seconds": chunker.work_total,
-        "transfer_seconds": chunker.transfer_total,
-        "queued_seconds": max(
-            0.0, chunker.round_trip_total - chunker.work_total - chunker.transfer_total
-        ),
-        "chunk_size": chunker.size,
-    }
 
 
 def _peak_rss() -> int | None:

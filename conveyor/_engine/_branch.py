@@ -1,0 +1,307 @@
+"""Branches: a stage that gives each item to other pipelines and joins what they make of
+it (``conveyor.parallel``, ``conveyor.route``).
+
+**Branch runs.** Each branch of the stage is a run of its own (``Run``), started when the
+stage is bound and owned by it: fed item by item through a :class:`Feed`, in the run's
+mode, window and byte bound, its results read by a task of the run (:meth:`Branch.read`).
+A branch's items carry origins (``_origin``) whose ``item`` is a :class:`Join`, the item's
+state in the stage: each result comes back paired with its origins, and an origin that is
+done (nothing derived from it left in the branch) tells its join the branch is through
+with the item. A batch task in a branch that returns one result per item hands each one
+on as its own item's (``Ledger.attributed``); one that returns any other number cannot
+say which result is whose: in ``parallel`` that fails the run, naming the task; in
+``route`` the results go with the batch's first item (where a batch's result goes in a
+plain run).
+
+**The stage's call.** An item's call puts it into its branches at once (so a branch's
+input is closed only after every item has reached it) and returns a coroutine that waits
+until every branch it went to is through with it: ``parallel``'s result is the tuple of
+the branches' results (a branch's result: its one result, ``None`` if it made none, the
+list of them if it made several; a :class:`~conveyor.errors.Failure` of any branch is the
+item's result, the first branch's first), or ``combine(item, *results)``; ``route``'s is
+the list of its branch's results (each goes on as an item, as a list any task returns),
+or ``[item]`` for an item no branch takes. The call holds its item's window token until
+then: the run's window bounds the items in the branches.
+
+**The end.** When no more items will come to the stage (``Ledger.input_ended``: every
+stage before it is empty and the input is read) its branches' inputs are closed: their
+remainder rules apply. A branch run that fails (``on_error="fail"`` in a branch) fails
+the run with its error; the run's end (finished, failed, closed) aborts every branch run,
+and the tasks reading them end with the run's own.
+
+**Statistics.** A branch run has its own collector (the run's ``branch``): the run's
+statistics list its stages after the branch stage, named ``"<stage>/<branch stage>"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .._spec import BranchesSpec, StageSpec
+from ..context import PipelineContext
+from ..errors import Failure
+from ._calls import Executor
+from ._origin import Origin
+from ._plan import StagePlan
+from ._roles import Statistics, Tracing
+from ._stage import SingleStage
+
+if TYPE_CHECKING:
+    from ._observe import StageObserver
+    from ._roles import RunRole
+
+__all__ = ["BranchStage", "Join"]
+
+# (``_run.Run``, given by the run: a branch stage's runs are runs like any.)
+NewRun = Callable[..., Any]
+
+
+class Join:
+    """One item's state in a branch stage: its branches' results, how many branches
+    are not through with it, and the Future its call waits on."""
+
+    __slots__ = ("future", "item", "left", "results")
+
+    def __init__(self, item: Any, branches: int, future: asyncio.Future[None]) -> None:
+        self.item = item
+        self.left = branches
+        self.results: list[list[Any]] = [[] for _ in range(branches)]
+        self.future = future
+
+
+class Feed:
+    """A branch run's input: ``(item, join)`` pairs put by the stage's calls, read by the
+    branch run's pump; it ends once closed and empty."""
+
+    __slots__ = ("closed", "items", "loop", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: deque[tuple[Any, Join]] = deque()
+        self.closed = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def __aiter__(self) -> Feed:
+        return self
+
+    async def __anext__(self) -> tuple[Any, Join]:
+        while not self.items:
+            if self.closed:
+                raise StopAsyncIteration
+            self.waiter = self.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.items.popleft()
+
+    def put(self, item: Any, join: Join) -> None:
+        self.items.append((item, join))
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Branch:
+    """One branch of a branch stage in one run: its run, its input, and the joins it is
+    through with since the last :meth:`settle`."""
+
+    __slots__ = ("feed", "label", "run", "slot", "specs", "stage", "through")
+
+    def __init__(self, stage: BranchStage, slot: int, label: str, specs: Sequence[StageSpec]):
+        self.stage = stage
+        self.slot = slot  # (the index of its results in a join: parallel's branch index)
+        self.label = label
+        self.specs = tuple(specs)
+        self.feed = Feed(stage.loop)
+        self.run: Any = None
+        self.through: list[Join] = []
+
+    def start(self, new_run: NewRun, settings: PipelineContext) -> None:
+        """Build and start the branch run (from the run's supervisor, in its context)."""
+        outer = self.stage.run
+        stats = getattr(outer, "stats", None)
+        run = self.run = new_run(
+            self.specs,
+            self.feed,
+            settings,
+            None,
+            None if stats is None else stats.branch(self.stage, self.label),
+            paired=_same,
+            branch=True,
+        )
+        run.ledger.on_done = self.done
+        run.start()
+        outer.spawn(self.read(), outer.context)
+
+    async def read(self) -> None:
+        """Take the branch run's results and give each to its item's join, until the
+        branch run ends (its error, if it fails, fails the run: this task's)."""
+        stage = self.stage
+        ledger = stage.ledger
+        ledger.work_stopped()  # (waiting for a branch is not working: its calls are)
+        try:
+            while True:
+                try:
+                    origins, result = await self.run.next()
+                except StopAsyncIteration:
+                    return
+                stage.output(self, origins, result)
+        finally:
+            ledger.work_started()
+            await self.run.shutdown()
+
+    def done(self, origin: Origin) -> None:
+        """(The branch run's ``Ledger.on_done``.) The branch is through with an item: its
+        join is told once the result just taken is given to it (``settle``, soon)."""
+        if not self.through:
+            self.stage.loop.call_soon(self.settle)
+        self.through.append(origin.item)
+
+    def settle(self) -> None:
+        through, self.through = self.through, []
+        for join in through:
+            join.left -= 1
+            if not join.left and not join.future.done():
+                join.future.set_result(None)
+
+
+class BranchStage(SingleStage):
+    """A ``parallel`` or ``route`` stage (see the module's docstring): a single stage
+    whose call gives its item to branch runs and waits for them."""
+
+    __slots__ = ("branches", "closing", "new_run", "routes", "shape", "unfed")
+
+    def __init__(
+        self,
+        run: RunRole,
+        plan: StagePlan,
+        executor: Executor,
+        stats: Statistics | None = None,
+        observer: StageObserver | None = None,
+        tracing: Tracing | None = None,
+        *,
+        new_run: NewRun,
+    ) -> None:
+        super().__init__(run, plan, executor, stats, observer, tracing)
+        shape = plan.spec.branches
+        assert shape is not None
+        self.shape: BranchesSpec = shape
+        self.new_run = new_run
+        parallel = shape.kind == "parallel"
+        self.branches = [
+            Branch(self, index if parallel else 0, label, specs)
+            for index, (label, specs) in enumerate(shape.branches)
+        ]
+        self.routes = dict(shape.routes)
+        # Items pushed whose call has not put them into their branches yet (a call may
+        # start after its push: in a task, on 3.11; behind a limit), and whether the
+        # branches' inputs end once it is 0 (see ``close_input``).
+        self.unfed = 0
+        self.closing = False
+
+    def push(self, item: Any, node: Any, origin: Any) -> None:
+        if type(item) is not Failure:
+            self.unfed += 1
+        super().push(item, node, origin)
+
+    def fed(self) -> None:
+        """An item's call put it into its branches (or into none: passed on, failed)."""
+        self.unfed -= 1
+        if self.closing and not self.unfed:
+            self.close_input()
+
+    def bind(self, invoke: Callable[[Any], Any]) -> None:
+        """Start the branch runs; the stage's calls are :meth:`parallel` or
+        :meth:`route` (``invoke``, the placeholder function, is not called)."""
+        settings = self.run.settings  # type: ignore[attr-defined]
+        for branch in self.branches:
+            branch.start(self.new_run, settings)
+        super().bind(self.parallel if self.shape.kind == "parallel" else self.route)
+
+    def parallel(self, item: Any) -> Any:
+        join = Join(item, len(self.branches), self.loop.create_future())
+        for branch in self.branches:
+            branch.feed.put(item, join)
+        self.fed()
+        return self._joined(join)
+
+    def route(self, item: Any) -> Any:
+        shape = self.shape
+        try:
+            key = shape.key(item)  # type: ignore[misc]
+        finally:
+            self.fed()  # (an item whose key raises goes to no branch: its policy's)
+        index = self.routes.get(key, shape.default)
+        if index is None:
+            return _passed(item)
+        join = Join(item, 1, self.loop.create_future())
+        self.branches[index].feed.put(item, join)
+        return self._joined(join)
+
+    async def _joined(self, join: Join) -> Any:
+        await join.future
+        if self.shape.kind == "route":
+            return join.results[0]
+        results = []
+        for made in join.results:
+            for value in made:
+                if type(value) is Failure:
+                    return value
+            results.append(None if not made else made[0] if len(made) == 1 else made)
+        combine = self.shape.combine
+        return tuple(results) if combine is None else combine(join.item, *results)
+
+    def output(self, branch: Branch, origins: Any, result: Any) -> None:
+        """A result of ``branch``, with its origins (see the module's docstring)."""
+        if type(origins) is Origin:
+            join = origins.item
+        elif origins and (len(origins) == 1 or self.shape.kind == "route"):
+            join = origins[0].item  # (a batch's result of no one item: its first item's)
+        else:
+            raise ValueError(
+                f"in {self.name!r}, branch {branch.label!r} gave a result that belongs to "
+                f"several items ({len(origins)}): a batch task inside parallel() must "
+                f"return one result per item of its batch, in the batch's order, so that "
+                f"each item gets its own; got {result!r}"
+            )
+        join.results[branch.slot].append(result)
+
+    def close_input(self) -> None:
+        """No more items will come: the branches' inputs end (their remainder rules),
+        once every item pushed is in its branches."""
+        self.closing = True
+        if not self.unfed:
+            for branch in self.branches:
+                branch.feed.close()
+
+    def abort(self) -> None:
+        """The run is over: every branch run is aborted (their readers end with it)."""
+        for branch in self.branches:
+            branch.feed.close()
+            if branch.run is not None:
+                branch.run.abort()
+
+    def flush_a_batch(self) -> bool:
+        """A branch's partial batch is flushed, if one has any (a stalled run)."""
+        return any(
+            branch.run is not None and branch.run.flush_a_batch() for branch in self.branches
+        )
+
+
+def _same(origins: Any) -> Any:
+    return origins
+
+
+async def _passed(item: Any) -> list[Any]:
+    return [item]
