@@ -28,6 +28,7 @@ __all__ = [
     "chain",
     "count_label",
     "escape",
+    "flowchart",
     "pipeline_chart",
     "run_chart",
     "seconds",
@@ -67,20 +68,73 @@ def chain(
     (when given and not ``None``) labels the edge leaving node ``i``. The node whose id is
     ``marked`` gets a last line ``bottleneck`` and the ``bottleneck`` class (a red border).
     """
+    edges = [
+        (nodes[i][0], nodes[i + 1][0], edge_labels[i] if i < len(edge_labels) else None)
+        for i in range(len(nodes) - 1)
+    ]
+    return flowchart(nodes, edges, marked)
+
+
+def flowchart(
+    nodes: Sequence[tuple[str, str, Sequence[str]]],
+    edges: Sequence[tuple[str, str, str | None]],
+    marked: str | None = None,
+) -> str:
+    """A ``flowchart LR`` of ``nodes`` (as :func:`chain`'s) and ``edges`` ``(from, to,
+    label or None)``, in order."""
     out = ["flowchart LR"]
     for node_id, shape, lines in nodes:
         opening, closing = _SHAPES[shape]
         marks = ["bottleneck"] if node_id == marked else []
         label = "<br/>".join(escape(line) for line in [*lines, *marks])
         out.append(f'    {node_id}{opening}"{label}"{closing}')
-    for i in range(len(nodes) - 1):
-        text = edge_labels[i] if i < len(edge_labels) else None
+    for start, end, text in edges:
         arrow = "-->" if text is None else f'-->|"{escape(text)}"|'
-        out.append(f"    {nodes[i][0]} {arrow} {nodes[i + 1][0]}")
+        out.append(f"    {start} {arrow} {end}")
     if marked is not None:
         out.append(f"    classDef bottleneck {BOTTLENECK_STYLE}")
         out.append(f"    class {marked} bottleneck")
     return "\n".join(out) + "\n"
+
+
+Node = tuple[str, str, Sequence[str]]
+Edge = tuple[str, str, str | None]
+
+
+def _line(
+    specs: Sequence[StageSpec], prefix: str, nodes: list[Node], edges: list[Edge]
+) -> tuple[str, str]:
+    """The nodes and edges of a line of stages (a branch's own, under it): its first and
+    last node. A branch stage (``parallel``, ``route``) is its node, where items fork,
+    each branch's line, and a join node ``<id>j`` where their results meet."""
+    ends: list[tuple[str, str]] = []
+    for i, spec in enumerate(specs):
+        node = f"{prefix}{i}"
+        nodes.append((node, STAGE_SHAPE[spec.batch], option_lines(spec)))
+        last = node
+        shape = spec.branches
+        if shape is not None:
+            last = f"{node}j"
+            for number, (_, line) in enumerate(shape.branches):
+                first, end = _line(line, f"{node}b{number}s", nodes, edges)
+                edges.append((node, first, _route_label(shape, number)))
+                edges.append((end, last, None))
+            if shape.kind == "route" and shape.default is None:
+                edges.append((node, last, "other: unchanged"))
+            nodes.append((last, "stadium", ["join" if shape.kind == "parallel" else "merge"]))
+        if ends:
+            edges.append((ends[-1][1], node, None))
+        ends.append((node, last))
+    return ends[0][0], ends[-1][1]
+
+
+def _route_label(shape: Any, number: int) -> str | None:
+    """The edge into branch ``number`` of a route: the values of its key that go there."""
+    if shape.kind != "route":
+        return None
+    if number == shape.default:
+        return "other"
+    return "key " + ", ".join(repr(value) for value, index in shape.routes if index == number)
 
 
 # -- a pipeline's stages and options ------------------------------------------------------
@@ -88,14 +142,20 @@ def chain(
 
 def pipeline_chart(specs: Sequence[StageSpec], context: PipelineContext) -> str:
     """The chart of ``Pipeline.to_mermaid`` (its docstring says what the labels hold)."""
-    stages = [
-        (f"s{i}", STAGE_SHAPE[spec.batch], option_lines(spec)) for i, spec in enumerate(specs)
-    ]
     mode = "ordered" if context.execution_mode == "ordered" else "as completed"
     output = ["output", mode, f"max_in_flight {context.max_in_flight}"]
     if context.max_parallelism is not None:
         output.append(f"max_parallelism {context.max_parallelism}")
-    return chain([("input", "stadium", ["input"]), *stages, ("output", "stadium", output)])
+    nodes: list[Node] = [("input", "stadium", ["input"])]
+    edges: list[Edge] = []
+    if specs:
+        first, last = _line(specs, "s", nodes, edges)
+        edges[:0] = [("input", first, None)]
+    else:
+        last = "input"
+    nodes.append(("output", "stadium", output))
+    edges.append((last, "output", None))
+    return flowchart(nodes, edges)
 
 
 def option_lines(spec: StageSpec) -> list[str]:
@@ -105,7 +165,7 @@ def option_lines(spec: StageSpec) -> list[str]:
         sizes = f"{o.min_size}\N{EN DASH}{o.max_size}" if o.min_size != o.max_size else o.max_size
         kind = f"batch {sizes}" + ("" if o.max_wait is None else f", max_wait {o.max_wait:g} s")
     else:
-        kind = "single"
+        kind = "single" if spec.branches is None else spec.branches.kind
     lines = [spec.name, kind]
     if o.concurrency_limit is not None:
         lines.append(f"concurrency {o.concurrency_limit}")
@@ -171,15 +231,61 @@ def run_chart(stats: Any) -> str:
         f"{count_label(stats.results, 'result')} in {stats.elapsed:.2f} s{rate}",
     ]
     output += [] if stats.finished else ["running"]
-    nodes = [
-        ("input", "stadium", source),
-        *((f"s{i}", STAGE_SHAPE[s.batch], _figure_lines(s)) for i, s in enumerate(stats.stages)),
-        ("output", "stadium", output),
-    ]
-    # Edges: into the first stage, then out of each stage (out = what the next one got).
-    counts = [s.items_in for s in stats.stages[:1]] + [s.items_out for s in stats.stages]
-    labels = [count_label(n, "item") for n in counts or [stats.results]]
-    return chain(nodes, labels, _bottleneck_node(stats))
+    stages = stats.stages
+    if all(s.branch_of is None for s in stages):  # (a line: its edges are its counts)
+        nodes = [
+            ("input", "stadium", source),
+            *((f"s{i}", STAGE_SHAPE[s.batch], _figure_lines(s)) for i, s in enumerate(stages)),
+            ("output", "stadium", output),
+        ]
+        # Edges: into the first stage, then out of each (out = what the next one got).
+        counts = [s.items_in for s in stages[:1]] + [s.items_out for s in stages]
+        labels = [count_label(n, "item") for n in counts or [stats.results]]
+        return chain(nodes, labels, _bottleneck_node(stats))
+    return _branched_chart(stats, source, output)
+
+
+def _branched_chart(stats: Any, source: list[str], output: list[str]) -> str:
+    """A run's chart with branch stages (``parallel``, ``route``): each forks into its
+    branches' stages, which meet at its join node (as ``pipeline_chart`` draws them)."""
+    stages = stats.stages
+    nodes: list[Node] = [("input", "stadium", source)]
+    edges: list[Edge] = []
+
+    def line(indices: list[int]) -> tuple[str, str]:
+        previous: str | None = None
+        first = ""
+        for i in indices:
+            s = stages[i]
+            node = last = f"s{i}"
+            nodes.append((node, STAGE_SHAPE[s.batch], _figure_lines(s)))
+            branches: dict[int, list[int]] = {}
+            for j, other in enumerate(stages):
+                if other.branch_of == i:
+                    branches.setdefault(other.branch, []).append(j)
+            if branches:
+                last = f"{node}j"
+                for members in branches.values():
+                    start, end = line(members)
+                    edges.append((node, start, count_label(stages[members[0]].items_in, "item")))
+                    edges.append((end, last, count_label(stages[members[-1]].items_out, "item")))
+                # (a route's items of no branch, passed on unchanged)
+                passed = s.items_in - sum(stages[m[0]].items_in for m in branches.values())
+                if passed > 0:
+                    edges.append((node, last, count_label(passed, "item") + " unchanged"))
+                nodes.append((last, "stadium", ["join"]))
+            if previous is None:
+                first = node
+            else:
+                edges.append((previous, node, count_label(s.items_in, "item")))
+            previous = last
+        return first, previous or first
+
+    start, end = line([i for i, s in enumerate(stages) if s.branch_of is None])
+    edges[:0] = [("input", start, count_label(stages[0].items_in, "item"))]
+    nodes.append(("output", "stadium", output))
+    edges.append((end, "output", count_label(stats.results, "result")))
+    return flowchart(nodes, edges, _bottleneck_node(stats))
 
 
 def _figure_lines(s: Any) -> list[str]:

@@ -156,6 +156,10 @@ class StageStats:
     concurrency_limit_now: int | None = None  # concurrency_limit="auto": its limit now (= limit)
     circuit_opened: int | None = None  # times its calls opened its breaker; None: none
     circuit_rejected: int | None = None  # its calls the open breaker refused (or held)
+    # A stage in a branch of a parallel() or route() stage: that stage's index in
+    # ``RunStats.stages``, and the branch's number (None: a stage of the run's own line).
+    branch_of: int | None = None
+    branch: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,17 +211,9 @@ class RunStats:
     def from_snapshot(cls, snapshot: dict[str, Any] | None, enabled: bool = True) -> RunStats:
         if snapshot is None:
             return cls(enabled=enabled)
-        stages = tuple(
-            StageStats(
-                **{
-                    **stage,
-                    "latency": _latency(stage["latency"]),
-                    "offload": None if stage["offload"] is None else Offload(**stage["offload"]),
-                }
-            )
-            for stage in snapshot["stages"]
-        )
-        return cls(enabled=enabled, **{**snapshot, "stages": stages})
+        stages: list[StageStats] = []
+        _add_stages(stages, snapshot["stages"], None, None, "")
+        return cls(enabled=enabled, **{**snapshot, "stages": tuple(stages)})
 
     def stage(self, name: str) -> StageStats:
         """The first stage of that task name."""
@@ -325,6 +321,33 @@ class RunStats:
         neck = self.bottleneck
         lines.append(str(neck) if neck is not None else "bottleneck: - (run too short to tell)")
         return "\n".join(lines)
+
+
+def _add_stages(
+    into: list[StageStats],
+    figures: list[dict[str, Any]],
+    branch_of: int | None,
+    branch: int | None,
+    prefix: str,
+) -> None:
+    """The stages of a run's snapshot, each followed by its branches' (``parallel``,
+    ``route``: named ``"<stage>/<branch stage>"``, with ``branch_of`` and ``branch``)."""
+    for one in figures:
+        at = len(into)
+        into.append(
+            StageStats(
+                **{
+                    **{key: value for key, value in one.items() if key != "branches"},
+                    "name": prefix + one["name"],
+                    "latency": _latency(one["latency"]),
+                    "offload": None if one["offload"] is None else Offload(**one["offload"]),
+                    "branch_of": branch_of,
+                    "branch": branch,
+                }
+            )
+        )
+        for number, stages in enumerate(one.get("branches", ())):
+            _add_stages(into, stages, at, number, f"{prefix}{one['name']}/")
 
 
 def _latency(data: dict[str, Any]) -> Latency:

@@ -315,12 +315,10 @@ class Collector:
                     "circuit_opened": None if stage.breaker is None else stage.breaker.opened,
                     "circuit_rejected": None if stage.breaker is None else stage.breaker.rejected,
                     "offload": offload(stage.executor),
+                    # (its branch runs' stages, each run's list: see ``_branch``)
+                    "branches": [c.snapshot()["stages"] for o, c in self.branches if o is stage],
                 }
             )
-            for owner, child in self.branches:  # (its branch runs' stages: ``_branch``)
-                if owner is stage:
-                    for one in child.snapshot()["stages"]:
-                        stages.append({**one, "name": f"{stage.name}/{one['name']}"})
         return {
             "elapsed": elapsed,
             "finished": run is not None and _over(run),
