@@ -281,7 +281,7 @@ def branch_task(
     return task
 
 
-async def _branches(item: Any) -> Any:
+def _branches(item: Any) -> Any:
     """(A branch stage's function: the engine's branch stage makes its calls instead.)"""
     raise RuntimeError("a branch stage's calls are made by its run (conveyor._engine._branch)")
 

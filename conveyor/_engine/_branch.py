@@ -44,7 +44,8 @@ from .._spec import BranchesSpec, StageSpec
 from ..context import PipelineContext
 from ..errors import Failure
 from ._calls import Executor
-from ._origin import Origin
+from ._ledger import Ledger
+from ._origin import ORIGIN, BatchOrigins, Origin, each, merged
 from ._plan import StagePlan
 from ._roles import Statistics, Tracing
 from ._stage import SingleStage
@@ -61,15 +62,43 @@ NewRun = Callable[..., Any]
 
 class Join:
     """One item's state in a branch stage: its branches' results, how many branches
-    are not through with it, and the Future its call waits on."""
+    are not through with it, the Future its call waits on, and the item's origins in
+    the run (``outer``, on a run that tracks them) with their keys (``key``: what
+    ``current_keys()`` gives in the branches' calls)."""
 
-    __slots__ = ("future", "item", "left", "results")
+    __slots__ = ("future", "item", "key", "left", "outer", "results")
 
     def __init__(self, item: Any, branches: int, future: asyncio.Future[None]) -> None:
         self.item = item
         self.left = branches
         self.results: list[list[Any]] = [[] for _ in range(branches)]
         self.future = future
+        # (The call is made in its own context, where its item's origins are.)
+        outer = ORIGIN.get(None)
+        self.outer = outer
+        self.key = None if outer is None else tuple(one.key for one in each(outer))
+
+
+class Outcomes:
+    """A branch run's policy outcomes, on a run with a checkpoint: what a branch's
+    policy gave up on is recorded failed on the run's own origins of its items."""
+
+    __slots__ = ("ledger",)
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def on_gave_up(self, is_batch: bool) -> Callable[[Any, BaseException, str, bool], None]:
+        return self.gave_up
+
+    def gave_up(self, item: Any, exc: BaseException, outcome: str, batch: bool) -> None:
+        value = ORIGIN.get(None)  # (the branch run's origins of the call: see _origin)
+        if outcome == "failed" or value is None:
+            return  # (the run fails with it)
+        if not batch and type(value) is BatchOrigins:
+            value = value.of(item)
+        outer = merged([one.item.outer for one in each(value)])
+        self.ledger.origin_failed(outer, exc)
 
 
 class Feed:
@@ -139,6 +168,7 @@ class Branch:
             None if stats is None else stats.branch(self.stage, self.label),
             paired=_same,
             branch=True,
+            outcomes=None if outer.outcomes is None else Outcomes(outer.ledger),
         )
         run.ledger.on_done = self.done
         run.start()
@@ -166,7 +196,11 @@ class Branch:
         join is told once the result just taken is given to it (``settle``, soon)."""
         if not self.through:
             self.stage.loop.call_soon(self.settle)
-        self.through.append(origin.item)
+        join = origin.item
+        self.through.append(join)
+        if origin.error is not None and join.outer is not None:
+            # (a branch run inside a branch: what its policies gave up on, told on)
+            self.stage.ledger.origin_failed(each(join.outer), origin.error)
 
     def settle(self) -> None:
         through, self.through = self.through, []

@@ -217,7 +217,8 @@ async def _pump_iterator(run: Fed, iterator: AsyncIterator[Any]) -> None:
 async def pump_origins(run: Fed, source: Any, tagged: bool) -> None:
     """Feed ``source`` with an origin for each item (``pipeline.with_items()``, a
     branch's run: see ``_origin``), item by item as the async pump does. ``tagged``: the
-    input gives ``(item, tag)`` pairs, and each item's origin stands for its tag."""
+    input gives ``(item, tag)`` pairs, and each item's origin stands for its tag, with
+    its key (a branch's join: see ``_branch``)."""
     if source is NO_INPUT:  # (a source task's results descend from no input item)
         await pump(run, source)
         return
@@ -246,13 +247,14 @@ async def pump_origins(run: Fed, source: Any, tagged: bool) -> None:
             except Exception as exc:
                 exc.add_note(_NOTE)
                 raise
-            tag = item
+            tag, key = item, None
             if tagged:
                 item, tag = item
+                key = tag.key
             if weigher is not None and weigher.active:
                 weigher.weigh(item)
             ledger.admitted()
-            push(item, None, ledger.origin_admitted(None, tag))
+            push(item, None, ledger.origin_admitted(key, tag))
             count += 1
             if not count & 63 and loop_time() >= deadline:
                 await asyncio.sleep(0)

@@ -144,10 +144,14 @@ def current_keys() -> tuple[str, ...]:
     Raises ``RuntimeError`` outside a call of a run with a checkpoint.
     """
     value = ORIGIN.get(None)
-    if value is None:
+    # (A branch run's origin's key: the keys of the item it came from, or None: see
+    # ``_branch``.)
+    keys = [] if value is None else [origin.key for origin in call_origins(value)]
+    if not keys or None in keys:
         raise RuntimeError(
             "conveyor.current_keys() is only available inside a task's call on a run with a "
             "checkpoint (pipeline.with_checkpoint(conveyor.Checkpoint(...))), in the call's "
             "own context: on the event loop or a thread, not in a worker process"
         )
-    return tuple(origin.key for origin in call_origins(value))
+    flat = (one for key in keys for one in (key if isinstance(key, tuple) else (key,)))
+    return tuple(dict.fromkeys(flat))

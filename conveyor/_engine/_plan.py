@@ -156,6 +156,7 @@ def _plain(spec: StageSpec, observed: bool) -> bool:
     every call)."""
     return (
         not spec.batch
+        and spec.branches is None  # (its calls wait for its branches: see ``_branch``)
         and _inline(spec)
         and not spec.is_async
         and _starts(spec) == "call"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ._calls import Executor
 from ._ledger import Flow, Ledger
@@ -22,8 +22,14 @@ from ._log import RunLog
 from ._order import Node, OrderList, Sink
 from ._policy import Policy
 
-if TYPE_CHECKING:
-    from ._checkpoint import CheckpointInput
+
+class Outcomes(Protocol):
+    """Who is told of a stage's policy outcomes (``Policy.on_gave_up``): a run's
+    checkpoint (``_checkpoint.CheckpointInput``), a branch run's (``_branch``)."""
+
+    def on_gave_up(self, is_batch: bool) -> Callable[[Any, BaseException, str, bool], None]:
+        """What a stage's policy (a batch stage's if ``is_batch``) tells."""
+        ...
 
 
 class RunRole(Protocol):
@@ -49,8 +55,9 @@ class RunRole(Protocol):
         ...
 
     @property
-    def checkpoint(self) -> CheckpointInput | None:
-        """The run's input on a checkpoint (``_checkpoint``), told of policy outcomes."""
+    def outcomes(self) -> Outcomes | None:
+        """Who is told of its stages' policy outcomes: the run's checkpoint
+        (``_checkpoint``), or a branch run's (``_branch``); None: nobody."""
         ...
 
     @property

@@ -52,7 +52,7 @@ from ._order import NOTHING, OrderList, Sink
 from ._plan import UNLIMITED, Plan, plan
 from ._registry import build as executor_for
 from ._registry import run_scoped
-from ._roles import Statistics
+from ._roles import Outcomes, Statistics
 from ._stage import SingleStage, Stage
 from ._trace import traced_run
 from ._waiting import Completions
@@ -113,6 +113,7 @@ class Run:
         "on_taken",
         "ordered",
         "origins",
+        "outcomes",
         "plan",
         "ready",
         "ready_origins",
@@ -134,11 +135,13 @@ class Run:
         *,
         paired: Callable[[Any], Any] | None = None,
         branch: bool = False,
+        outcomes: Outcomes | None = None,
     ) -> None:
         """``paired``: each result is handed over as ``(paired(origins), result)``
         (``with_items()``, a branch's run); ``branch``: a branch's run (see ``_branch``):
         the input gives ``(item, join)`` pairs, each item's origin standing for its join,
-        and a batch's result of one element per item goes on as each item's own.
+        and a batch's result of one element per item goes on as each item's own;
+        ``outcomes``: who its stages' policies tell (a branch run's, see ``_branch``).
         """
         self.loop = asyncio.get_running_loop()
         # (Before anything logs: the fields of every record of this run.)
@@ -194,6 +197,7 @@ class Run:
         # Whether items carry origins (see ``_origin``): on a checkpoint, or for results
         # paired with what they descend from.
         self.origins = self.checkpoint is not None or paired is not None
+        self.outcomes: Outcomes | None = self.checkpoint if outcomes is None else outcomes
         self.branch = branch
         self.settings = context
         # What the consumer's taking a result is: the ledger's ``taken`` (with the

@@ -134,9 +134,9 @@ class Stage(Sink):
         self.record = None if stats is None else stats.record(self)  # (see ``_observe``)
         self.tally = None if spec.batch else self.record  # (a batch stage's count as they come)
         self.observer = observer
-        retried, checkpoint = None if observer is None else observer.retried, run.checkpoint
+        retried, outcomes = None if observer is None else observer.retried, run.outcomes
         self.policy = Policy(spec, self.attempt, self.account, run.log.stage(spec), retried)
-        self.policy.on_gave_up = None if checkpoint is None else checkpoint.on_gave_up(spec.batch)
+        self.policy.on_gave_up = None if outcomes is None else outcomes.on_gave_up(spec.batch)
         # What wraps its bound call in a span per call (see ``_trace``), if traced.
         self.traced = None if tracing is None else tracing.stage(self)
         # How an item's call starts (see ``_plan``): an async def on the loop skips the
