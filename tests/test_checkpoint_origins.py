@@ -461,3 +461,17 @@ def test_crash_at_a_random_result_then_resume_until_complete(
     assert previous is not None and previous.outcome == "finished"
     assert recorded_before == {key(x) for x in items}
     assert union == Counter(reference(specs, items, per_item=True))
+
+
+def test_a_generator_in_a_window_of_one_keeps_the_crash_bound(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """(Found by the property above.) The consumer took a generator's child: the room it
+    made let the generator go on, but the stall check asked the checkpoint first, which
+    let its pump through the crash bound: one more item uncommitted than the window."""
+    spec = StageSpec(
+        batch=False, op="gen", k=2, sync=False, delay="none", fail_mod=None, policy="fail"
+    )
+    test_crash_at_a_random_result_then_resume_until_complete.hypothesis.inner_test(  # type: ignore[attr-defined]
+        tmp_path_factory, [spec], [0, 1, 2, 3, 4, 5], "ordered", 1, [11]
+    )

@@ -627,6 +627,12 @@ class Ledger:
 
     def check_stall(self) -> None:
         """If nothing is working and someone waits for room, make sure something moves."""
+        if not self.closed and any(self.may_proceed(s, e) for _, s, e in self.waiting):
+            # (Woken first: the pump of a checkpoint at its crash bound must not take
+            # the room a generator whose child was just taken may go on into for a
+            # stall, and a Feedback's run is not over while one may go on.)
+            self.wake_waiters()
+            return
         if self.on_idle is not None:
             self.on_idle()
         # A flush may complete synchronously and only fill the next batch stage's
