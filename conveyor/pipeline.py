@@ -103,6 +103,7 @@ class Pipeline(Generic[In, Out]):
         source = check_input(items)
         if self.checkpoint is not None:
             source = _resumed(source, *self.checkpoint)
+        _check_branches(specs, source, self.context)
         if self.paired and isinstance(source, Feedback):
             raise TypeError(
                 "with_items() pairs each result with the input item it comes from: a run "
@@ -203,6 +204,24 @@ def _resumed(source: Any, checkpoint: Checkpoint, retry_failed: bool) -> Resumed
             f"call pipeline.with_checkpoint(None), or give the pipeline an iterable of items"
         )
     return Resumed(source, checkpoint, retry_failed)
+
+
+def _check_branches(specs: tuple[StageSpec, ...], source: Any, context: PipelineContext) -> None:
+    """A batch task in a branch waits for a full batch or its branch's end; with a byte
+    bound or a Feedback input, the run may admit no more items while it waits, and never
+    end its branches' input (see ``conveyor._engine._branch``): refused, with the fix."""
+    byte_bound = context.max_in_flight_bytes is not None
+    if not byte_bound and not isinstance(source, Feedback):
+        return
+    waiting = [name for spec in specs if spec.branches for name in spec.branches.waiting_batches()]
+    if waiting:
+        why = "max_in_flight_bytes is set" if byte_bound else "the input is a Feedback"
+        raise ValueError(
+            f"batch task {waiting[0]!r} is in a branch of parallel()/route() and has no "
+            f"max_wait, and {why}: the run could hold every item it may admit in that "
+            f"batch and wait for it forever. Give {waiting[0]!r} a max_wait (e.g. "
+            f"@batch_task(max_size=..., max_wait=0.1)), or put it outside the branch."
+        )
 
 
 def _not_a_stage(value: Any) -> str:

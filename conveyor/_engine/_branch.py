@@ -160,6 +160,8 @@ class Branch:
         """Build and start the branch run (from the run's supervisor, in its context)."""
         outer = self.stage.run
         stats = getattr(outer, "stats", None)
+        settings = settings.copy()  # (its log records say whose branch they are from)
+        settings.pipeline_id = f"{settings.pipeline_id}/{self.stage.name}/{self.label}"
         run = self.run = new_run(
             self.specs,
             self.feed,

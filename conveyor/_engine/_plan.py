@@ -136,6 +136,8 @@ def _limit(spec: StageSpec, context: PipelineContext) -> int:
     assert not isinstance(limit, AdaptiveLimit)  # (see _adaptive)
     if spec.batch:
         return limit or 1
+    if spec.branches is not None:  # (its calls wait for its branches, which are limited)
+        return UNLIMITED
     return limit or context.max_parallelism or UNLIMITED
 
 
