@@ -418,15 +418,3 @@ class BranchesSpec:
     key: Callable[[Any], Any] | None = None
     routes: tuple[tuple[Any, int], ...] = ()
     default: int | None = None
-
-    def waiting_batches(self) -> list[str]:
-        """The batch tasks in the branches (theirs too) without ``max_wait``: each waits
-        for a full batch, or for the end of its branch's input (see ``_engine._branch``)."""
-        names = []
-        for _, specs in self.branches:
-            for spec in specs:
-                if spec.batch and spec.options.max_wait is None:
-                    names.append(spec.name)
-                if spec.branches is not None:
-                    names.extend(spec.branches.waiting_batches())
-        return names

@@ -103,15 +103,17 @@ class Outcomes:
 
 class Feed:
     """A branch run's input: ``(item, join)`` pairs put by the stage's calls, read by the
-    branch run's pump; it ends once closed and empty."""
+    branch run's pump; it ends once closed and empty. Its pump waiting for items is not
+    the branch run working (``ledger``: the branch run's, once it is built)."""
 
-    __slots__ = ("closed", "items", "loop", "waiter")
+    __slots__ = ("closed", "items", "ledger", "loop", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.items: deque[tuple[Any, Join]] = deque()
         self.closed = False
         self.waiter: asyncio.Future[None] | None = None
+        self.ledger: Ledger | None = None
 
     def __aiter__(self) -> Feed:
         return self
@@ -120,11 +122,15 @@ class Feed:
         while not self.items:
             if self.closed:
                 raise StopAsyncIteration
-            self.waiter = self.loop.create_future()
+            waiter = self.waiter = self.loop.create_future()
+            ledger = self.ledger
+            assert ledger is not None
+            ledger.work_stopped()  # (waiting is not working: is the branch idle?)
             try:
-                await self.waiter
+                await waiter
             finally:
                 self.waiter = None
+                ledger.resumed(waiter)
         return self.items.popleft()
 
     def put(self, item: Any, join: Join) -> None:
@@ -138,7 +144,8 @@ class Feed:
     def _wake(self) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            assert self.ledger is not None
+            self.ledger.wake(waiter, None)  # (busy from now: see Ledger.wake)
 
 
 class Branch:
@@ -173,6 +180,8 @@ class Branch:
             outcomes=None if outer.outcomes is None else Outcomes(outer.ledger),
         )
         run.ledger.on_done = self.done
+        run.ledger.on_idle = self.stage.branch_idle
+        self.feed.ledger = run.ledger
         run.start()
         outer.spawn(self.read(), outer.context)
 
@@ -206,10 +215,18 @@ class Branch:
 
     def settle(self) -> None:
         through, self.through = self.through, []
+        ledger = self.stage.ledger
         for join in through:
             join.left -= 1
             if not join.left and not join.future.done():
-                join.future.set_result(None)
+                ledger.wake(join.future, None)  # (its call works from now: a stall?)
+
+    @property
+    def working(self) -> bool:
+        """Whether the branch works: its run's calls or generators, a result for its
+        reader to take, joins to tell (not its pump waiting for items)."""
+        run = self.run
+        return run is not None and bool(run.ledger.busy or self.through or run.ledger.can_drain())
 
 
 class BranchStage(SingleStage):
@@ -286,7 +303,15 @@ class BranchStage(SingleStage):
         return self._joined(join)
 
     async def _joined(self, join: Join) -> Any:
-        await join.future
+        # Waiting for its branches is not working: the run's stall check (a byte bound
+        # admitting fewer items than a branch's batch holds) may look while only its
+        # branches work; it leaves them alone while they do (``busy``).
+        ledger = self.ledger
+        ledger.work_stopped()
+        try:
+            await join.future
+        finally:
+            ledger.resumed(join.future)  # (busy since ``settle`` woke it)
         if self.shape.kind == "route":
             return join.results[0]
         results = []
@@ -327,6 +352,18 @@ class BranchStage(SingleStage):
             branch.feed.close()
             if branch.run is not None:
                 branch.run.abort()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a branch works (see ``Branch.working``)."""
+        return any(branch.working for branch in self.branches)
+
+    def branch_idle(self) -> None:
+        """(A branch run's ``Ledger.on_idle``.) Nothing works in that branch: if nothing
+        works in the run either, it may be stalled (see ``Run.flush_a_batch``)."""
+        ledger = self.ledger
+        if not ledger.busy and ledger.waiting and not self.busy:
+            ledger.check_stall()
 
     def flush_a_batch(self) -> bool:
         """A branch's partial batch is flushed, if one has any (a stalled run)."""

@@ -395,7 +395,10 @@ class Run:
     def flush_a_batch(self) -> bool:
         """Flush a partial batch, if there is one (see ``_ledger``): the run is stalled
         with the window full. The window has room for every batch, so only the byte bound
-        (admitting fewer large items than a batch holds) leads here."""
+        (admitting fewer large items than a batch holds) leads here. Not while a branch
+        run works (``_branch``): what it makes may fill a batch."""
+        if any(isinstance(stage, BranchStage) and stage.busy for stage in self.stages):
+            return False
         for stage in self.stages:
             if isinstance(stage, BatchStage) and stage.acc:
                 stage.flush()
