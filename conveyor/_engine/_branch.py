@@ -29,6 +29,13 @@ remainder rules apply. A branch run that fails (``on_error="fail"`` in a branch)
 the run with its error; the run's end (finished, failed, closed) aborts every branch run,
 and the tasks reading them end with the run's own.
 
+**A stalled run.** A branch run's pump waiting for items is not it working; once every
+branch is idle (a branch run's ``on_idle``) while items wait in the stage, its calls are
+stuck, and if nothing else works in the run with its input waiting for room (the byte
+bound admitting fewer items than a branch's batch holds), the run's stall rule flushes a
+partial batch (``Ledger.check_stall(stuck=...)``, ``Run.flush_a_batch``: a branch's
+too). Never while a branch works: a batch in a branch is cut short by no timing.
+
 **Statistics.** A branch run has its own collector (the run's ``branch``): the run's
 statistics list its stages after the branch stage, named ``"<stage>/<branch stage>"``.
 """
@@ -215,11 +222,12 @@ class Branch:
 
     def settle(self) -> None:
         through, self.through = self.through, []
-        ledger = self.stage.ledger
+        stage = self.stage
         for join in through:
             join.left -= 1
             if not join.left and not join.future.done():
-                ledger.wake(join.future, None)  # (its call works from now: a stall?)
+                join.future.set_result(None)
+                stage.joins -= 1
 
     @property
     def working(self) -> bool:
@@ -233,7 +241,7 @@ class BranchStage(SingleStage):
     """A ``parallel`` or ``route`` stage (see the module's docstring): a single stage
     whose call gives its item to branch runs and waits for them."""
 
-    __slots__ = ("branches", "closing", "new_run", "routes", "shape", "unfed")
+    __slots__ = ("branches", "closing", "joins", "new_run", "routes", "shape", "unfed")
 
     def __init__(
         self,
@@ -262,6 +270,8 @@ class BranchStage(SingleStage):
         # branches' inputs end once it is 0 (see ``close_input``).
         self.unfed = 0
         self.closing = False
+        # Calls waiting for their branches (see ``branch_idle``).
+        self.joins = 0
 
     def push(self, item: Any, node: Any, origin: Any) -> None:
         if type(item) is not Failure:
@@ -284,6 +294,7 @@ class BranchStage(SingleStage):
 
     def parallel(self, item: Any) -> Any:
         join = Join(item, len(self.branches), self.loop.create_future())
+        self.joins += 1
         for branch in self.branches:
             branch.feed.put(item, join)
         self.fed()
@@ -299,19 +310,12 @@ class BranchStage(SingleStage):
         if index is None:
             return _passed(item)
         join = Join(item, 1, self.loop.create_future())
+        self.joins += 1
         self.branches[index].feed.put(item, join)
         return self._joined(join)
 
     async def _joined(self, join: Join) -> Any:
-        # Waiting for its branches is not working: the run's stall check (a byte bound
-        # admitting fewer items than a branch's batch holds) may look while only its
-        # branches work; it leaves them alone while they do (``busy``).
-        ledger = self.ledger
-        ledger.work_stopped()
-        try:
-            await join.future
-        finally:
-            ledger.resumed(join.future)  # (busy since ``settle`` woke it)
+        await join.future
         if self.shape.kind == "route":
             return join.results[0]
         results = []
@@ -359,11 +363,12 @@ class BranchStage(SingleStage):
         return any(branch.working for branch in self.branches)
 
     def branch_idle(self) -> None:
-        """(A branch run's ``Ledger.on_idle``.) Nothing works in that branch: if nothing
-        works in the run either, it may be stalled (see ``Run.flush_a_batch``)."""
+        """(A branch run's ``Ledger.on_idle``.) Nothing works in that branch: if no
+        branch works, this stage's waiting calls are stuck, and if nothing else works in
+        the run, it may be stalled (see ``Run.flush_a_batch``)."""
         ledger = self.ledger
-        if not ledger.busy and ledger.waiting and not self.busy:
-            ledger.check_stall()
+        if ledger.waiting and not self.busy:
+            ledger.check_stall(stuck=self.joins)
 
     def flush_a_batch(self) -> bool:
         """A branch's partial batch is flushed, if one has any (a stalled run)."""

@@ -625,8 +625,11 @@ class Ledger:
         if not self.busy:
             self.check_stall()
 
-    def check_stall(self) -> None:
-        """If nothing is working and someone waits for room, make sure something moves."""
+    def check_stall(self, stuck: int = 0) -> None:
+        """If nothing is working and someone waits for room, make sure something moves.
+
+        ``stuck``: that many of the run's working tasks are calls of a branch stage whose
+        branches are all idle (``_branch``): waiting, they count as nothing working."""
         if not self.closed and any(self.may_proceed(s, e) for _, s, e in self.waiting):
             # (Woken first: the pump of a checkpoint at its crash bound must not take
             # the room a generator whose child was just taken may go on into for a
@@ -637,7 +640,7 @@ class Ledger:
             self.on_idle()
         # A flush may complete synchronously and only fill the next batch stage's
         # accumulator, so keep going until something works or a waiter can go on.
-        while not self.busy and self.waiting and not self.closed:
+        while self.busy <= stuck and self.waiting and not self.closed:
             if any(self.may_proceed(s, e) for _, s, e in self.waiting):
                 self.wake_waiters()
                 return
