@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from .._spec import BranchesSpec, StageSpec
 from ..context import PipelineContext
 from ..errors import Failure
-from ._calls import Executor
+from ._calls import Answer, Executor, hand_on
 from ._ledger import Ledger
 from ._origin import ORIGIN, BatchOrigins, Origin, each, merged
 from ._plan import StagePlan
@@ -69,17 +69,18 @@ NewRun = Callable[..., Any]
 
 class Join:
     """One item's state in a branch stage: its branches' results, how many branches
-    are not through with it, the Future its call waits on, and the item's origins in
-    the run (``outer``, on a run that tracks them) with their keys (``key``: what
-    ``current_keys()`` gives in the branches' calls)."""
+    are not through with it, the answer its call waits on (an ``Answer``: no task, no
+    Future per item), and the item's origins in the run (``outer``, on a run that
+    tracks them) with their keys (``key``: what ``current_keys()`` gives in the
+    branches' calls)."""
 
-    __slots__ = ("future", "item", "key", "left", "outer", "results")
+    __slots__ = ("answer", "item", "key", "left", "outer", "results")
 
-    def __init__(self, item: Any, branches: int, future: asyncio.Future[None]) -> None:
+    def __init__(self, item: Any, branches: int) -> None:
         self.item = item
         self.left = branches
         self.results: list[list[Any]] = [[] for _ in range(branches)]
-        self.future = future
+        self.answer = Answer(item)
         # (The call is made in its own context, where its item's origins are.)
         outer = ORIGIN.get(None)
         self.outer = outer
@@ -223,11 +224,13 @@ class Branch:
     def settle(self) -> None:
         through, self.through = self.through, []
         stage = self.stage
+        answers = []
         for join in through:
             join.left -= 1
-            if not join.left and not join.future.done():
-                join.future.set_result(None)
-                stage.joins -= 1
+            if not join.left and not join.answer.done():
+                stage.joined(join)
+                answers.append(join.answer)
+        hand_on(stage.loop, answers)
 
     @property
     def working(self) -> bool:
@@ -298,12 +301,12 @@ class BranchStage(SingleStage):
         turn late on 3.11 (behind items pushed after it)."""
 
     def parallel(self, item: Any) -> Any:
-        join = Join(item, len(self.branches), self.loop.create_future())
+        join = Join(item, len(self.branches))
         self.joins += 1
         for branch in self.branches:
             branch.feed.put(item, join)
         self.fed()
-        return self._joined(join)
+        return join.answer
 
     def route(self, item: Any) -> Any:
         shape = self.shape
@@ -313,24 +316,35 @@ class BranchStage(SingleStage):
             self.fed()  # (an item whose key raises goes to no branch: its policy's)
         index = self.routes.get(key, shape.default)
         if index is None:
-            return _passed(item)
-        join = Join(item, 1, self.loop.create_future())
+            return [item]  # (one item, as it came)
+        join = Join(item, 1)
         self.joins += 1
         self.branches[index].feed.put(item, join)
-        return self._joined(join)
+        return join.answer
 
-    async def _joined(self, join: Join) -> Any:
-        await join.future
+    def joined(self, join: Join) -> None:
+        """Every branch is through with ``join``'s item: its call's result (see the
+        module's docstring), or what ``combine`` raised, settles its answer."""
+        self.joins -= 1
+        answer = join.answer
         if self.shape.kind == "route":
-            return join.results[0]
+            answer.set_result(join.results[0])
+            return
         results = []
         for made in join.results:
             for value in made:
                 if type(value) is Failure:
-                    return value
+                    answer.set_result(value)
+                    return
             results.append(None if not made else made[0] if len(made) == 1 else made)
         combine = self.shape.combine
-        return tuple(results) if combine is None else combine(join.item, *results)
+        if combine is None:
+            answer.set_result(tuple(results))
+            return
+        try:
+            answer.set_result(combine(join.item, *results))
+        except Exception as exc:  # (the stage's policy: ``on_error`` of parallel())
+            answer.set_exception(exc)
 
     def output(self, branch: Branch, origins: Any, result: Any) -> None:
         """A result of ``branch``, with its origins (see the module's docstring)."""
@@ -384,7 +398,3 @@ class BranchStage(SingleStage):
 
 def _same(origins: Any) -> Any:
     return origins
-
-
-async def _passed(item: Any) -> list[Any]:
-    return [item]
