@@ -68,6 +68,8 @@ class TaskOptions:
     min_size: int = 1
     max_size: int = 1
     max_wait: float | None = None
+    key: Callable[[Any], Hashable] | None = None  # one open batch per key(item)
+    max_keys: int | None = None  # (with key=: DEFAULT_MAX_KEYS unless given)
 
     @property
     def retry_config(self) -> RetryConfig:
@@ -114,6 +116,8 @@ class BatchOnlyOptions(CommonOptions, total=False):
     min_size: int
     max_size: int | None
     max_wait: float | None
+    key: Callable[[Any], Hashable] | None
+    max_keys: int | None
 
 
 class SingleTaskOptions(CommonOptions, total=False):
@@ -128,7 +132,9 @@ class BatchTaskOptions(BatchOnlyOptions, total=False):
     on_error: ErrorAction | str
 
 
-BATCH_ONLY = frozenset({"min_size", "max_size", "max_wait"})
+BATCH_ONLY = frozenset({"min_size", "max_size", "max_wait", "key", "max_keys"})
+DEFAULT_MAX_KEYS = 1024
+"""Open batches a keyed batch task keeps at most, unless ``max_keys=`` says otherwise."""
 FIELDS = tuple(f.name for f in dataclasses.fields(TaskOptions))
 
 
@@ -242,6 +248,16 @@ def _per_key(name: str, value: Any) -> Any:
     return value
 
 
+def _key(name: str, value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"{name} must be a function of the item returning a hashable key (one open "
+            f"batch per key), or None; e.g. {name}=lambda url: urlsplit(url).hostname; "
+            f"got {value!r}"
+        )
+    return value
+
+
 def _priority(name: str, value: Any) -> Any:
     if value is not None and not callable(value):
         raise TypeError(
@@ -274,6 +290,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "min_size": _int(1),
     "max_size": _int(1, optional=True),
     "max_wait": _seconds(optional=True),
+    "key": _key,
+    "max_keys": _int(1, optional=True),
 }
 
 
@@ -314,6 +332,13 @@ def make_options(given: Mapping[str, Any], *, batch: bool, where: str) -> TaskOp
         elif max_size < min_size:
             raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
         values["max_size"] = max_size
+        if values.get("key") is not None:
+            values["max_keys"] = values.get("max_keys") or DEFAULT_MAX_KEYS
+        elif values.get("max_keys") is not None:
+            raise ValueError(
+                f"max_keys={values['max_keys']} bounds the open batches of a keyed batch "
+                f"task: give key= too (e.g. key=lambda row: row.table), or drop max_keys"
+            )
     if batch:
         _single_only(values)
     executor = values.get("executor")

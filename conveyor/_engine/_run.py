@@ -351,13 +351,10 @@ class Run:
 
     def flush_a_batch(self) -> bool:
         """Flush a partial batch, if there is one (see ``_ledger``): the run is stalled
-        with the window full. The window has room for every batch, so only the byte bound
-        (admitting fewer large items than a batch holds) leads here."""
-        for stage in self.stages:
-            if isinstance(stage, BatchStage) and stage.acc:
-                stage.flush()
-                return True
-        return False
+        with the window full. The window has room for one whole batch of every stage, so
+        only the byte bound (admitting fewer large items than a batch holds) or a keyed
+        stage's many partial batches lead here (its least recently fed goes)."""
+        return any(stage.flush_one() for stage in self.stages if isinstance(stage, BatchStage))
 
     @property
     def source(self) -> Any:
