@@ -296,7 +296,7 @@ def test_bad_options_fail_at_decoration_time() -> None:
         batch_task(max_size=2, key=parity, max_keys=0)
     with pytest.raises(ValueError, match="give key= too"):
         batch_task(max_size=2, max_keys=4)
-    with pytest.raises(TypeError, match="'key' is an option of @batch_task|key is an option"):
+    with pytest.raises(TypeError, match="key is an option of @batch_task"):
         single_task(key=parity)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="give key= too"):
         BatchTask(total, max_size=2, max_keys=4)
@@ -307,7 +307,7 @@ def test_keyed_options_default_and_show() -> None:
     assert (task.key, task.max_keys) == (tens, 1024)
     assert "key=tens, max_keys=1024" in repr(task)
     assert batch_task(max_size=2)(total).max_keys is None
-    assert "batch 1\N{EN DASH}32 by key<" in Pipeline([task]).to_mermaid()
+    assert "batch 1\N{EN DASH}32 by key" in Pipeline([task]).to_mermaid()
     assert "by key" not in Pipeline([BatchTask(total, max_size=32)]).to_mermaid()
 
 
@@ -337,3 +337,19 @@ async def test_a_checkpoint_keeps_each_keyed_batchs_origins(tmp_path: Any) -> No
     assert len({k for _, keys in seen for k in keys}) == 5
     # a second run finds every item done
     assert await pipeline(range(5)).collect() == []
+
+
+async def test_remainders_sent_off_at_the_end_when_one_ends_the_runs_work() -> None:
+    """The end of the input flushes each key's remainder; the first one, done at once,
+    may be the run's last work, and the ledger asks the stage again from inside that
+    flush (the model found it: ``coroutine raised StopIteration``)."""
+
+    @batch_task(max_size=2, key=parity)
+    def ident(batch: list[int]) -> list[int]:
+        return batch
+
+    @single_task
+    async def plus(x: int) -> int:
+        return x + 100
+
+    assert await (ident | plus | plus)([0, 1]).collect() == [200, 201]

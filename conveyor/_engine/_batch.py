@@ -224,14 +224,14 @@ class BatchStage(Stage):
         batch.cancel_timer()
         batch.expired = False
         items, origins = batch.items, batch.origins
-        if self.one is None:
+        batch.items = []
+        if origins is not None:
+            batch.origins = []
+        if self.one is None and items:
             key = batch.key
             oldest = next(iter(self.opened)) == key
             del self.lru[key], self.opened[key]
             return items, origins, oldest
-        batch.items = []
-        if origins is not None:
-            batch.origins = []
         return items, origins, True
 
     def flush(self, batch: Batch) -> None:
@@ -260,12 +260,8 @@ class BatchStage(Stage):
         self.flush(batch)
         return True
 
-    def batches(self) -> list[Batch]:
-        """The open batches, oldest first."""
-        return [self.one] if self.one is not None else list(self.opened.values())
-
     def cancel_timer(self) -> None:
-        for batch in self.batches():
+        for batch in [self.one] if self.one is not None else self.opened.values():
             batch.cancel_timer()
 
     def accumulated(self) -> int:
@@ -276,17 +272,20 @@ class BatchStage(Stage):
     def close_input(self) -> None:
         """No more items will come: flush each batch's remainder, or drop it below
         ``min_size`` (oldest first)."""
-        for batch in self.batches():
+        # (One at a time, the oldest first: a batch sent off and done at once may end
+        # the run's last work, and the ledger then asks again, from inside the flush.)
+        while True:
+            batch = self.one if self.one is not None else next(iter(self.opened.values()), None)
+            if batch is None or not batch.items:
+                return
             if len(batch.items) >= self.min_size:
                 self.flush(batch)
-            elif batch.items:
+            else:
                 node = batch.node
                 dropped, origins, oldest = self.close(batch)
                 batch.node = None
                 # (A placed batch: its reader gives back a token for the place, and for
                 # the Failures behind it.)
-                self.ledger.remainder_dropped(
-                    self, len(dropped), node is not None, origins, oldest
-                )
+                self.ledger.remainder_dropped(self, len(dropped), node is not None, origins, oldest)
                 if node is not None:
                     self.list.resolve(node, EMPTY)  # type: ignore[union-attr]
