@@ -133,8 +133,7 @@ class BatchTaskOptions(BatchOnlyOptions, total=False):
 
 
 BATCH_ONLY = frozenset({"min_size", "max_size", "max_wait", "key", "max_keys"})
-DEFAULT_MAX_KEYS = 1024
-"""Open batches a keyed batch task keeps at most, unless ``max_keys=`` says otherwise."""
+DEFAULT_MAX_KEYS = 1024  # (open batches of a keyed batch task, unless max_keys= is given)
 FIELDS = tuple(f.name for f in dataclasses.fields(TaskOptions))
 
 
@@ -251,9 +250,8 @@ def _per_key(name: str, value: Any) -> Any:
 def _key(name: str, value: Any) -> Any:
     if value is not None and not callable(value):
         raise TypeError(
-            f"{name} must be a function of the item returning a hashable key (one open "
-            f"batch per key), or None; e.g. {name}=lambda url: urlsplit(url).hostname; "
-            f"got {value!r}"
+            f"{name} must be a function of the item returning a hashable key (one open batch "
+            f"per key), or None; e.g. {name}=lambda url: urlsplit(url).hostname; got {value!r}"
         )
     return value
 
@@ -332,14 +330,13 @@ def make_options(given: Mapping[str, Any], *, batch: bool, where: str) -> TaskOp
         elif max_size < min_size:
             raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
         values["max_size"] = max_size
-        if values.get("key") is not None:
+        if values.get("key") is not None:  # (max_keys: its default, only with a key)
             values["max_keys"] = values.get("max_keys") or DEFAULT_MAX_KEYS
         elif values.get("max_keys") is not None:
             raise ValueError(
                 f"max_keys={values['max_keys']} bounds the open batches of a keyed batch "
                 f"task: give key= too (e.g. key=lambda row: row.table), or drop max_keys"
             )
-    if batch:
         _single_only(values)
     executor = values.get("executor")
     if values.get("chunk_size") is not None and not kind_of(executor).chunked:
