@@ -316,10 +316,22 @@ async def test_open_keys_share_the_stage_statistics() -> None:
     def ident(batch: list[int]) -> list[int]:
         return batch
 
-    stream = ident(range(7))
+    open_keys: list[int | None] = []
+
+    async def items() -> AsyncIterator[int]:
+        for x in range(7):
+            if x == 2:  # (0 and 1 are in: both keys have an open batch)
+                open_keys.append(stream.stats.stages[0].open_keys)
+            yield x
+
+    stream = ident(items())
     await stream.collect()
     s = stream.stats.stages[0]
     assert (s.items_in, s.items_out, s.batches, s.remainder_dropped) == (7, 7, 4, 0)
+    assert open_keys == [2] and s.open_keys == 0
+    plain = BatchTask(ident.func, max_size=2)(range(2))
+    await plain.collect()
+    assert plain.stats.stages[0].open_keys is None
 
 
 async def test_a_checkpoint_keeps_each_keyed_batchs_origins(tmp_path: Any) -> None:

@@ -264,6 +264,11 @@ class BatchStage(Stage):
         for batch in [self.one] if self.one is not None else self.opened.values():
             batch.cancel_timer()
 
+    @property
+    def open_keys(self) -> int | None:
+        """The keys with an open batch now (a keyed stage; None: a plain one)."""
+        return None if self.one is not None else len(self.lru)
+
     def accumulated(self) -> int:
         if self.one is not None:
             return len(self.one.items)
