@@ -229,7 +229,7 @@ class BatchStage(Stage):
             batch.origins = []
         if self.one is None and items:
             key = batch.key
-            oldest = next(iter(self.opened)) == key
+            oldest = next(iter(self.opened.values())) is batch
             del self.lru[key], self.opened[key]
             return items, origins, oldest
         return items, origins, True
