@@ -512,8 +512,14 @@ class BatchCall:
     name: str
 
     def __call__(self, batch: list[int]) -> Any:
+        self.record(batch)
+        return self.compute(batch)
+
+    def record(self, batch: list[int]) -> None:
         if self.s.fail_mod is None:
             BATCH_SIZES.setdefault(self.name, []).append(len(batch))
+
+    def compute(self, batch: list[int]) -> Any:
         if any(map(self.s.fails, batch)):
             raise Poison(batch)
         values = _batch_fn(self.s, batch)
@@ -530,9 +536,10 @@ def _batch_task(s: StageSpec, options: dict[str, Any], scale: float) -> conveyor
         return decorate(outputs)
 
     async def call(batch: list[int]) -> Any:
+        outputs.record(batch)  # (as the call starts: calls start in the order of batches)
         delay = _delay(s, sum(batch), scale)
         if delay is not None:
             await asyncio.sleep(delay)
-        return outputs(batch)
+        return outputs.compute(batch)
 
     return decorate(call)
