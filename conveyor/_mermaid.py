@@ -163,7 +163,8 @@ def option_lines(spec: StageSpec) -> list[str]:
     o = spec.options
     if spec.batch:
         sizes = f"{o.min_size}\N{EN DASH}{o.max_size}" if o.min_size != o.max_size else o.max_size
-        kind = f"batch {sizes}" + ("" if o.max_wait is None else f", max_wait {o.max_wait:g} s")
+        kind = f"batch {sizes}" + ("" if o.key is None else " by key")
+        kind += "" if o.max_wait is None else f", max_wait {o.max_wait:g} s"
     else:
         kind = "single" if spec.branches is None else spec.branches.kind
     lines = [spec.name, kind]

@@ -21,6 +21,7 @@ from typing import Any, Literal, TypedDict
 
 from ._engine._registry import AutoChoice, chunked_kinds, kind_of
 from ._engine._registry import check as check_executor
+from ._spec_branches import BranchesSpec
 from .adaptive import AdaptiveLimit, as_concurrency_limit
 from .breaker import CircuitBreaker, as_breaker
 from .cache import Cache
@@ -34,7 +35,6 @@ __all__ = [
     "BatchTaskOptions",
     "CommonOptions",
     "SingleTaskOptions",
-    "BranchesSpec",
     "StageSpec",
     "TaskOptions",
     "make_options",
@@ -69,6 +69,8 @@ class TaskOptions:
     min_size: int = 1
     max_size: int = 1
     max_wait: float | None = None
+    key: Callable[[Any], Hashable] | None = None  # one open batch per key(item)
+    max_keys: int | None = None  # (with key=: DEFAULT_MAX_KEYS unless given)
 
     @property
     def retry_config(self) -> RetryConfig:
@@ -115,6 +117,8 @@ class BatchOnlyOptions(CommonOptions, total=False):
     min_size: int
     max_size: int | None
     max_wait: float | None
+    key: Callable[[Any], Hashable] | None
+    max_keys: int | None
 
 
 class SingleTaskOptions(CommonOptions, total=False):
@@ -129,7 +133,8 @@ class BatchTaskOptions(BatchOnlyOptions, total=False):
     on_error: ErrorAction | str
 
 
-BATCH_ONLY = frozenset({"min_size", "max_size", "max_wait"})
+BATCH_ONLY = frozenset({"min_size", "max_size", "max_wait", "key", "max_keys"})
+DEFAULT_MAX_KEYS = 1024  # (open batches of a keyed batch task, unless max_keys= is given)
 FIELDS = tuple(f.name for f in dataclasses.fields(TaskOptions))
 
 
@@ -243,6 +248,15 @@ def _per_key(name: str, value: Any) -> Any:
     return value
 
 
+def _key(name: str, value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"{name} must be a function of the item returning a hashable key (one open batch "
+            f"per key), or None; e.g. {name}=lambda url: urlsplit(url).hostname; got {value!r}"
+        )
+    return value
+
+
 def _priority(name: str, value: Any) -> Any:
     if value is not None and not callable(value):
         raise TypeError(
@@ -275,6 +289,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "min_size": _int(1),
     "max_size": _int(1, optional=True),
     "max_wait": _seconds(optional=True),
+    "key": _key,
+    "max_keys": _int(1, optional=True),
 }
 
 
@@ -315,7 +331,13 @@ def make_options(given: Mapping[str, Any], *, batch: bool, where: str) -> TaskOp
         elif max_size < min_size:
             raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
         values["max_size"] = max_size
-    if batch:
+        if values.get("key") is not None:  # (max_keys: its default, only with a key)
+            values["max_keys"] = values.get("max_keys") or DEFAULT_MAX_KEYS
+        elif values.get("max_keys") is not None:
+            raise ValueError(
+                f"max_keys={values['max_keys']} bounds the open batches of a keyed batch "
+                f"task: give key= too (e.g. key=lambda row: row.table), or drop max_keys"
+            )
         _single_only(values)
     executor = values.get("executor")
     if values.get("chunk_size") is not None and not kind_of(executor).chunked:
@@ -335,9 +357,8 @@ def _single_only(values: Mapping[str, Any]) -> None:
     if given:
         raise ValueError(
             f"{given[0]} applies to @single_task only: a batch task's calls take lists of "
-            f"items, of any keys. A batch task takes rate_limit= without key= (smooth "
-            f"with burst=) and concurrency_limit=; to pace items per key, give them a "
-            f"@single_task."
+            f"items, of any keys. A batch task takes rate_limit= without key= (smooth with "
+            f"burst=) and concurrency_limit=; to pace items per key, give them a @single_task."
         )
 
 
@@ -347,8 +368,8 @@ class StageSpec:
 
     ``args``/``kwargs`` are side inputs (resolved at the start of every run) and
     ``resources`` are run-scoped resources (opened before the first call, closed when the
-    run ends), passed to the function as keyword arguments.
-    """
+    run ends), passed to the function as keyword arguments; ``branches``: a stage that
+    gives its items to other pipelines (``conveyor.parallel``, ``conveyor.route``)."""
 
     func: Callable[..., Any]
     name: str
@@ -357,7 +378,6 @@ class StageSpec:
     args: tuple[Any, ...] = ()
     kwargs: tuple[tuple[str, Any], ...] = ()
     resources: tuple[tuple[str, Any], ...] = ()
-    # A stage that gives its items to other pipelines (``conveyor.parallel``, ``route``).
     branches: BranchesSpec | None = None
 
     def __post_init__(self) -> None:
@@ -399,22 +419,3 @@ class StageSpec:
     def is_async(self) -> bool:
         """Whether calls return coroutines (``async def``; not async generators)."""
         return inspect.iscoroutinefunction(self.func)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BranchesSpec:
-    """The branches of a ``conveyor.parallel`` or ``conveyor.route`` stage (see
-    ``_engine._branch``): each a label and the specs of its stages.
-
-    ``parallel``: every item goes to every branch, and ``combine(item, *results)`` (or
-    the tuple of the results) is its result. ``route``: ``key(item)`` picks the branch
-    (``routes``: a value and its branch's index); an item of no route goes to branch
-    ``default``, or on unchanged when ``default`` is None.
-    """
-
-    kind: Literal["parallel", "route"]
-    branches: tuple[tuple[str, tuple[StageSpec, ...]], ...]
-    combine: Callable[..., Any] | None = None
-    key: Callable[[Any], Any] | None = None
-    routes: tuple[tuple[Any, int], ...] = ()
-    default: int | None = None

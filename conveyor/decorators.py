@@ -205,6 +205,9 @@ def batch_task(
 
     ``max_size`` defaults to ``min_size`` (as in conveyor-streaming); ``max_wait`` (seconds
     since a batch's first item) flushes batches holding at least ``min_size`` items.
+    ``key=f`` keeps one open batch per key ``f(item)`` (the sizes and ``max_wait`` apply
+    per key), at most ``max_keys`` (default 1024) at once, the least recently fed sent off
+    first (see docs/composition.md, "Batches by key").
     """
     if func is not None:
         raise TypeError(

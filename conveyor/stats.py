@@ -156,6 +156,7 @@ class StageStats:
     concurrency_limit_now: int | None = None  # concurrency_limit="auto": its limit now (= limit)
     circuit_opened: int | None = None  # times its calls opened its breaker; None: none
     circuit_rejected: int | None = None  # its calls the open breaker refused (or held)
+    open_keys: int | None = None  # a keyed batch stage's keys with an open batch; else None
     # A stage in a branch of a parallel() or route() stage: that stage's index in
     # ``RunStats.stages``, and the branch's number (None: a stage of the run's own line).
     branch_of: int | None = None

@@ -23,7 +23,8 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from typing import Any, ClassVar, Generic, Literal, Self, TypeVar, Unpack, overload
 
 from ._engine._registry import kind_of
-from ._spec import BatchTaskOptions, BranchesSpec, StageSpec, TaskOptions, make_options
+from ._spec import BatchTaskOptions, StageSpec, TaskOptions, make_options
+from ._spec_branches import BranchesSpec
 from .adaptive import AdaptiveLimit
 from .context import ExecutionMode, get_current_context
 from .errors import ErrorAction, ErrorHandler, Failure, RetryConfig
@@ -237,6 +238,10 @@ class BatchTask(BaseTask[In, Out]):
     batch stage at once, so it never cuts a batch short. Ordered runs compose batches in
     input order, as-completed runs in arrival order. ``concurrency_limit`` (default 1)
     bounds how many batches run at once.
+
+    With ``key=f``, one batch is open per key ``f(item)`` (each holds items of one key;
+    ``max_size``, ``min_size`` and ``max_wait`` apply per key) and at most ``max_keys``
+    (default 1024) are open at once: see docs/composition.md, "Batches by key".
     """
 
     _batch = True
@@ -254,12 +259,25 @@ class BatchTask(BaseTask[In, Out]):
     def max_wait(self) -> float | None:
         return self.spec.options.max_wait
 
+    @property
+    def key(self) -> Callable[[Any], Any] | None:
+        """The key function of a keyed batch task (one open batch per key), or None."""
+        return self.spec.options.key
+
+    @property
+    def max_keys(self) -> int | None:
+        """At most this many keys have an open batch at once (keyed batch tasks)."""
+        return self.spec.options.max_keys
+
     def _options_repr(self) -> list[str]:
         parts = [f"max_size={self.max_size}"]
         if self.min_size != 1:
             parts.append(f"min_size={self.min_size}")
         if self.max_wait is not None:
             parts.append(f"max_wait={self.max_wait}")
+        if self.key is not None:
+            name = getattr(self.key, "__name__", type(self.key).__name__)
+            parts.append(f"key={name}, max_keys={self.max_keys}")
         return parts + super()._options_repr()
 
 

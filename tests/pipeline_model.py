@@ -17,6 +17,7 @@ import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,6 +53,10 @@ class StageSpec:
     # Items on which the function kills its worker process (``executor="owned"``, a
     # process pool conveyor owns): they fail alone, as if they raised.
     kills: tuple[int, ...] = ()
+    # A keyed batch stage (``key=``): one open batch per key ``x % keys`` (0: not keyed),
+    # at most ``max_keys`` open (None: conveyor's default, never reached here).
+    keys: int = 0
+    max_keys: int | None = None
 
     def fails(self, x: int) -> bool:
         return (self.fail_mod is not None and x % self.fail_mod == 1) or x in self.kills
@@ -71,7 +76,9 @@ EXECUTORS = st.sampled_from(["inline", "inline", "thread", "pool", "process"])
 
 
 @st.composite
-def stage_specs(draw: st.DrawFn, *, failures: bool = True, elementwise: bool = False) -> StageSpec:
+def stage_specs(
+    draw: st.DrawFn, *, failures: bool = True, elementwise: bool = False, keyed: bool = False
+) -> StageSpec:
     batch = draw(st.booleans())
     fail_mod = draw(st.sampled_from([None, None, 3, 5, 7])) if failures else None
     delay = draw(st.sampled_from(["none", "zero", "varied"]))
@@ -96,6 +103,8 @@ def stage_specs(draw: st.DrawFn, *, failures: bool = True, elementwise: bool = F
             min_size=min_size,
             concurrency=draw(st.sampled_from([None, 1, 2])),
             timeout=draw(st.sampled_from([None, 1000.0])),
+            keys=(keys := draw(st.sampled_from([0, 1, 2, 3, 3])) if keyed else 0),
+            max_keys=draw(st.sampled_from([None, 1, 2, 2])) if keys else None,
         )
     op = draw(st.sampled_from(["add", "mul", "filter", "list", "gen", "agen"]))
     k = {
@@ -258,6 +267,8 @@ def reference(
                     c.failed += 1
                 else:
                     c.skipped += 1
+        elif s.keys:
+            out = _keyed_batches(s, stream, name, per_item, c, window)
         else:
             # A failure record that arrives while a batch accumulates comes after that
             # batch's outputs: where its item's result would be.
@@ -285,6 +296,61 @@ def reference(
             counts.append(c)
         stream = out
     return stream
+
+
+def _keyed_batches(
+    s: StageSpec, stream: list[Any], name: str, per_item: bool, c: Counts, window: int
+) -> list[Any]:
+    """A keyed batch stage (see ``conveyor._engine._batch``): one open batch per key
+    ``x % s.keys``, each with its place in the output from its first item; at most
+    ``max_keys`` open, the least recently fed flushed first (whatever its size); a
+    failure record comes after every open batch, and at most ``window`` of them are
+    counted behind the oldest (one more sends it off); the remainder rule per key.
+    (The run's stall rule, which flushes the least recently fed batch when the window
+    is full, depends on timing: the model runs with windows that never fill.)"""
+    places: list[list[Any]] = []  # the output, place by place
+    lru: OrderedDict[int, tuple[list[int], list[Any]]] = OrderedDict()  # key: (items, place)
+    opened: dict[int, None] = {}  # the open keys, in the order they opened
+    held = 0
+
+    def flush(key: int) -> None:
+        nonlocal held
+        acc, place = lru.pop(key)
+        if next(iter(opened)) == key:
+            held = 0
+        del opened[key]
+        place += _flush(s, acc, name, per_item, c)
+
+    for x in stream:
+        if _is_marker(x):
+            if opened:
+                if held == window:
+                    flush(next(iter(opened)))
+                if opened:
+                    held += 1
+            places.append([x])
+            continue
+        key = x % s.keys
+        if key in lru:
+            lru.move_to_end(key)
+        else:
+            if len(lru) == (s.max_keys or 1024):
+                flush(next(iter(lru)))
+            lru[key] = ([], [])
+            opened[key] = None
+            places.append(lru[key][1])
+        acc = lru[key][0]
+        acc.append(x)
+        if len(acc) == s.max_size:
+            flush(key)
+    for key in list(opened):
+        acc = lru[key][0]
+        if len(acc) >= s.min_size:
+            flush(key)
+        else:
+            c.remainder_dropped += len(acc)
+            del lru[key], opened[key]
+    return [x for place in places for x in place]
 
 
 def observed(value: Any) -> Any:
@@ -429,6 +495,16 @@ that may fail also sees isolation's halves), by task name: cleared before each r
 
 
 @dataclasses.dataclass(frozen=True)
+class KeyOf:
+    """A keyed batch stage's key function: ``x % n``."""
+
+    n: int
+
+    def __call__(self, x: int) -> int:
+        return x % self.n
+
+
+@dataclasses.dataclass(frozen=True)
 class BatchCall:
     """A plain batch stage's function (on a process pool, batch sizes are not recorded)."""
 
@@ -436,8 +512,14 @@ class BatchCall:
     name: str
 
     def __call__(self, batch: list[int]) -> Any:
+        self.record(batch)
+        return self.compute(batch)
+
+    def record(self, batch: list[int]) -> None:
         if self.s.fail_mod is None:
             BATCH_SIZES.setdefault(self.name, []).append(len(batch))
+
+    def compute(self, batch: list[int]) -> Any:
         if any(map(self.s.fails, batch)):
             raise Poison(batch)
         values = _batch_fn(self.s, batch)
@@ -446,14 +528,18 @@ class BatchCall:
 
 def _batch_task(s: StageSpec, options: dict[str, Any], scale: float) -> conveyor.BaseTask[Any, Any]:
     outputs = BatchCall(s, options["task_name"])
+    if s.keys:
+        options["key"] = KeyOf(s.keys)
+        options["max_keys"] = s.max_keys
     decorate = batch_task(max_size=s.max_size, min_size=s.min_size, **options)
     if s.sync:
         return decorate(outputs)
 
     async def call(batch: list[int]) -> Any:
+        outputs.record(batch)  # (as the call starts: calls start in the order of batches)
         delay = _delay(s, sum(batch), scale)
         if delay is not None:
             await asyncio.sleep(delay)
-        return outputs(batch)
+        return outputs.compute(batch)
 
     return decorate(call)

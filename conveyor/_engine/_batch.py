@@ -5,24 +5,45 @@ to batches is here: when a batch is flushed, how its items' window tokens come b
 what happens to the remainder at the end of the input. (How ``on_error="skip_item"``
 finds the failing items of a batch is the policy's: see ``_policy``.)
 
-In an ordered run a batch's result has its place from the moment the batch opens, so a
-:class:`~conveyor.errors.Failure` that reaches the stage meanwhile (from an earlier
-``on_error="emit"``) comes after it: where its item's result would be.
+Each open batch is an :class:`Batch`: its items, its reserved place, its items' origins,
+its ``max_wait`` timer and whether that timer has expired. A plain batch stage has one,
+for the whole run; a keyed one (``key=f``) has one per key ``f(item)`` with items
+waiting, made when the key's first item arrives and gone when it is flushed. Every rule
+below is the same code for both, applied to the batch an item belongs to.
 
 A batch is flushed when it holds ``max_size`` items; when ``max_wait`` seconds have
 passed since its first item, if it holds at least ``min_size``; when the input has ended
 (a remainder smaller than ``min_size`` is dropped, see :meth:`BatchStage.close_input`);
 and when the run is stalled with the window full of items waiting here (a window smaller
-than the batch: see ``_ledger``).
+than the batch, or a keyed stage's many partial batches: see ``_ledger``).
 
-On a run with a checkpoint, each accumulated item's origin is kept beside it
-(``origins``); the batch's result carries them all (``_origin.BatchOrigins``: merged,
-each once, in order), and its call's context has each item's.
+**Keys** (``key=``, at most ``max_keys`` open at once). The key function is called on
+the loop, once per item, as it arrives; if it raises (or its key is not hashable), the
+item fails alone under ``on_error`` (no retry, no handler: see ``Policy.key_failed``).
+An item of a new key while ``max_keys`` batches are open first flushes the least
+recently fed one (the one whose last item is the oldest), whatever its size, even below
+``min_size``: nothing is dropped but by the remainder rule at the end of the input, which
+applies to each key's batch. The stall rule flushes the least recently fed too.
+
+In an ordered run a batch's result has its place from the moment the batch opens, so a
+:class:`~conveyor.errors.Failure` that reaches the stage meanwhile (from an earlier
+``on_error="emit"``) comes after it: where its item's result would be. With several
+open batches (keys) it comes after all of them, and is counted as waiting behind the
+oldest (first opened): it lends its token back until that batch is sent off (``held``),
+and then holds it again while it waits for the younger ones. At most the window's limit
+of them are lent: one more sends the oldest batch off first.
+
+On a run that tracks origins (a checkpoint, ``with_items()``, a branch's run: see
+``_origin``), each accumulated item's origin is kept beside it
+(``Batch.origins``); the batch's result carries them all (``_origin.BatchOrigins``:
+merged, each once, in order), and its call's context has each item's.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Failure
@@ -38,18 +59,53 @@ if TYPE_CHECKING:
     from ._roles import RunRole
 
 
+class Batch:
+    """One open batch of a batch stage (of one key, on a keyed stage)."""
+
+    __slots__ = ("expired", "items", "key", "node", "origins", "stage", "timer")
+
+    def __init__(self, stage: BatchStage, key: Hashable, origins: bool) -> None:
+        self.stage = stage
+        self.key = key
+        self.items: list[Any] = []
+        # The items' origins, on a checkpoint (None: no checkpoint).
+        self.origins: list[Origins] | None = [] if origins else None
+        # In an ordered run, the place of the batch's result, reserved when it opens (its
+        # first item): a Failure that arrives meanwhile goes after it, where its item's
+        # result would be. The place takes its window token only when the batch is sent
+        # off: a token taken at the opening would make a window of exactly max_size
+        # items hold only max_size - 1 of them (batches cut short, and items then lost
+        # to the remainder rule).
+        self.node: Any = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.expired = False  # max_wait passed below min_size: min_size items flush it
+
+    def on_timer(self) -> None:
+        self.timer = None
+        self.expired = True
+        stage = self.stage
+        if len(self.items) >= stage.min_size and not stage.run.closed:
+            stage.flush(self)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
 class BatchStage(Stage):
     __slots__ = (
-        "_expired",
-        "_timer",
-        "acc",
-        "acc_node",
         "held",
+        "key",
+        "lru",
+        "max_keys",
         "max_size",
         "max_wait",
         "min_size",
-        "origins",
+        "one",
+        "opened",
         "per_item",
+        "with_origins",
     )
 
     def __init__(
@@ -62,31 +118,29 @@ class BatchStage(Stage):
         tracing: Tracing | None = None,
     ) -> None:
         super().__init__(run, plan, executor, stats, observer, tracing)
-        spec = plan.spec
-        self.min_size = spec.options.min_size
-        self.max_size = spec.options.max_size
-        self.max_wait = spec.options.max_wait
-        self.acc: list[Any] = []
-        # The accumulated items' origins, on a run that tracks them (else None).
-        self.origins: list[Origins] | None = [] if run.origins else None
+        options = plan.spec.options
+        self.min_size = options.min_size
+        self.max_size = options.max_size
+        self.max_wait = options.max_wait
+        self.with_origins = run.origins  # (a run that tracks them: see ``_origin``)
         # In a branch's run, a result per item is each item's own (see ``emit_list``).
         self.per_item = run.branch
-        # In an ordered run, the place of the accumulating batch's result, reserved when
-        # the batch opens: a Failure that arrives meanwhile goes after it, where its
-        # item's result would be. The place takes its window token only when the batch
-        # is sent off: a token taken at the opening would make a window of exactly
-        # max_size items hold only max_size - 1 of them (batches cut short, and items
-        # then lost to the remainder rule).
-        self.acc_node: Any = None
-        # Failures waiting behind that place. They lend their tokens back while they
-        # wait (taken again when the batch is sent off or dropped, for their reader to
-        # give back): otherwise Failures piling up behind a batch would fill the window
-        # and cut the batch short, by timing. At most the window's limit of them wait:
-        # one more sends the batch off early (a rule of the input alone, as the model
-        # tests check), so what they hold stays bounded.
+        self.key: Callable[[Any], Hashable] | None = options.key
+        self.max_keys = options.max_keys or 1
+        # A plain stage's one batch, for the whole run (None: a keyed stage).
+        self.one = None if self.key is not None else Batch(self, None, self.with_origins)
+        # A keyed stage's open batches: by key, least recently fed first (``lru``), and
+        # in the order they opened (``opened``: the oldest's place is the one Failures
+        # are counted behind). Empty on a plain stage.
+        self.lru: OrderedDict[Hashable, Batch] = OrderedDict()
+        self.opened: dict[Hashable, Batch] = {}
+        # Failures waiting behind the oldest open batch's place. They lend their tokens
+        # back while they wait (taken again when the batch is sent off or dropped, for
+        # their reader to give back): otherwise Failures piling up behind a batch would
+        # fill the window and cut the batch short, by timing. At most the window's limit
+        # of them wait: one more sends the batch off early (a rule of the input alone, as
+        # the model tests check), so what they hold stays bounded.
         self.held = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._expired = False
 
     def push(self, item: Any, node: Any, origin: Any) -> None:
         if self.observer is not None:
@@ -95,55 +149,120 @@ class BatchStage(Stage):
         if type(item) is Failure:
             if record is not None:
                 record.passed_through()
-            if self.acc_node is not None:  # (an ordered run, with a batch open)
-                if self.held < self.ledger.limit:
-                    self.ledger.lent(self)  # (see above)
-                else:
-                    self.flush()  # too many wait: the batch goes, this one after it
-            self.downstream.push(item, None if self.list is None else self.list.append(), origin)
+            self.pass_failure(item, origin)
             return
         if record is not None:  # (the one cheap check, as a single stage's call has)
             record.items_in += 1
-        acc = self.acc
+        batch = self.one
+        if batch is None:
+            batch = self.batch_of(item, origin)
+            if batch is None:
+                return  # (its key function raised: the policy had it)
+        acc = batch.items
         acc.append(item)
-        if self.origins is not None:
-            self.origins.append(origin)
+        if batch.origins is not None:
+            batch.origins.append(origin)
         self.ledger.queued(self)
         n = len(acc)
         if n == 1 and self.list is not None:
-            self.acc_node = self.list.append()
-        if n >= self.max_size or (self._expired and n >= self.min_size):
-            self.flush()
+            batch.node = self.list.append()
+        if n >= self.max_size or (batch.expired and n >= self.min_size):
+            self.flush(batch)
         elif n == 1 and self.max_wait is not None:
-            self._timer = self.loop.call_later(self.max_wait, self._on_timer, context=self.context)
+            batch.timer = self.loop.call_later(self.max_wait, batch.on_timer, context=self.context)
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._expired = True
-        if len(self.acc) >= self.min_size and not self.run.closed:
-            self.flush()
+    def batch_of(self, item: Any, origin: Any) -> Batch | None:
+        """A keyed stage's open batch for ``item`` (opened if need be, the least recently
+        fed flushed first if ``max_keys`` are open), or None if its key function raised."""
+        lru = self.lru
+        try:
+            key = self.key(item)  # type: ignore[misc]
+            batch = lru.get(key)  # (a TypeError if the key is not hashable)
+        except Exception as exc:
+            self.key_failed(exc, item, origin)
+            return None
+        if batch is not None:
+            lru.move_to_end(key)
+            return batch
+        if len(lru) >= self.max_keys:
+            self.flush(next(iter(lru.values())))
+        batch = lru[key] = self.opened[key] = Batch(self, key, self.with_origins)
+        return batch
 
-    def flush(self) -> None:
-        """Send the accumulated items off as one batch (even if fewer than ``min_size``)."""
-        batch, self.acc = self.acc, []
-        origins = self.origins
-        if origins is not None:
-            self.origins = []
-        if batch and self.record is not None:
-            self.record.flushed(len(batch), self._expired)
-        self._expired = False
-        self.cancel_timer()
-        if not batch:
+    def key_failed(self, exc: Exception, item: Any, origin: Any) -> None:
+        """The key function raised on ``item``: ``on_error`` for the item alone (in a
+        call's context: a checkpoint reads the item's origin there)."""
+        try:
+            failure = self.call_context(origin).run(self.policy.key_failed, exc, item)
+        except BaseException as error:
+            self.run.fail(error)
             return
+        if failure is None:  # skipped
+            self.ledger.dropped(self, False, origin)
+        else:
+            self.pass_failure(failure, origin)
+
+    def oldest(self) -> Batch | None:
+        """The open batch whose place Failures are counted behind (ordered runs)."""
+        if self.list is None:
+            return None
+        one = self.one
+        if one is not None:
+            return one if one.node is not None else None
+        return next(iter(self.opened.values()), None)
+
+    def pass_failure(self, failure: Failure[Any], origin: Any) -> None:
+        """A Failure goes on, after the places of the open batches (see the module doc)."""
+        oldest = self.oldest()
+        if oldest is not None:
+            if self.held >= self.ledger.limit:
+                self.flush(oldest)  # too many wait: the batch goes, this one after it
+                oldest = self.oldest()
+            if oldest is not None:
+                self.ledger.lent(self)  # (see ``held``)
+        self.downstream.push(failure, None if self.list is None else self.list.append(), origin)
+
+    def close(self, batch: Batch) -> tuple[list[Any], list[Origins] | None, bool]:
+        """Take ``batch``'s items and origins out (a keyed batch closes), and whether it
+        was the oldest open one."""
+        batch.cancel_timer()
+        batch.expired = False
+        items, origins = batch.items, batch.origins
+        batch.items = []
+        if origins is not None:
+            batch.origins = []
+        if self.one is None and items:
+            key = batch.key
+            oldest = next(iter(self.opened.values())) is batch
+            del self.lru[key], self.opened[key]
+            return items, origins, oldest
+        return items, origins, True
+
+    def flush(self, batch: Batch) -> None:
+        """Send ``batch``'s items off as one batch (even if fewer than ``min_size``)."""
+        expired = batch.expired
+        items, origins, oldest = self.close(batch)
+        if not items:
+            return
+        if self.record is not None:
+            self.record.flushed(len(items), expired)
         # The batch's result (the items' tokens go when it is done), and the Failures'
         # that waited behind its place (their reader gives them back).
-        origin = None if origins is None else BatchOrigins(batch, origins)
-        self.ledger.batch_sent(self, origin, origins)
-        node, self.acc_node = self.acc_node, None
+        origin = None if origins is None else BatchOrigins(items, origins)
+        self.ledger.batch_sent(self, origin, origins, oldest)
+        node, batch.node = batch.node, None
         if self.running < self.limit:
-            self.start(batch, node, origin)
+            self.start(items, node, origin)
         else:
-            self.pending.append((batch, node, origin))
+            self.pending.append((items, node, origin))
+
+    def flush_one(self) -> bool:
+        """Flush the least recently fed open batch, if any (the stall rule: ``_ledger``)."""
+        batch = self.one if self.one is not None else next(iter(self.lru.values()), None)
+        if batch is None or not batch.items:
+            return False
+        self.flush(batch)
+        return True
 
     def emit_list(self, results: list[Any], node: Any, origin: Any) -> None:
         """A batch's list of results; in a branch's run, one result per item goes on as
@@ -175,25 +294,36 @@ class BatchStage(Stage):
         super().emit_list(results, node, origin)
 
     def cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for batch in [self.one] if self.one is not None else self.opened.values():
+            batch.cancel_timer()
+
+    @property
+    def open_keys(self) -> int | None:
+        """The keys with an open batch now (a keyed stage; None: a plain one)."""
+        return None if self.one is not None else len(self.lru)
 
     def accumulated(self) -> int:
-        return len(self.acc)
+        if self.one is not None:
+            return len(self.one.items)
+        return sum(len(batch.items) for batch in self.opened.values())
 
     def close_input(self) -> None:
-        """No more items will come: flush the remainder, or drop it below ``min_size``."""
-        if len(self.acc) >= self.min_size:
-            self.flush()
-        elif self.acc:
-            dropped, self.acc = len(self.acc), []
-            origins = self.origins
-            if origins is not None:
-                self.origins = []
-            node, self.acc_node = self.acc_node, None
-            # (A placed batch: its reader gives back a token for the place, and for the
-            # Failures behind it.)
-            self.ledger.remainder_dropped(self, dropped, node is not None, origins)
-            if node is not None:
-                self.list.resolve(node, EMPTY)  # type: ignore[union-attr]
+        """No more items will come: flush each batch's remainder, or drop it below
+        ``min_size`` (oldest first)."""
+        # (One at a time, the oldest first: a batch sent off and done at once may end
+        # the run's last work, and the ledger then asks again, from inside the flush.)
+        while True:
+            batch = self.one if self.one is not None else next(iter(self.opened.values()), None)
+            if batch is None or not batch.items:
+                return
+            if len(batch.items) >= self.min_size:
+                self.flush(batch)
+            else:
+                node = batch.node
+                dropped, origins, oldest = self.close(batch)
+                batch.node = None
+                # (A placed batch: its reader gives back a token for the place, and for
+                # the Failures behind it.)
+                self.ledger.remainder_dropped(self, len(dropped), node is not None, origins, oldest)
+                if node is not None:
+                    self.list.resolve(node, EMPTY)  # type: ignore[union-attr]

@@ -47,7 +47,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._spec import BranchesSpec, StageSpec
+from .._spec import StageSpec
+from .._spec_branches import BranchesSpec
 from ..context import PipelineContext
 from ..errors import Failure
 from ._calls import Answer, Executor, hand_on
@@ -389,8 +390,8 @@ class BranchStage(SingleStage):
         if ledger.waiting and not self.busy:
             ledger.check_stall(stuck=self.joins)
 
-    def flush_a_batch(self) -> bool:
-        """A branch's partial batch is flushed, if one has any (a stalled run)."""
+    def flush_one(self) -> bool:
+        """A branch's partial batch is sent off, if one has any (a stalled run)."""
         return any(
             branch.run is not None and branch.run.flush_a_batch() for branch in self.branches
         )

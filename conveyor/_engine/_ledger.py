@@ -46,14 +46,18 @@ bound deadlock-free:
   may produce one item past the window (its item may be holding the slot that items
   queued behind a ``concurrency_limit`` wait for), or, as a last resort, a partial batch
   is flushed (``flush_batch``: only when the input is bounded in bytes below a batch's
-  size, since the window itself has room for every batch: see below).
+  size, or when a keyed batch stage's open batches fill the window, since the window
+  itself has room for one whole batch of every stage: see below).
 
 **Room for batches.** Items accumulating in a batch stage hold their tokens, so a window
 smaller than the batches would cut them short (and, below ``min_size``, hand items to the
 remainder rule that a correct batching never leaves over). The run's window is therefore
 at least the sum of its batch stages' ``max_size`` (:func:`window_size`): every batch
 stage can fill a whole batch at once, whatever the others hold, and batches are composed
-exactly as by a plain loop. The run logs it, and the statistics show both sizes.
+exactly as by a plain loop. The run logs it, and the statistics show both sizes. A
+keyed batch stage (``key=``) counts once (one full batch): its many open batches may
+fill the window with none of them full, and then the stall rule flushes its least
+recently fed batch (``_batch``), whatever its size.
 
 ``busy`` counts the run's tasks that are doing work; a task waiting here for room does
 not count, from the moment it waits until the moment it is woken.
@@ -467,21 +471,29 @@ class Ledger:
     # -- batches ------------------------------------------------------------------------
 
     def lent(self, stage: BatchFlow) -> None:
-        """A Failure waits behind the open batch's place: it lends its token back (see
-        ``BatchStage.held``)."""
+        """A Failure waits behind the oldest open batch's place: it lends its token back
+        (see ``BatchStage.held``)."""
         stage.held += 1
         self.released(1)
 
     def batch_sent(
-        self, stage: BatchFlow, origin: Origins = None, items: list[Origins] | None = None
+        self,
+        stage: BatchFlow,
+        origin: Origins = None,
+        items: list[Origins] | None = None,
+        oldest: bool = True,
     ) -> None:
-        """A batch is sent off: its result's place takes a token, and the Failures that
-        waited behind it take theirs again (their reader gives them back). On a
-        checkpoint, the result counts once on each of the batch's ``origin`` (its items'
-        origins, merged) and the ``items`` hand their counts over to it (their tokens
-        come back when the batch is done)."""
-        self.tokens += 1 + stage.held
-        stage.held = 0
+        """A batch is sent off: its result's place takes a token, and, if it is the
+        stage's ``oldest`` open batch (the one the Failures wait behind: see ``_batch``),
+        the Failures that waited behind it take theirs again (their reader gives them
+        back). On a checkpoint, the result counts once on each of the batch's ``origin``
+        (its items' origins, merged) and the ``items`` hand their counts over to it
+        (their tokens come back when the batch is done)."""
+        if oldest:
+            self.tokens += 1 + stage.held
+            stage.held = 0
+        else:
+            self.tokens += 1
         if origin is not None:
             for one in each(origin):
                 one.live += 1
@@ -489,17 +501,24 @@ class Ledger:
                 self.left(item_origin)
 
     def remainder_dropped(
-        self, stage: BatchFlow, n: int, placed: bool, origins: list[Origins] | None = None
+        self,
+        stage: BatchFlow,
+        n: int,
+        placed: bool,
+        origins: list[Origins] | None = None,
+        oldest: bool = True,
     ) -> None:
-        """The remainder rule dropped the ``n`` items accumulated in ``stage`` (if the
-        batch had a ``placed`` result, its reader gives back a token for it, and for the
-        Failures behind it); on a checkpoint, each item's count on its ``origins``."""
+        """The remainder rule dropped the ``n`` items of one batch accumulated in
+        ``stage`` (if the batch had a ``placed`` result, its reader gives back a token
+        for it, and, if it was the ``oldest`` open batch, for the Failures behind it); on
+        a checkpoint, each item's count on its ``origins``."""
         stage.account.remainder_dropped += n
         stage.inflight -= n
         self.released(n)
         if placed:
-            self.tokens += 1 + stage.held
-            stage.held = 0
+            self.tokens += 1 + (stage.held if oldest else 0)
+            if oldest:
+                stage.held = 0
         for origin in origins or ():
             self.left(origin)
 

@@ -171,6 +171,24 @@ class Policy:
         self.account.policy_passed_nothing()
         return None  # skip_item / skip_batch
 
+    def key_failed(self, exc: Exception, item: Any) -> Any:
+        """A keyed batch task's ``key=`` function raised on ``item`` (before any call):
+        ``on_error`` for that item alone, with no retry and no handler (the key is not
+        the call): raise, a Failure, or ``None`` (the item is skipped)."""
+        action = self.action
+        self.gave_up(item, exc, _OUTCOMES[action], 1, batch=False)
+        if action is ErrorAction.FAIL:
+            exc.add_note(
+                f"conveyor: the key= function of task {self.name!r} raised on "
+                f"{short_repr(item)}: it must return a hashable key for every item (or "
+                f"use on_error='emit' or 'skip_item' to let such items go)"
+            )
+            raise exc
+        if action is ErrorAction.EMIT:
+            return Failure(item, exc, self.name, 1)
+        self.account.policy_passed_nothing()
+        return None  # skip_item / skip_batch: the item alone
+
     async def generator_failed(self, exc: Exception, count: int) -> Any:
         """What stands in for the rest of a generator that raised after ``count`` items."""
         where = f"<output {count} of a generator>"

@@ -394,18 +394,18 @@ class Run:
 
     def flush_a_batch(self) -> bool:
         """Flush a partial batch, if there is one (see ``_ledger``): the run is stalled
-        with the window full. The window has room for every batch, so only the byte bound
-        (admitting fewer large items than a batch holds) leads here. Not while a branch
-        run works (``_branch``): what it makes may fill a batch."""
+        with the window full. The window has room for one whole batch of every stage, so
+        only the byte bound (admitting fewer large items than a batch holds) or a keyed
+        stage's many partial batches lead here (its least recently fed goes), or a
+        branch's (``_branch``), but not while a branch run works: what it makes may fill
+        a batch."""
         if any(isinstance(stage, BranchStage) and stage.busy for stage in self.stages):
             return False
-        for stage in self.stages:
-            if isinstance(stage, BatchStage) and stage.acc:
-                stage.flush()
-                return True
-            if isinstance(stage, BranchStage) and stage.flush_a_batch():
-                return True
-        return False
+        return any(
+            stage.flush_one()
+            for stage in self.stages
+            if isinstance(stage, (BatchStage, BranchStage))
+        )
 
     @property
     def source(self) -> Any:

@@ -306,6 +306,7 @@ class Collector:
                         record.batch_items / record.batches if record.batches else None
                     ),
                     "max_wait_flushes": record.timer_flushes if stage.is_batch else None,
+                    "open_keys": getattr(stage, "open_keys", None),  # (keyed batch stages)
                     "remainder_dropped": (
                         stage.account.remainder_dropped if stage.is_batch else None
                     ),
