@@ -366,10 +366,9 @@ def _single_only(values: Mapping[str, Any]) -> None:
 class StageSpec:
     """What the engine needs of one stage: everything is fixed when the run starts.
 
-    ``args``/``kwargs`` are side inputs (resolved at the start of every run) and
-    ``resources`` are run-scoped resources (opened before the first call, closed when the
-    run ends), passed to the function as keyword arguments; ``branches``: a stage that
-    gives its items to other pipelines (``conveyor.parallel``, ``conveyor.route``)."""
+    ``args``/``kwargs`` are side inputs (resolved at the start of every run), ``resources``
+    run-scoped resources (opened before the first call, closed when the run ends, passed
+    as keyword arguments); ``branches``: ``conveyor.parallel``'s, ``conveyor.route``'s."""
 
     func: Callable[..., Any]
     name: str
