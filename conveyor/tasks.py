@@ -147,6 +147,11 @@ class BaseTask(Generic[In, Out]):
         """A one-stage pipeline of this task with a context (see Pipeline.with_context)."""
         return self._pipeline().with_context(**updates)
 
+    def with_items(self) -> Pipeline[In, tuple[Any, Out]]:
+        """A one-stage pipeline of this task whose results are paired with their input
+        items (see :meth:`Pipeline.with_items`)."""
+        return self._pipeline().with_items()
+
     def to_mermaid(self) -> str:
         """A Mermaid flowchart of this task alone (see :meth:`Pipeline.to_mermaid`)."""
         return self._pipeline().to_mermaid()
