@@ -148,10 +148,12 @@ class Window:
         self.starts: deque[float] = deque(maxlen=calls)
 
     def wait(self) -> float:
-        """Seconds until a call may start (0: now)."""
+        """Seconds until a call may start (0: now, or within ``SLACK``: a timer fired a
+        clock tick early would otherwise wait again for next to nothing, and spin)."""
         if len(self.starts) < self.calls:
             return 0.0
-        return max(0.0, self.starts[0] + self.per - self.loop.time())
+        wait = self.starts[0] + self.per - self.loop.time()
+        return wait if wait > SLACK else 0.0
 
     def take(self) -> None:
         """A call starts now."""

@@ -470,3 +470,24 @@ async def test_a_retry_and_the_lanes_share_smooth_turns_without_spinning() -> No
     times = [t for t in starts if t >= 0]
     assert len(times) == len(items) + 2
     assert all(b - a >= 0.1 - 1e-6 for a, b in itertools.pairwise(times))
+
+
+def test_a_window_does_not_wait_again_for_a_clock_tick() -> None:
+    """A timer fires up to a clock tick early (looptime counts whole microseconds): the
+    window mode's wait then was a few nanoseconds, slept again and again without the
+    clock moving (a retry under a rate limit spun; found by test_priority's property)."""
+    from conveyor.rate import SLACK, Window
+
+    class Clock:
+        now = 0.0
+
+        def time(self) -> float:
+            return self.now
+
+    clock = Clock()
+    window = Window(1, 0.1, clock)  # type: ignore[arg-type]
+    window.take()
+    clock.now = 0.1 - SLACK / 10  # (the timer for 0.1 fired a hair early)
+    assert window.wait() == 0.0
+    clock.now = 0.05
+    assert window.wait() == pytest.approx(0.05)
