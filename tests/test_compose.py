@@ -1,0 +1,370 @@
+"""Composition: ``conveyor.parallel`` (and ``a & b``), ``conveyor.route`` and
+``pipeline.with_items()`` (see conveyor/compose.py and conveyor/_engine/_branch.py).
+
+Each test states one promise of the module docstrings: a branch's result for an item
+(None / one / list; a Failure first), the policies inside branches, order in both modes,
+every executor in a branch, statistics of branch stages, the window's bounds reaching
+into branches, every exit leaving nothing running, and the types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import workers
+from conftest import leftover_tasks, settle
+
+import conveyor
+from conveyor import Failure, batch_task, parallel, route, single_task
+
+MODES = ["ordered", "as_completed"]
+
+
+def pool_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("conveyor-")]
+
+
+@single_task
+async def double(x: int) -> int:
+    return 2 * x
+
+
+@single_task
+async def plus_one(x: int) -> int:
+    return x + 1
+
+
+@single_task
+def neg(x: int) -> int:
+    return -x
+
+
+async def collect(pipeline: Any, items: Any, mode: str = "ordered") -> list[Any]:
+    return await pipeline.with_execution_mode(mode)(items).collect()
+
+
+def check(out: list[Any], expected: list[Any], mode: str) -> None:
+    if mode == "ordered":
+        assert out == expected
+    else:
+        assert Counter(map(repr, out)) == Counter(map(repr, expected))
+
+
+# -- parallel: the branches' results ---------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_parallel_gives_the_tuple_of_the_branches_results(mode: str) -> None:
+    out = await collect(parallel(double, plus_one, neg), range(20), mode)
+    check(out, [(2 * x, x + 1, -x) for x in range(20)], mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_parallel_combine_gets_the_item_and_each_result(mode: str) -> None:
+    stage = parallel(double, plus_one, combine=lambda item, a, b: (item, a + b))
+    out = await collect(stage, range(20), mode)
+    check(out, [(x, 3 * x + 1) for x in range(20)], mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_branches_are_tasks_or_pipelines_and_and_is_parallel(mode: str) -> None:
+    out = await collect((double | plus_one) & neg, range(10), mode)
+    check(out, [(2 * x + 1, -x) for x in range(10)], mode)
+    out = await collect(neg & (double | plus_one), range(10), mode)
+    check(out, [(-x, 2 * x + 1) for x in range(10)], mode)
+    out = await collect(plus_one | (double & neg) | single_task(sum), range(10), mode)
+    check(out, [(x + 1) for x in range(10)], mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_branch_that_drops_expands_or_skips(mode: str) -> None:
+    @single_task
+    def evens(x: int) -> int | None:
+        return x if x % 2 == 0 else None
+
+    @single_task
+    def twice(x: int) -> list[int]:
+        return [x, x]
+
+    @single_task
+    def count_to(x: int) -> Iterator[int]:
+        yield from range(x % 3)
+
+    @single_task(on_error="skip_item")
+    def odd_fails(x: int) -> int:
+        if x % 2:
+            raise ValueError(x)
+        return x
+
+    out = await collect(parallel(evens, twice, count_to, odd_fails), range(9), mode)
+    expected = []
+    for x in range(9):
+        made = list(range(x % 3))
+        expected.append(
+            (
+                x if x % 2 == 0 else None,
+                [x, x],
+                None if not made else made[0] if len(made) == 1 else made,
+                None if x % 2 else x,
+            )
+        )
+    check(out, expected, mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_branchs_failure_is_the_items_result(mode: str) -> None:
+    @single_task(on_error="emit")
+    def fails_on_3(x: int) -> int:
+        if x % 3 == 0:
+            raise ValueError(f"three {x}")
+        return x
+
+    @single_task(on_error="emit")
+    def fails_on_2(x: int) -> int:
+        if x % 2 == 0:
+            raise KeyError(f"two {x}")
+        return x
+
+    out = await collect(parallel(double, fails_on_3, fails_on_2), range(12), mode)
+    assert len(out) == 12
+    for value in out:
+        if type(value) is Failure:
+            x = value.item
+            # the first failing branch's Failure
+            if x % 3 == 0:
+                assert isinstance(value.exception, ValueError)
+            else:
+                assert x % 2 == 0 and isinstance(value.exception, KeyError)
+        else:
+            x = value[0] // 2
+            assert value == (2 * x, x, x) and x % 3 and x % 2
+    if mode == "ordered":
+        keys = [v.item if type(v) is Failure else v[1] for v in out]
+        assert keys == list(range(12))
+
+
+async def test_fail_in_a_branch_fails_the_run_with_its_error() -> None:
+    @single_task
+    def breaks(x: int) -> int:
+        if x == 5:
+            raise ZeroDivisionError("five")
+        return x
+
+    with pytest.raises(ZeroDivisionError, match="five"):
+        await collect(parallel(double, breaks), range(20))
+    with pytest.raises(ZeroDivisionError, match="five"):
+        await collect(route(lambda x: x % 2, {1: breaks}), range(20))
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_batch_in_a_branch_gives_each_item_its_own_result(mode: str) -> None:
+    @batch_task(max_size=4)
+    def squares(batch: list[int]) -> list[int]:
+        return [x * x for x in batch]
+
+    out = await collect(parallel(squares, plus_one), range(10), mode)
+    check(out, [(x * x, x + 1) for x in range(10)], mode)
+
+
+async def test_a_batch_in_parallel_that_returns_another_number_names_the_branch() -> None:
+    @batch_task(max_size=4)
+    def total(batch: list[int]) -> int:
+        return sum(batch)
+
+    with pytest.raises(ValueError, match=r"(?s)total.*one result per item"):
+        await collect(parallel(total, plus_one, name="fan"), range(10))
+
+
+# -- route -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_route_sends_each_item_to_its_branch(mode: str) -> None:
+    stage = route(lambda x: x % 3, {0: double, 1: plus_one | double, 2: double}, default=neg)
+    out = await collect(stage, range(20), mode)
+    check(out, [2 * x if x % 3 != 1 else 2 * (x + 1) for x in range(20)], mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_route_default_and_pass_through(mode: str) -> None:
+    out = await collect(route(lambda x: x % 4, {0: double}, default=neg), range(20), mode)
+    check(out, [2 * x if x % 4 == 0 else -x for x in range(20)], mode)
+    out = await collect(route(lambda x: x % 4, {0: double}), range(20), mode)
+    check(out, [2 * x if x % 4 == 0 else x for x in range(20)], mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_route_branch_results_drop_and_expand(mode: str) -> None:
+    @single_task
+    def spread(x: int) -> list[int]:
+        return [x] * (x % 3)
+
+    out = await collect(route(lambda x: x % 2, {0: spread}), range(12), mode)
+    expected: list[int] = []
+    for x in range(12):
+        expected.extend([x] * (x % 3) if x % 2 == 0 else [x])
+    check(out, expected, mode)
+
+
+async def test_a_branch_given_for_several_values_is_one_branch() -> None:
+    stream = route(lambda x: x % 3, {0: double, 1: double}, name="r")(range(9))
+    out = await stream.collect()
+    assert out == [2 * x if x % 3 < 2 else x for x in range(9)]
+    names = [s.name for s in stream.stats.stages]
+    assert names == ["r", "r/double"]
+
+
+@pytest.mark.parametrize("policy", ["emit", "skip_item", "fail"])
+async def test_routes_key_raising_is_handled_by_the_stages_policy(policy: str) -> None:
+    def key(x: int) -> int:
+        if x == 4:
+            raise LookupError("no key for 4")
+        return x % 2
+
+    stage = route(key, {0: double, 1: neg}, on_error=policy)
+    if policy == "fail":
+        with pytest.raises(LookupError, match="no key for 4"):
+            await collect(stage, range(8))
+        return
+    out = await collect(stage, range(8))
+    expected: list[Any] = [2 * x if x % 2 == 0 else -x for x in range(8)]
+    if policy == "skip_item":
+        del expected[4]
+        assert out == expected
+    else:
+        assert type(out[4]) is Failure and out[4].item == 4
+        assert out[:4] + out[5:] == expected[:4] + expected[5:]
+
+
+# -- with_items ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_with_items_pairs_each_result_with_its_input_item(mode: str) -> None:
+    @single_task
+    def spread(x: int) -> list[int]:
+        return [10 * x + i for i in range(x % 3)]
+
+    @single_task
+    def gen(x: int) -> Iterator[int]:
+        yield x
+        yield -x
+
+    @batch_task(max_size=3)
+    def total(batch: list[int]) -> int:
+        return sum(batch)
+
+    out = await collect(double.__or__(plus_one).with_items(), range(6), mode)
+    check(out, [(x, 2 * x + 1) for x in range(6)], mode)
+    out = await collect((double | spread).with_items(), range(6), mode)
+    check(out, [(x, 20 * x + i) for x in range(6) for i in range(2 * x % 3)], mode)
+    out = await collect((plus_one | gen).with_items(), range(4), mode)
+    check(out, [(x, s * (x + 1)) for x in range(4) for s in (1, -1)], mode)
+    out = await collect((plus_one | total).with_items(), range(7), mode)
+    check(out, [([0, 1, 2], 6), ([3, 4, 5], 15), ([6], 7)], mode)
+
+
+async def test_with_items_of_a_source_task_pairs_none() -> None:
+    @single_task
+    def source() -> Iterator[int]:
+        yield from range(3)
+
+    out = await (source | double).with_items()().collect()
+    assert out == [(None, 0), (None, 2), (None, 4)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_with_items_pairs_failures_and_keeps_a_checkpoint(mode: str, tmp_path: Any) -> None:
+    @single_task(on_error="emit")
+    def fails(x: int) -> int:
+        if x % 3 == 0:
+            raise ValueError(x)
+        return x
+
+    out = await collect((plus_one | fails).with_items(), range(9), mode)
+    assert len(out) == 9
+    for item, value in out:
+        if type(value) is Failure:
+            assert value.item == item + 1 and (item + 1) % 3 == 0
+        else:
+            assert value == item + 1
+    pipeline = (plus_one | double).with_items().with_checkpoint(
+        conveyor.Checkpoint(str(tmp_path / "run.db"))
+    )
+    out = await collect(pipeline, range(5), mode)
+    check(out, [(x, 2 * (x + 1)) for x in range(5)], mode)
+
+
+# -- order and executors ---------------------------------------------------------------
+
+
+async def test_ordered_mode_keeps_input_order_whatever_the_branches_timing() -> None:
+    @single_task
+    async def slow_on_odd(x: int) -> int:
+        await asyncio.sleep(0.002 * (x % 5))
+        return x
+
+    stage = parallel(slow_on_odd, double) | route(lambda p: p[0] % 2, {0: single_task(str)})
+    out = await collect(stage, range(40))
+    assert out == [str((x, 2 * x)) if x % 2 == 0 else (x, 2 * x) for x in range(40)]
+
+
+EXECUTORS = ["thread", "process", "user_threads"]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.parametrize("mode", MODES)
+async def test_every_executor_runs_in_a_branch(executor: str, mode: str) -> None:
+    pool = ThreadPoolExecutor(2) if executor == "user_threads" else None
+    try:
+        square = single_task(workers.square, executor=pool or executor)
+        squares = batch_task(max_size=3, executor=pool or executor)(workers.squares)
+        out = await collect(parallel(square, double | squares), range(10), mode)
+        check(out, [(x * x, 4 * x * x) for x in range(10)], mode)
+        out = await collect(route(lambda x: x % 2, {0: square}), range(10), mode)
+        check(out, [x * x if x % 2 == 0 else x for x in range(10)], mode)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    assert pool_threads() == []
+
+
+# -- statistics --------------------------------------------------------------------
+
+
+async def test_statistics_list_branch_stages_with_their_counts() -> None:
+    @single_task(on_error="skip_item")
+    def skips(x: int) -> int:
+        if x % 4 == 0:
+            raise ValueError(x)
+        return x
+
+    @single_task(on_error="emit")
+    def emits(x: int) -> int:
+        if x % 5 == 0:
+            raise ValueError(x)
+        return x
+
+    @single_task
+    def twice(x: int) -> list[int]:
+        return [x, x]
+
+    stream = parallel(skips, emits | twice, name="p")(range(20))
+    out = await stream.collect()
+    assert len(out) == 20
+    rows = {s.name: s for s in stream.stats.stages}
+    assert list(rows) == ["p", "p/skips", "p/emits", "p/twice"]
+    assert (rows["p"].items_in, rows["p"].items_out) == (20, 20)
+    assert (rows["p/skips"].items_in, rows["p/skips"].items_out) == (20, 15)
+    assert rows["p/skips"].skipped == 5
+    assert (rows["p/emits"].items_in, rows["p/emits"].items_out) == (20, 20)
+    assert rows["p/emits"].emitted == 4
+    # (a Failure passes through a later stage: counted in and out, as failures_passed)
+    assert (rows["p/twice"].items_in, rows["p/twice"].items_out) == (20, 36)
+    assert rows["p/twice"].failures_passed == 4
