@@ -294,8 +294,10 @@ async def test_with_items_pairs_failures_and_keeps_a_checkpoint(mode: str, tmp_p
             assert value.item == item + 1 and (item + 1) % 3 == 0
         else:
             assert value == item + 1
-    pipeline = (plus_one | double).with_items().with_checkpoint(
-        conveyor.Checkpoint(str(tmp_path / "run.db"))
+    pipeline = (
+        (plus_one | double)
+        .with_items()
+        .with_checkpoint(conveyor.Checkpoint(str(tmp_path / "run.db")))
     )
     out = await collect(pipeline, range(5), mode)
     check(out, [(x, 2 * (x + 1)) for x in range(5)], mode)
@@ -368,3 +370,298 @@ async def test_statistics_list_branch_stages_with_their_counts() -> None:
     # (a Failure passes through a later stage: counted in and out, as failures_passed)
     assert (rows["p/twice"].items_in, rows["p/twice"].items_out) == (20, 36)
     assert rows["p/twice"].failures_passed == 4
+
+
+# -- the window reaches into the branches ----------------------------------------------
+
+
+class Gauge:
+    """Counts calls running at once (the most seen: ``peak``)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.now -= 1
+
+
+@pytest.mark.parametrize("kind", ["parallel", "route"])
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_window_bounds_the_items_in_the_branches(kind: str, mode: str) -> None:
+    gauge = Gauge()
+
+    @single_task
+    async def slow(x: int) -> int:
+        gauge.enter()
+        try:
+            await asyncio.sleep(0.001 * (x % 3))
+            return x
+        finally:
+            gauge.leave()
+
+    stage = parallel(slow, plus_one) if kind == "parallel" else route(lambda x: 0, {0: slow})
+    pipeline = (plus_one | stage).with_context(max_in_flight=8, execution_mode=mode)
+    out = await pipeline(range(100)).collect()
+    assert len(out) == 100
+    assert 1 < gauge.peak <= 8
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_byte_bound_holds_in_the_branches(mode: str) -> None:
+    gauge = Gauge()
+
+    @single_task(executor="thread:16")
+    def blocking(x: int) -> int:
+        gauge.enter()
+        try:
+            threading.Event().wait(0.002)
+            return x
+        finally:
+            gauge.leave()
+
+    pipeline = parallel(blocking, double).with_context(
+        max_in_flight=1000, max_in_flight_bytes=40, item_weight=lambda _: 10, execution_mode=mode
+    )
+    out = await pipeline(range(60)).collect()
+    check(out, [(x, 2 * x) for x in range(60)], mode)
+    assert 1 < gauge.peak <= 4
+
+
+@pytest.mark.parametrize("n", [10, 50, 200])
+@pytest.mark.parametrize("window", [4, 16, 17])
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_window_smaller_than_a_branchs_batch_neither_deadlocks_nor_loses(
+    mode: str, window: int, n: int
+) -> None:
+    """The window is raised to hold a branch's batch (16), yet in ``route`` the items of
+    other branches, and in an ordered run the items done behind an item still in a
+    batch, hold some of it: the stall rule then flushes the branch's partial batch (it
+    deadlocked: the calls waiting for their branches counted as work, so the run never
+    looked stalled)."""
+    batches: list[int] = []
+
+    @batch_task(max_size=16)
+    def squares(batch: list[int]) -> list[int]:
+        batches.append(len(batch))
+        return [x * x for x in batch]
+
+    @single_task
+    async def uneven(x: int) -> int:
+        await asyncio.sleep(0.0005 * (x % 3))  # (items reach the branch stage out of order)
+        return x + 1
+
+    stages = [
+        (parallel(squares, plus_one), [((x + 1) ** 2, x + 2) for x in range(n)], n),
+        (
+            route(lambda x: x % 2, {0: squares}),
+            [(x + 1) ** 2 if (x + 1) % 2 == 0 else x + 1 for x in range(n)],
+            n // 2,
+        ),
+        (
+            route(lambda x: x % 3, {0: squares, 1: double & squares}),
+            [
+                (x + 1) ** 2
+                if (x + 1) % 3 == 0
+                else (2 * x + 2, (x + 1) ** 2)
+                if (x + 1) % 3 == 1
+                else x + 1
+                for x in range(n)
+            ],
+            len([x for x in range(1, n + 1) if x % 3 < 2]),
+        ),
+    ]
+    for stage, expected, fed in stages:
+        batches.clear()
+        pipeline = (uneven | stage).with_context(max_in_flight=window, execution_mode=mode)
+        out = await asyncio.wait_for(pipeline(range(n)).collect(), 30)
+        check(out, expected, mode)
+        assert sum(batches) == fed and max(batches) <= 16
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["parallel", "route"])
+async def test_the_remainder_rule_applies_in_a_branch(mode: str, kind: str) -> None:
+    """A batch of no max_wait: the remainder of the input goes as a last, short batch."""
+    batches: list[list[int]] = []
+
+    @batch_task(max_size=4)
+    def squares(batch: list[int]) -> list[int]:
+        batches.append(list(batch))
+        return [x * x for x in batch]
+
+    stage = parallel(squares, neg) if kind == "parallel" else route(lambda x: 0, {0: squares})
+    out = await (plus_one | stage).with_execution_mode(mode)(range(10)).collect()
+    expected: list[Any] = [((x + 1) ** 2, -(x + 1)) for x in range(10)]
+    if kind == "route":
+        expected = [(x + 1) ** 2 for x in range(10)]
+    check(out, expected, mode)
+    assert sorted(len(b) for b in batches) == [2, 4, 4]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_nested_composition(mode: str) -> None:
+    inner = route(lambda x: x % 2, {0: double & neg})
+    outer = parallel(inner, route(lambda x: x % 3, {0: plus_one & double}, default=neg))
+    out = await collect(plus_one | outer, range(12), mode)
+    expected = []
+    for x in range(1, 13):
+        a: Any = (2 * x, -x) if x % 2 == 0 else x
+        b: Any = (x + 1, 2 * x) if x % 3 == 0 else -x
+        expected.append((a, b))
+    check(out, expected, mode)
+
+
+# -- every exit leaves nothing running ---------------------------------------------------
+
+
+class Source:
+    """A generator input that records whether it was closed."""
+
+    def __init__(self, n: int, fail_at: int | None = None) -> None:
+        self.n = n
+        self.fail_at = fail_at
+        self.closed = False
+
+    def __iter__(self) -> Iterator[int]:
+        try:
+            for i in range(self.n):
+                if i == self.fail_at:
+                    raise OSError(f"source broke at {i}")
+                yield i
+        finally:
+            self.closed = True
+
+    async def aiter(self) -> AsyncIterator[int]:
+        try:
+            for i in range(self.n):
+                await asyncio.sleep(0)
+                if i == self.fail_at:
+                    raise OSError(f"source broke at {i}")
+                yield i
+        finally:
+            self.closed = True
+
+
+def branch_of(kind: str, task: Any) -> Any:
+    if kind == "parallel":
+        return parallel(task, double)
+    return route(lambda x: x % 2, {0: task, 1: plus_one | task})
+
+
+async def nothing_left() -> None:
+    """No task and no thread of conveyor's pools left. A run that was not closed
+    explicitly (``break``) closes its pools in the background: threads take real time
+    to end (their calls return), so this waits for them, up to 5 s."""
+    await settle()
+    for _ in range(500):
+        if not leftover_tasks() and not pool_threads():
+            break
+        await asyncio.sleep(0.01)
+    assert not leftover_tasks()
+    assert pool_threads() == []
+
+
+def blocking_branch(release: threading.Event, started: threading.Event) -> Any:
+    @single_task(executor="thread:4")
+    def blocking(x: int) -> int:
+        started.set()
+        release.wait(0.05)
+        return x
+
+    return blocking
+
+
+@pytest.mark.parametrize("how", ["break", "aclose", "cancel", "error"])
+@pytest.mark.parametrize("kind", ["parallel", "route"])
+@pytest.mark.parametrize("source", ["sync", "async"])
+async def test_early_exit_leaves_nothing_running(how: str, kind: str, source: str) -> None:
+    release, started = threading.Event(), threading.Event()
+    entered = asyncio.Event()
+
+    @single_task
+    async def slow(x: int) -> int:
+        entered.set()
+        await asyncio.sleep(0.01 * (x % 4))
+        return x
+
+    stage = branch_of(kind, slow | blocking_branch(release, started))
+    feed = Source(10_000)
+    items = iter(feed) if source == "sync" else feed.aiter()
+    stream = (plus_one | stage).with_context(max_in_flight=16)(items)
+    if how in ("break", "aclose"):
+        got = 0
+        async for _ in stream:
+            got += 1
+            if got == 5:
+                break
+        if how == "aclose":
+            await stream.aclose()
+        del stream
+    elif how == "cancel":
+
+        async def consume() -> None:
+            async for _ in stream:
+                pass
+
+        consumer = asyncio.create_task(consume())
+        await entered.wait()
+        await asyncio.sleep(0.01)
+        consumer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+    else:
+
+        class Stop(Exception):
+            pass
+
+        with pytest.raises(Stop):
+            async with stream:
+                async for _ in stream:
+                    raise Stop
+    release.set()
+    await nothing_left()
+    assert feed.closed
+
+
+@pytest.mark.parametrize("kind", ["parallel", "route"])
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_error_in_a_branch_leaves_nothing_running(kind: str, mode: str) -> None:
+    release, started = threading.Event(), threading.Event()
+
+    @single_task(executor="thread:4")
+    def breaks(x: int) -> int:
+        if x == 30:
+            raise ArithmeticError("thirty")
+        threading.Event().wait(0.002)
+        return x
+
+    feed = Source(1000)
+    stage = branch_of(kind, breaks | blocking_branch(release, started))
+    with pytest.raises(ArithmeticError, match="thirty"):
+        await (plus_one | stage).with_execution_mode(mode)(iter(feed)).collect()
+    release.set()
+    await nothing_left()
+    assert feed.closed
+
+
+@pytest.mark.parametrize("kind", ["parallel", "route"])
+@pytest.mark.parametrize("source", ["sync", "async"])
+async def test_a_failing_source_while_branch_calls_run_on_threads(kind: str, source: str) -> None:
+    release, started = threading.Event(), threading.Event()
+    feed = Source(1000, fail_at=40)
+    items = iter(feed) if source == "sync" else feed.aiter()
+    stage = branch_of(kind, blocking_branch(release, started))
+    with pytest.raises(OSError, match="source broke at 40"):
+        await (plus_one | stage).with_context(max_in_flight=16)(items).collect()
+    assert started.is_set()
+    release.set()
+    await nothing_left()
+    assert feed.closed

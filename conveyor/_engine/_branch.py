@@ -74,15 +74,18 @@ class Join:
 
 class Feed:
     """A branch run's input: ``(item, join)`` pairs put by the stage's calls, read by the
-    branch run's pump; it ends once closed and empty."""
+    branch run's pump; it ends once closed and empty. The pump waiting for an item is
+    not work of the branch run (its ``ledger``'s, once the run is built): the stage's
+    calls bring the items."""
 
-    __slots__ = ("closed", "items", "loop", "waiter")
+    __slots__ = ("closed", "items", "ledger", "loop", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.items: deque[tuple[Any, Join]] = deque()
         self.closed = False
         self.waiter: asyncio.Future[None] | None = None
+        self.ledger: Any = None
 
     def __aiter__(self) -> Feed:
         return self
@@ -91,10 +94,13 @@ class Feed:
         while not self.items:
             if self.closed:
                 raise StopAsyncIteration
-            self.waiter = self.loop.create_future()
+            waiter = self.waiter = self.loop.create_future()
+            ledger = self.ledger
+            ledger.work_stopped()  # (waiting is not working: is the branch run idle?)
             try:
-                await self.waiter
+                await waiter
             finally:
+                ledger.resumed(waiter)  # (busy again; counted from its wake: ``_wake``)
                 self.waiter = None
         return self.items.popleft()
 
@@ -109,7 +115,7 @@ class Feed:
     def _wake(self) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            self.ledger.wake(waiter, None)
 
 
 class Branch:
@@ -141,6 +147,8 @@ class Branch:
             branch=True,
         )
         run.ledger.on_done = self.done
+        run.ledger.on_idle = self.stage.branch_idle
+        self.feed.ledger = run.ledger
         run.start()
         outer.spawn(self.read(), outer.context)
 
@@ -157,21 +165,29 @@ class Branch:
                 except StopAsyncIteration:
                     return
                 stage.output(self, origins, result)
+                # (The branch run may have nothing left to do now, its last result taken
+                # by an item that still waits for another branch: is the run stalled?)
+                stage.branch_idle()
         finally:
             ledger.work_started()
             await self.run.shutdown()
 
     def done(self, origin: Origin) -> None:
         """(The branch run's ``Ledger.on_done``.) The branch is through with an item: its
-        join is told once the result just taken is given to it (``settle``, soon)."""
+        join is told once the result just taken is given to it (``settle``, soon). An
+        item every branch is through with has its call working again from now (its
+        result is about to go on: the run must not look stalled meanwhile)."""
+        join = origin.item
+        join.left -= 1
+        if not join.left:
+            self.stage.ledger.call_unparked()
         if not self.through:
             self.stage.loop.call_soon(self.settle)
-        self.through.append(origin.item)
+        self.through.append(join)
 
     def settle(self) -> None:
         through, self.through = self.through, []
         for join in through:
-            join.left -= 1
             if not join.left and not join.future.done():
                 join.future.set_result(None)
 
@@ -231,6 +247,7 @@ class BranchStage(SingleStage):
 
     def parallel(self, item: Any) -> Any:
         join = Join(item, len(self.branches), self.loop.create_future())
+        self.ledger.call_parked()  # (waiting for the branches is not work: see _ledger)
         for branch in self.branches:
             branch.feed.put(item, join)
         self.fed()
@@ -246,6 +263,7 @@ class BranchStage(SingleStage):
         if index is None:
             return _passed(item)
         join = Join(item, 1, self.loop.create_future())
+        self.ledger.call_parked()
         self.branches[index].feed.put(item, join)
         return self._joined(join)
 
@@ -291,6 +309,21 @@ class BranchStage(SingleStage):
             branch.feed.close()
             if branch.run is not None:
                 branch.run.abort()
+
+    def working(self) -> bool:
+        """Whether a branch run works, or has a result its reader is about to take (the
+        run is not stalled then: see ``Ledger.elsewhere``)."""
+        for branch in self.branches:
+            run = branch.run
+            if run is not None and not run.closed and run.working():
+                return True
+        return False
+
+    def branch_idle(self) -> None:
+        """(A branch run's ``Ledger.on_idle``.) Nothing works in that branch run: is
+        this run stalled?"""
+        if not self.run.closed:
+            self.ledger.idle()
 
     def flush_a_batch(self) -> bool:
         """A branch's partial batch is flushed, if one has any (a stalled run)."""

@@ -291,7 +291,7 @@ class FeedbackPump:
         """Nothing works, or the consumer started waiting: is the run over?"""
         run = self.run
         ledger = run.ledger
-        if self.waiter is None or self.feed.queue or run.consumer is None or ledger.busy:
+        if self.waiter is None or self.feed.queue or run.consumer is None or ledger.working():
             return
         if ledger.tokens:
             ledger.input_ended()  # (partial batches: flushed, or dropped below min_size)

@@ -45,8 +45,12 @@ bound deadlock-free:
   results to take, it is not: taking them makes room. Otherwise one waiting generator
   may produce one item past the window (its item may be holding the slot that items
   queued behind a ``concurrency_limit`` wait for), or, as a last resort, a partial batch
-  is flushed (``flush_batch``: only when the input is bounded in bytes below a batch's
-  size, since the window itself has room for every batch: see below).
+  is flushed (``flush_batch``: when the input is bounded in bytes below a batch's size,
+  since the window itself has room for every batch, see below; or when a batch in a
+  branch of ``parallel``/``route`` is fed out of input order, or only part of the items
+  go to its branch, and items done behind it hold the window: see ``_branch``). A run
+  whose branch stages' runs still work is not stalled (``elsewhere``): a call waiting
+  for its branches is not work of its own, the branch runs' is.
 
 **Room for batches.** Items accumulating in a batch stage hold their tokens, so a window
 smaller than the batches would cut them short (and, below ``min_size``, hand items to the
@@ -173,6 +177,7 @@ class Ledger:
         "closed",
         "delivered",
         "done_earlier",
+        "elsewhere",
         "expanding",
         "finished",
         "first_taken",
@@ -184,6 +189,7 @@ class Ledger:
         "on_finished",
         "on_idle",
         "on_wait",
+        "parked",
         "source_done",
         "stages",
         "tokens",
@@ -197,6 +203,7 @@ class Ledger:
         *,
         can_drain: Callable[[], bool] = lambda: False,
         flush_batch: Callable[[], bool] = lambda: False,
+        elsewhere: Callable[[], bool] = lambda: False,
         on_wait: Callable[[float], None] | None = None,
         on_first: Callable[[], None] | None = None,
     ) -> None:
@@ -210,6 +217,11 @@ class Ledger:
         self.low_water = limit - max(1, limit // 8)
         self.tokens = 0
         self.busy = 0
+        # Calls counted in ``busy`` that wait for other runs: a branch stage's, for its
+        # branches (see ``_branch``). They are not work: the run is idle when ``busy`` is
+        # no more than them (:meth:`working`), and the branch runs' work is the run's
+        # (``elsewhere``).
+        self.parked = 0
         self.expanding = 0  # generators under way (their own item keeps its token)
         self.delivered = 0  # results the consumer took
         self.done_earlier = 0  # input items skipped: done in an earlier run (checkpoint)
@@ -222,6 +234,10 @@ class Ledger:
         # statistics' first result.
         self.can_drain = can_drain
         self.flush_batch = flush_batch
+        # Whether work this ledger does not count goes on: a branch stage's runs (see
+        # ``_branch``), whose calls its own calls wait for without working; a branch run
+        # that stops working tells this run (``idle``).
+        self.elsewhere = elsewhere
         self.on_wait = on_wait
         self.first_taken = on_first
         # Set once by the run when its stages are built (see ``watch``).
@@ -343,8 +359,22 @@ class Ledger:
     def work_stopped(self) -> None:
         """A task (or a timer) stopped working: if nothing else works, look for a stall."""
         self.busy -= 1
-        if not self.busy:
+        if self.busy == self.parked:
             self.check_stall()
+
+    def working(self) -> bool:
+        """Whether a task (or a timer) of the run works: one that is not a parked call."""
+        return self.busy > self.parked
+
+    def call_parked(self) -> None:
+        """A call waits for other runs (a branch stage's call for its branches): it is
+        not work until :meth:`call_unparked`. (Made in the call itself, whose task
+        ``call_waits`` counts in the same step, before anything looks at ``busy``.)"""
+        self.parked += 1
+
+    def call_unparked(self) -> None:
+        """A parked call's wait is over: it works again (its result goes on)."""
+        self.parked -= 1
 
     def work_ended_quietly(self) -> None:
         """A task stopped working and the caller decides what follows (the run, when a
@@ -415,7 +445,7 @@ class Ledger:
                 self.stage_idle()
         if stops:
             self.busy -= 1
-            if not self.busy:
+            if self.busy == self.parked:
                 self.check_stall()
 
     def slot_freed(self, stage: Flow) -> None:
@@ -543,7 +573,7 @@ class Ledger:
         With nothing else working, the waiters are looked at now, whatever the amount
         freed (a stall may need its last resort: see :meth:`check_stall`).
         """
-        if not self.busy:
+        if self.busy == self.parked:
             self.check_stall()
         elif self.tokens <= self.low_water:
             self.wake_waiters()
@@ -621,8 +651,9 @@ class Ledger:
             self.on_wait(self.loop.time() - started)
 
     def idle(self) -> None:
-        """A busy task stopped working (``busy`` was decremented): look for a stall."""
-        if not self.busy:
+        """A busy task stopped working (``busy`` was decremented), or a branch run of the
+        run's (``_branch``): look for a stall."""
+        if self.busy == self.parked:
             self.check_stall()
 
     def check_stall(self) -> None:
@@ -631,12 +662,14 @@ class Ledger:
             self.on_idle()
         # A flush may complete synchronously and only fill the next batch stage's
         # accumulator, so keep going until something works or a waiter can go on.
-        while not self.busy and self.waiting and not self.closed:
+        while self.busy == self.parked and self.waiting and not self.closed:
             if any(self.may_proceed(s, e) for _, s, e in self.waiting):
                 self.wake_waiters()
                 return
             if self.can_drain():
                 return  # the consumer will make room (and wake the waiters)
+            if self.elsewhere():
+                return  # a branch run works: it tells this run when it stops (``idle``)
             # A generator first: its own item may hold the slot that items queued behind
             # a concurrency_limit wait for, and one item past the window changes no
             # result, where a batch sent off short would change its composition.
@@ -653,4 +686,7 @@ class Ledger:
         self.closed = True
 
     def __repr__(self) -> str:
-        return f"<Ledger {self.tokens}/{self.limit} busy={self.busy} waiting={len(self.waiting)}>"
+        return (
+            f"<Ledger {self.tokens}/{self.limit} busy={self.busy} parked={self.parked} "
+            f"waiting={len(self.waiting)}>"
+        )

@@ -152,6 +152,7 @@ class Run:
             run_plan.window,
             can_drain=self._can_drain,
             flush_batch=self.flush_a_batch,
+            elsewhere=self.branches_work,
             on_wait=waited_for_room(observer, None if stats is None else stats.room_waited),
             on_first=None if stats is None else stats.first_taken,
         )
@@ -391,7 +392,8 @@ class Run:
     def flush_a_batch(self) -> bool:
         """Flush a partial batch, if there is one (see ``_ledger``): the run is stalled
         with the window full. The window has room for every batch, so only the byte bound
-        (admitting fewer large items than a batch holds) leads here."""
+        (admitting fewer large items than a batch holds) or a batch in a branch (see
+        ``_branch``) leads here."""
         for stage in self.stages:
             if isinstance(stage, BatchStage) and stage.acc:
                 stage.flush()
@@ -399,6 +401,16 @@ class Run:
             if isinstance(stage, BranchStage) and stage.flush_a_batch():
                 return True
         return False
+
+    def working(self) -> bool:
+        """Whether this run works (a branch stage's run: see ``_branch``): a task of
+        it, a run of its branch stages, or a result ready for its consumer."""
+        return self.ledger.working() or self._can_drain() or self.branches_work()
+
+    def branches_work(self) -> bool:
+        """Whether a run of one of this run's branch stages works (see ``_branch``): this
+        run is not stalled then, whatever its own ledger counts."""
+        return any(isinstance(stage, BranchStage) and stage.working() for stage in self.stages)
 
     @property
     def source(self) -> Any:
