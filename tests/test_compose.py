@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -665,3 +666,122 @@ async def test_a_failing_source_while_branch_calls_run_on_threads(kind: str, sou
     release.set()
     await nothing_left()
     assert feed.closed
+
+
+# -- types ---------------------------------------------------------------------------------
+
+TYPES_SAMPLE = Path(__file__).parent / "typing" / "compose_types.py"
+
+
+def test_mypy_infers_the_types_of_composed_stages() -> None:
+    """``parallel(a, b)`` of ``Task[T, A]`` and ``Task[T, B]`` is
+    ``SingleTask[T, tuple[A, B]]`` (``a & b`` too), ``combine``'s return type is the
+    stage's, ``with_items()`` pairs."""
+    api = pytest.importorskip("mypy.api")
+    stdout, stderr, status = api.run(["--strict", "--no-incremental", str(TYPES_SAMPLE)])
+    assert status == 0, stdout + stderr
+    # (the check can fail: a wrong expectation is reported)
+    wrong = TYPES_SAMPLE.read_text().replace(
+        "SingleTask[str, tuple[int, str]])", "SingleTask[str, tuple[str, int]])", 1
+    )
+    stdout, _, status = api.run(["--strict", "--no-incremental", "-c", wrong])
+    assert status == 1 and "[assert-type]" in stdout
+
+
+# -- more of the stage's rules -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["emit", "skip_item", "fail"])
+async def test_combine_raising_is_handled_by_the_stages_policy(policy: str) -> None:
+    def combine(item: int, a: int, b: int) -> int:
+        if item == 3:
+            raise KeyError("no combination for 3")
+        return a + b
+
+    stage = parallel(double, neg, combine=combine, on_error=policy)
+    if policy == "fail":
+        with pytest.raises(KeyError, match="no combination for 3"):
+            await collect(stage, range(6))
+        return
+    out = await collect(stage, range(6))
+    if policy == "skip_item":
+        assert out == [x for x in range(6) if x != 3]
+    else:
+        assert out[:3] + out[4:] == [0, 1, 2, 4, 5]
+        assert type(out[3]) is Failure and out[3].item == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_upstream_failures_pass_a_branch_stage_untouched(mode: str) -> None:
+    calls: list[int] = []
+
+    @single_task(on_error="emit")
+    def fails_on_even(x: int) -> int:
+        if x % 2 == 0:
+            raise ValueError(x)
+        return x
+
+    @single_task
+    def seen(x: int) -> int:
+        calls.append(x)
+        return x
+
+    for stage in (parallel(seen, neg), route(lambda x: 0, {0: seen})):
+        calls.clear()
+        out = await collect(fails_on_even | stage, range(10), mode)
+        assert sorted(calls) == [1, 3, 5, 7, 9]
+        failures = [v.item for v in out if type(v) is Failure]
+        assert sorted(failures) == [0, 2, 4, 6, 8]
+        if mode == "ordered":
+            assert [v.item if type(v) is Failure else v for v in out] == [
+                x if x % 2 == 0 else (x, -x) if stage.spec.branches.kind == "parallel" else x
+                for x in range(10)
+            ]
+
+
+async def test_an_empty_input_and_a_source_task_before_a_branch_stage() -> None:
+    assert await collect(parallel(double, neg), []) == []
+    assert await collect(route(lambda x: x, {0: double}), []) == []
+
+    @single_task
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(5):
+            yield i
+
+    out = await (numbers | parallel(double, neg)).with_items()().collect()
+    assert out == [(None, (2 * x, -x)) for x in range(5)]
+
+
+async def test_retries_in_a_branch() -> None:
+    attempts: Counter[int] = Counter()
+
+    @single_task(retry_attempts=3, retry_delay=0)
+    def flaky(x: int) -> int:
+        attempts[x] += 1
+        if attempts[x] < 3:
+            raise ConnectionError(x)
+        return x
+
+    out = await collect(parallel(flaky, neg), range(5))
+    assert out == [(x, -x) for x in range(5)]
+    assert all(n == 3 for n in attempts.values())
+
+
+async def test_a_batch_in_route_of_one_result_per_batch_goes_with_its_first_item() -> None:
+    @batch_task(max_size=3)
+    def total(batch: list[int]) -> int:
+        return sum(batch)
+
+    out = await collect(route(lambda x: 0, {0: total}), range(7))
+    assert out == [0 + 1 + 2, 3 + 4 + 5, 6]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_with_items_through_branch_stages(mode: str) -> None:
+    stage = plus_one | parallel(double, neg) | route(lambda p: p[0] % 4, {0: single_task(sum)})
+    out = await collect(stage.with_items(), range(8), mode)
+    expected = [
+        (x, 2 * (x + 1) - (x + 1) if (2 * (x + 1)) % 4 == 0 else (2 * (x + 1), -(x + 1)))
+        for x in range(8)
+    ]
+    check(out, expected, mode)
