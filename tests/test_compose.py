@@ -785,3 +785,32 @@ async def test_with_items_through_branch_stages(mode: str) -> None:
         for x in range(8)
     ]
     check(out, expected, mode)
+
+
+@pytest.mark.parametrize("executor", ["inline", "thread"])
+@pytest.mark.parametrize("mode", MODES)
+async def test_skip_item_in_a_branchs_batch_leaves_out_only_the_failing_item(
+    mode: str, executor: str
+) -> None:
+    """A batch under ``skip_item`` in a branch is split until only the failing item is
+    left out: the other items of the batch each get their own result (the run failed
+    with "a batch task inside parallel() must return one result per item": the split
+    batch's results were one list for the whole batch)."""
+    seen: list[list[int]] = []
+
+    @batch_task(max_size=4, on_error="skip_item", executor=executor)
+    def squares(batch: list[int]) -> list[int]:
+        seen.append(list(batch))
+        if any(x % 5 == 0 for x in batch):
+            raise ValueError(batch)
+        return [x * x for x in batch]
+
+    out = await collect(parallel(squares, neg), range(1, 23), mode)
+    check(out, [(None if x % 5 == 0 else x * x, -x) for x in range(1, 23)], mode)
+    assert any(len(b) == 1 for b in seen)  # (a split took place)
+    out = await collect(route(lambda x: x % 2, {0: squares}), range(1, 23), mode)
+    check(out, [x * x if x % 2 == 0 else x for x in range(1, 23) if x % 2 or x % 5], mode)
+    stream = parallel(squares, neg, name="p")(range(1, 23))
+    await stream.collect()
+    rows = {s.name: s for s in stream.stats.stages}
+    assert rows["p/squares"].skipped == 4 and rows["p/squares"].items_out == 22 - 4

@@ -135,7 +135,9 @@ class Stage(Sink):
         self.tally = None if spec.batch else self.record  # (a batch stage's count as they come)
         self.observer = observer
         retried, checkpoint = None if observer is None else observer.retried, run.checkpoint
-        self.policy = Policy(spec, self.attempt, self.account, run.log.stage(spec), retried)
+        self.policy = Policy(
+            spec, self.attempt, self.account, run.log.stage(spec), retried, per_item=run.branch
+        )
         self.policy.on_gave_up = None if checkpoint is None else checkpoint.on_gave_up(spec.batch)
         # What wraps its bound call in a span per call (see ``_trace``), if traced.
         self.traced = None if tracing is None else tracing.stage(self)
