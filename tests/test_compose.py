@@ -814,3 +814,27 @@ async def test_skip_item_in_a_branchs_batch_leaves_out_only_the_failing_item(
     await stream.collect()
     rows = {s.name: s for s in stream.stats.stages}
     assert rows["p/squares"].skipped == 4 and rows["p/squares"].items_out == 22 - 4
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+async def test_a_batch_after_a_branch_stage_is_not_cut_short(window: int) -> None:
+    """In an ordered run, a batch after a branch stage gets its whole batches (the window
+    is raised to hold one). A branch run that went idle once told the run at once, in
+    the middle of its reader taking a result: the run looked stalled a moment before
+    that item's result reached the batch, and flushed it short (batches of 1)."""
+    sizes: list[int] = []
+
+    @single_task
+    async def later(x: int) -> int:
+        await asyncio.sleep(0)
+        return x
+
+    @batch_task(max_size=2)
+    async def pairs(batch: list[int]) -> list[int]:
+        sizes.append(len(batch))
+        return list(batch)
+
+    stage = parallel(plus_one, later, combine=lambda x, *_: x) | pairs
+    out = await stage.with_context(max_in_flight=window)(range(7)).collect()
+    assert out == list(range(7))
+    assert sizes == [2, 2, 2, 1]

@@ -147,7 +147,7 @@ class Branch:
             branch=True,
         )
         run.ledger.on_done = self.done
-        run.ledger.on_idle = self.stage.branch_idle
+        run.ledger.on_idle = self.stage.branch_idle_soon
         self.feed.ledger = run.ledger
         run.start()
         outer.spawn(self.read(), outer.context)
@@ -196,7 +196,7 @@ class BranchStage(SingleStage):
     """A ``parallel`` or ``route`` stage (see the module's docstring): a single stage
     whose call gives its item to branch runs and waits for them."""
 
-    __slots__ = ("branches", "closing", "new_run", "routes", "shape", "unfed")
+    __slots__ = ("branches", "closing", "idle_soon", "new_run", "routes", "shape", "unfed")
 
     def __init__(
         self,
@@ -225,6 +225,7 @@ class BranchStage(SingleStage):
         # branches' inputs end once it is 0 (see ``close_input``).
         self.unfed = 0
         self.closing = False
+        self.idle_soon = False  # (see ``branch_idle_soon``)
 
     def push(self, item: Any, node: Any, origin: Any) -> None:
         if type(item) is not Failure:
@@ -319,9 +320,19 @@ class BranchStage(SingleStage):
                 return True
         return False
 
+    def branch_idle_soon(self) -> None:
+        """(A branch run's ``Ledger.on_idle``.) Nothing works in that branch run: is this
+        run stalled? Looked at soon, not now: the branch run may be in the middle of a
+        transition (its reader taking a result whose item is not yet told it is
+        through: this run would flush a partial batch a moment before that item's
+        result reaches it)."""
+        if not self.idle_soon:
+            self.idle_soon = True
+            self.loop.call_soon(self.branch_idle)
+
     def branch_idle(self) -> None:
-        """(A branch run's ``Ledger.on_idle``.) Nothing works in that branch run: is
-        this run stalled?"""
+        """A branch run may have nothing left to do: is this run stalled?"""
+        self.idle_soon = False
         if not self.run.closed:
             self.ledger.idle()
 
