@@ -838,3 +838,30 @@ async def test_a_batch_after_a_branch_stage_is_not_cut_short(window: int) -> Non
     out = await stage.with_context(max_in_flight=window)(range(7)).collect()
     assert out == list(range(7))
     assert sizes == [2, 2, 2, 1]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_feedback_input_through_branches_with_batches(mode: str) -> None:
+    """A ``Feedback`` input whose feed is empty, with nothing working, applies the
+    remainder rule to the batches in branches too, and keeps the branches open for the
+    items its results put back (it hung: the branches' partial batches waited for items
+    only their own results would bring)."""
+
+    @batch_task(max_size=3)
+    def squares(batch: list[int]) -> list[int]:
+        return [x * x for x in batch]
+
+    async def crawl(stage: Any, first: list[int]) -> list[Any]:
+        feed = conveyor.Feedback(first)
+        got = []
+        async for result in stage.with_execution_mode(mode)(feed):
+            got.append(result)
+            value = result[0] if isinstance(result, tuple) else result
+            if 1 < value < 40:
+                feed.put(value + 1)
+        return got
+
+    out = await asyncio.wait_for(crawl(parallel(double, squares), [1]), 10)
+    assert out == [(2 * x, x * x) for x in (1, 3, 7, 15, 31)]
+    out = await asyncio.wait_for(crawl(route(lambda x: x % 2, {0: squares}), [2, 3]), 10)
+    assert sorted(out) == [3, 4, 5, 16, 17, 36, 37, 324, 1444]

@@ -298,7 +298,16 @@ class BranchStage(SingleStage):
 
     def close_input(self) -> None:
         """No more items will come: the branches' inputs end (their remainder rules),
-        once every item pushed is in its branches."""
+        once every item pushed is in its branches. Before the run's input is read (a
+        ``Feedback`` whose feed is empty, with nothing working: its items' results may
+        put more), the branches stay open and their remainder rules apply now, as the
+        run's own batch stages' do (``Ledger.input_ended``)."""
+        if not self.ledger.source_done:
+            if not self.unfed:
+                for branch in self.branches:
+                    if branch.run is not None and not branch.run.closed:
+                        branch.run.ledger.input_ended()
+            return
         self.closing = True
         if not self.unfed:
             for branch in self.branches:

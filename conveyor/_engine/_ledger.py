@@ -562,7 +562,7 @@ class Ledger:
                     return False  # batches still running: the remainder waits for them
                 stage.close_input()
             if stage.inflight:
-                if self.source_done and not stage.is_batch:
+                if not stage.is_batch:
                     stage.close_input()  # (a branch stage's branches: see ``_branch``)
                 return False
         return True
