@@ -865,3 +865,26 @@ async def test_a_feedback_input_through_branches_with_batches(mode: str) -> None
     assert out == [(2 * x, x * x) for x in (1, 3, 7, 15, 31)]
     out = await asyncio.wait_for(crawl(route(lambda x: x % 2, {0: squares}), [2, 3]), 10)
     assert sorted(out) == [3, 4, 5, 16, 17, 36, 37, 324, 1444]
+
+
+@pytest.mark.parametrize("window", [1, 4, 7])
+async def test_a_stall_flushes_a_branchs_batch_before_the_runs_own(window: int) -> None:
+    """When items held behind a branch's partial batch fill the window, the run's last
+    resort flushes that batch, not one of the run's own: its batches stay whole (they
+    were cut short, [3, 3, 1, 3], and the short one's items pushed the input's end below
+    min_size: items 10 and 11 went to the remainder rule; found by the model)."""
+    sizes: list[int] = []
+
+    @batch_task(max_size=3, min_size=3)
+    def triples(batch: list[int]) -> list[int]:
+        sizes.append(len(batch))
+        return list(batch)
+
+    @batch_task(max_size=4)
+    def quads(batch: list[int]) -> list[int]:
+        return [10 * x for x in batch]
+
+    pipeline = triples | route(lambda x: x % 2, {0: quads})
+    out = await pipeline.with_context(max_in_flight=window)(range(12)).collect()
+    assert out == [10 * x if x % 2 == 0 else x for x in range(12)]
+    assert sizes == [3, 3, 3, 3]

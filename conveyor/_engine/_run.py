@@ -394,11 +394,15 @@ class Run:
         with the window full. The window has room for every batch, so only the byte bound
         (admitting fewer large items than a batch holds) or a batch in a branch (see
         ``_branch``) leads here."""
+        # A branch's batch first: which items share one is not fixed anyway (they come
+        # as the branch stage's calls start), where this run's own batches are composed
+        # exactly as by a plain loop whenever the window has room for them.
+        for stage in self.stages:
+            if isinstance(stage, BranchStage) and stage.flush_a_batch():
+                return True
         for stage in self.stages:
             if isinstance(stage, BatchStage) and stage.acc:
                 stage.flush()
-                return True
-            if isinstance(stage, BranchStage) and stage.flush_a_batch():
                 return True
         return False
 
