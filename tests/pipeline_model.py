@@ -590,9 +590,10 @@ class BranchSpec:
     def elementwise(self) -> bool:
         return all(s.elementwise for line in self.branches for s in line)
 
-    def stages(self) -> list[StageSpec]:
-        """The branches' stages, in the order the run's statistics list them."""
-        return [one for i in self.lines() for one in self.branches[i]]
+    def stages(self) -> list[Any]:
+        """The branches' stages, in the order the run's statistics list them (a branch
+        stage in a branch: followed by its own branches' stages)."""
+        return [one for i in self.lines() for one in rows(self.branches[i])]
 
     def lines(self) -> list[int]:
         """The branch runs, in the order the stage lists them (``route``: each branch
@@ -604,6 +605,15 @@ class BranchSpec:
 
 
 Spec = StageSpec | BranchSpec
+
+
+def rows(line: tuple[Any, ...]) -> list[Any]:
+    """A branch's stages as the statistics list them: a branch stage in it followed by
+    its own branches' stages."""
+    out: list[Any] = []
+    for s in line:
+        out += [s, *s.stages()] if isinstance(s, BranchSpec) else [s]
+    return out
 
 
 def flat(specs: list[Any]) -> list[StageSpec]:
@@ -619,12 +629,19 @@ def flat(specs: list[Any]) -> list[StageSpec]:
 
 
 @st.composite
-def branch_specs(draw: st.DrawFn, *, last: bool = False, failures: bool = True) -> BranchSpec:
+def branch_specs(
+    draw: st.DrawFn, *, last: bool = False, failures: bool = True, nested: bool = True
+) -> BranchSpec:
     """A random parallel or route stage (``last``: it may be the pipeline's last, then
-    parallel may give tuples)."""
+    parallel may give tuples; ``nested``: a branch may hold a branch stage, one time in
+    eight)."""
     kind = draw(st.sampled_from(["parallel", "route"]))
     count = draw(st.integers(1 if kind == "route" else 2, 3))
-    line = st.lists(_some_failing(failures, elementwise=True), min_size=1, max_size=2)
+    stage: st.SearchStrategy[Any] = _some_failing(failures, elementwise=True)
+    if nested:
+        inner = branch_specs(failures=failures, nested=False)
+        stage = st.one_of(*[stage] * 7, inner)
+    line = st.lists(stage, min_size=1, max_size=2)
     branches = tuple(tuple(draw(line)) for _ in range(count))
     if kind == "parallel":
         combine = True if not last else draw(st.booleans())
@@ -684,7 +701,7 @@ def _branch_item(s: BranchSpec, x: int, name: str) -> tuple[list[Any], list[Coun
     each branch's results are its own model run over ``x`` alone (element-wise stages:
     the same as in a run of many items), joined; and the counts of the branches'
     stages, in the order the run's statistics list them."""
-    counted = {i: [Counts() for _ in s.branches[i]] for i in s.lines()}
+    counted = {i: [Counts() for _ in rows(s.branches[i])] for i in s.lines()}
 
     def through(index: int) -> list[Any]:
         made: list[Counts] = []
