@@ -692,7 +692,14 @@ def unordered(specs: list[Any]) -> list[Any]:
     """``specs`` for an as-completed run: no ``combine`` that counts the order of a
     branch's results (it is the order they are made in)."""
     return [
-        dataclasses.replace(s, weighted=False) if isinstance(s, BranchSpec) else s for s in specs
+        dataclasses.replace(
+            s,
+            weighted=False,
+            branches=tuple(tuple(unordered(list(line))) for line in s.branches),
+        )
+        if isinstance(s, BranchSpec)
+        else s
+        for s in specs
     ]
 
 
