@@ -888,3 +888,23 @@ async def test_a_stall_flushes_a_branchs_batch_before_the_runs_own(window: int) 
     out = await pipeline.with_context(max_in_flight=window)(range(12)).collect()
     assert out == [10 * x if x % 2 == 0 else x for x in range(12)]
     assert sizes == [3, 3, 3, 3]
+
+
+async def test_branch_stages_on_a_checkpointed_run_resume_with_their_items(tmp_path: Path) -> None:
+    """A run with a checkpoint (and its results paired) through parallel and route: a
+    second run over a longer input does only the new items."""
+
+    @batch_task(max_size=3)
+    def squares(batch: list[int]) -> list[int]:
+        return [x * x for x in batch]
+
+    stage = double | parallel(squares, neg) | route(lambda p: p[1] % 3, {0: single_task(sum)})
+    pipeline = stage.with_checkpoint(conveyor.Checkpoint(str(tmp_path / "run.db")))
+
+    def expected(x: int) -> Any:
+        pair = ((2 * x) ** 2, -2 * x)
+        return sum(pair) if pair[1] % 3 == 0 else pair
+
+    assert await pipeline(range(10)).collect() == [expected(x) for x in range(10)]
+    out = await pipeline.with_items()(range(13)).collect()
+    assert out == [(x, expected(x)) for x in (10, 11, 12)]
