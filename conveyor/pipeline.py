@@ -103,7 +103,6 @@ class Pipeline(Generic[In, Out]):
         source = check_input(items)
         if self.checkpoint is not None:
             source = _resumed(source, *self.checkpoint)
-        _check_branches(specs, source)
         if self.paired and isinstance(source, Feedback):
             raise TypeError(
                 "with_items() pairs each result with the input item it comes from: a run "
@@ -204,34 +203,6 @@ def _resumed(source: Any, checkpoint: Checkpoint, retry_failed: bool) -> Resumed
             f"call pipeline.with_checkpoint(None), or give the pipeline an iterable of items"
         )
     return Resumed(source, checkpoint, retry_failed)
-
-
-def _check_branches(specs: tuple[StageSpec, ...], source: Any) -> None:
-    """A batch task in a branch waits for a full batch or its branch's end; a Feedback
-    input never ends its branches' input while the run may feed it (see
-    ``conveyor._engine._branch``): refused, with the fix."""
-    if not isinstance(source, Feedback):
-        return
-    waiting = _waiting_batches(specs, in_branch=False)
-    if waiting:
-        raise ValueError(
-            f"batch task {waiting[0]!r} is in a branch of parallel()/route() and has no "
-            f"max_wait, and the input is a Feedback: the branch's input never ends while "
-            f"the run may feed it, so a partial batch would wait forever. Give "
-            f"{waiting[0]!r} a max_wait (e.g. @batch_task(max_size=..., max_wait=0.1)), "
-            f"or put it outside the branch."
-        )
-
-
-def _waiting_batches(specs: tuple[StageSpec, ...], in_branch: bool) -> list[str]:
-    """The batch tasks without ``max_wait`` in the branches of ``specs`` (theirs too)."""
-    names = []
-    for spec in specs:
-        if in_branch and spec.batch and spec.options.max_wait is None:
-            names.append(spec.name)
-        for _, line in spec.branches.branches if spec.branches is not None else ():
-            names.extend(_waiting_batches(line, in_branch=True))
-    return names
 
 
 def _not_a_stage(value: Any) -> str:

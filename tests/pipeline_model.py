@@ -5,6 +5,13 @@ it; :func:`reference` computes, with plain loops over lists, what an ordered run
 yield. Failures are represented as ``("FAIL", item, task_name)`` (an emitted Failure) and
 ``RAISE`` (the run must raise).
 
+Composition (:class:`BranchSpec`): ``conveyor.parallel`` and ``conveyor.route`` stages
+whose branches are short random pipelines of the model's own stages, modelled per item
+from ``conveyor._engine._branch``'s rules (a branch's result: None, one, or the list of
+them; a Failure of any branch is the item's, the first branch's first; route's results
+in order); ``reference(paired=True)`` pairs each result with the input item(s) it
+descends from, as ``pipeline.with_items()`` does.
+
 A plain-function stage runs on a random executor: inline, conveyor's threads, a user's
 thread pool, or a user's process pool (chunked, pickled: its functions are instances of
 module-level classes). The user's pools are shared by all examples (:func:`shut_down`).
@@ -221,12 +228,14 @@ def _flush(s: StageSpec, batch: list[int], name: str, per_item: bool, c: Counts)
 
 
 def reference(
-    specs: list[StageSpec],
+    specs: list[Any],
     items: list[int],
     *,
     per_item: bool = False,
     counts: list[Counts] | None = None,
     window: int = 1000,
+    prefix: str = "s",
+    paired: bool = False,
 ) -> list[Any]:
     """What an ordered run yields, computed stage by stage over whole lists.
 
@@ -234,68 +243,133 @@ def reference(
     its poison items: the bound for runs whose batch composition is not fixed (as-completed
     runs). ``counts``, if given, receives each stage's :class:`Counts`. ``window`` is the
     run's ``max_in_flight``: at most that many failure records wait behind an open batch
-    of an ordered run (one more sends the batch off).
+    of an ordered run (one more sends the batch off). Stages are named ``prefix`` and
+    their index. ``specs`` may hold :class:`BranchSpec` stages (their branches' stages'
+    counts follow theirs). ``paired``: what a ``with_items()`` run yields, each result
+    paired with the input item it descends from (a batch's result: the list of its
+    items' input items, each once, in order).
     """
-    window = max(window, sum(s.max_size for s in specs if s.batch))  # (raised to fit)
+    window = max(window, sum(s.max_size for s in flat(specs) if s.batch))  # (raised to fit)
     stream: list[Any] = list(items)
+    # Beside each item: the input item it descends from (its place in ``items``), or
+    # the input items a batch's result descends from (a tuple of places).
+    tags: list[Any] = list(range(len(items)))
     for index, s in enumerate(specs):
-        name = f"s{index}"
+        name = f"{prefix}{index}"
         out: list[Any] = []
+        out_tags: list[Any] = []
         c = Counts(items_in=len(stream))
+        if isinstance(s, BranchSpec):
+            inner = [Counts() for _ in s.stages()]
+            for x, tag in zip(stream, tags, strict=True):
+                if _is_marker(x):
+                    made = [x]  # (a Failure passes the stage untouched)
+                else:
+                    made, counted = _branch_item(s, x, name)
+                    inner = [_add(a, b) for a, b in zip(inner, counted, strict=True)]
+                    c.dropped += not made
+                out += made
+                out_tags += [tag] * len(made)
+            c.items_out = sum(1 for x in out if x != RAISE)
+            if counts is not None:
+                counts += [c, *inner]
+            stream, tags = out, out_tags
+            continue
         if not s.batch:
-            for x in stream:
+            for x, tag in zip(stream, tags, strict=True):
                 if _is_marker(x):
                     out.append(x)
+                    out_tags.append(tag)
                     continue
                 if not s.fails(x):
                     values = _single_outputs(s, x)
                     out += values
+                    out_tags += [tag] * len(values)
                     c.dropped += not values
                     continue
                 if s.op in ("gen", "agen"):  # values before the error stay; no retries
                     done = _gen_failure(s, x)
                     out += _single_outputs(s, x)[:done]
+                    out_tags += [tag] * done
                     where: Any = f"<output {done} of a generator>"
                 else:
                     where = x
                     c.retried += s.retries - 1
                 if s.policy == "emit":
                     out.append(("FAIL", where, name))
+                    out_tags.append(tag)
                     c.emitted += 1
                 elif s.policy == "fail":
                     out.append(RAISE)
+                    out_tags.append(tag)
                     c.failed += 1
                 else:
                     c.skipped += 1
         elif s.keys:
             out = _keyed_batches(s, stream, name, per_item, c, window)
+            # (which input items a keyed batch's result descends from is not modelled:
+            # the properties do not pair the results of keyed pipelines)
+            assert not paired, "with_items() is not modelled for keyed batches"
+            out_tags = [None] * len(out)
         else:
             # A failure record that arrives while a batch accumulates comes after that
             # batch's outputs: where its item's result would be.
             acc: list[int] = []
+            acc_tags: list[Any] = []
             held: list[Any] = []
+            held_tags: list[Any] = []
 
-            for x in stream:
+            def flush(acc: list[int], acc_tags: list[Any]) -> None:
+                made = _flush(s, acc, name, per_item, c)  # noqa: B023
+                out.extend(made)  # noqa: B023
+                merged = tuple(  # (the batch's origins, each once, in order)
+                    dict.fromkeys(
+                        i
+                        for tag in acc_tags
+                        for i in ((tag,) if isinstance(tag, int) or tag is None else tag)
+                    )
+                )
+                out_tags.extend([merged] * len(made))  # noqa: B023
+
+            for x, tag in zip(stream, tags, strict=True):
                 if _is_marker(x):
                     if acc and len(held) == window:  # as many wait as the window holds
-                        out += _flush(s, acc, name, per_item, c) + held
-                        acc, held = [], []
-                    (held if acc else out).append(x)
+                        flush(acc, acc_tags)
+                        out += held
+                        out_tags += held_tags
+                        acc, acc_tags, held, held_tags = [], [], [], []
+                    if acc:
+                        held.append(x)
+                        held_tags.append(tag)
+                    else:
+                        out.append(x)
+                        out_tags.append(tag)
                     continue
                 acc.append(x)
+                acc_tags.append(tag)
                 if len(acc) == s.max_size:
-                    out += _flush(s, acc, name, per_item, c) + held
-                    acc, held = [], []
+                    flush(acc, acc_tags)
+                    out += held
+                    out_tags += held_tags
+                    acc, acc_tags, held, held_tags = [], [], [], []
             if acc and len(acc) >= s.min_size:
-                out += _flush(s, acc, name, per_item, c)
+                flush(acc, acc_tags)
             else:
                 c.remainder_dropped = len(acc)
             out += held
+            out_tags += held_tags
         c.items_out = sum(1 for x in out if x != RAISE)
         if counts is not None:
             counts.append(c)
-        stream = out
-    return stream
+        stream, tags = out, out_tags
+    if not paired:
+        return stream
+    return [
+        value
+        if value == RAISE
+        else (items[tag] if isinstance(tag, int) else [items[i] for i in tag], value)
+        for value, tag in zip(stream, tags, strict=True)
+    ]
 
 
 def _keyed_batches(
@@ -371,26 +445,49 @@ def _delay(s: StageSpec, x: int, scale: float = 1.0) -> float | None:
     return ((x * 7 + s.k * 3) % 4) * 0.5 * scale
 
 
-def on_real_clock(specs: list[StageSpec]) -> bool:
+def on_real_clock(specs: list[Any]) -> bool:
     """Whether a pipeline runs work off the loop: then it must run on a real clock."""
-    return any(s.executor != "inline" for s in specs)
+    return any(s.executor != "inline" for s in flat(specs))
 
 
 REAL_SCALE = 0.01
 """Delays on a real clock: 0-15 ms instead of 0-1.5 virtual seconds."""
 
 
-def build(specs: list[StageSpec]) -> conveyor.Pipeline[Any, Any]:
-    scale = REAL_SCALE if on_real_clock(specs) else 1.0
+def build(
+    specs: list[Any], prefix: str = "s", scale: float | None = None
+) -> conveyor.Pipeline[Any, Any]:
+    if scale is None:
+        scale = REAL_SCALE if on_real_clock(specs) else 1.0
     pipeline: conveyor.Pipeline[Any, Any] = conveyor.Pipeline()
     for index, s in enumerate(specs):
-        pipeline = pipeline | _task(index, s, scale)
+        if isinstance(s, BranchSpec):
+            pipeline = pipeline | _branch_task(f"{prefix}{index}", s, scale)
+        else:
+            pipeline = pipeline | _task(index, s, scale, prefix)
     return pipeline
 
 
-def _task(index: int, s: StageSpec, scale: float) -> conveyor.BaseTask[Any, Any]:
+def _branch_task(name: str, s: BranchSpec, scale: float) -> conveyor.BaseTask[Any, Any]:
+    lines = [
+        build(list(line), prefix=f"{name}b{index}s", scale=scale)
+        for index, line in enumerate(s.branches)
+    ]
+    if s.kind == "parallel":
+
+        def combine(item: int, *results: Any) -> int:
+            return _combined(item, list(results), s.weighted)
+
+        return conveyor.parallel(*lines, combine=combine if s.combine else None, name=name)
+    n = s.n
+    routes = {value: lines[i] for value, i in enumerate(s.routes) if i is not None}
+    default = None if s.default is None else lines[s.default]
+    return conveyor.route(lambda x: x % n, routes, default, name=name)
+
+
+def _task(index: int, s: StageSpec, scale: float, prefix: str = "s") -> conveyor.BaseTask[Any, Any]:
     options: dict[str, Any] = {
-        "task_name": f"s{index}",
+        "task_name": f"{prefix}{index}",
         "on_error": s.policy,
         "retry_attempts": s.retries,
         "retry_delay": 0.25 * scale,
@@ -543,3 +640,205 @@ def _batch_task(s: StageSpec, options: dict[str, Any], scale: float) -> conveyor
         return outputs.compute(batch)
 
     return decorate(call)
+
+
+# -- composition: parallel and route stages, and results paired with their items ------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BranchSpec:
+    """A ``conveyor.parallel`` or ``conveyor.route`` stage of the model.
+
+    ``branches``: each a short pipeline of the model's own stages (element-wise batches
+    only: which items share a batch in a branch is not fixed). ``route``: an item goes
+    to the branch of ``routes[item % n]`` (a branch index), or to ``default`` (a branch
+    index; ``None``: the item goes on unchanged). ``parallel``: ``combine`` makes the
+    item's result an int (the item plus each branch's result: 0 if None; if a list, its
+    sum, or with ``weighted`` each element times its place, so that the order of a
+    branch's results counts: ordered runs only); without it the tuple of the branches'
+    results goes on (the last stage only).
+    """
+
+    kind: str  # parallel route
+    branches: tuple[tuple[StageSpec, ...], ...]
+    n: int = 1
+    routes: tuple[int | None, ...] = ()  # route: the branch of each value of item % n
+    default: int | None = None
+    combine: bool = True
+    weighted: bool = False
+    policy: str = "fail"  # the stage's own (nothing it calls raises here)
+
+    batch = False
+    max_size = 1
+    fail_mod = None
+
+    @property
+    def executor(self) -> str:
+        """ "inline", unless a branch's stage runs elsewhere (then on a real clock)."""
+        inner = {s.executor for line in self.branches for s in line}
+        return "inline" if inner <= {"inline"} else "branches"
+
+    @property
+    def elementwise(self) -> bool:
+        return all(s.elementwise for line in self.branches for s in line)
+
+    def stages(self) -> list[Any]:
+        """The branches' stages, in the order the run's statistics list them (a branch
+        stage in a branch: followed by its own branches' stages)."""
+        return [one for i in self.lines() for one in rows(self.branches[i])]
+
+    def lines(self) -> list[int]:
+        """The branch runs, in the order the stage lists them (``route``: each branch
+        once, in the order of its first value, then the default)."""
+        if self.kind == "parallel":
+            return list(range(len(self.branches)))
+        order = list(dict.fromkeys(i for i in self.routes if i is not None))
+        return order + ([] if self.default is None else [self.default])
+
+
+Spec = StageSpec | BranchSpec
+
+
+def rows(line: tuple[Any, ...]) -> list[Any]:
+    """A branch's stages as the statistics list them: a branch stage in it followed by
+    its own branches' stages."""
+    out: list[Any] = []
+    for s in line:
+        out += [s, *s.stages()] if isinstance(s, BranchSpec) else [s]
+    return out
+
+
+def flat(specs: list[Any]) -> list[StageSpec]:
+    """Every stage of ``specs``, those in branches too."""
+    out: list[StageSpec] = []
+    for s in specs:
+        if isinstance(s, BranchSpec):
+            for line in s.branches:
+                out += flat(list(line))
+        else:
+            out.append(s)
+    return out
+
+
+@st.composite
+def branch_specs(
+    draw: st.DrawFn, *, last: bool = False, failures: bool = True, nested: bool = True
+) -> BranchSpec:
+    """A random parallel or route stage (``last``: it may be the pipeline's last, then
+    parallel may give tuples; ``nested``: a branch may hold a branch stage, one time in
+    eight)."""
+    kind = draw(st.sampled_from(["parallel", "route"]))
+    count = draw(st.integers(1 if kind == "route" else 2, 3))
+    stage: st.SearchStrategy[Any] = _some_failing(failures, elementwise=True)
+    if nested:
+        inner = branch_specs(failures=failures, nested=False)
+        stage = st.one_of(*[stage] * 7, inner)
+    line = st.lists(stage, min_size=1, max_size=2)
+    branches = tuple(tuple(draw(line)) for _ in range(count))
+    if kind == "parallel":
+        combine = True if not last else draw(st.booleans())
+        return BranchSpec("parallel", branches, combine=combine, weighted=draw(st.booleans()))
+    n = draw(st.integers(1, 4))
+    routes = tuple(draw(st.sampled_from([None, *range(count)])) for _ in range(n))
+    if all(i is None for i in routes):  # (route() takes at least one value's branch)
+        routes = (0, *routes[1:])
+    default = draw(st.sampled_from([None, *range(count)]))
+    if default in routes:
+        default = None  # (the same branch as a value's: the model keeps them apart)
+    return BranchSpec("route", branches, n=n, routes=routes, default=default)
+
+
+def _some_failing(failures: bool, **kwargs: Any) -> st.SearchStrategy[StageSpec]:
+    """A stage that fails on some items one time in three (``failures``): composed
+    pipelines have many stages, and most runs would fail or drop everything."""
+    quiet = stage_specs(failures=False, **kwargs)
+    return st.one_of(quiet, quiet, stage_specs(**kwargs)) if failures else quiet
+
+
+def composed_pipelines(failures: bool = True) -> st.SearchStrategy[list[Any]]:
+    """Random pipelines with a parallel or route stage somewhere (and maybe one last)."""
+    kwargs = {"failures": failures}
+    return st.tuples(
+        st.lists(_some_failing(failures), max_size=2),
+        branch_specs(**kwargs),
+        st.lists(_some_failing(failures), max_size=2),
+        st.one_of(st.none(), branch_specs(last=True, **kwargs)),
+    ).map(lambda p: [*p[0], p[1], *p[2], *([] if p[3] is None else [p[3]])])
+
+
+def _branch_result(made: list[Any]) -> Any:
+    return None if not made else made[0] if len(made) == 1 else made
+
+
+def _combined(x: int, results: list[Any], weighted: bool) -> int:
+    total = x
+    for result in results:
+        if isinstance(result, list):
+            total += sum((i + 1 if weighted else 1) * v for i, v in enumerate(result))
+        elif result is not None:
+            total += result
+    return total
+
+
+def unordered(specs: list[Any]) -> list[Any]:
+    """``specs`` for an as-completed run: no ``combine`` that counts the order of a
+    branch's results (it is the order they are made in)."""
+    return [
+        dataclasses.replace(
+            s,
+            weighted=False,
+            branches=tuple(tuple(unordered(list(line))) for line in s.branches),
+        )
+        if isinstance(s, BranchSpec)
+        else s
+        for s in specs
+    ]
+
+
+def _branch_item(s: BranchSpec, x: int, name: str) -> tuple[list[Any], list[Counts]]:
+    """What a branch stage makes of the item ``x`` (see ``conveyor._engine._branch``):
+    each branch's results are its own model run over ``x`` alone (element-wise stages:
+    the same as in a run of many items), joined; and the counts of the branches'
+    stages, in the order the run's statistics list them."""
+    counted = {i: [Counts() for _ in rows(s.branches[i])] for i in s.lines()}
+
+    def through(index: int) -> list[Any]:
+        made: list[Counts] = []
+        result = reference(
+            list(s.branches[index]), [x], per_item=True, counts=made, prefix=f"{name}b{index}s"
+        )
+        counted[index] = made
+        return result
+
+    if s.kind == "parallel":
+        made = [through(index) for index in range(len(s.branches))]
+        every = [value for one in made for value in one]
+        if RAISE in every:
+            out: list[Any] = [RAISE]
+        else:
+            failure = next((v for v in every if _is_marker(v)), None)
+            if failure is not None:
+                out = [failure]  # (the first branch's first Failure)
+            else:
+                results = [_branch_result(one) for one in made]
+                out = [_combined(x, results, s.weighted) if s.combine else tuple(results)]
+    else:
+        index = s.routes[x % s.n]
+        if index is None:
+            index = s.default
+        out = [x] if index is None else through(index)
+    return out, [one for i in s.lines() for one in counted[i]]
+
+
+def _add(a: Counts, b: Counts) -> Counts:
+    return Counts(
+        items_in=a.items_in + b.items_in,
+        items_out=a.items_out + b.items_out,
+        dropped=a.dropped + b.dropped,
+        skipped=a.skipped + b.skipped,
+        emitted=a.emitted + b.emitted,
+        failed=a.failed + b.failed,
+        retried=a.retried + b.retried,
+        batches=a.batches + b.batches,
+        remainder_dropped=a.remainder_dropped + b.remainder_dropped,
+    )

@@ -54,9 +54,3 @@ async def test_the_byte_bound_with_a_branch_batch_does_not_wait_forever(kind: st
     results = await asyncio.wait_for(pipeline(items).collect(), 30)
     assert len(results) == 20
     assert sum(sizes) == 20 and max(sizes) <= 3
-
-
-async def test_a_feedback_input_with_a_waiting_branch_batch_is_refused() -> None:
-    _, batch = sizes_of(8)
-    with pytest.raises(ValueError, match=r"'batch' is in a branch .* max_wait"):
-        parallel(slow, batch)(conveyor.Feedback([1]))

@@ -23,6 +23,7 @@ import pytest
 import workers
 from pickled_copies import check_pickled_copies_are_counted
 
+import conveyor
 from conveyor import Failure, batch_task, single_task
 from conveyor._engine import _dask
 
@@ -107,6 +108,24 @@ async def test_async_stages_and_a_dask_stage_match_inline(client: Any, mode: str
     expected = await inline(range(300)).collect()
     out = await on_dask.with_execution_mode(mode)(range(300)).collect()
     assert (out if mode == "ordered" else sorted(out)) == expected
+
+
+@pytest.mark.parametrize("mode", ["ordered", "as_completed"])
+async def test_dask_stages_in_the_branches_of_parallel_and_route(client: Any, mode: str) -> None:
+    """A branch of ``conveyor.parallel``/``route`` is a run of its own: a Dask stage
+    (single, and a batch: each item its own result) runs in it as in any run."""
+    square = single_task(executor=client)(workers.square)
+    squares = batch_task(max_size=4, executor=client)(workers.squares)
+    stage = conveyor.parallel(square, double | squares) | conveyor.route(
+        lambda pair: pair[0] % 2, {0: single_task(sum)}
+    )
+    out = await stage.with_execution_mode(mode)(range(40)).collect()
+    expected = [x * x + 4 * x * x if x % 2 == 0 else (x * x, 4 * x * x) for x in range(40)]
+    assert (
+        out == expected
+        if mode == "ordered"
+        else sorted(map(str, out)) == sorted(map(str, expected))
+    )
 
 
 async def test_calls_run_in_the_workers_processes_in_chunks(client: Any, chunks: list[int]) -> None:

@@ -9,6 +9,7 @@ and the input generator was closed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -22,15 +23,19 @@ from hypothesis import strategies as st
 from pipeline_model import (
     BATCH_SIZES,
     RAISE,
+    BranchSpec,
     Counts,
     Poison,
     StageSpec,
     build,
+    composed_pipelines,
+    flat,
     observed,
     on_real_clock,
     pipelines,
     reference,
     stage_specs,
+    unordered,
 )
 
 import conveyor
@@ -67,6 +72,7 @@ def run_virtual(
     mode: str,
     kind: str,
     window: int = 1000,
+    paired: bool = False,
     **options: Any,  # more of the context (tests/test_otel.py: traced runs)
 ) -> Outcome:
     outcome = Outcome()
@@ -75,6 +81,8 @@ def run_virtual(
     pipeline = build(specs).with_context(
         execution_mode=mode, max_in_flight=window, statistics=statistics, **options
     )
+    if paired:  # (results paired with their input items: with_items())
+        pipeline = pipeline.with_items()
 
     def generator() -> Iterator[int]:
         try:
@@ -109,7 +117,10 @@ def run_virtual(
         stream = pipeline(source)
         try:
             async for value in stream:
-                outcome.results.append(observed(value))
+                if paired:
+                    outcome.results.append((value[0], observed(value[1])))
+                else:
+                    outcome.results.append(observed(value))
         except (Poison, BrokenProcessPool) as exc:  # (a worker killed: WorkerDied)
             outcome.error = exc
         for _ in range(10):
@@ -404,3 +415,174 @@ def test_a_worker_killed_at_a_random_item_fails_that_item_alone(
     new = set(multiprocessing.active_children()) - before
     left = {p for p in new if not p.name.startswith("ForkProcess-")}
     assert not left, f"worker processes left behind: {left}"
+
+
+# -- composition: parallel, route and with_items() (see conveyor/_engine/_branch.py) ---------
+
+
+def composed_windows(specs: list[Any]) -> st.SearchStrategy[int]:
+    """As :func:`windows`, with the batches in branches (the window holds them too)."""
+    return windows(flat(specs))
+
+
+def top_level(specs: list[Any], counts: list[Counts]) -> list[Counts]:
+    """The counts of the pipeline's own stages (a branch stage's are followed by its
+    branches' stages')."""
+    out, at = [], 0
+    for s in specs:
+        out.append(counts[at])
+        at += 1 + (len(s.stages()) if isinstance(s, BranchSpec) else 0)
+    return out
+
+
+def check_composed_stats(
+    specs: list[Any], outcome: Outcome, counts: list[Counts], *, exact_batches: bool
+) -> None:
+    """As :func:`check_stats`: each stage's counts, the branches' stages listed after
+    their stage (``"<stage>/<branch stage>"``). A branch's batch stage is fed as items
+    come: its batches (their number, retries) are not fixed."""
+    stats = outcome.stats
+    if not stats.enabled:
+        return
+    assert stats.finished and stats.results == len(outcome.results)
+    assert stats.stages[0].items_in == outcome.n_items
+    rows = [s for s in stats.stages if "/" not in s.name]
+    for stage, following in itertools.pairwise(rows):
+        assert stage.items_out == following.items_in
+    assert all(s.in_flight == 0 and s.waiting_for_slot == 0 for s in stats.stages)
+    assert len(stats.stages) == len(counts), [s.name for s in stats.stages]
+    for stage, expected in zip(stats.stages, counts, strict=True):
+        got = Counts(
+            items_in=stage.items_in,
+            items_out=stage.items_out,
+            dropped=stage.dropped,
+            skipped=stage.skipped,
+            emitted=stage.emitted,
+            failed=stage.failed,
+            retried=stage.retried,
+            batches=stage.batches or 0,
+            remainder_dropped=stage.remainder_dropped or 0,
+        )
+        if stage.batch and (not exact_batches or "/" in stage.name):
+            got.retried = expected.retried
+            got.batches = expected.batches
+        assert got == expected, f"{stage.name}: counted {got}, the model {expected}"
+
+
+def canonical(value: Any) -> Any:
+    """A result as an as-completed run may give it: a Failure is one (which of an item's
+    failures comes first is not fixed), a branch's list of results in any order, a
+    batch's items (of with_items()) in a batch of any composition."""
+    if isinstance(value, tuple) and value and value[0] == "FAIL":
+        return ("FAIL",)
+    if isinstance(value, tuple):
+        return tuple(canonical(one) for one in value)
+    if isinstance(value, list):
+        return ("list", tuple(sorted(map(repr, value))))
+    return value
+
+
+def check_composed(
+    specs: list[Any],
+    items: list[int],
+    outcome: Outcome,
+    *,
+    mode: str,
+    window: int,
+    paired: bool,
+) -> None:
+    """Exactly the model's results (in order, or as a multiset), its counts, and (in an
+    ordered run) its batches."""
+    counts: list[Counts] = []
+    ordered = mode == "ordered"
+    expected = reference(
+        specs, items, per_item=not ordered, counts=counts, window=window, paired=paired
+    )
+    check_clean(outcome)
+    if RAISE in expected:
+        assert isinstance(outcome.error, (Poison, BrokenProcessPool)), (
+            f"expected a Poison error, got {outcome.error!r}"
+        )
+        if ordered:
+            before = expected[: expected.index(RAISE)]
+            assert outcome.results == before[: len(outcome.results)]
+        else:
+            got = Counter(map(pair_canonical if paired else canonical, outcome.results))
+            allowed = Counter(
+                map(pair_canonical if paired else canonical, (v for v in expected if v != RAISE))
+            )
+            assert not got - allowed, f"results the reference does not have: {got - allowed}"
+        return
+    assert outcome.error is None, outcome.error
+    if ordered:
+        assert outcome.results == expected
+    else:
+        key = pair_canonical if paired else canonical
+        assert Counter(map(key, outcome.results)) == Counter(map(key, expected))
+    assert outcome.tokens == 0, "window tokens leaked"
+    assert outcome.at_rest == (0, [(0, 0)] * len(specs)), f"counts left: {outcome.at_rest}"
+    check_composed_stats(specs, outcome, counts, exact_batches=ordered)
+    if ordered:
+        check_batch_sizes(specs, outcome, top_level(specs, counts))
+
+
+def pair_canonical(pair: Any) -> Any:
+    item, value = pair
+    return (item if isinstance(item, int) else "a batch's items", canonical(value))
+
+
+def composed_with_window() -> st.SearchStrategy[tuple[list[Any], int]]:
+    return composed_pipelines().flatmap(
+        lambda specs: st.tuples(st.just(specs), composed_windows(specs))
+    )
+
+
+COMPOSED_SETTINGS = settings(
+    max_examples=max(300, settings.default.max_examples),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def composed_example(
+    pipeline: tuple[list[Any], int], items: list[int], kind: str, mode: str, paired: bool
+) -> None:
+    specs, window = pipeline
+    if mode == "as_completed":
+        # (batch composition in the pipeline's own stages is not fixed either)
+        specs = unordered([s for s in specs if s.elementwise])
+        if not specs:
+            return
+    outcome = run_virtual(specs, items, mode=mode, kind=kind, window=window, paired=paired)
+    check_composed(specs, items, outcome, mode=mode, window=window, paired=paired)
+
+
+COMPOSED_ARGUMENTS = {
+    "pipeline": composed_with_window(),
+    "items": st.lists(st.integers(0, 60), min_size=1, max_size=25),
+    "kind": input_kinds,
+    "mode": st.sampled_from(["ordered", "as_completed"]),
+    "paired": st.booleans(),
+}
+
+
+@COMPOSED_SETTINGS
+@given(**COMPOSED_ARGUMENTS)
+def test_composed_runs_match_the_reference(
+    pipeline: tuple[list[Any], int], items: list[int], kind: str, mode: str, paired: bool
+) -> None:
+    """Random pipelines with parallel and route stages (branches: short random pipelines
+    of the model's stages, every policy and executor), results paired with their items
+    (``with_items()``) or not: exactly the model's results and counts, in both modes,
+    any window."""
+    composed_example(pipeline, items, kind, mode, paired)
+
+
+@pytest.mark.slow
+@THOROUGH
+@given(**COMPOSED_ARGUMENTS)
+def test_thorough_composed_runs_match_the_reference(
+    pipeline: tuple[list[Any], int], items: list[int], kind: str, mode: str, paired: bool
+) -> None:
+    """Five times the examples of the property above."""
+    composed_example(pipeline, items, kind, mode, paired)

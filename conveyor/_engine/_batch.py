@@ -51,6 +51,7 @@ from ._calls import Executor
 from ._order import EMPTY
 from ._origin import BatchOrigins, Origins
 from ._plan import StagePlan
+from ._policy import LEFT_OUT
 from ._roles import Statistics, Tracing
 from ._stage import Stage
 
@@ -266,32 +267,40 @@ class BatchStage(Stage):
 
     def emit_list(self, results: list[Any], node: Any, origin: Any) -> None:
         """A batch's list of results; in a branch's run, one result per item goes on as
-        each item's own (see ``_branch``)."""
-        if (
-            self.per_item
-            and type(origin) is BatchOrigins
-            and len(results) == len(origin.origins)
-            and len(origin) > 1
-        ):
-            self.ledger.produced(len(results) - 1)
-            self.ledger.attributed(origin, origin.origins)
-            push = self.downstream.push
-            if node is None:
-                for value, one in zip(results, origin.origins, strict=True):
-                    if self.run.closed:  # (as Stage.emit_list)
-                        return
-                    push(value, None, one)
+        each item's own (see ``_branch``), but for the items a split batch left out
+        (``LEFT_OUT`` in their places: see ``_policy``), which are through here."""
+        if self.per_item and type(origin) is BatchOrigins and len(results) == len(origin.origins):
+            if len(origin) > 1:
+                self.emit_each(results, node, origin)
                 return
-            order = self.list
-            assert order is not None
-            nodes = [node]
-            for _ in range(len(results) - 1):
-                node = order.insert_after(node)
-                nodes.append(node)
-            for value, node, one in zip(results, nodes, origin.origins, strict=True):
-                push(value, node, one)
-            return
+            # (the batch's items all descend from one input item: its result, as any)
+            results = [value for value in results if value is not LEFT_OUT]
         super().emit_list(results, node, origin)
+
+    def emit_each(self, results: list[Any], node: Any, origin: BatchOrigins) -> None:
+        """Each result of a branch's batch on as its own item's (``emit_list``)."""
+        kept = [
+            (value, one)
+            for value, one in zip(results, origin.origins, strict=True)
+            if value is not LEFT_OUT
+        ]
+        self.ledger.produced(len(kept) - 1)  # (never empty: see Policy.recover)
+        self.ledger.attributed(origin, [one for _, one in kept])
+        push = self.downstream.push
+        if node is None:
+            for value, one in kept:
+                if self.run.closed:  # (as Stage.emit_list)
+                    return
+                push(value, None, one)
+            return
+        order = self.list
+        assert order is not None
+        nodes = [node]
+        for _ in range(len(kept) - 1):
+            node = order.insert_after(node)
+            nodes.append(node)
+        for (value, one), node in zip(kept, nodes, strict=True):
+            push(value, node, one)
 
     def cancel_timer(self) -> None:
         for batch in [self.one] if self.one is not None else self.opened.values():

@@ -13,15 +13,13 @@ say which result is whose: in ``parallel`` that fails the run, naming the task; 
 ``route`` the results go with the batch's first item (where a batch's result goes in a
 plain run).
 
-**The stage's call.** An item's call puts it into its branches at once (so a branch's
-input is closed only after every item has reached it) and returns a coroutine that waits
-until every branch it went to is through with it: ``parallel``'s result is the tuple of
-the branches' results (a branch's result: its one result, ``None`` if it made none, the
-list of them if it made several; a :class:`~conveyor.errors.Failure` of any branch is the
-item's result, the first branch's first), or ``combine(item, *results)``; ``route``'s is
-the list of its branch's results (each goes on as an item, as a list any task returns),
-or ``[item]`` for an item no branch takes. The call holds its item's window token until
-then: the run's window bounds the items in the branches.
+**The stage's call.** An item's call puts it into its branches at once and returns an
+``Answer`` settled when every branch it went to is through with it: ``parallel``'s, the
+tuple of the branches' results (a branch's: its one result, ``None`` if none, the list
+if several; a :class:`~conveyor.errors.Failure` of any branch is the item's result, the
+first branch's first), or ``combine(item, *results)``; ``route``'s, the list of its
+branch's results (each goes on as an item), or ``[item]`` for an item no branch takes.
+The call holds its item's window token until then: the window bounds the branches.
 
 **The end.** When no more items will come to the stage (``Ledger.input_ended``: every
 stage before it is empty and the input is read) its branches' inputs are closed: their
@@ -29,12 +27,14 @@ remainder rules apply. A branch run that fails (``on_error="fail"`` in a branch)
 the run with its error; the run's end (finished, failed, closed) aborts every branch run,
 and the tasks reading them end with the run's own.
 
-**A stalled run.** A branch run's pump waiting for items is not it working; once every
-branch is idle (a branch run's ``on_idle``) while items wait in the stage, its calls are
-stuck, and if nothing else works in the run with its input waiting for room (the byte
-bound admitting fewer items than a branch's batch holds), the run's stall rule flushes a
-partial batch (``Ledger.check_stall(stuck=...)``, ``Run.flush_a_batch``: a branch's
-too). Never while a branch works: a batch in a branch is cut short by no timing.
+**A stalled run.** A call waiting for its branches is *parked* (``Ledger.call_parked``:
+counted, but not work), and a branch run's pump waiting for items is not it working;
+while a branch run works the run is not stalled (``Ledger.elsewhere``); one that stops
+working tells the run, soon (``branch_idle_soon``). If then nothing works in the run and
+its input waits for room (the byte bound admitting fewer items than a branch's batch
+holds; a batch in a branch fed out of input order, or by part of the items, with items
+done behind it holding the window), the stall rule flushes a branch's partial batch
+first (``Run.flush_a_batch``). Never while a branch works.
 
 **Statistics.** A branch run has its own collector (the run's ``branch``): the run's
 statistics list its stages after the branch stage, named ``"<stage>/<branch stage>"``.
@@ -189,7 +189,7 @@ class Branch:
             outcomes=None if outer.outcomes is None else Outcomes(outer.ledger),
         )
         run.ledger.on_done = self.done
-        run.ledger.on_idle = self.stage.branch_idle
+        run.ledger.on_idle = self.stage.branch_idle_soon
         self.feed.ledger = run.ledger
         run.start()
         outer.spawn(self.read(), outer.context)
@@ -207,16 +207,24 @@ class Branch:
                 except StopAsyncIteration:
                     return
                 stage.output(self, origins, result)
+                # (The branch run may have nothing left to do now, its last result taken
+                # by an item that still waits for another branch: is the run stalled?)
+                stage.branch_idle()
         finally:
             ledger.work_started()
             await self.run.shutdown()
 
     def done(self, origin: Origin) -> None:
         """(The branch run's ``Ledger.on_done``.) The branch is through with an item: its
-        join is told once the result just taken is given to it (``settle``, soon)."""
+        join is told once the result just taken is given to it (``settle``, soon). An
+        item every branch is through with has its call working again from now (its
+        result is about to go on: the run must not look stalled meanwhile)."""
+        join = origin.item
+        join.left -= 1
+        if not join.left:
+            self.stage.ledger.call_unparked()
         if not self.through:
             self.stage.loop.call_soon(self.settle)
-        join = origin.item
         self.through.append(join)
         if origin.error is not None and join.outer is not None:
             # (a branch run inside a branch: what its policies gave up on, told on)
@@ -227,25 +235,17 @@ class Branch:
         stage = self.stage
         answers = []
         for join in through:
-            join.left -= 1
             if not join.left and not join.answer.done():
                 stage.joined(join)
                 answers.append(join.answer)
         hand_on(stage.loop, answers)
-
-    @property
-    def working(self) -> bool:
-        """Whether the branch works: its run's calls or generators, a result for its
-        reader to take, joins to tell (not its pump waiting for items)."""
-        run = self.run
-        return run is not None and bool(run.ledger.busy or self.through or run.ledger.can_drain())
 
 
 class BranchStage(SingleStage):
     """A ``parallel`` or ``route`` stage (see the module's docstring): a single stage
     whose call gives its item to branch runs and waits for them."""
 
-    __slots__ = ("branches", "closing", "joins", "new_run", "routes", "shape", "unfed")
+    __slots__ = ("branches", "closing", "idle_soon", "new_run", "routes", "shape", "unfed")
 
     def __init__(
         self,
@@ -274,8 +274,7 @@ class BranchStage(SingleStage):
         # branches' inputs end once it is 0 (see ``close_input``).
         self.unfed = 0
         self.closing = False
-        # Calls waiting for their branches (see ``branch_idle``).
-        self.joins = 0
+        self.idle_soon = False  # (see ``branch_idle_soon``)
 
     def push(self, item: Any, node: Any, origin: Any) -> None:
         if type(item) is not Failure:
@@ -303,7 +302,7 @@ class BranchStage(SingleStage):
 
     def parallel(self, item: Any) -> Any:
         join = Join(item, len(self.branches))
-        self.joins += 1
+        self.ledger.call_parked()  # (waiting for the branches is not work: see _ledger)
         for branch in self.branches:
             branch.feed.put(item, join)
         self.fed()
@@ -319,14 +318,13 @@ class BranchStage(SingleStage):
         if index is None:
             return [item]  # (one item, as it came)
         join = Join(item, 1)
-        self.joins += 1
+        self.ledger.call_parked()
         self.branches[index].feed.put(item, join)
         return join.answer
 
     def joined(self, join: Join) -> None:
         """Every branch is through with ``join``'s item: its call's result (see the
         module's docstring), or what ``combine`` raised, settles its answer."""
-        self.joins -= 1
         answer = join.answer
         if self.shape.kind == "route":
             answer.set_result(join.results[0])
@@ -364,7 +362,16 @@ class BranchStage(SingleStage):
 
     def close_input(self) -> None:
         """No more items will come: the branches' inputs end (their remainder rules),
-        once every item pushed is in its branches."""
+        once every item pushed is in its branches. Before the run's input is read (a
+        ``Feedback`` whose feed is empty, with nothing working: its items' results may
+        put more), the branches stay open and their remainder rules apply now, as the
+        run's own batch stages' do (``Ledger.input_ended``)."""
+        if not self.ledger.source_done:
+            if not self.unfed:
+                for branch in self.branches:
+                    if branch.run is not None and not branch.run.closed:
+                        branch.run.ledger.input_ended()
+            return
         self.closing = True
         if not self.unfed:
             for branch in self.branches:
@@ -377,18 +384,30 @@ class BranchStage(SingleStage):
             if branch.run is not None:
                 branch.run.abort()
 
-    @property
-    def busy(self) -> bool:
-        """Whether a branch works (see ``Branch.working``)."""
-        return any(branch.working for branch in self.branches)
+    def working(self) -> bool:
+        """Whether a branch run works, or has a result its reader is about to take (the
+        run is not stalled then: see ``Ledger.elsewhere``)."""
+        for branch in self.branches:
+            run = branch.run
+            if run is not None and not run.closed and run.working():
+                return True
+        return False
+
+    def branch_idle_soon(self) -> None:
+        """(A branch run's ``Ledger.on_idle``.) Nothing works in that branch run: is this
+        run stalled? Looked at soon, not now: the branch run may be in the middle of a
+        transition (its reader taking a result whose item is not yet told it is
+        through: this run would flush a partial batch a moment before that item's
+        result reaches it)."""
+        if not self.idle_soon:
+            self.idle_soon = True
+            self.loop.call_soon(self.branch_idle)
 
     def branch_idle(self) -> None:
-        """(A branch run's ``Ledger.on_idle``.) Nothing works in that branch: if no
-        branch works, this stage's waiting calls are stuck, and if nothing else works in
-        the run, it may be stalled (see ``Run.flush_a_batch``)."""
-        ledger = self.ledger
-        if ledger.waiting and not self.busy:
-            ledger.check_stall(stuck=self.joins)
+        """A branch run may have nothing left to do: is this run stalled?"""
+        self.idle_soon = False
+        if not self.run.closed:
+            self.ledger.idle()
 
     def flush_one(self) -> bool:
         """A branch's partial batch is sent off, if one has any (a stalled run)."""

@@ -237,7 +237,7 @@ class CheckpointInput:
         pump through one item, as a plain run would have admitted it."""
         waiter = self.waiter
         ledger = self.run.ledger
-        if waiter is None or waiter.done() or ledger.busy or ledger.can_drain():
+        if waiter is None or waiter.done() or ledger.working() or ledger.can_drain():
             return
         self.let_through = True
         ledger.wake(waiter, None)

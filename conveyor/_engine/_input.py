@@ -54,6 +54,11 @@ class Fed(Protocol):
     @property
     def closed(self) -> bool: ...
 
+    def working(self) -> bool:
+        """Whether the run works: a task of it, or a run of its branch stages (see
+        ``_branch``), or a result is ready for its consumer."""
+        ...
+
 
 NO_INPUT: Any = object()
 """Input of a run that calls its first task once, with no item (a source task)."""
@@ -293,7 +298,7 @@ class FeedbackPump:
         """Nothing works, or the consumer started waiting: is the run over?"""
         run = self.run
         ledger = run.ledger
-        if self.waiter is None or self.feed.queue or run.consumer is None or ledger.busy:
+        if self.waiter is None or self.feed.queue or run.consumer is None or run.working():
             return
         if ledger.tokens:
             ledger.input_ended()  # (partial batches: flushed, or dropped below min_size)

@@ -45,9 +45,13 @@ bound deadlock-free:
   results to take, it is not: taking them makes room. Otherwise one waiting generator
   may produce one item past the window (its item may be holding the slot that items
   queued behind a ``concurrency_limit`` wait for), or, as a last resort, a partial batch
-  is flushed (``flush_batch``: only when the input is bounded in bytes below a batch's
-  size, or when a keyed batch stage's open batches fill the window, since the window
-  itself has room for one whole batch of every stage: see below).
+  is flushed (``flush_batch``: when the input is bounded in bytes below a batch's size,
+  or a keyed batch stage's open batches fill the window, since the window itself has
+  room for one whole batch of every stage, see below; or when a batch in a branch of
+  ``parallel``/``route`` is fed out of input order, or only part of the items go to its
+  branch, and items done behind it hold the window: see ``_branch``). A run whose branch
+  stages' runs still work is not stalled (``elsewhere``): a call waiting for its
+  branches is not work of its own, the branch runs' is.
 
 **Room for batches.** Items accumulating in a batch stage hold their tokens, so a window
 smaller than the batches would cut them short (and, below ``min_size``, hand items to the
@@ -177,6 +181,7 @@ class Ledger:
         "closed",
         "delivered",
         "done_earlier",
+        "elsewhere",
         "expanding",
         "finished",
         "first_taken",
@@ -188,6 +193,7 @@ class Ledger:
         "on_finished",
         "on_idle",
         "on_wait",
+        "parked",
         "source_done",
         "stages",
         "tokens",
@@ -201,6 +207,7 @@ class Ledger:
         *,
         can_drain: Callable[[], bool] = lambda: False,
         flush_batch: Callable[[], bool] = lambda: False,
+        elsewhere: Callable[[], bool] = lambda: False,
         on_wait: Callable[[float], None] | None = None,
         on_first: Callable[[], None] | None = None,
     ) -> None:
@@ -214,6 +221,11 @@ class Ledger:
         self.low_water = limit - max(1, limit // 8)
         self.tokens = 0
         self.busy = 0
+        # Calls counted in ``busy`` that wait for other runs: a branch stage's, for its
+        # branches (see ``_branch``). They are not work: the run is idle when ``busy`` is
+        # no more than them (:meth:`working`), and the branch runs' work is the run's
+        # (``elsewhere``).
+        self.parked = 0
         self.expanding = 0  # generators under way (their own item keeps its token)
         self.delivered = 0  # results the consumer took
         self.done_earlier = 0  # input items skipped: done in an earlier run (checkpoint)
@@ -226,6 +238,10 @@ class Ledger:
         # statistics' first result.
         self.can_drain = can_drain
         self.flush_batch = flush_batch
+        # Whether work this ledger does not count goes on: a branch stage's runs (see
+        # ``_branch``), whose calls its own calls wait for without working; a branch run
+        # that stops working tells this run (``idle``).
+        self.elsewhere = elsewhere
         self.on_wait = on_wait
         self.first_taken = on_first
         # Set once by the run when its stages are built (see ``watch``).
@@ -347,8 +363,22 @@ class Ledger:
     def work_stopped(self) -> None:
         """A task (or a timer) stopped working: if nothing else works, look for a stall."""
         self.busy -= 1
-        if not self.busy:
+        if self.busy == self.parked:
             self.check_stall()
+
+    def working(self) -> bool:
+        """Whether a task (or a timer) of the run works: one that is not a parked call."""
+        return self.busy > self.parked
+
+    def call_parked(self) -> None:
+        """A call waits for other runs (a branch stage's call for its branches): it is
+        not work until :meth:`call_unparked`. (Made in the call itself, whose task
+        ``call_waits`` counts in the same step, before anything looks at ``busy``.)"""
+        self.parked += 1
+
+    def call_unparked(self) -> None:
+        """A parked call's wait is over: it works again (its result goes on)."""
+        self.parked -= 1
 
     def work_ended_quietly(self) -> None:
         """A task stopped working and the caller decides what follows (the run, when a
@@ -419,7 +449,7 @@ class Ledger:
                 self.stage_idle()
         if stops:
             self.busy -= 1
-            if not self.busy:
+            if self.busy == self.parked:
                 self.check_stall()
 
     def slot_freed(self, stage: Flow) -> None:
@@ -551,7 +581,7 @@ class Ledger:
                     return False  # batches still running: the remainder waits for them
                 stage.close_input()
             if stage.inflight:
-                if self.source_done and not stage.is_batch:
+                if not stage.is_batch:
                     stage.close_input()  # (a branch stage's branches: see ``_branch``)
                 return False
         return True
@@ -562,7 +592,7 @@ class Ledger:
         With nothing else working, the waiters are looked at now, whatever the amount
         freed (a stall may need its last resort: see :meth:`check_stall`).
         """
-        if not self.busy:
+        if self.busy == self.parked:
             self.check_stall()
         elif self.tokens <= self.low_water:
             self.wake_waiters()
@@ -640,15 +670,13 @@ class Ledger:
             self.on_wait(self.loop.time() - started)
 
     def idle(self) -> None:
-        """A busy task stopped working (``busy`` was decremented): look for a stall."""
-        if not self.busy:
+        """A busy task stopped working (``busy`` was decremented), or a branch run of the
+        run's (``_branch``): look for a stall."""
+        if self.busy == self.parked:
             self.check_stall()
 
-    def check_stall(self, stuck: int = 0) -> None:
-        """If nothing is working and someone waits for room, make sure something moves.
-
-        ``stuck``: that many of the run's working tasks are calls of a branch stage whose
-        branches are all idle (``_branch``): waiting, they count as nothing working."""
+    def check_stall(self) -> None:
+        """If nothing is working and someone waits for room, make sure something moves."""
         if not self.closed and any(self.may_proceed(s, e) for _, s, e in self.waiting):
             # (Woken first: the pump of a checkpoint at its crash bound must not take
             # the room a generator whose child was just taken may go on into for a
@@ -659,12 +687,14 @@ class Ledger:
             self.on_idle()
         # A flush may complete synchronously and only fill the next batch stage's
         # accumulator, so keep going until something works or a waiter can go on.
-        while self.busy <= stuck and self.waiting and not self.closed:
+        while self.busy == self.parked and self.waiting and not self.closed:
             if any(self.may_proceed(s, e) for _, s, e in self.waiting):
                 self.wake_waiters()
                 return
             if self.can_drain():
                 return  # the consumer will make room (and wake the waiters)
+            if self.elsewhere():
+                return  # a branch run works: it tells this run when it stops (``idle``)
             # A generator first: its own item may hold the slot that items queued behind
             # a concurrency_limit wait for, and one item past the window changes no
             # result, where a batch sent off short would change its composition.
@@ -681,4 +711,7 @@ class Ledger:
         self.closed = True
 
     def __repr__(self) -> str:
-        return f"<Ledger {self.tokens}/{self.limit} busy={self.busy} waiting={len(self.waiting)}>"
+        return (
+            f"<Ledger {self.tokens}/{self.limit} busy={self.busy} parked={self.parked} "
+            f"waiting={len(self.waiting)}>"
+        )

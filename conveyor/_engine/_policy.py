@@ -5,7 +5,9 @@ with the backoff of :class:`~conveyor.errors.RetryConfig`), then the task's
 **error handler**, then its **on_error** action: raise (annotated with the task and the
 item), drop (``None``), or a :class:`~conveyor.errors.Failure` record. For a batch task
 under ``skip_item`` the failing batch is split in halves until only the failing items are
-left out.
+left out; in a branch's run (``per_item``: see ``_branch``) the parts' results keep their
+items' places when each part made one result per item (:data:`LEFT_OUT` where an item
+was left out), so that the batch stage hands each one on as its own item's.
 
 Recovery always runs inside the call's own task (it sleeps between attempts); only a
 call that fails for good with nothing to await is settled synchronously (:meth:`final`).
@@ -35,6 +37,16 @@ ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("conveyor_attempt"
 """Which attempt at its item the call being made is: 1, or the number the policy sets
 while it makes a retry; 0 while it calls a part of a failing batch alone (see
 :meth:`Policy._isolate`). Read by the call's span (``_trace``)."""
+
+
+class _LeftOut:
+    def __repr__(self) -> str:
+        return "LEFT_OUT"
+
+
+LEFT_OUT: Any = _LeftOut()
+"""The place of an item left out of a split batch, in a result of one element per item
+(a branch's run: see :meth:`Policy.recover`); never handed on as a result."""
 
 
 class Unrecoverable(Exception):
@@ -70,6 +82,7 @@ class Policy:
         "name",
         "on_gave_up",
         "on_retry",
+        "per_item",
         "retry",
     )
 
@@ -80,8 +93,12 @@ class Policy:
         account: Account,
         log: StageLog,
         on_retry: Callable[[BaseException, int], None] | None = None,
+        *,
+        per_item: bool = False,
     ) -> None:
         self.name = spec.name
+        # A branch's run: a split batch's results keep their items' places (see above).
+        self.per_item = per_item
         self.batch = spec.batch
         self.retry = spec.options.retry_config
         self.handler = spec.options.error_handler
@@ -150,11 +167,14 @@ class Policy:
             if go_on:
                 return value
         if self.batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1:
-            kept, left_out = await self._isolate(item)
+            placed, left_out, aligned = await self._isolate(item)
+            kept = [value for value in placed if value is not LEFT_OUT]
             if not kept and left_out == len(item):
                 # Every item left out (not a part's None). Counted by this call alone: a
                 # look at the stage's count of skipped items would see other calls' too.
                 self.account.policy_passed_nothing()
+            if self.per_item and aligned and kept:
+                return placed  # (one element per item: see the module's docstring)
             return kept
         return self.final(exc, item, attempt)
 
@@ -217,13 +237,16 @@ class Policy:
             raise self.annotate(error, item)
         return answer
 
-    async def _isolate(self, batch: list[Any]) -> tuple[list[Any], int]:
+    async def _isolate(self, batch: list[Any]) -> tuple[list[Any], int, bool]:
         """Split a failing batch (of two or more) in halves until only the failing items
         are left out: an item is called alone at most once. The results of the parts
-        that did not fail, and how many items were left out."""
+        that did not fail (:data:`LEFT_OUT` at each item left out), how many items were
+        left out, and whether the results are one per item, in the batch's order (each
+        part that did not fail made one result per item)."""
         middle = len(batch) // 2
         out: list[Any] = []
         left_out = 0
+        aligned = True
         for half in (batch[:middle], batch[middle:]):
             try:
                 part = ATTEMPT.set(0)
@@ -231,18 +254,22 @@ class Policy:
                     result = await self.attempt(half)
                 finally:
                     ATTEMPT.reset(part)
-                out.extend(await _collect(result))
+                made = await _collect(result)
+                aligned = aligned and len(made) == len(half)
+                out.extend(made)
             except Exception as exc:
                 if isinstance(exc, Unrecoverable):
                     raise self.annotate(exc, half) from None
                 if len(half) > 1:  # a single item that failed alone is left out: once
-                    kept, more = await self._isolate(half)
+                    kept, more, whole = await self._isolate(half)
                     out.extend(kept)
                     left_out += more
+                    aligned = aligned and whole
                 else:
                     self.gave_up(half[0], exc, "skipped", None, batch=False)
+                    out.append(LEFT_OUT)
                     left_out += 1
-        return out, left_out
+        return out, left_out, aligned
 
     def gave_up(
         self, item: Any, exc: BaseException, outcome: str, attempt: int | None, batch: bool = True

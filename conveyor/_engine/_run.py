@@ -155,6 +155,7 @@ class Run:
             run_plan.window,
             can_drain=self._can_drain,
             flush_batch=self.flush_a_batch,
+            elsewhere=self.branches_work,
             on_wait=waited_for_room(observer, None if stats is None else stats.room_waited),
             on_first=None if stats is None else stats.first_taken,
         )
@@ -395,17 +396,25 @@ class Run:
     def flush_a_batch(self) -> bool:
         """Flush a partial batch, if there is one (see ``_ledger``): the run is stalled
         with the window full. The window has room for one whole batch of every stage, so
-        only the byte bound (admitting fewer large items than a batch holds) or a keyed
-        stage's many partial batches lead here (its least recently fed goes), or a
-        branch's (``_branch``), but not while a branch run works: what it makes may fill
-        a batch."""
-        if any(isinstance(stage, BranchStage) and stage.busy for stage in self.stages):
-            return False
+        only the byte bound (admitting fewer large items than a batch holds), a keyed
+        stage's many partial batches (its least recently fed goes) or a batch in a branch
+        (see ``_branch``) lead here."""
+        # A branch's batch first: which items share one is not fixed anyway (they come
+        # as the branch stage's calls start), where this run's own batches are composed
+        # exactly as by a plain loop whenever the window has room for them.
         return any(
-            stage.flush_one()
-            for stage in self.stages
-            if isinstance(stage, (BatchStage, BranchStage))
-        )
+            stage.flush_one() for stage in self.stages if isinstance(stage, BranchStage)
+        ) or any(stage.flush_one() for stage in self.stages if isinstance(stage, BatchStage))
+
+    def working(self) -> bool:
+        """Whether this run works (a branch stage's run: see ``_branch``): a task of
+        it, a run of its branch stages, or a result ready for its consumer."""
+        return self.ledger.working() or self._can_drain() or self.branches_work()
+
+    def branches_work(self) -> bool:
+        """Whether a run of one of this run's branch stages works (see ``_branch``): this
+        run is not stalled then, whatever its own ledger counts."""
+        return any(isinstance(stage, BranchStage) and stage.working() for stage in self.stages)
 
     @property
     def source(self) -> Any:

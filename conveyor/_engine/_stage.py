@@ -135,10 +135,10 @@ class Stage(Sink):
         self.tally = None if spec.batch else self.record  # (a batch stage's count as they come)
         self.observer = observer
         retried, outcomes = None if observer is None else observer.retried, run.outcomes
-        self.policy = Policy(spec, self.attempt, self.account, run.log.stage(spec), retried)
+        log = run.log.stage(spec)  # (per_item: a branch's run splits batches per item)
+        self.policy = Policy(spec, self.attempt, self.account, log, retried, per_item=run.branch)
         self.policy.on_gave_up = None if outcomes is None else outcomes.on_gave_up(spec.batch)
-        # What wraps its bound call in a span per call (see ``_trace``), if traced.
-        self.traced = None if tracing is None else tracing.stage(self)
+        self.traced = None if tracing is None else tracing.stage(self)  # (a span per call)
         # How an item's call starts (see ``_plan``): an async def on the loop skips the
         # generic result handling (its call always returns a coroutine); under a rate
         # limit, the gate starts it when its turn comes (keys, priority: ``_lanes``).
