@@ -21,11 +21,9 @@ first branch's first), or ``combine(item, *results)``; ``route``'s, the list of 
 branch's results (each goes on as an item), or ``[item]`` for an item no branch takes.
 The call holds its item's window token until then: the window bounds the branches.
 
-**The end.** When no more items will come to the stage (``Ledger.input_ended``: every
-stage before it is empty and the input is read) its branches' inputs are closed: their
-remainder rules apply. A branch run that fails (``on_error="fail"`` in a branch) fails
-the run with its error; the run's end (finished, failed, closed) aborts every branch run,
-and the tasks reading them end with the run's own.
+**The end.** When no more items will come to the stage (``Ledger.input_ended``) its
+branches' inputs are closed: their remainder rules apply. A branch run that fails fails
+the run with its error; the run's end aborts every branch run (their readers end too).
 
 **A stalled run.** A call waiting for its branches is *parked* (``Ledger.call_parked``:
 counted, but not work), and a branch run's pump waiting for items is not it working;
@@ -36,8 +34,8 @@ holds; a batch in a branch fed out of input order, or by part of the items, with
 done behind it holding the window), the stall rule flushes a branch's partial batch
 first (``Run.flush_a_batch``). Never while a branch works.
 
-**Statistics.** A branch run has its own collector (the run's ``branch``): the run's
-statistics list its stages after the branch stage, named ``"<stage>/<branch stage>"``.
+**Statistics.** A branch run's collector is the run's ``branch``: its stages are listed
+after the branch stage, named ``"<stage>/<branch stage>"``.
 """
 
 from __future__ import annotations
@@ -69,11 +67,9 @@ NewRun = Callable[..., Any]
 
 
 class Join:
-    """One item's state in a branch stage: its branches' results, how many branches
-    are not through with it, the answer its call waits on (an ``Answer``: no task, no
-    Future per item), and the item's origins in the run (``outer``, on a run that
-    tracks them) with their keys (``key``: what ``current_keys()`` gives in the
-    branches' calls)."""
+    """One item's state in a branch stage: its branches' results, how many are not
+    through with it, the ``Answer`` its call waits on (no task or Future per item), its
+    origins in the run (``outer``) and their keys (``current_keys()`` in branches)."""
 
     __slots__ = ("answer", "item", "key", "left", "outer", "results")
 
@@ -161,7 +157,7 @@ class Branch:
     """One branch of a branch stage in one run: its run, its input, and the joins it is
     through with since the last :meth:`settle`."""
 
-    __slots__ = ("feed", "label", "run", "slot", "specs", "stage", "through")
+    __slots__ = ("feed", "label", "reading", "run", "slot", "specs", "stage", "through")
 
     def __init__(self, stage: BranchStage, slot: int, label: str, specs: Sequence[StageSpec]):
         self.stage = stage
@@ -171,6 +167,7 @@ class Branch:
         self.feed = Feed(stage.loop)
         self.run: Any = None
         self.through: list[Join] = []
+        self.reading = False  # (its reader is under way: see ``BranchStage.working``)
 
     def start(self, new_run: NewRun, settings: PipelineContext) -> None:
         """Build and start the branch run (from the run's supervisor, in its context)."""
@@ -184,7 +181,7 @@ class Branch:
             settings,
             None,
             None if stats is None else stats.branch(self.stage, self.label),
-            paired=_same,
+            paired=lambda origins: origins,  # (each result with its origins)
             branch=True,
             outcomes=None if outer.outcomes is None else Outcomes(outer.ledger),
         )
@@ -200,17 +197,22 @@ class Branch:
         stage = self.stage
         ledger = stage.ledger
         ledger.work_stopped()  # (waiting for a branch is not working: its calls are)
+        self.reading = True
         try:
             while True:
                 try:
                     origins, result = await self.run.next()
                 except StopAsyncIteration:
                     return
+                except Exception as exc:  # (the run fails with it now, not a step later)
+                    stage.run.fail(exc)
+                    return
                 stage.output(self, origins, result)
                 # (The branch run may have nothing left to do now, its last result taken
                 # by an item that still waits for another branch: is the run stalled?)
                 stage.branch_idle()
         finally:
+            self.reading = False
             ledger.work_started()
             await self.run.shutdown()
 
@@ -385,11 +387,12 @@ class BranchStage(SingleStage):
                 branch.run.abort()
 
     def working(self) -> bool:
-        """Whether a branch run works, or has a result its reader is about to take (the
-        run is not stalled then: see ``Ledger.elsewhere``)."""
+        """Whether a branch run works, has a result its reader is about to take, or is
+        closed with its reader under way (failed: its error, once its calls have ended,
+        fails the run) — the run is not stalled then: see ``Ledger.elsewhere``."""
         for branch in self.branches:
             run = branch.run
-            if run is not None and not run.closed and run.working():
+            if run is not None and branch.reading and (run.closed or run.working()):
                 return True
         return False
 
@@ -414,7 +417,3 @@ class BranchStage(SingleStage):
         return any(
             branch.run is not None and branch.run.flush_a_batch() for branch in self.branches
         )
-
-
-def _same(origins: Any) -> Any:
-    return origins
