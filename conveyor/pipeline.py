@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
 from . import _mermaid, _sync
 from ._engine._input import NO_INPUT
@@ -92,6 +92,16 @@ class Pipeline(Generic[In, Out]):
     def __ror__(self, other: Any) -> Any:
         raise TypeError(_not_a_stage(other))
 
+    def __and__(self, other: Pipeline[Any, Any]) -> NoReturn:
+        """``pipeline & pipeline`` is refused, naming the fix (``pipeline & task`` is
+        the task's ``__rand__``: ``conveyor.parallel(pipeline, task)``)."""
+        if not isinstance(other, Pipeline):
+            return NotImplemented
+        raise TypeError(
+            f"pipeline & pipeline is not an operator (({self!r}) & ({other!r})): write "
+            f"conveyor.parallel(first, second) to give each item to both pipelines"
+        )
+
     def __call__(self, items: Iterable[In] | AsyncIterable[In] | Any = ..., /) -> AsyncStream[Out]:
         """Start a run over ``items``; returns the stream of its results.
 
@@ -101,6 +111,7 @@ class Pipeline(Generic[In, Out]):
         """
         specs = tuple(task.spec for task in self.stages)
         source = check_input(items)
+        _check_branches(specs, source)
         if self.checkpoint is not None:
             source = _resumed(source, *self.checkpoint)
         if self.paired and isinstance(source, Feedback):
@@ -203,6 +214,17 @@ def _resumed(source: Any, checkpoint: Checkpoint, retry_failed: bool) -> Resumed
             f"call pipeline.with_checkpoint(None), or give the pipeline an iterable of items"
         )
     return Resumed(source, checkpoint, retry_failed)
+
+
+def _check_branches(specs: tuple[StageSpec, ...], source: Any) -> None:
+    """A branch stage is no source task: called with no input, refused (its branches
+    would be given the run's placeholder for "no item" as an item)."""
+    if source is NO_INPUT and specs and specs[0].branches is not None:
+        raise TypeError(
+            f"{specs[0].name!r} gives each input item to its branches: it cannot be called "
+            f"with no input (a source task); give the pipeline an iterable of items, or put "
+            f"a source task before it"
+        )
 
 
 def _not_a_stage(value: Any) -> str:

@@ -296,7 +296,12 @@ def branch_task(
 ) -> SingleTask[Any, Any]:
     """The task of a branch stage (``conveyor.parallel``, ``conveyor.route``: see
     :mod:`conveyor.compose`): each branch a task or a pipeline."""
-    lines = tuple((_label(branch, kind), _specs(branch, kind)) for branch in branches)
+    # (Each branch's specs first: they check it is a task or a pipeline, naming it.)
+    lines = tuple(
+        (_label(branch, kind), specs)
+        for index, branch in enumerate(branches)
+        for specs in (_specs(branch, kind, index),)
+    )
     if name is None:
         name = f"{kind}({', '.join(label for label, _ in lines)})"
     task: SingleTask[Any, Any] = SingleTask(_branches, task_name=name, on_error=on_error)
@@ -314,22 +319,24 @@ def _label(branch: Any, kind: str) -> str:
     return " | ".join(stage.spec.name for stage in stages)
 
 
-def _specs(branch: Any, kind: str) -> tuple[StageSpec, ...]:
+def _specs(branch: Any, kind: str, index: int) -> tuple[StageSpec, ...]:
+    which = f"branch {index} of parallel()" if kind == "parallel" else "a branch of route()"
     if isinstance(branch, Pipeline):
         if branch.checkpoint is not None or branch.paired:
             raise TypeError(
-                f"a branch of {kind}() runs as part of the run it is in: give it the "
-                f"pipeline without with_checkpoint() or with_items() (set those on the "
-                f"whole pipeline)"
+                f"{which} ({branch!r}) runs as part of the run it is "
+                f"in: give it the pipeline without with_checkpoint() or with_items() (set "
+                f"those on the whole pipeline)"
             )
         if not branch.stages:
-            raise ValueError(f"a branch of {kind}() has no stage: give it a task or a pipeline")
+            raise ValueError(f"{which} has no stage: give it a task or a pipeline")
         return tuple(task.spec for task in branch.stages)
     if isinstance(getattr(branch, "spec", None), StageSpec):
         return (branch.spec,)
     raise TypeError(
-        f"a branch of {kind}() must be a task (@single_task, @batch_task) or a Pipeline, "
-        f"got {type(branch).__name__}: {branch!r}"
+        f"{which} must be a task (@single_task, @batch_task) or a "
+        f"Pipeline, got {type(branch).__name__}: {branch!r}"
+        + (" (decorate the function with @single_task)" if callable(branch) else "")
     )
 
 

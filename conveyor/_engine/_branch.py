@@ -107,9 +107,8 @@ class Outcomes:
 
 
 class Feed:
-    """A branch run's input: ``(item, join)`` pairs put by the stage's calls, read by the
-    branch run's pump; it ends once closed and empty. Its pump waiting for items is not
-    the branch run working (``ledger``: the branch run's, once it is built)."""
+    """A branch run's input: ``(item, join)`` pairs, read by its pump, which waiting for
+    items is not the branch run (``ledger``) working; it ends once closed and empty."""
 
     __slots__ = ("closed", "items", "ledger", "loop", "waiter")
 
@@ -189,15 +188,14 @@ class Branch:
         run.ledger.on_idle = self.stage.branch_idle_soon
         self.feed.ledger = run.ledger
         run.start()
+        self.reading = True  # (from now: its task may start a loop turn later, on 3.11)
         outer.spawn(self.read(), outer.context)
 
     async def read(self) -> None:
-        """Take the branch run's results and give each to its item's join, until the
-        branch run ends (its error, if it fails, fails the run: this task's)."""
+        """Give the branch run's results to their joins until it ends (or fails the run)."""
         stage = self.stage
         ledger = stage.ledger
         ledger.work_stopped()  # (waiting for a branch is not working: its calls are)
-        self.reading = True
         try:
             while True:
                 try:
@@ -298,9 +296,8 @@ class BranchStage(SingleStage):
         super().bind(self.parallel if self.shape.kind == "parallel" else self.route)
 
     def time_next_call(self, timed: Callable[[Any], Any]) -> None:
-        """Its calls are not timed by the statistics (its branches' stages are): a timed
-        call is made inside a coroutine, which puts its item into its branches a loop
-        turn late on 3.11 (behind items pushed after it)."""
+        """Not timed (its branches' stages are): a timed call, made in a coroutine, put
+        its item into its branches a loop turn late on 3.11."""
 
     def parallel(self, item: Any) -> Any:
         join = Join(item, len(self.branches))
@@ -316,7 +313,11 @@ class BranchStage(SingleStage):
             key = shape.key(item)  # type: ignore[misc]
         finally:
             self.fed()  # (an item whose key raises goes to no branch: its policy's)
-        index = self.routes.get(key, shape.default)
+        try:
+            index = self.routes.get(key, shape.default)
+        except TypeError as exc:  # (unhashable: the item fails under the stage's policy)
+            message = f"route's key function returned {key!r} for the item {item!r}: not"
+            raise TypeError(f"{message} hashable; key= must return a str, int, tuple...") from exc
         if index is None:
             return [item]  # (one item, as it came)
         join = Join(item, 1)
@@ -355,10 +356,10 @@ class BranchStage(SingleStage):
             join = origins[0].item  # (a batch's result of no one item: its first item's)
         else:
             raise ValueError(
-                f"in {self.name!r}, branch {branch.label!r} gave a result that belongs to "
-                f"several items ({len(origins)}): a batch task inside parallel() must "
-                f"return one result per item of its batch, in the batch's order, so that "
-                f"each item gets its own; got {result!r}"
+                f"in {self.name!r}, branch {branch.label!r} gave {result!r} for the items "
+                f"{[one.item.item for one in origins]!r} at once: a batch task inside "
+                f"parallel() must return a list of one result per item of its batch, in "
+                f"the batch's order, so that each item gets its own"
             )
         join.results[branch.slot].append(result)
 
