@@ -46,7 +46,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHONS)
 def tests_uvloop(session: nox.Session) -> None:
-    """The whole test suite with the async tests on uvloop (CONVEYOR_TEST_LOOP=uvloop)."""
+    """The test suite with the async tests on uvloop (CONVEYOR_TEST_LOOP=uvloop), but for
+    the long-running tests (``slow``: the thorough properties, the million-item memory
+    test, the byte-bound sweeps), which run on asyncio's loop in ``tests``: they check
+    the engine's rules, the same on either loop, and CI's budget has room for them once
+    per interpreter."""
+    if not session.posargs:
+        session.posargs.extend(["-m", "not slow"])
     _pytest(session, "uvloop")
 
 

@@ -322,7 +322,7 @@ def test_keyed_batches_in_any_window_account_for_every_item(
 
 # -- the thorough run (marked slow: CI runs it; `-m "not slow"` skips it) ---------------
 
-THOROUGH = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+THOROUGH = settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.mark.slow
@@ -336,7 +336,7 @@ THOROUGH = settings(max_examples=1500, deadline=None, suppress_health_check=[Hea
 def test_thorough_random_pipelines_match_the_reference(
     pipeline: tuple[list[StageSpec], int], items: list[int], kind: str, mode: str
 ) -> None:
-    """Five times the examples of the properties above, both modes in one property."""
+    """About three times the examples of the properties above, both modes in one property."""
     specs, window = pipeline
     if mode == "ordered":
         outcome = run_virtual(specs, items, mode=mode, kind=kind, window=window)
@@ -579,11 +579,11 @@ def test_composed_runs_match_the_reference(
 
 
 @pytest.mark.slow
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(**COMPOSED_ARGUMENTS)
 def test_thorough_composed_runs_match_the_reference(
     pipeline: tuple[list[Any], int], items: list[int], kind: str, mode: str, paired: bool
 ) -> None:
-    """Twice the examples of the property above (each composed example runs several
+    """More examples than the property above (each composed example runs several
     runs: 1,500 took 40-80 s, over CI's budget per interpreter)."""
     composed_example(pipeline, items, kind, mode, paired)
