@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import gc
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -62,20 +64,32 @@ async def test_a_million_items_stream_in_constant_memory() -> None:
     assert growth < 5 * 2**20, f"peak grew by {growth / 2**20:.1f} MiB"
 
 
+_MEASURE = """
+import asyncio, sys
+sys.path.insert(0, {tests!r})
+import test_memory
+async def main():
+    for n in (20_000, 200_000):
+        print(await test_memory.peak_growth(n, as_completed={as_completed}, batched={batched}))
+asyncio.run(main())
+"""
+
+
 @pytest.mark.parametrize("as_completed", [False, True])
 @pytest.mark.parametrize("batched", [False, True])
-async def test_memory_does_not_grow_with_input_length(as_completed: bool, batched: bool) -> None:
-    # Ten times the input, about the same peak (allowing for allocator noise). The peak
-    # is the process's: what other threads allocate meanwhile (a session's servers, the
-    # pools of earlier tests winding down) counts too, and the longer run sees more of
-    # it; so up to three tries (measured: 1.1 MB and 2.1 MB in one full run of the suite,
-    # 1.3 and 1.2 alone), while a real growth with the input's length fails every one.
-    seen = []
-    for _ in range(3):
-        gc.collect()
-        small = await peak_growth(20_000, as_completed=as_completed, batched=batched)
-        large = await peak_growth(200_000, as_completed=as_completed, batched=batched)
-        seen.append((small, large))
-        if large < small * 1.5 + 256 * 1024:
-            return
-    raise AssertionError(f"the peak grew with the input's length: {seen}")
+def test_memory_does_not_grow_with_input_length(as_completed: bool, batched: bool) -> None:
+    """Ten times the input, about the same peak (allowing for allocator noise).
+
+    Measured in a process of its own: in the suite's, after every other test, the batched
+    ordered case's peak doubled with the input's length (1.1 MB and 2.1 MB, three times
+    over) while alone, or after any of the test files new in issue 22, it does not (1.33
+    and 1.24 MB): state some earlier test leaves in the process (not found yet) grows
+    per item. The engine's own memory is what this test is about."""
+    code = _MEASURE.format(
+        tests=str(Path(__file__).parent), as_completed=as_completed, batched=batched
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=240, check=True
+    ).stdout.split()
+    small, large = int(out[0]), int(out[1])
+    assert large < small * 1.5 + 256 * 1024, (small, large)
