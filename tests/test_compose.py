@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import workers
 from conftest import leftover_tasks, settle
+from mypy_run import mypy
 
 import conveyor
 from conveyor import Failure, batch_task, parallel, route, single_task
@@ -677,15 +678,14 @@ def test_mypy_infers_the_types_of_composed_stages() -> None:
     """``parallel(a, b)`` of ``Task[T, A]`` and ``Task[T, B]`` is
     ``SingleTask[T, tuple[A, B]]`` (``a & b`` too), ``combine``'s return type is the
     stage's, ``with_items()`` pairs."""
-    api = pytest.importorskip("mypy.api")
-    stdout, stderr, status = api.run(["--strict", "--no-incremental", str(TYPES_SAMPLE)])
-    assert status == 0, stdout + stderr
+    report, status = mypy(str(TYPES_SAMPLE))
+    assert status == 0, report
     # (the check can fail: a wrong expectation is reported)
     wrong = TYPES_SAMPLE.read_text().replace(
         "SingleTask[str, tuple[int, str]])", "SingleTask[str, tuple[str, int]])", 1
     )
-    stdout, _, status = api.run(["--strict", "--no-incremental", "-c", wrong])
-    assert status == 1 and "[assert-type]" in stdout
+    report, status = mypy("-c", wrong)
+    assert status == 1 and "[assert-type]" in report
 
 
 # -- more of the stage's rules -------------------------------------------------------------

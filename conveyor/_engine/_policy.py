@@ -142,41 +142,47 @@ class Policy:
 
     async def recover(self, exc: Exception, item: Any) -> Any:
         """Retries, then the handler, then ``on_error``: the call's result, or raise."""
-        retry = self.retry
-        attempt = 1
-        while not isinstance(exc, Unrecoverable) and retry.should_retry(exc, attempt):
-            if self.on_retry is not None:
-                self.on_retry(exc, attempt)
-            delay = retry.delay_for(exc, attempt)
-            self.account.retried_once()
-            self.log.retrying(item, exc, attempt, delay)
-            await asyncio.sleep(delay)
-            attempt += 1
-            numbered = ATTEMPT.set(attempt)
-            try:
-                return await self.attempt(item)
-            except Exception as again:
-                exc = again
-            finally:
-                ATTEMPT.reset(numbered)
-        if isinstance(exc, Unrecoverable):
+        try:
+            retry = self.retry
+            attempt = 1
+            while not isinstance(exc, Unrecoverable) and retry.should_retry(exc, attempt):
+                if self.on_retry is not None:
+                    self.on_retry(exc, attempt)
+                delay = retry.delay_for(exc, attempt)
+                self.account.retried_once()
+                self.log.retrying(item, exc, attempt, delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+                numbered = ATTEMPT.set(attempt)
+                try:
+                    return await self.attempt(item)
+                except Exception as again:
+                    exc = again
+                finally:
+                    ATTEMPT.reset(numbered)
+            if isinstance(exc, Unrecoverable):
+                return self.final(exc, item, attempt)
+            if self.handler is not None:
+                seen = list(item) if self.batch else item  # the handler may keep it
+                go_on, value = await self._ask_handler(exc, seen, attempt)
+                if go_on:
+                    return value
+            if self.batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1:
+                placed, left_out, aligned = await self._isolate(item)
+                kept = [value for value in placed if value is not LEFT_OUT]
+                if not kept and left_out == len(item):
+                    # Every item left out (not a part's None). Counted by this call alone: a
+                    # look at the stage's count of skipped items would see other calls' too.
+                    self.account.policy_passed_nothing()
+                if self.per_item and aligned and kept:
+                    return placed  # (one element per item: see the module's docstring)
+                return kept
             return self.final(exc, item, attempt)
-        if self.handler is not None:
-            seen = list(item) if self.batch else item  # the handler may keep it
-            go_on, value = await self._ask_handler(exc, seen, attempt)
-            if go_on:
-                return value
-        if self.batch and self.action is ErrorAction.SKIP_ITEM and len(item) > 1:
-            placed, left_out, aligned = await self._isolate(item)
-            kept = [value for value in placed if value is not LEFT_OUT]
-            if not kept and left_out == len(item):
-                # Every item left out (not a part's None). Counted by this call alone: a
-                # look at the stage's count of skipped items would see other calls' too.
-                self.account.policy_passed_nothing()
-            if self.per_item and aligned and kept:
-                return placed  # (one element per item: see the module's docstring)
-            return kept
-        return self.final(exc, item, attempt)
+        finally:
+            # (``exc`` may be an error raised here, whose traceback holds this frame:
+            # let go of it, or each retried item leaves a reference cycle that only
+            # a full collection frees)
+            del exc
 
     def final(self, exc: Exception, item: Any, attempt: int) -> Any:
         """``on_error`` for a call that failed for good: raise, drop, or a Failure."""

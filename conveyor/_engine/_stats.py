@@ -12,7 +12,7 @@ Collected for every run unless ``PipelineContext(statistics=False)``; read as a 
   arms each stage to time its next call. A fast stage has a few hundred calls timed per
   second, a slow one every call. Latencies go into a :class:`Histogram` of bounded size.
   An unsampled call costs nothing: the stage's ``call_fn`` is swapped for a timing one
-  (``_loop.timed_call``) until that one call is made.
+  (``_loop.TimedCall``) until that one call is made.
 * **The event loop, sampled:** each timed call also measures how long the stage's code
   held the loop, step by step, and the timer is the loop's lag probe (``_loop``).
 """
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._calls import INLINE
 from ._histogram import Histogram
-from ._loop import LagProbe, LoopTime, culprit, timed_call
+from ._loop import LagProbe, LoopTime, TimedCall, culprit
 from ._observe import ObservedExecutor
 from ._plan import UNLIMITED
 from ._registry import offload
@@ -228,7 +228,7 @@ class Collector:
                 record.loop.warm -= 1
                 self._arm(record)
 
-        record.timed = timed_call(record.stage, record.latency.add, record.loop, made)
+        record.timed = TimedCall(record.stage, record.latency.add, record.loop, made)
         record.stage.time_next_call(record.timed)
 
     def _end(self) -> None:
