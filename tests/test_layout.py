@@ -19,6 +19,7 @@ run and the process pool do), several concerns in one module do not; the worker 
 chunked calls, a concern of its own, is ``_worker``."""
 
 COHESIVE = {
+    "_branch.py": "one object, the branch stage: its branch runs, their feeds, its joins",
     "_ledger.py": "one object, the run's accounting, with every transition that writes it",
     "_run.py": "one object, the run: its wiring, the tasks it owns, its consumer side, its end",
 }

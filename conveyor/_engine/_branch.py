@@ -10,8 +10,9 @@ done (nothing derived from it left in the branch) tells its join the branch is t
 with the item. A batch task in a branch that returns one result per item hands each one
 on as its own item's (``Ledger.attributed``); one that returns any other number cannot
 say which result is whose: in ``parallel`` that fails the run, naming the task; in
-``route`` the results go with the batch's first item (where a batch's result goes in a
-plain run).
+``route`` the results go on as the batch's first item's, standing for all its items
+(their origins: ``with_items()`` pairs them with the batch's items, a checkpoint holds
+each item until they are delivered), the others' calls ending with nothing.
 
 **The stage's call.** An item's call puts it into its branches at once and returns an
 ``Answer`` settled when every branch it went to is through with it: ``parallel``'s, the
@@ -49,7 +50,7 @@ from .._spec import StageSpec
 from .._spec_branches import BranchesSpec
 from ..context import PipelineContext
 from ..errors import Failure
-from ._calls import Answer, Executor, hand_on
+from ._calls import Answer, Executor, Regrouped, hand_on
 from ._ledger import Ledger
 from ._origin import ORIGIN, BatchOrigins, Origin, each, merged
 from ._plan import StagePlan
@@ -71,10 +72,11 @@ class Join:
     through with it, the ``Answer`` its call waits on (no task or Future per item), its
     origins in the run (``outer``) and their keys (``current_keys()`` in branches)."""
 
-    __slots__ = ("answer", "item", "key", "left", "outer", "results")
+    __slots__ = ("adopted", "answer", "item", "key", "left", "outer", "results")
 
     def __init__(self, item: Any, branches: int) -> None:
         self.item = item
+        self.adopted: list[Origin] | None = None  # (see ``BranchStage.adopt``)
         self.left = branches
         self.results: list[list[Any]] = [[] for _ in range(branches)]
         self.answer = Answer(item)
@@ -330,7 +332,9 @@ class BranchStage(SingleStage):
         module's docstring), or what ``combine`` raised, settles its answer."""
         answer = join.answer
         if self.shape.kind == "route":
-            answer.set_result(join.results[0])
+            made = join.results[0]
+            adopted = join.adopted
+            answer.set_result(made if adopted is None else Regrouped(made, tuple(adopted)))
             return
         results = []
         for made in join.results:
@@ -354,6 +358,8 @@ class BranchStage(SingleStage):
             join = origins.item
         elif origins and (len(origins) == 1 or self.shape.kind == "route"):
             join = origins[0].item  # (a batch's result of no one item: its first item's)
+            if len(origins) > 1 and join.outer is not None:
+                self.adopt(join, origins)
         else:
             raise ValueError(
                 f"in {self.name!r}, branch {branch.label!r} gave {result!r} for the items "
@@ -362,6 +368,23 @@ class BranchStage(SingleStage):
                 f"the batch's order, so that each item gets its own"
             )
         join.results[branch.slot].append(result)
+
+    def adopt(self, join: Join, origins: Any) -> None:
+        """A route branch's result for several items goes on as the first's (``join``):
+        it holds each of their origins in the run from now (their calls end with
+        nothing) and carries them all (:meth:`emit_list`)."""
+        held = join.adopted if join.adopted is not None else list(each(join.outer))
+        new: list[Origin] = []
+        for other in origins[1:]:
+            new.extend(one for one in each(other.item.outer) if one not in held + new)
+        if new:
+            self.ledger.adopted(new)
+            join.adopted = held + new
+
+    def emit_list(self, results: list[Any], node: Any, origin: Any) -> None:
+        if type(results) is Regrouped:  # (see ``adopt``)
+            origin = results.origins
+        super().emit_list(results, node, origin)
 
     def close_input(self) -> None:
         """No more items will come: the branches' inputs end (their remainder rules),

@@ -232,9 +232,23 @@ def hand_on(loop: asyncio.AbstractEventLoop, answers: list[Answer]) -> None:
 
 VALUE, NONE, LIST, EXPAND, AWAIT = 0, 1, 2, 3, 4
 
+
+class Regrouped(list[Any]):
+    """A call's results that stand for more input items than the call's own: a
+    ``route``'s result of a batch in its branch (see ``_branch``). They go on as a
+    list's elements, carrying ``origins`` (the items') instead of the call's item's."""
+
+    __slots__ = ("origins",)
+
+    def __init__(self, results: list[Any], origins: tuple[Any, ...]) -> None:
+        super().__init__(results)
+        self.origins = origins
+
+
 _KINDS: dict[type, int] = {
     NoneType: NONE,
     list: LIST,
+    Regrouped: LIST,
     GeneratorType: EXPAND,
     AsyncGeneratorType: EXPAND,
     CoroutineType: AWAIT,

@@ -314,6 +314,13 @@ class Ledger:
                 one.live += 1
         self.left(merged)
 
+    def adopted(self, origins: list[Origin]) -> None:
+        """A result stands for these items too (a ``route``'s result of a batch in its
+        branch: see ``_branch``): it holds a count on each, their own calls end with
+        nothing."""
+        for one in origins:
+            one.live += 1
+
     def left(self, origin: Origins, n: int = 1) -> None:
         """``n`` things of ``origin`` left the run (taken, dropped, handed over to a
         batch's result): an origin with nothing left is done (``on_done``)."""
