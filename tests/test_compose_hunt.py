@@ -311,6 +311,24 @@ async def test_a_routed_batch_result_holds_all_its_items_on_a_checkpoint(
     assert sorted(pairs, key=repr) == [(3, 3), ([0, 2, 4], -3)]
 
 
+async def test_a_routed_batch_result_for_several_items_inside_parallel_is_refused() -> None:
+    """parallel() gives each item its branches' results: a result that stands for
+    several items cannot be any one's, and fails the run as a batch task's does in a
+    parallel branch. (It went to the batch's first item, ``None`` to the others.)"""
+
+    @batch_task(max_size=3)
+    def count(xs: list[int]) -> int:
+        return -len(xs)
+
+    stage = parallel(route(lambda x: x % 2, {0: count}, default=same), same)
+    with pytest.raises(ValueError, match=r"gave -3 for the items \[0, 2, 4\] at once"):
+        await stage(range(6)).collect()
+    # Element-wise, each item has its own.
+    each_one = batch_task(max_size=3)(lambda xs: [-x for x in xs])
+    stage = parallel(route(lambda x: x % 2, {0: each_one}, default=same), same)
+    assert await stage(range(4)).collect() == [(0, 0), (1, 1), (-2, 2), (3, 3)]
+
+
 async def test_an_unhashable_route_key_is_named() -> None:
     """It said only "unhashable type: 'list'"."""
     stage = route(lambda x: [x], {0: same})
