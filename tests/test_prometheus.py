@@ -23,7 +23,7 @@ import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from conveyor import batch_task, single_task
+from conveyor import CircuitBreaker, batch_task, single_task
 from conveyor._engine._histogram import Histogram
 from conveyor.contrib import prometheus
 from conveyor.contrib.prometheus import LATENCY_BUCKETS, PipelineMetrics, track
@@ -122,6 +122,14 @@ def check_against(scrape: Scrape, pipeline: str, runs: list[RunStats]) -> None:
             assert scrape("conveyor_stage_batches_total", **at) == total("batches")
         else:
             assert not scrape.has("conveyor_stage_batches_total", **at)
+        if stage.circuit_opened is None:
+            assert not scrape.has("conveyor_stage_circuit_opened_total", **at)
+            assert not scrape.has("conveyor_stage_circuit_rejected_total", **at)
+        else:
+            opened = scrape("conveyor_stage_circuit_opened_total", **at)
+            assert opened == total("circuit_opened")
+            rejected = scrape("conveyor_stage_circuit_rejected_total", **at)
+            assert rejected == total("circuit_rejected")
         assert scrape("conveyor_stage_busy_seconds_total", **at) == pytest.approx(
             total("busy_seconds")
         )
@@ -171,6 +179,26 @@ async def test_every_value_matches_the_runs_stats(exporter: Exporter) -> None:
     assert scrape.types["conveyor_stage_items_in"] == "counter"
     assert scrape.types["conveyor_stage_in_flight"] == "gauge"
     assert scrape.types["conveyor_stage_call_latency_seconds"] == "histogram"
+
+
+async def test_circuit_breaker_counts(exporter: Exporter) -> None:
+    """A stage with a circuit breaker has its openings and refused calls counted."""
+    breaker = CircuitBreaker(failure_threshold=2, recovery_timeout=60)
+
+    @single_task(circuit_breaker=breaker, on_error="skip_item", concurrency_limit=1)
+    async def down(x: int) -> int:
+        if x:
+            raise ConnectionError("service unavailable")
+        return x
+
+    stream = exporter.metrics.track((down | label)(range(10)), "outage")
+    assert await stream.collect() == ["sum 0"]
+    stats = stream.stats.stage("down")
+    assert (stats.circuit_opened, stats.circuit_rejected) == (1, 7)
+    scrape = await exporter.scrape()
+    check_against(scrape, "outage", [stream.stats])
+    assert scrape("conveyor_stage_circuit_rejected_total", pipeline="outage", stage="down") == 7
+    assert not scrape.has("conveyor_stage_circuit_opened_total", pipeline="outage", stage="label")
 
 
 async def test_a_second_run_adds_to_the_counters(exporter: Exporter) -> None:

@@ -79,6 +79,14 @@ COUNTERS: dict[str, tuple[str, Labels]] = {
         (*STAGE, "outcome"),
     ),
     "stage_batches": ("Batches the stage was called with (batch stages only).", STAGE),
+    "stage_circuit_opened": (
+        "Times the stage's calls opened its circuit breaker (stages with one only).",
+        STAGE,
+    ),
+    "stage_circuit_rejected": (
+        "Calls of the stage its open circuit breaker refused or held (stages with one only).",
+        STAGE,
+    ),
     "stage_busy_seconds": ("Seconds with a call of the stage in flight (sampled).", STAGE),
 }
 
@@ -272,6 +280,9 @@ class _Figures:
                 count("stage_failures", (*key, outcome), getattr(s, outcome))
             if s.batches is not None:
                 count("stage_batches", key, s.batches)
+            if s.circuit_opened is not None:
+                count("stage_circuit_opened", key, s.circuit_opened)
+                count("stage_circuit_rejected", key, s.circuit_rejected or 0)
             count("stage_busy_seconds", key, s.busy_seconds)
             histogram = self.latency.setdefault(key, [0.0] * (len(self.bounds) + 2))
             for top, calls in s.latency.buckets:
