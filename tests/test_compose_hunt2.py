@@ -58,3 +58,25 @@ async def test_a_routed_batch_result_taken_leaves_its_other_items_done(
     first = await _stop_after(pipeline, items, 1)
     assert first == [([0, 2], -2)]
     assert await pipeline(items).collect() == [(1, 1), (3, 3)]
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+async def test_a_timed_call_that_times_out_off_the_loop_has_its_latency(executor: str) -> None:
+    """A call sent to a thread or a process is timed until its Answer is settled; a
+    timeout cancels the Answer, and a cancelled Answer told no one: the sampled call's
+    latency was never recorded (``-`` in stream.stats, for a stage whose calls all time
+    out), where a call on the loop that times out has its time recorded."""
+    stage = single_task(executor=executor, timeout=0.3, on_error="emit")(_sleep_long)
+    stream = stage.with_context(max_in_flight=1)([1, 2])
+    results = await stream.collect()
+    assert all(isinstance(one, conveyor.Failure) for one in results)
+    latency = stream.stats.stage("_sleep_long").latency
+    assert latency.samples >= 1
+    assert latency.max is not None and 0.25 < latency.max < 5
+
+
+def _sleep_long(x: int) -> int:
+    import time
+
+    time.sleep(1.0)
+    return x
