@@ -147,3 +147,25 @@ async def test_stopped_and_resumed_every_item_delivered_once(
             second = await asyncio.wait_for(pipeline(items).collect(), 20)
             labels = sorted(one for label, _ in first + second for one in _labels(label))
             assert labels == items, (window, k, first, second)
+
+
+async def test_an_error_of_route_key_or_parallel_combine_names_which() -> None:
+    """What route's key function or parallel's combine raised was noted only as
+    "raised by task 'route(same)' on 1": as if a branch had raised. The note names the
+    parameter (and, for combine=, how it is called)."""
+
+    def key(x: int) -> int:
+        raise LookupError(x)
+
+    with pytest.raises(LookupError) as caught:
+        await route(key, {0: same})([1]).collect()
+    notes = "\n".join(caught.value.__notes__)
+    assert "key=" in notes and "route(same)" in notes and "on 1" in notes
+
+    def combine(item: int, a: int) -> int:  # (one result too few)
+        return a
+
+    with pytest.raises(TypeError) as wrong:
+        await conveyor.parallel(same, same, combine=combine)([1]).collect()
+    notes = "\n".join(wrong.value.__notes__)
+    assert "combine=" in notes and "combine(item, *results)" in notes and "2 branches" in notes

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from .._spec import StageSpec
 from .._spec_branches import BranchesSpec
 from ..context import PipelineContext
-from ..errors import Failure
+from ..errors import Failure, short_repr
 from ._calls import Answer, Executor, Regrouped, hand_on
 from ._ledger import Ledger
 from ._origin import ORIGIN, BatchOrigins, Origin, each, merged
@@ -314,8 +314,14 @@ class BranchStage(SingleStage):
         shape = self.shape
         try:
             key = shape.key(item)  # type: ignore[misc]
+        except Exception as exc:  # (the item goes to no branch: the stage's policy's)
+            exc.add_note(
+                f"conveyor: route's key= function raised on {short_repr(item)} (in "
+                f"{self.name!r}): it must return the value that picks the item's branch"
+            )
+            raise
         finally:
-            self.fed()  # (an item whose key raises goes to no branch: its policy's)
+            self.fed()
         try:
             index = self.routes.get(key, shape.default)
         except TypeError as exc:  # (unhashable: the item fails under the stage's policy)
@@ -356,6 +362,11 @@ class BranchStage(SingleStage):
         try:
             answer.set_result(combine(join.item, *results))
         except Exception as exc:  # (the stage's policy: ``on_error`` of parallel())
+            exc.add_note(
+                f"conveyor: parallel's combine= raised on {short_repr(join.item)} (in "
+                f"{self.name!r}): it is called as combine(item, *results), with one "
+                f"result per branch ({len(results)} branches here)"
+            )
             answer.set_exception(exc)
 
     def output(self, branch: Branch, origins: Any, result: Any) -> None:
