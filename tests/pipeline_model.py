@@ -306,11 +306,7 @@ def reference(
                 else:
                     c.skipped += 1
         elif s.keys:
-            out = _keyed_batches(s, stream, name, per_item, c, window)
-            # (which input items a keyed batch's result descends from is not modelled:
-            # the properties do not pair the results of keyed pipelines)
-            assert not paired, "with_items() is not modelled for keyed batches"
-            out_tags = [None] * len(out)
+            out, out_tags = _keyed_batches(s, stream, tags, name, per_item, c, window)
         else:
             # A failure record that arrives while a batch accumulates comes after that
             # batch's outputs: where its item's result would be.
@@ -322,14 +318,7 @@ def reference(
             def flush(acc: list[int], acc_tags: list[Any]) -> None:
                 made = _flush(s, acc, name, per_item, c)  # noqa: B023
                 out.extend(made)  # noqa: B023
-                merged = tuple(  # (the batch's origins, each once, in order)
-                    dict.fromkeys(
-                        i
-                        for tag in acc_tags
-                        for i in ((tag,) if isinstance(tag, int) or tag is None else tag)
-                    )
-                )
-                out_tags.extend([merged] * len(made))  # noqa: B023
+                out_tags.extend([_merged(acc_tags)] * len(made))  # noqa: B023
 
             for x, tag in zip(stream, tags, strict=True):
                 if _is_marker(x):
@@ -372,37 +361,56 @@ def reference(
     ]
 
 
+def _merged(tags: list[Any]) -> tuple[int, ...]:
+    """The input items a batch's result descends from: its items' (``tags``), each
+    once, in order."""
+    return tuple(
+        dict.fromkeys(
+            i for tag in tags for i in ((tag,) if isinstance(tag, int) or tag is None else tag)
+        )
+    )
+
+
 def _keyed_batches(
-    s: StageSpec, stream: list[Any], name: str, per_item: bool, c: Counts, window: int
-) -> list[Any]:
+    s: StageSpec,
+    stream: list[Any],
+    tags: list[Any],
+    name: str,
+    per_item: bool,
+    c: Counts,
+    window: int,
+) -> tuple[list[Any], list[Any]]:
     """A keyed batch stage (see ``conveyor._engine._batch``): one open batch per key
     ``x % s.keys``, each with its place in the output from its first item; at most
     ``max_keys`` open, the least recently fed flushed first (whatever its size); a
     failure record comes after every open batch, and at most ``window`` of them are
     counted behind the oldest (one more sends it off); the remainder rule per key.
     (The run's stall rule, which flushes the least recently fed batch when the window
-    is full, depends on timing: the model runs with windows that never fill.)"""
-    places: list[list[Any]] = []  # the output, place by place
-    lru: OrderedDict[int, tuple[list[int], list[Any]]] = OrderedDict()  # key: (items, place)
+    is full, depends on timing: the model runs with windows that never fill.) Each
+    output with its tag (see :func:`reference`): a batch's result, its items' merged."""
+    places: list[list[Any]] = []  # the output, place by place: (value, tag) pairs
+    # key: (items, their tags, place)
+    lru: OrderedDict[int, tuple[list[int], list[Any], list[Any]]] = OrderedDict()
     opened: dict[int, None] = {}  # the open keys, in the order they opened
     held = 0
 
     def flush(key: int) -> None:
         nonlocal held
-        acc, place = lru.pop(key)
+        acc, acc_tags, place = lru.pop(key)
         if next(iter(opened)) == key:
             held = 0
         del opened[key]
-        place += _flush(s, acc, name, per_item, c)
+        merged = _merged(acc_tags)
+        place += [(value, merged) for value in _flush(s, acc, name, per_item, c)]
 
-    for x in stream:
+    for x, tag in zip(stream, tags, strict=True):
         if _is_marker(x):
             if opened:
                 if held == window:
                     flush(next(iter(opened)))
                 if opened:
                     held += 1
-            places.append([x])
+            places.append([(x, tag)])
             continue
         key = x % s.keys
         if key in lru:
@@ -410,11 +418,12 @@ def _keyed_batches(
         else:
             if len(lru) == (s.max_keys or 1024):
                 flush(next(iter(lru)))
-            lru[key] = ([], [])
+            lru[key] = ([], [], [])
             opened[key] = None
-            places.append(lru[key][1])
-        acc = lru[key][0]
+            places.append(lru[key][2])
+        acc, acc_tags, _ = lru[key]
         acc.append(x)
+        acc_tags.append(tag)
         if len(acc) == s.max_size:
             flush(key)
     for key in list(opened):
@@ -424,7 +433,8 @@ def _keyed_batches(
         else:
             c.remainder_dropped += len(acc)
             del lru[key], opened[key]
-    return [x for place in places for x in place]
+    pairs = [pair for place in places for pair in place]
+    return [value for value, _ in pairs], [tag for _, tag in pairs]
 
 
 def observed(value: Any) -> Any:

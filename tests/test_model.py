@@ -181,11 +181,16 @@ def check_clean(outcome: Outcome) -> None:
 
 
 def check_ordered(
-    specs: list[StageSpec], items: list[int], outcome: Outcome, window: int = 1000
+    specs: list[StageSpec],
+    items: list[int],
+    outcome: Outcome,
+    window: int = 1000,
+    paired: bool = False,
 ) -> None:
-    """Exactly the model's results, in its order, and its counts (any window)."""
+    """Exactly the model's results, in its order (each paired with the input item(s) it
+    descends from: ``paired``), and its counts (any window)."""
     counts: list[Counts] = []
-    expected = reference(specs, items, counts=counts, window=window)
+    expected = reference(specs, items, counts=counts, window=window, paired=paired)
     check_clean(outcome)
     if RAISE in expected:
         before = expected[: expected.index(RAISE)]
@@ -283,10 +288,13 @@ def test_ordered_runs_match_the_reference(
     pipeline: tuple[list[StageSpec], int], items: list[int], kind: str
 ) -> None:
     """Any pipeline, any window: exactly the model's results and counts, and batches that
-    are short only as the input's remainder."""
+    are short only as the input's remainder. One example in two (by its items' sum)
+    pairs its results with their input items (``with_items()``): a batch's result, keyed
+    or not, with its batch's items."""
     specs, window = pipeline
-    outcome = run_virtual(specs, items, mode="ordered", kind=kind, window=window)
-    check_ordered(specs, items, outcome, window)
+    paired = sum(items) % 2 == 1
+    outcome = run_virtual(specs, items, mode="ordered", kind=kind, window=window, paired=paired)
+    check_ordered(specs, items, outcome, window, paired)
 
 
 @MODEL_SETTINGS

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from .._spec import StageSpec
 from .._spec_branches import BranchesSpec
 from ..context import PipelineContext
-from ..errors import Failure
+from ..errors import Failure, short_repr
 from ._calls import Answer, Executor, Regrouped, hand_on
 from ._ledger import Ledger
 from ._origin import ORIGIN, BatchOrigins, Origin, each, merged
@@ -72,11 +72,12 @@ class Join:
     through with it, the ``Answer`` its call waits on (no task or Future per item), its
     origins in the run (``outer``) and their keys (``current_keys()`` in branches)."""
 
-    __slots__ = ("adopted", "answer", "item", "key", "left", "outer", "results")
+    __slots__ = ("adopted", "answer", "given", "item", "key", "left", "outer", "results")
 
     def __init__(self, item: Any, branches: int) -> None:
         self.item = item
         self.adopted: list[Origin] | None = None  # (see ``BranchStage.adopt``)
+        self.given = False  # another item's result stands for this one (``adopt``)
         self.left = branches
         self.results: list[list[Any]] = [[] for _ in range(branches)]
         self.answer = Answer(item)
@@ -313,8 +314,14 @@ class BranchStage(SingleStage):
         shape = self.shape
         try:
             key = shape.key(item)  # type: ignore[misc]
+        except Exception as exc:  # (the item goes to no branch: the stage's policy's)
+            exc.add_note(
+                f"conveyor: route's key= function raised on {short_repr(item)} (in "
+                f"{self.name!r}): it must return the value that picks the item's branch"
+            )
+            raise
         finally:
-            self.fed()  # (an item whose key raises goes to no branch: its policy's)
+            self.fed()
         try:
             index = self.routes.get(key, shape.default)
         except TypeError as exc:  # (unhashable: the item fails under the stage's policy)
@@ -334,7 +341,12 @@ class BranchStage(SingleStage):
         if self.shape.kind == "route":
             made = join.results[0]
             adopted = join.adopted
-            answer.set_result(made if adopted is None else Regrouped(made, tuple(adopted)))
+            if adopted is not None:
+                answer.set_result(Regrouped(made, tuple(adopted)))
+            elif join.given and not made:
+                answer.set_result(Regrouped(made, ()))  # (see ``emit_list``)
+            else:
+                answer.set_result(made)
             return
         results = []
         for made in join.results:
@@ -350,6 +362,11 @@ class BranchStage(SingleStage):
         try:
             answer.set_result(combine(join.item, *results))
         except Exception as exc:  # (the stage's policy: ``on_error`` of parallel())
+            exc.add_note(
+                f"conveyor: parallel's combine= raised on {short_repr(join.item)} (in "
+                f"{self.name!r}): it is called as combine(item, *results), with one "
+                f"result per branch ({len(results)} branches here)"
+            )
             answer.set_exception(exc)
 
     def output(self, branch: Branch, origins: Any, result: Any) -> None:
@@ -376,6 +393,7 @@ class BranchStage(SingleStage):
         held = join.adopted if join.adopted is not None else list(each(join.outer))
         new: list[Origin] = []
         for other in origins[1:]:
+            other.item.given = True
             new.extend(one for one in each(other.item.outer) if one not in held + new)
         if new:
             self.ledger.adopted(new)
@@ -383,6 +401,15 @@ class BranchStage(SingleStage):
 
     def emit_list(self, results: list[Any], node: Any, origin: Any) -> None:
         if type(results) is Regrouped:  # (see ``adopt``)
+            if not results:
+                # An item whose part is in another's result, which holds its origins
+                # (``adopt``): its own count goes now, not when the reader passes its
+                # empty place (in an ordered run, behind items not taken yet: it would
+                # hold the item after its result was taken, and a resumed run would do
+                # it again). The place's token still comes back through its reader.
+                self.ledger.left(origin)
+                self.drop(node, None)
+                return
             origin = results.origins
         super().emit_list(results, node, origin)
 

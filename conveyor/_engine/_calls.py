@@ -97,10 +97,10 @@ class Answer:
     :meth:`cancelled` before it starts a call (one field read). The engine waits for
     one without a task (``_waiting.Completions`` sets :attr:`waiter`), or awaits it in a
     call's task (``await answer``: a timeout, a retry); a task cancelled while it awaits
-    one cancels it, so that an item not yet sent is not sent, and its result, if it comes,
-    is dropped. :meth:`cancel` itself tells no one: whoever cancels an Answer it does not
-    own (the run's end) has stopped waiting for it already; a sender that cancels items
-    (a pool shut down) hands them on.
+    one cancels it (and tells its waiters: see :meth:`__await__`), so that an item not
+    yet sent is not sent, and its result, if it comes, is dropped. :meth:`cancel` itself
+    tells no one: whoever cancels an Answer it does not own (the run's end) has stopped
+    waiting for it already; a sender that cancels items (a pool shut down) hands them on.
     """
 
     __slots__ = ("item", "state", "value", "waiter")
@@ -173,14 +173,20 @@ class Answer:
 
     def __await__(self) -> Generator[Any, None, Any]:
         """Await it in a task (a call with a timeout, a retry): through an asyncio Future
-        made now; if the task is cancelled meanwhile, so is the Answer."""
+        made now; if the task is cancelled meanwhile, so is the Answer, and its waiters
+        are told (the task's bridge, done already; the statistics' timing of the call:
+        ``_loop.TimedCall``, which records a call that timed out as having taken that
+        long, as it does for a call on the loop)."""
         if self.state == _PENDING:
             bridge = asyncio.get_running_loop().create_future()
             self.add_done_callback(functools.partial(_bridge, bridge))
             try:
                 yield from bridge
             except asyncio.CancelledError:
-                self.cancel()
+                if self.cancel():
+                    waiter, self.waiter = self.waiter, None
+                    if waiter is not None:
+                        waiter(self)
                 raise
         return self.result()
 

@@ -35,7 +35,8 @@ admitted at all: no task is called for them (the ledger's ``skipped_as_done``).
 
 **The end.** However the run ends (finished, failed, closed by its consumer), what is
 done is committed (a failed run's done items are done: their results left), and the
-session is closed with the run's outcome.
+session is closed with the run's outcome. (A failed run's results not taken yet are
+dropped, not handed over after the error: ``Run.abort``.)
 """
 
 from __future__ import annotations

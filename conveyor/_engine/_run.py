@@ -500,6 +500,11 @@ class Run:
             # consumer waiting in another task ends its iteration.
             self._discard_results()
             self.wake_consumer()
+        elif self.checkpoint is not None:
+            # Failed, on a checkpoint: results not taken yet are dropped too (their items
+            # run again next time), for the checkpoint records nothing from now on: one
+            # taken after the error would be delivered and not recorded done.
+            self._discard_results()
 
     def _discard_results(self) -> None:
         self.ready.clear()
