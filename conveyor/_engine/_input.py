@@ -149,6 +149,11 @@ async def _pump_plain(run: Fed, source: Iterator[Any]) -> None:
     deadline = loop_time() + PUMP_SLICE
     count = 0
     try:
+        # The tight loop may hand the rest of the input over with the window full (a
+        # slice fills the room left): wait for room before the first read as after each.
+        if ledger.tokens >= ledger.admit:
+            await ledger.wait_for_room()
+            deadline = loop_time() + PUMP_SLICE
         # Admitting an item cannot raise (stages catch what tasks raise), so what is
         # caught here came from the input.
         for item in source:
